@@ -1,0 +1,1 @@
+"""mlwatchd's process: Kafka I/O, lifecycle, CLI, settings, metrics."""

@@ -1,0 +1,285 @@
+"""Configuration: a YAML file, overridden by ``MLWATCHD_`` environment variables.
+
+Nesting in variable names uses ``__`` (``MLWATCHD_KAFKA__BOOTSTRAP_SERVERS``);
+values of object or list fields are JSON. Secrets are ``SecretStr`` and can
+also be read from files (``*_file`` keys), so they need never sit in the YAML.
+:func:`load` returns the settings or raises :class:`ConfigError` with one line
+per problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import sys
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from detectors.findings import SEVERITIES
+from detectors.pipeline import DetectorSpec
+from detectors.registry import REGISTRY, ParamsError, validate_params
+
+__all__ = ["ConfigError", "Settings", "default_config_path", "load"]
+
+ENV_PREFIX: Final = "MLWATCHD_"
+
+
+class ConfigError(Exception):
+    """A config that cannot run; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret_files(data: Any, names: tuple[str, ...]) -> Any:
+    """``<name>_file: PATH`` -> ``<name>: <file contents, stripped>``."""
+    if not isinstance(data, dict):
+        return data
+    for name in names:
+        path = data.pop(f"{name}_file", None)
+        if path and not data.get(name):
+            try:
+                data[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+    return data
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "mlwatchd"
+    client_id: str = "mlwatchd"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    #: Kafka's defaults; tests and the embedded demo shorten them.
+    session_timeout_ms: int = Field(45_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    max_poll_records: int = Field(2_000, ge=1)
+    poll_timeout_ms: int = Field(500, ge=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    #: Messages larger than this go to the dead-letter topic unread.
+    max_message_bytes: int = Field(1_048_576, ge=64)
+    #: Producer batching; the findings and DLQ producers share these.
+    linger_ms: int = Field(20, ge=0)
+    #: Longest wait between reconnect attempts when the broker is gone.
+    reconnect_backoff_max_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _read_secret_files(data, ("sasl_plain_password",))
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+
+class TopicSettings(_Section):
+    inference: str = "ml.inference"
+    audit: str = "ml.audit"
+    access: str = "ml.access"
+    findings: str = "mlwatchd.findings"
+    dlq: str = "mlwatchd.dlq"
+
+    def inputs(self) -> dict[str, str]:
+        """Input topic -> event type it carries."""
+        return {self.inference: "inference", self.audit: "audit", self.access: "access"}
+
+
+class DetectorSettings(_Section):
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SlackSettings(_Section):
+    webhook_url: SecretStr | None = None
+    bot_token: SecretStr | None = None
+    channel: str | None = None
+    api_base_url: str = "https://slack.com/api/"
+    #: Findings at or above this severity are posted.
+    min_severity: Literal["info", "low", "medium", "high", "critical"] = "high"
+    timeout_s: float = Field(10.0, gt=0)
+    #: Retries on 429 (honouring Retry-After) and 5xx before an alert is reported failed.
+    max_retries: int = Field(5, ge=0)
+    #: Alerts waiting for Slack; past this, alerts are counted and logged as dropped.
+    queue_size: int = Field(10_000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _read_secret_files(data, ("webhook_url", "bot_token"))
+
+    @model_validator(mode="after")
+    def _channel_with_token(self) -> SlackSettings:
+        if self.bot_token is not None and not self.channel:
+            raise ValueError("channel is required with bot_token")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook_url is not None or self.bot_token is not None
+
+
+class PrivacySettings(_Section):
+    #: Replace principals and IPs by keyed HMAC pseudonyms in what leaves for chat/webhooks.
+    pseudonymize: bool = False
+    key: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _read_secret_files(data, ("key",))
+
+    @model_validator(mode="after")
+    def _key_when_on(self) -> PrivacySettings:
+        if self.pseudonymize and (self.key is None or len(self.key.get_secret_value()) < 16):
+            raise ValueError("pseudonymize needs key (at least 16 characters)")
+        return self
+
+
+class ObservabilitySettings(_Section):
+    #: Serves /metrics, /healthz and /readyz; port 0 picks a free one, null disables.
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(9308, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    #: /healthz fails when the consumer loop has not turned for this long.
+    stall_after_s: float = Field(120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything mlwatchd reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detector_names(cls, data: Any) -> Any:
+        """Accept ``volume_principal_rate`` for ``volume.principal_rate`` (env var names)."""
+        if isinstance(data, dict) and isinstance(data.get("detectors"), dict):
+            by_env_name = {name.replace(".", "_"): name for name in REGISTRY}
+            merged: dict[str, Any] = {}
+            for key, value in data["detectors"].items():
+                name = by_env_name.get(key.lower(), key)
+                if name in merged and isinstance(merged[name], dict) and isinstance(value, dict):
+                    merged[name] = _deep_merge(merged[name], value)
+                else:
+                    merged[name] = value
+            data = {**data, "detectors": merged}
+        return data
+
+    def detector_specs(self) -> list[DetectorSpec]:
+        return [
+            DetectorSpec(name, dict(cfg.params))
+            for name, cfg in self.detectors.items()
+            if cfg.enabled
+        ]
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_dir() -> Path:
+    """The shipped config/ folder: the source tree's, else the installed copy."""
+    here = Path(__file__).resolve().parent.parent / "config"
+    if (here / "mlwatchd.yaml").is_file():
+        return here
+    return Path(sys.prefix) / "share" / "mlwatchd" / "config"
+
+
+def default_config_path() -> Path:
+    """The commented default config shipped with the package."""
+    return config_dir() / "mlwatchd.yaml"
+
+
+def _problem_lines(exc: pydantic.ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or "secret" in where or "password" in where \
+            or "token" in where or "key" in where or "url" in where else f" (got {got!r})"
+        lines.append(f"{where}: {msg}{shown if err['type'] != 'missing' else ''}")
+    return lines
+
+
+def load(path: str | Path | None) -> Settings:
+    """Settings from ``path`` (default config if None) plus environment overrides."""
+    source = Path(path) if path is not None else default_config_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read config: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{source}:{where} not valid YAML: {getattr(exc, 'problem', exc)}"]) \
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping of sections"])
+    try:
+        settings = Settings(**data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(_problem_lines(exc)) from None
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
+    problems = []
+    for name, cfg in settings.detectors.items():
+        try:
+            validate_params(name, cfg.params)
+        except ParamsError as exc:
+            problems.extend(f"detectors.{name}: {line}" for line in exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings

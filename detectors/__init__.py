@@ -1,0 +1,1 @@
+"""Online detectors: pure computation over events, no I/O."""

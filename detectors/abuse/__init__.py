@@ -1,0 +1,6 @@
+"""Inference-abuse detectors: abusive volume, model extraction, adversarial probing."""
+
+from detectors.abuse.volume import PrincipalRateDetector
+from detectors.base import Detector
+
+DETECTORS: tuple[type[Detector], ...] = (PrincipalRateDetector,)

@@ -1,0 +1,141 @@
+"""Abusive query volume: a principal's request rate against its own baseline.
+
+Each principal's requests are counted in event-time buckets. A closed bucket
+updates an exponentially weighted mean and variance of ``log1p(count)``; the
+bucket in progress is judged as it fills, so a flood is reported while it
+happens, not one bucket later. The threshold is the larger of
+``expm1(mean + z * sd)``, ``min_ratio`` times the usual rate, and
+``min_count``: a quiet caller that sends 40 requests in a minute is not an
+attack, a caller that usually sends 20 and now sends 2,000 is.
+
+>>> from detectors.events import InferenceEvent
+>>> from detectors.findings import Source
+>>> det = PrincipalRateDetector(bucket_seconds=60, warmup_buckets=5)
+>>> def query(t, who="alice"):
+...     ev = InferenceEvent(ts=t, model_id="m", request_id=str(t), principal=who,
+...                         features=[0.0], prediction=0)
+...     return det.process(ev, Source("ml.inference", 0, int(t * 10)))
+>>> fired = [t for t in range(0, 600, 6) if query(float(t))]   # 10 a minute
+>>> fired
+[]
+>>> flood = [query(600 + i / 10) for i in range(400)]          # 400 in 40 s
+>>> next(i for i, f in enumerate(flood) if f)
+50
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Final
+
+from detectors.base import Detector
+from detectors.events import Event, InferenceEvent
+from detectors.findings import Entity, Finding, Severity, Source
+from detectors.state import EntityTable
+
+__all__ = ["PrincipalRateDetector"]
+
+_ATLAS: Final = ["AML.T0029", "AML.T0034", "AML.T0040"]
+#: Idle buckets replayed into the baseline at most (older history is ~forgotten anyway).
+_MAX_IDLE_UPDATES: Final = 32
+
+
+class _Rate:
+    __slots__ = ("bucket", "count", "fired", "limit", "mean", "n", "var")
+
+    def __init__(self, bucket: int) -> None:
+        self.bucket = bucket
+        self.count = 0
+        self.mean = 0.0
+        self.var = 0.0
+        self.n = 0
+        self.limit = math.inf
+        self.fired = -1
+
+
+class PrincipalRateDetector(Detector):
+    """Query rate per principal far above the principal's own history."""
+
+    name: ClassVar[str] = "volume.principal_rate"
+    event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
+
+    def __init__(
+        self,
+        bucket_seconds: float = 60.0,
+        alpha: float = 0.05,
+        z_threshold: float = 6.0,
+        min_ratio: float = 5.0,
+        min_count: int = 50,
+        warmup_buckets: int = 10,
+        max_principals: int = 200_000,
+    ) -> None:
+        if bucket_seconds <= 0 or not 0 < alpha < 1:
+            raise ValueError("bucket_seconds must be > 0 and alpha in (0, 1)")
+        self.bucket_seconds = bucket_seconds
+        self.alpha = alpha
+        self.z_threshold = z_threshold
+        self.min_ratio = min_ratio
+        self.min_count = min_count
+        self.warmup_buckets = warmup_buckets
+        self.table: EntityTable[_Rate] = EntityTable(max_principals)
+
+    def _close(self, st: _Rate, bucket: int) -> None:
+        """Fold the finished bucket, then idle ones, into the baseline."""
+        a = self.alpha
+        values = [math.log1p(st.count)] + [0.0] * min(bucket - st.bucket - 1, _MAX_IDLE_UPDATES)
+        for x in values:
+            if st.n == 0:
+                st.mean, st.var = x, 0.0
+            else:
+                diff = x - st.mean
+                incr = a * diff
+                st.mean += incr
+                st.var = (1 - a) * (st.var + diff * incr)
+            st.n += 1
+        usual = math.expm1(st.mean)
+        statistical = math.expm1(st.mean + self.z_threshold * math.sqrt(st.var))
+        st.limit = max(statistical, self.min_ratio * usual, float(self.min_count))
+        st.bucket = bucket
+        st.count = 0
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        assert isinstance(event, InferenceEvent)
+        bucket = int(event.ts // self.bucket_seconds)  # type: ignore[operator]
+        st = self.table.touch(event.principal, lambda: _Rate(bucket))
+        if bucket > st.bucket:
+            self._close(st, bucket)
+        st.count += 1
+        if st.count < st.limit or st.n < self.warmup_buckets or st.fired == st.bucket:
+            return None
+        st.fired = st.bucket
+        usual = math.expm1(st.mean)
+        ratio = st.count / max(usual, 1.0)
+        severity: Severity = "high" if ratio >= 4 * self.min_ratio else "medium"
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="denial_of_service",
+                severity=severity,
+                entity=Entity("principal", event.principal),
+                model_id=event.model_id,
+                summary=(
+                    f"Principal sent {st.count} requests within {self.bucket_seconds:g}s, "
+                    f"{ratio:.0f}x its usual {usual:.1f} per bucket."
+                ),
+                evidence={
+                    "observed_count": st.count,
+                    "window_seconds": self.bucket_seconds,
+                    "baseline_per_window": round(usual, 3),
+                    "threshold": round(st.limit, 3),
+                    "ratio": round(ratio, 2),
+                    "baseline_windows": st.n,
+                },
+                atlas=_ATLAS,
+                event_ts=event.ts,  # type: ignore[arg-type]
+                sources=[source],
+                id_key=f"bucket:{st.bucket}",
+            )
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}

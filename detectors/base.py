@@ -1,0 +1,65 @@
+"""The one interface every detector implements.
+
+A detector is fed events one at a time, in order, and returns the findings the
+event triggered (or None). It keeps its own state and can save and restore it
+(``snapshot``/``restore``) so that a restart or a partition handoff loses no
+baseline. Detectors do no I/O, read no wall clock (event time only) and are
+deterministic for a given ``seed``.
+
+Hyperparameters are keyword arguments of ``__init__`` with type hints and
+immutable defaults; :func:`detectors.registry.build` validates a config's
+params against that signature, so typos fail at start, not when an event comes.
+"""
+
+from __future__ import annotations
+
+import abc
+import pickle
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from detectors.events import Event
+from detectors.findings import Finding, Source
+
+__all__ = ["Detector", "Scope"]
+
+#: ``partition``: per-entity state (principal, resource) that lives with the
+#: Kafka partition carrying the entity's events; one instance per partition.
+#: ``model``: per-model state that needs the model's whole traffic; one
+#: instance per process (see README, "Scaling out").
+Scope: TypeAlias = Literal["partition", "model"]
+
+
+class Detector(abc.ABC):
+    """Base class of online detectors."""
+
+    #: Registry name, dotted family.method, e.g. ``"extraction.prada"``.
+    name: ClassVar[str]
+    #: Event kinds this detector wants: subset of {"inference", "audit", "access"}.
+    event_types: ClassVar[frozenset[str]]
+    scope: ClassVar[Scope] = "partition"
+
+    @abc.abstractmethod
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        """Learn from ``event`` and return the findings it triggers, if any.
+
+        Must not mutate ``event``. Must tolerate absent optional fields.
+        """
+
+    def stats(self) -> dict[str, float]:
+        """Gauges for /metrics, e.g. ``{"entities": 120, "evicted_total": 3}``."""
+        return {}
+
+    def snapshot(self) -> bytes:
+        """Serialised state; :meth:`restore` on a fresh instance continues identically."""
+        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, state: bytes) -> None:
+        # Snapshots are written and read only by mlwatchd itself (local disk or
+        # its own compacted topic); see README "State" for the trust boundary.
+        self.__dict__.update(pickle.loads(state))  # noqa: S301
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+StateDict: TypeAlias = dict[str, Any]

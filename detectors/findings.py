@@ -1,0 +1,176 @@
+"""Findings: what a detector says, in the wire contract's format.
+
+A finding's id is stable: the same detector, entity and triggering evidence
+always give the same id, so a redelivered batch re-emits findings that chat and
+the playbook engine recognise as already seen.
+
+>>> f = Finding.build(detector="rate.principal", kind="denial_of_service",
+...     severity="high", entity=Entity("principal", "mallory"), model_id="m",
+...     summary="x", evidence={"rate": 3}, atlas=["AML.T0029"],
+...     event_ts=0.0, sources=[Source("ml.inference", 0, 41)])
+>>> f.ts, f.finding_id == Finding.build(detector="rate.principal",
+...     kind="denial_of_service", severity="high", entity=Entity("principal", "mallory"),
+...     model_id="m", summary="other words", evidence={}, atlas=[], event_ts=0.0,
+...     sources=[Source("ml.inference", 0, 41)]).finding_id
+('1970-01-01T00:00:00.000Z', True)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
+
+import msgspec
+
+__all__ = [
+    "KINDS",
+    "SEVERITIES",
+    "Entity",
+    "EntityType",
+    "Finding",
+    "Severity",
+    "Source",
+    "severity_at_least",
+]
+
+Severity: TypeAlias = Literal["info", "low", "medium", "high", "critical"]
+EntityType: TypeAlias = Literal["model", "principal", "resource", "ip"]
+
+SEVERITIES: Final[tuple[str, ...]] = ("info", "low", "medium", "high", "critical")
+_RANK: Final = {name: i for i, name in enumerate(SEVERITIES)}
+
+KINDS: Final[frozenset[str]] = frozenset(
+    {
+        "drift",
+        "confidence_drop",
+        "performance_drop",
+        "model_extraction",
+        "adversarial_probing",
+        "exfiltration",
+        "suspicious_access",
+        "data_poisoning",
+        "denial_of_service",
+        "input_integrity",
+        "model_tampering",
+    }
+)
+
+
+def severity_at_least(severity: str, minimum: str) -> bool:
+    """True when ``severity`` ranks at or above ``minimum``."""
+    return _RANK[severity] >= _RANK[minimum]
+
+
+class Source(NamedTuple):
+    """Where an event came from: a Kafka position, or a file and line for replay."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class SourceRef(msgspec.Struct):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Entity(msgspec.Struct):
+    type: EntityType
+    id: str
+
+
+def _rfc3339(seconds: float) -> str:
+    moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def jsonable(value: Any) -> Any:
+    """Evidence made safe to encode: numpy scalars/arrays to Python, NaN/inf to None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    tolist = getattr(value, "tolist", None)  # numpy scalars and arrays
+    if callable(tolist):
+        return jsonable(tolist())
+    return str(value)
+
+
+class Finding(msgspec.Struct, kw_only=True):
+    """One detection, as written to the findings topic."""
+
+    finding_id: str
+    ts: str
+    detector: str
+    kind: str
+    severity: Severity
+    entity: Entity
+    model_id: str | None
+    summary: str
+    evidence: dict[str, Any]
+    atlas: list[str]
+    sources: list[SourceRef]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        detector: str,
+        kind: str,
+        severity: Severity,
+        entity: Entity,
+        model_id: str | None,
+        summary: str,
+        evidence: Mapping[str, Any],
+        atlas: Sequence[str],
+        event_ts: float,
+        sources: Sequence[Source],
+        id_key: str | None = None,
+    ) -> Finding:
+        """Make a finding; its id hashes detector, kind, entity, model and evidence key.
+
+        ``id_key`` defaults to the triggering (first) source position; give one
+        when a detection is better identified otherwise (e.g. a window id).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown finding kind {kind!r}")
+        if not sources:
+            raise ValueError("a finding needs at least its triggering source")
+        trigger = sources[0]
+        key = id_key if id_key is not None else f"{trigger.topic}:{trigger.partition}:{trigger.offset}"
+        digest = hashlib.sha256(
+            "\x1f".join((detector, kind, entity.type, entity.id, model_id or "", key)).encode()
+        ).hexdigest()[:32]
+        return cls(
+            finding_id=digest,
+            ts=_rfc3339(event_ts),
+            detector=detector,
+            kind=kind,
+            severity=severity,
+            entity=entity,
+            model_id=model_id,
+            summary=summary,
+            evidence=jsonable(evidence),
+            atlas=list(atlas),
+            sources=[SourceRef(s.topic, s.partition, s.offset) for s in sources],
+        )
+
+
+_ENCODER: Final = msgspec.json.Encoder()
+_DECODER: Final = msgspec.json.Decoder(Finding)
+
+
+def encode_finding(finding: Finding) -> bytes:
+    return _ENCODER.encode(finding)
+
+
+def decode_finding(raw: bytes) -> Finding:
+    return _DECODER.decode(raw)

@@ -1,0 +1,123 @@
+"""Routes events to the configured detectors; the same object serves run and replay.
+
+Partition-scoped detectors get one instance per *state partition* (the Kafka
+partition number: input topics are co-partitioned by principal, see README),
+so their state can move with the partition between replicas. Model-scoped
+detectors get one instance per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from detectors.base import Detector
+from detectors.events import Event, event_type_of
+from detectors.findings import Finding, Source
+from detectors.registry import REGISTRY, build
+
+__all__ = ["DetectorSpec", "Pipeline"]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector as config names it: registry name plus params."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Detector:
+        return build(self.name, self.params)
+
+
+#: Key of the model-scoped detector set in snapshots.
+GLOBAL = -1
+
+
+class _Set:
+    """Detectors of one state partition, indexed by the event type they want."""
+
+    __slots__ = ("by_type", "detectors")
+
+    def __init__(self, detectors: list[Detector]) -> None:
+        self.detectors = detectors
+        self.by_type: dict[str, list[Detector]] = {
+            kind: [d for d in detectors if kind in d.event_types]
+            for kind in ("inference", "audit", "access")
+        }
+
+
+class Pipeline:
+    """Feeds each event to the detectors that want it and gathers their findings."""
+
+    def __init__(
+        self,
+        specs: Sequence[DetectorSpec],
+        on_error: Callable[[Detector, Event, Exception], None] | None = None,
+    ) -> None:
+        self.specs = list(specs)
+        for spec in self.specs:
+            build(spec.name, spec.params)  # validate eagerly: bad config fails at start
+        self._partition_specs = [s for s in self.specs if REGISTRY[s.name].scope == "partition"]
+        self._model_specs = [s for s in self.specs if REGISTRY[s.name].scope == "model"]
+        self._sets: dict[int, _Set] = {}
+        self._global = _Set([s.build() for s in self._model_specs])
+        self._on_error = on_error
+        self.errors = 0
+
+    def _set(self, partition: int) -> _Set:
+        found = self._sets.get(partition)
+        if found is None:
+            found = self._sets[partition] = _Set([s.build() for s in self._partition_specs])
+        return found
+
+    def process(self, event: Event, source: Source) -> list[Finding]:
+        """Findings triggered by ``event``; a detector that raises is reported, not fatal."""
+        kind = event_type_of(event)
+        findings: list[Finding] = []
+        partition_set = self._set(source.partition)
+        for group in (partition_set.by_type[kind], self._global.by_type[kind]):
+            for detector in group:
+                try:
+                    out = detector.process(event, source)
+                except Exception as exc:  # a detector bug must not stop the stream
+                    self.errors += 1
+                    if self._on_error is not None:
+                        self._on_error(detector, event, exc)
+                    continue
+                if out:
+                    findings.extend(out)
+        return findings
+
+    def detectors(self) -> Iterator[tuple[int, Detector]]:
+        """(state partition, detector) pairs; model-scoped ones under ``GLOBAL``."""
+        for partition, group in self._sets.items():
+            for detector in group.detectors:
+                yield partition, detector
+        for detector in self._global.detectors:
+            yield GLOBAL, detector
+
+    # -- state handoff -----------------------------------------------------
+
+    def partitions(self) -> list[int]:
+        return sorted(self._sets)
+
+    def snapshot(self, partition: int) -> dict[str, bytes]:
+        """State of one state partition (or GLOBAL), detector name -> bytes."""
+        group = self._global if partition == GLOBAL else self._sets.get(partition)
+        if group is None:
+            return {}
+        return {d.name: d.snapshot() for d in group.detectors}
+
+    def restore(self, partition: int, states: Mapping[str, bytes]) -> None:
+        """Load saved state into a partition's detectors (unknown names are ignored)."""
+        group = self._global if partition == GLOBAL else self._set(partition)
+        for detector in group.detectors:
+            state = states.get(detector.name)
+            if state is not None:
+                detector.restore(state)
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition's state (after it was revoked and checkpointed)."""
+        self._sets.pop(partition, None)

@@ -1,0 +1,1 @@
+"""Response to findings: alert routes and actions."""
