@@ -268,18 +268,32 @@ def load(path: str | Path | None) -> Settings:
             from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
         settings = Settings(**data)
     except pydantic.ValidationError as exc:
-        raise ConfigError(_problem_lines(exc)) from None
+        problems.extend(_problem_lines(exc))
     except ValueError as exc:
-        raise ConfigError([str(exc)]) from None
-    problems = []
-    for name, cfg in settings.detectors.items():
+        problems.append(str(exc))
+    detectors = settings.detectors if settings is not None else _raw_detectors(data)
+    for name, cfg in detectors.items():
         try:
             validate_params(name, cfg.params)
         except ParamsError as exc:
             problems.extend(f"detectors.{name}: {line}" for line in exc.problems)
-    if problems:
+    if problems or settings is None:
         raise ConfigError(problems)
     return settings
+
+
+def _raw_detectors(data: dict[str, Any]) -> dict[str, DetectorSettings]:
+    """Detector sections that parse on their own, to report their params too."""
+    raw = Settings._detector_names({"detectors": data.get("detectors")}).get("detectors")
+    out: dict[str, DetectorSettings] = {}
+    for name, cfg in (raw or {}).items() if isinstance(raw, dict) else ():
+        try:
+            out[name] = DetectorSettings.model_validate(cfg or {})
+        except pydantic.ValidationError:
+            continue  # already reported by the settings validation
+    return out

@@ -180,7 +180,10 @@ def _reason(exc: msgspec.ValidationError) -> str:
     if text.startswith("Expected `object`"):
         return "not_an_object"
     if text.startswith("Expected"):
-        return "wrong_type"
+        # "Expected `float` <= 1.0" is a constraint on a value of the right type
+        head = text.split(" - at ", 1)[0]
+        constrained = any(op in head for op in (" <= ", " >= ", " < ", " > ", "length"))
+        return "invalid_value" if constrained else "wrong_type"
     return "invalid_value"
 
 

@@ -8,7 +8,7 @@ detectors get one instance per process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,11 +74,18 @@ class Pipeline:
 
     def process(self, event: Event, source: Source) -> list[Finding]:
         """Findings triggered by ``event``; a detector that raises is reported, not fatal."""
-        kind = event_type_of(event)
+        return self.process_many(event_type_of(event), source.partition, ((event, source),))
+
+    def process_many(
+        self, kind: str, partition: int, items: Iterable[tuple[Event, Source]]
+    ) -> list[Finding]:
+        """Findings of a run of events of one kind from one partition, in order."""
+        detectors = self._set(partition).by_type[kind] + self._global.by_type[kind]
         findings: list[Finding] = []
-        partition_set = self._set(source.partition)
-        for group in (partition_set.by_type[kind], self._global.by_type[kind]):
-            for detector in group:
+        if not detectors:
+            return findings
+        for event, source in items:
+            for detector in detectors:
                 try:
                     out = detector.process(event, source)
                 except Exception as exc:  # a detector bug must not stop the stream

@@ -1,0 +1,152 @@
+"""The ``mlwatchd`` command: run, check-config, replay, demo, bench, detectors."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _load(path: str | None) -> Any:
+    from daemon.settings import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def build_alerter(settings: Any) -> Any:
+    """The thin Slack route, if Slack is configured (replaced by playbooks later)."""
+    if not settings.slack.enabled:
+        return None
+    from playbooks.privacy import Pseudonymizer
+    from playbooks.slack import SlackAlerter
+
+    slack, privacy = settings.slack, settings.privacy
+    pseudonymizer = (
+        Pseudonymizer(privacy.key.get_secret_value().encode())
+        if privacy.pseudonymize and privacy.key is not None
+        else None
+    )
+    return SlackAlerter(
+        webhook_url=slack.webhook_url.get_secret_value() if slack.webhook_url else None,
+        bot_token=slack.bot_token.get_secret_value() if slack.bot_token else None,
+        channel=slack.channel,
+        api_base_url=slack.api_base_url,
+        min_severity=slack.min_severity,
+        timeout_s=slack.timeout_s,
+        max_retries=slack.max_retries,
+        queue_size=slack.queue_size,
+        pseudonymizer=pseudonymizer,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.logs import configure_logging
+    from daemon.runtime import Daemon
+
+    settings = _load(args.config)
+    configure_logging(settings.observability.log_level, settings.observability.log_format)
+    alerter = build_alerter(settings)
+    daemon = Daemon(settings, alerter=alerter)
+    if alerter is not None:
+        alerter.on_outcome = lambda outcome, _f: daemon.metrics.alerts.labels(outcome).inc()
+
+    def stop(signum: int, _frame: Any) -> None:
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return daemon.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    names = ", ".join(s.name for s in settings.detector_specs()) or "none"
+    slack = "webhook" if settings.slack.webhook_url else "bot token" if settings.slack.bot_token \
+        else "off"
+    print(f"config OK: kafka {settings.kafka.bootstrap_servers}, group {settings.kafka.group_id}, "
+          f"detectors: {names}; slack: {slack}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from daemon.logs import configure_logging
+    from daemon.replay import main_replay
+    from detectors.pipeline import Pipeline
+
+    settings = _load(args.config)
+    configure_logging(settings.observability.log_level, settings.observability.log_format)
+    return main_replay(Pipeline(settings.detector_specs()), args.files)
+
+
+def cmd_detectors(args: argparse.Namespace) -> int:
+    import inspect
+
+    from detectors.registry import REGISTRY
+
+    for name, cls in sorted(REGISTRY.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}  [{', '.join(sorted(cls.event_types))}; scope {cls.scope}]  {doc}")
+        for param in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            print(f"    {param.name} = {param.default!r}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    return run_demo(events=args.events, seed=args.seed, verbose=args.verbose)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from daemon.bench import run_bench
+
+    return run_bench(events=args.events, decode_only=args.decode)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mlwatchd",
+        description="Security monitoring daemon for machine-learning systems.",
+    )
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str, func: Any, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument("--config", metavar="PATH",
+                           help="YAML config (default: the shipped config/mlwatchd.yaml)")
+        p.set_defaults(func=func)
+        return p
+
+    verb("run", "Run the daemon until SIGTERM/SIGINT, then drain, commit and exit 0.", cmd_run)
+    verb("check-config", "Validate a config offline; one line per problem.", cmd_check_config)
+    p = verb("replay", "Run the detectors over JSON Lines files; findings as JSON on stdout.",
+             cmd_replay)
+    p.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    verb("detectors", "List the registered detectors and their params.", cmd_detectors,
+         config=False)
+    p = verb("demo", "Start an embedded broker, stream built-in traffic with attacks through "
+             "the daemon and show the findings.", cmd_demo, config=False)
+    p.add_argument("--events", type=int, default=30_000, help="benign events (default 30000)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--verbose", action="store_true", help="show the daemon's logs")
+    p = verb("bench", "Throughput: bare kafka-python consumer vs mlwatchd run, same topic.",
+             cmd_bench, config=False)
+    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--decode", action="store_true",
+                   help="only compare event decoders (msgspec vs orjson+Python checks)")
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

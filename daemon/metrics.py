@@ -1,0 +1,140 @@
+"""Prometheus metrics and the /metrics, /healthz, /readyz HTTP server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["Health", "Metrics", "StatusServer"]
+
+log = structlog.get_logger("mlwatchd.metrics")
+
+
+class Metrics:
+    """The daemon's metrics, on a registry of its own (tests can make several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter("mlwatchd_events_consumed_total", "Events consumed",
+                              ["topic"], registry=r)
+        self.bad_events = Counter("mlwatchd_decode_errors_total",
+                                  "Messages that were not valid events", ["topic", "reason"],
+                                  registry=r)
+        self.dlq = Counter("mlwatchd_dlq_messages_total", "Messages written to the dead-letter topic",
+                           registry=r)
+        self.findings = Counter("mlwatchd_findings_total", "Findings emitted",
+                                ["detector", "severity"], registry=r)
+        self.detector_errors = Counter("mlwatchd_detector_errors_total",
+                                       "Exceptions raised by detectors (event skipped for that "
+                                       "detector)", ["detector"], registry=r)
+        self.batch_seconds = Histogram(
+            "mlwatchd_batch_processing_seconds", "Time to process one polled batch",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+        self.batch_events = Histogram(
+            "mlwatchd_batch_events", "Events per polled batch",
+            buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000), registry=r)
+        self.commits = Counter("mlwatchd_commits_total", "Offset commits", ["result"], registry=r)
+        self.lag = Gauge("mlwatchd_consumer_lag", "Highwater minus committed position",
+                         ["topic", "partition"], registry=r)
+        self.assigned = Gauge("mlwatchd_assigned_partitions", "Partitions assigned", registry=r)
+        self.produce_retries = Counter("mlwatchd_produce_retries_total",
+                                       "Retries of findings/DLQ produce after a broker error",
+                                       registry=r)
+        self.broker_reconnects = Counter("mlwatchd_broker_connect_failures_total",
+                                         "Failed attempts to reach the Kafka cluster", registry=r)
+        self.alerts = Counter("mlwatchd_alerts_total", "Chat alerts by outcome", ["outcome"],
+                              registry=r)
+        self.detector_gauge = Gauge("mlwatchd_detector_state", "Detector state gauges "
+                                    "(entities tracked, evictions, ...)",
+                                    ["detector", "stat"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Health:
+    """What /healthz and /readyz report: the loop turns, and it has partitions."""
+
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self.last_turn = time.monotonic()
+        self.ready = False
+        self.reason = "starting"
+
+    def beat(self) -> None:
+        self.last_turn = time.monotonic()
+
+    def live(self) -> tuple[bool, str]:
+        idle = time.monotonic() - self.last_turn
+        if idle > self.stall_after_s:
+            return False, f"consumer loop stalled for {idle:.0f}s"
+        return True, "ok"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.server.metrics.render(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok, why = self.server.health.live()
+            self._send(200 if ok else 503, why.encode() + b"\n")
+        elif path == "/readyz":
+            h = self.server.health
+            self._send(200 if h.ready else 503, h.reason.encode() + b"\n")
+        else:
+            self._send(404, b"not found\n")
+
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # scrapes every few seconds would drown the log
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    metrics: Metrics
+    health: Health
+
+
+class StatusServer:
+    """Serves metrics and health on ``host:port`` from a background thread."""
+
+    def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.metrics = metrics
+        self._server.health = health
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="mlwatchd-status", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("status_server_started", host=self._server.server_address[0], port=self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,322 @@
+"""The consumer loop: Kafka in, detectors, findings and dead letters out.
+
+Delivery is at least once. For each polled batch the loop decodes every
+message (bad ones become dead letters), runs the detectors, sends findings
+and dead letters, waits until the broker has acknowledged all of them, and
+only then commits the batch's offsets. A crash therefore loses nothing: the
+uncommitted batch is redelivered, and its findings come again with the same
+``finding_id``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from daemon.kafka_io import (
+    OutRecord,
+    ProduceFailed,
+    connect,
+    dlq_record,
+    new_consumer,
+    new_producer,
+    send_all,
+)
+from daemon.metrics import Health, Metrics, StatusServer
+from daemon.settings import Settings
+from detectors.base import Detector
+from detectors.events import BadEvent, Event, decode_event
+from detectors.findings import Finding, Source, encode_finding
+from detectors.pipeline import Pipeline
+
+__all__ = ["Daemon"]
+
+log = structlog.get_logger("mlwatchd.runtime")
+
+#: How often lag and detector gauges are refreshed.
+_GAUGE_EVERY_S: Final = 10.0
+#: How long one produce attempt may wait for acknowledgements.
+_ACK_TIMEOUT_S: Final = 30.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.daemon._on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.daemon._on_assigned(list(assigned))
+
+
+class Daemon:
+    """One mlwatchd consumer: run() until request_stop(), then drain and close."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline | None = None,
+        alerter: Any | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.pipeline = pipeline or Pipeline(settings.detector_specs(),
+                                             on_error=self._detector_error)
+        self.alerter = alerter
+        self.health = Health(settings.observability.stall_after_s)
+        self.stopping = threading.Event()
+        self.status: StatusServer | None = None
+        self._inputs = settings.topics.inputs()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        #: Next offsets to commit, per partition, for work already acknowledged.
+        self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._gauges_at = 0.0
+        self._errors_seen: dict[str, int] = {}
+        self.processed = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish its batch, commit and exit (signal-safe)."""
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Consume until stopped. Returns the process exit code."""
+        obs = self.settings.observability
+        if obs.http_port is not None:
+            self.status = StatusServer(self.metrics, self.health, obs.http_host, obs.http_port)
+            self.status.start()
+        if self.alerter is not None:
+            self.alerter.start()
+        log.info("daemon_starting", bootstrap=self.settings.kafka.bootstrap_servers,
+                 group=self.settings.kafka.group_id, topics=sorted(self._inputs),
+                 detectors=[s.name for s in self.pipeline.specs])
+        try:
+            if not self._connect():
+                return 0
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _connect(self) -> bool:
+        kafka = self.settings.kafka
+        fail = self.metrics.broker_reconnects.inc
+        self.health.reason = "connecting to Kafka"
+        self._producer = connect(lambda: new_producer(kafka), "producer", self.stopping,
+                                 kafka.reconnect_backoff_max_s, fail)
+        if self._producer is None:
+            return False
+        self._consumer = connect(lambda: new_consumer(kafka), "consumer", self.stopping,
+                                 kafka.reconnect_backoff_max_s, fail)
+        if self._consumer is None:
+            return False
+        self._consumer.subscribe(topics=sorted(self._inputs), listener=_Rebalance(self))
+        return True
+
+    def _shutdown(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        try:
+            if consumer is not None:
+                self._commit()
+                consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("consumer_close_failed", error=str(exc))
+        if producer is not None:
+            try:
+                producer.flush(timeout=10)
+                producer.close(timeout=10)
+            except Exception as exc:
+                log.warning("producer_close_failed", error=str(exc))
+        if self.alerter is not None:
+            undelivered = self.alerter.stop(timeout=10.0)
+            if undelivered:
+                log.error("alerts_undelivered_at_exit", count=undelivered)
+        if self.status is not None:
+            self.status.stop()
+        log.info("daemon_stopped", processed=self.processed)
+
+    # -- the loop -----------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self._consumer is not None
+        kafka = self.settings.kafka
+        self.health.reason = "joining consumer group"
+        while not self.stopping.is_set():
+            self.health.beat()
+            try:
+                batch = self._consumer.poll(timeout_ms=kafka.poll_timeout_ms,
+                                            max_records=kafka.max_poll_records)
+            except KafkaError as exc:
+                log.warning("poll_failed", error=f"{type(exc).__name__}: {exc}")
+                self.stopping.wait(1.0)
+                continue
+            if not self.health.ready:
+                self.health.ready, self.health.reason = True, "consuming"
+            if batch:
+                self._process(batch)
+            now = time.monotonic()
+            if now - self._gauges_at >= _GAUGE_EVERY_S:
+                self._gauges_at = now
+                self._update_gauges()
+
+    def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        started = time.perf_counter()
+        findings: list[Finding] = []
+        dead: list[OutRecord] = []
+        count = 0
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, messages in batch.items():
+            kind = self._inputs.get(tp.topic)
+            if kind is None or not messages:
+                continue
+            found = self.pipeline.process_many(kind, tp.partition,
+                                               self._decoded(tp, kind, messages, dead))
+            findings.extend(found)
+            self.metrics.events.labels(tp.topic).inc(len(messages))
+            count += len(messages)
+            offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, None, -1)
+        records: list[OutRecord] = [
+            (self.settings.topics.findings, f.entity.id.encode(), encode_finding(f), None)
+            for f in findings
+        ]
+        records.extend(dead)
+        if records and not self._deliver(records):
+            return  # stopping while the broker refuses: do not commit; redelivered later
+        self._pending.update(offsets)
+        self._commit()
+        for finding in findings:
+            self.metrics.findings.labels(finding.detector, finding.severity).inc()
+            log.info("finding", finding_id=finding.finding_id, detector=finding.detector,
+                     kind=finding.kind, severity=finding.severity,
+                     entity_type=finding.entity.type, model_id=finding.model_id)
+            if self.alerter is not None:
+                self.alerter.submit(finding)
+        self.processed += count
+        self.metrics.batch_events.observe(count)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _decoded(
+        self, tp: TopicPartition, kind: str, messages: list[Any], dead: list[OutRecord]
+    ) -> Iterator[tuple[Event, Source]]:
+        """Valid events of a partition's messages; the others become dead letters."""
+        limit = self.settings.kafka.max_message_bytes
+        topic, partition = tp.topic, tp.partition
+        for message in messages:
+            value = message.value
+            try:
+                if value is None:
+                    raise BadEvent("empty", "message has no value")
+                if len(value) > limit:
+                    raise BadEvent("too_large", f"{len(value)} bytes > limit {limit}")
+                event = decode_event(value, kind)
+            except BadEvent as exc:
+                dead.append(dlq_record(self.settings.topics.dlq, topic, partition,
+                                       message.offset, message.key, value,
+                                       message.headers, exc.reason, exc.detail))
+                self.metrics.bad_events.labels(topic, exc.reason).inc()
+                self.metrics.dlq.inc()
+                log.warning("dead_letter", topic=topic, partition=partition,
+                            offset=message.offset, reason=exc.reason, detail=exc.detail[:200])
+                continue
+            yield event, Source(topic, partition, message.offset)
+
+    def _deliver(self, records: list[OutRecord]) -> bool:
+        """Send until every record is acknowledged; False if asked to stop first."""
+        delay = 0.5
+        pending = records
+        while True:
+            assert self._producer is not None
+            try:
+                send_all(self._producer, pending, _ACK_TIMEOUT_S)
+                if delay > 0.5:
+                    self.health.ready, self.health.reason = True, "consuming"
+                    log.info("produce_recovered")
+                return True
+            except ProduceFailed as exc:
+                pending = exc.failed
+                error = exc.error
+            except KafkaError as exc:
+                error = exc
+            self.metrics.produce_retries.inc()
+            self.health.ready, self.health.reason = False, "cannot write findings to Kafka"
+            log.warning("produce_failed", records=len(pending), retry_in_s=round(delay, 1),
+                        error=f"{type(error).__name__}: {error}")
+            if self.stopping.wait(delay):
+                return False
+            self.health.beat()
+            delay = min(delay * 2, self.settings.kafka.reconnect_backoff_max_s)
+            if delay >= 4:
+                # An idempotent producer does not recover from a broker that lost
+                # its state (a restarted broker): start a fresh one.
+                self._producer.close(timeout=1)
+                self._producer = connect(lambda: new_producer(self.settings.kafka), "producer",
+                                         self.stopping, self.settings.kafka.reconnect_backoff_max_s,
+                                         self.metrics.broker_reconnects.inc)
+                if self._producer is None:
+                    return False
+
+    def _commit(self) -> None:
+        if not self._pending or self._consumer is None:
+            return
+        offsets, self._pending = self._pending, {}
+        try:
+            self._consumer.commit(offsets=offsets)
+            self.metrics.commits.labels("ok").inc()
+        except CommitFailedError as exc:
+            # The group rebalanced: the new owner resumes from the last commit.
+            self.metrics.commits.labels("failed").inc()
+            log.warning("commit_failed_rebalanced", partitions=len(offsets), error=str(exc))
+        except KafkaError as exc:
+            self.metrics.commits.labels("failed").inc()
+            self._pending = {**offsets, **self._pending}
+            log.warning("commit_failed", partitions=len(offsets), error=str(exc))
+
+    # -- rebalance and gauges ------------------------------------------------
+
+    def _on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._commit()
+        log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.metrics.assigned.set(len(assigned))
+        log.info("partitions_assigned", partitions=[f"{t.topic}:{t.partition}" for t in assigned])
+
+    def _update_gauges(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            for tp in consumer.assignment():
+                high = consumer.highwater(tp)
+                if high is None:
+                    continue
+                try:
+                    position = consumer.position(tp, timeout_ms=1000)
+                except Exception:
+                    continue
+                if position is not None:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(high - position)
+        totals: dict[tuple[str, str], float] = {}
+        for _, detector in self.pipeline.detectors():
+            for stat, value in detector.stats().items():
+                key = (detector.name, stat)
+                totals[key] = totals.get(key, 0.0) + value
+        for (name, stat), value in totals.items():
+            self.metrics.detector_gauge.labels(name, stat).set(value)
+
+    def _detector_error(self, detector: Detector, event: Event, exc: Exception) -> None:
+        self.metrics.detector_errors.labels(detector.name).inc()
+        seen = self._errors_seen.get(detector.name, 0) + 1
+        self._errors_seen[detector.name] = seen
+        if seen & (seen - 1) == 0:  # 1st, 2nd, 4th, 8th...: visible, but no log flood
+            log.error("detector_failed", detector=detector.name, occurrences=seen,
+                      error=f"{type(exc).__name__}: {exc}")
