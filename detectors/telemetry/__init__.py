@@ -1,5 +1,11 @@
-"""Model telemetry detectors: drift, confidence, performance estimate, input integrity."""
+"""Model telemetry detectors: drift, confidence, performance estimate, input integrity.
+
+All are per model and version (``scope = "model"``): see
+:mod:`detectors.telemetry.window` for the reference, window and false-alarm
+budget they share.
+"""
 
 from detectors.base import Detector
+from detectors.telemetry.drift import FeatureDriftDetector, PredictionDriftDetector
 
-DETECTORS: tuple[type[Detector], ...] = ()
+DETECTORS: tuple[type[Detector], ...] = (FeatureDriftDetector, PredictionDriftDetector)

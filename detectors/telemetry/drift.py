@@ -1,0 +1,479 @@
+"""Input (feature) drift and prediction drift of a model against its reference.
+
+Both compare the binned distribution of a sliding window with the reference by
+the population stability index (PSI) on reference-quantile bins, one bin more
+for missing values; Jensen-Shannon distance is reported alongside. A window
+drifts when an effect is both statistically beyond the false-alarm budget and
+at least a minimum size (``min_psi``): a p-value alone would flag every
+feature of a large enough window.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from detectors.events import InferenceEvent
+from detectors.findings import Finding, Severity, Source
+from detectors.telemetry.stats import (
+    alpha_per_evaluation,
+    js_distance,
+    normal_isf,
+    psi,
+    psi_null_thresholds,
+    quantile_edges,
+)
+from detectors.telemetry.window import (
+    ATLAS_EVASION,
+    Block,
+    FeatureSchema,
+    ModelState,
+    WindowedModelDetector,
+    attribute,
+    scope_phrase,
+)
+
+__all__ = ["FeatureDriftDetector", "PredictionDriftDetector"]
+
+
+def _category_map(values: list[Any], limit: int) -> dict[Any, int]:
+    """Codes of the ``limit`` most frequent non-missing values, in order of frequency."""
+    counts = Counter(v for v in values if v is not None)
+    return {v: i for i, (v, _) in enumerate(counts.most_common(limit))}
+
+
+def _bin_counts(codes: np.ndarray, slots: int) -> np.ndarray:
+    """(features, slots) counts of a (rows, features) code matrix."""
+    d = codes.shape[1]
+    flat = codes.astype(np.int64) + np.arange(d, dtype=np.int64) * slots
+    return np.bincount(flat.ravel(), minlength=d * slots).reshape(d, slots)
+
+
+def reconstruction_errors(z: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Mean squared error per row of projecting standardised rows on a PCA basis."""
+    residual = z - (z @ basis) @ basis.T
+    return np.mean(residual * residual, axis=1)
+
+
+class _FeatureReference:
+    __slots__ = (
+        "basis",
+        "cat_maps",
+        "edges",
+        "mv_mean",
+        "mv_threshold",
+        "n",
+        "names",
+        "p_ref",
+        "schema",
+        "scale",
+        "center",
+        "thresholds",
+    )
+
+
+class FeatureDriftDetector(WindowedModelDetector):
+    """Feature drift of a model: per-feature PSI plus a multivariate PCA signal.
+
+    Per feature, PSI of the window against the reference on ``bins`` quantile
+    bins (numeric) or the ``bins - 1`` most frequent categories plus "other"
+    (string features), each with one more bin for missing values, so a feature
+    that stops arriving drifts too. A feature drifts when its PSI exceeds both
+    ``min_psi`` and its null threshold: a parametric bootstrap of the PSI of a
+    stationary window, gamma tail at false-positive rate ``step / ert`` divided
+    by the number of features. The multivariate signal is the mean PCA
+    reconstruction error of standardised numeric features (NannyML's data
+    reconstruction drift), which sees broken correlations that no single
+    feature shows; it drifts above ``min_error_ratio`` times its reference mean
+    and its null threshold. Findings name the top drifting features (never
+    their values) and the callers whose traffic explains the drift.
+
+    Tune per model with ``overrides={"model-id": {"min_psi": 0.2, "ert": 1e9}}``.
+
+    >>> import random
+    >>> from detectors.testing import feed
+    >>> rng = random.Random(0)
+    >>> def ev(i, shift=0.0):
+    ...     return InferenceEvent(ts=i, model_id="m", request_id=str(i), principal="p",
+    ...         features=[rng.gauss(shift, 1), rng.gauss(0, 1)], prediction=0)
+    >>> det = FeatureDriftDetector(reference_size=1000, window=500, step=100)
+    >>> feed(det, [ev(i) for i in range(6000)])
+    []
+    >>> [f.evidence["top_features"][0]["feature"] for f in
+    ...  feed(det, [ev(i, shift=1.0) for i in range(6000, 7000)])]
+    ['f0']
+    """
+
+    name: ClassVar[str] = "drift.features"
+    overridable: ClassVar[tuple[str, ...]] = ("ert", "min_psi", "min_error_ratio")
+
+    def __init__(
+        self,
+        reference_size: int = 2000,
+        window: int = 1000,
+        step: int = 250,
+        ert: float = 1e8,
+        bins: int = 10,
+        min_psi: float = 0.1,
+        min_error_ratio: float = 1.25,
+        max_features: int = 256,
+        max_models: int = 64,
+        reference_path: str | None = None,
+        overrides: Mapping[str, Mapping[str, float]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if bins < 2:
+            raise ValueError("bins must be at least 2")
+        self.bins = bins
+        self.min_psi = min_psi
+        self.min_error_ratio = min_error_ratio
+        self.max_features = max_features
+        super().__init__(
+            reference_size=reference_size, window=window, step=step, ert=ert,
+            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            seed=seed,
+        )
+
+    # -- blocks ----------------------------------------------------------------------
+
+    def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
+        rows = [e.features for e in events]
+        ref: _FeatureReference | None = st.ref
+        if ref is None:
+            if st.extra is None:
+                st.extra = FeatureSchema.learn(rows, self.max_features)
+            schema: FeatureSchema = st.extra
+            return schema.numeric_matrix(rows), schema.categorical_columns(rows)
+        x = ref.schema.numeric_matrix(rows)
+        codes = self._codes(ref, x, ref.schema.categorical_columns(rows))
+        errors = None
+        if ref.basis is not None:
+            errors = reconstruction_errors(self._standardise(ref, x), ref.basis)
+        return codes, _bin_counts(codes, self.bins + 1), errors
+
+    def _codes(self, ref: _FeatureReference, x: np.ndarray, cats: list[list[Any]]) -> np.ndarray:
+        missing = self.bins
+        other = self.bins - 1
+        codes = np.empty((len(x), len(ref.names)), dtype=np.int16)
+        for j, edges in enumerate(ref.edges):
+            col = x[:, j]
+            c = np.searchsorted(edges, col, side="right")
+            c[np.isnan(col)] = missing
+            codes[:, j] = c
+        dn = len(ref.edges)
+        for j, (mapping, values) in enumerate(zip(ref.cat_maps, cats, strict=True)):
+            codes[:, dn + j] = [
+                missing if v is None else mapping.get(v, other) for v in values
+            ]
+        return codes
+
+    @staticmethod
+    def _standardise(ref: _FeatureReference, x: np.ndarray) -> np.ndarray:
+        z = (x - ref.center) / ref.scale
+        return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+
+    # -- reference -------------------------------------------------------------------
+
+    def fit_reference(self, st: ModelState, blocks: list[Block]) -> _FeatureReference:
+        schema: FeatureSchema = st.extra
+        x = np.vstack([b.data[0] for b in blocks]) if blocks else np.empty((0, 0))
+        cats: list[list[Any]] = [[] for _ in schema.categorical]
+        for b in blocks:
+            for j, values in enumerate(b.data[1]):
+                cats[j].extend(values)
+        ref = _FeatureReference()
+        ref.schema = schema
+        ref.names = schema.numeric + schema.categorical
+        ref.n = len(x)
+        ref.edges = [quantile_edges(x[:, j], self.bins) for j in range(x.shape[1])]
+        ref.cat_maps = [_category_map(values, self.bins - 1) for values in cats]
+        codes = self._codes(ref, x, cats)
+        counts = _bin_counts(codes, self.bins + 1)
+        ref.p_ref = counts / max(ref.n, 1)
+        alpha = alpha_per_evaluation(self.step, st.params["ert"]) / max(len(ref.names), 1)
+        rng = self.rng_for(st)
+        null = psi_null_thresholds(ref.p_ref, ref.n, self.window, alpha, rng) if ref.names else 0
+        ref.thresholds = np.maximum(st.params["min_psi"], null)
+        self._fit_multivariate(st, ref, x, rng, alpha)
+        return ref
+
+    def _fit_multivariate(
+        self, st: ModelState, ref: _FeatureReference, x: np.ndarray,
+        rng: np.random.Generator, alpha: float,
+    ) -> None:
+        ref.basis = None
+        ref.mv_mean = ref.mv_threshold = float("nan")
+        if x.shape[1] < 2 or len(x) < 40:
+            return
+        ref.center = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
+        ref.center = np.nan_to_num(ref.center)
+        scale = np.nanstd(x, axis=0)
+        ref.scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        z = self._standardise(ref, x)
+        order = rng.permutation(len(z))
+        fit_rows, held_rows = z[order[: len(z) // 2]], z[order[len(z) // 2 :]]
+        _, sing, vt = np.linalg.svd(fit_rows - fit_rows.mean(axis=0), full_matrices=False)
+        var = sing**2
+        if var.sum() <= 0:
+            return
+        k = int(np.searchsorted(np.cumsum(var) / var.sum(), 0.9) + 1)
+        k = min(k, x.shape[1] - 1)
+        ref.basis = vt[:k].T
+        errors = reconstruction_errors(held_rows, ref.basis)
+        mean, sd = float(errors.mean()), float(errors.std())
+        se = sd * np.sqrt(1 / self.window + 1 / len(errors))
+        ref.mv_mean = mean
+        ref.mv_threshold = max(
+            st.params["min_error_ratio"] * mean, mean + normal_isf(alpha) * se
+        )
+
+    # -- windows ---------------------------------------------------------------------
+
+    def evaluate(
+        self, st: ModelState, blocks: list[Block], event: InferenceEvent, source: Source
+    ) -> Finding | None:
+        ref: _FeatureReference = st.ref
+        if not ref.names:
+            return None
+        counts = sum(b.data[1] for b in blocks)
+        n = int(counts[0].sum())
+        p_win = counts / n
+        psis = psi(ref.p_ref, p_win)
+        ratios = psis / ref.thresholds
+        mv_ratio, mv_mean = 0.0, float("nan")
+        if ref.basis is not None:
+            mv_mean = float(sum(b.data[2].sum() for b in blocks) / n)
+            mv_ratio = mv_mean / ref.mv_threshold
+        score = max(float(ratios.max()), mv_ratio)
+        if score < 1.0:
+            return None
+
+        drifting = np.flatnonzero(ratios >= 1.0)
+        codes = np.vstack([b.data[0] for b in blocks])
+        errors = np.concatenate([b.data[2] for b in blocks]) if ref.basis is not None else None
+        slots = self.bins + 1
+        use_mv = mv_ratio >= 1.0
+
+        def window_score(mask: np.ndarray) -> float:
+            rows = int(mask.sum())
+            best = 0.0
+            if len(drifting):
+                sub = _bin_counts(codes[mask][:, drifting], slots) / rows
+                best = float((psi(ref.p_ref[drifting], sub) / ref.thresholds[drifting]).max())
+            if use_mv and errors is not None:
+                best = max(best, float(errors[mask].mean()) / ref.mv_threshold)
+            return best
+
+        principals = [p for b in blocks for p in b.principals]
+        who = attribute(principals, window_score)
+        js = js_distance(ref.p_ref, p_win)
+        order = np.argsort(-ratios)[:5]
+        top = [
+            {
+                "feature": ref.names[j],
+                "psi": round(float(psis[j]), 4),
+                "js_distance": round(float(js[j]), 4),
+                "threshold": round(float(ref.thresholds[j]), 4),
+                "missing_share_reference": round(float(ref.p_ref[j, -1]), 4),
+                "missing_share_window": round(float(p_win[j, -1]), 4),
+            }
+            for j in order.tolist()
+        ]
+        single = who["scope"] == "single_principal"
+        severity: Severity = "high" if single or score >= 3.0 else "medium"
+        if len(drifting):
+            lead = top[0]
+            what = (
+                f"{len(drifting)} of {len(ref.names)} features drifted "
+                f"(top {lead['feature']}: PSI {lead['psi']:.2f} > {lead['threshold']:.2f})"
+            )
+        else:
+            what = (
+                f"the joint feature distribution drifted (reconstruction error "
+                f"{mv_mean:.3g} > {ref.mv_threshold:.3g})"
+            )
+        return self.finding(
+            st,
+            kind="drift",
+            severity=severity,
+            summary=(
+                f"Inputs of model {st.model_id} (version {st.version or '-'}): {what}, "
+                f"{scope_phrase(who)}; check the upstream data and that caller's traffic."
+            ),
+            evidence={
+                "statistic": "psi",
+                "score": round(score, 3),
+                "features_examined": len(ref.names),
+                "features_drifting": len(drifting),
+                "top_features": top,
+                "multivariate": {
+                    "statistic": "pca_reconstruction_error",
+                    "observed": None if ref.basis is None else round(mv_mean, 5),
+                    "reference": None if ref.basis is None else round(ref.mv_mean, 5),
+                    "threshold": None if ref.basis is None else round(ref.mv_threshold, 5),
+                },
+                "min_psi": st.params["min_psi"],
+                "events_examined": n,
+                "type_errors_total": ref.schema.type_errors,
+                "attribution": who,
+            },
+            atlas=ATLAS_EVASION if single else [],
+            event=event,
+            source=source,
+        )
+
+
+class _PredictionReference:
+    __slots__ = ("classes", "edges", "labels", "n", "p_ref", "regression", "threshold")
+
+
+class PredictionDriftDetector(WindowedModelDetector):
+    """Prediction drift: class distribution (or binned regression output) against the reference.
+
+    Classification (at most ``max_classes`` distinct predictions, or any
+    string): the share of each of the ``max_classes`` most frequent reference
+    classes plus "other". Regression (more numeric values): ``bins`` reference
+    quantile bins. Drift when PSI exceeds both ``min_psi`` and the bootstrap
+    null threshold at false-positive rate ``step / ert``; findings give the
+    class shares that moved most and the callers that explain it.
+
+    >>> from detectors.testing import feed
+    >>> def ev(i, p):
+    ...     return InferenceEvent(ts=i, model_id="m", request_id=str(i), principal="p",
+    ...         features=[0.0], prediction=int(i % 10 < p))
+    >>> det = PredictionDriftDetector(reference_size=1000, window=500, step=100)
+    >>> feed(det, [ev(i, 3) for i in range(5000)])
+    []
+    >>> [(f.kind, f.evidence["top_classes"][0]["window_share"]) for f in
+    ...  feed(det, [ev(i, 7) for i in range(5000, 6000)])]
+    [('drift', 0.46)]
+    """
+
+    name: ClassVar[str] = "drift.prediction"
+    overridable: ClassVar[tuple[str, ...]] = ("ert", "min_psi")
+
+    def __init__(
+        self,
+        reference_size: int = 2000,
+        window: int = 1000,
+        step: int = 250,
+        ert: float = 1e8,
+        min_psi: float = 0.1,
+        max_classes: int = 20,
+        bins: int = 10,
+        max_models: int = 64,
+        reference_path: str | None = None,
+        overrides: Mapping[str, Mapping[str, float]] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.min_psi = min_psi
+        self.max_classes = max_classes
+        self.bins = bins
+        super().__init__(
+            reference_size=reference_size, window=window, step=step, ert=ert,
+            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            seed=seed,
+        )
+
+    def _slots(self, ref: _PredictionReference) -> int:
+        return (self.bins if ref.regression else self.max_classes + 1)
+
+    def _codes(self, ref: _PredictionReference, values: list[Any]) -> np.ndarray:
+        if ref.regression:
+            x = np.array([v if isinstance(v, int | float) else np.nan for v in values], float)
+            c = np.searchsorted(ref.edges, x, side="right")
+            c[np.isnan(x)] = self.bins - 1
+            return c
+        other = self.max_classes
+        get = ref.classes.get
+        return np.array([get(v, other) for v in values], dtype=np.int64)
+
+    def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
+        values = [e.prediction for e in events]
+        ref: _PredictionReference | None = st.ref
+        if ref is None:
+            return values
+        codes = self._codes(ref, values)
+        return codes, np.bincount(codes, minlength=self._slots(ref))
+
+    def fit_reference(self, st: ModelState, blocks: list[Block]) -> _PredictionReference:
+        values = [v for b in blocks for v in b.data]
+        ref = _PredictionReference()
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ref.regression = numeric and len(set(values)) > self.max_classes
+        ref.classes = {} if ref.regression else _category_map(values, self.max_classes)
+        ref.labels = [str(c) for c in ref.classes] + ["other"]
+        ref.edges = (
+            np.unique(np.quantile(np.asarray(values, float), np.linspace(0, 1, self.bins + 1)[1:-1]))
+            if ref.regression
+            else np.empty(0)
+        )
+        if ref.regression:
+            ref.labels = [f"bin{i}" for i in range(self.bins)]
+        ref.n = len(values)
+        counts = np.bincount(self._codes(ref, values), minlength=self._slots(ref))
+        ref.p_ref = counts / max(ref.n, 1)
+        alpha = alpha_per_evaluation(self.step, st.params["ert"])
+        null = psi_null_thresholds(ref.p_ref[None, :], ref.n, self.window, alpha, self.rng_for(st))
+        ref.threshold = max(st.params["min_psi"], float(null[0]))
+        return ref
+
+    def evaluate(
+        self, st: ModelState, blocks: list[Block], event: InferenceEvent, source: Source
+    ) -> Finding | None:
+        ref: _PredictionReference = st.ref
+        counts = sum(b.data[1] for b in blocks)
+        n = int(counts.sum())
+        p_win = counts / n
+        value = float(psi(ref.p_ref, p_win))
+        if value < ref.threshold:
+            return None
+        codes = np.concatenate([b.data[0] for b in blocks])
+        slots = self._slots(ref)
+
+        def window_score(mask: np.ndarray) -> float:
+            sub = np.bincount(codes[mask], minlength=slots) / int(mask.sum())
+            return float(psi(ref.p_ref, sub)) / ref.threshold
+
+        who = attribute([p for b in blocks for p in b.principals], window_score)
+        change = p_win - ref.p_ref
+        order = np.argsort(-np.abs(change))[:5]
+        top = [
+            {
+                "class": ref.labels[i] if i < len(ref.labels) else "other",
+                "reference_share": round(float(ref.p_ref[i]), 4),
+                "window_share": round(float(p_win[i]), 4),
+            }
+            for i in order.tolist()
+            if ref.p_ref[i] > 0 or p_win[i] > 0
+        ]
+        single = who["scope"] == "single_principal"
+        severity: Severity = "high" if single or value >= 3 * ref.threshold else "medium"
+        lead = top[0]
+        return self.finding(
+            st,
+            kind="drift",
+            severity=severity,
+            summary=(
+                f"Predictions of model {st.model_id} (version {st.version or '-'}) shifted "
+                f"(PSI {value:.2f} > {ref.threshold:.2f}; {lead['class']}: "
+                f"{lead['reference_share']:.0%} -> {lead['window_share']:.0%}), "
+                f"{scope_phrase(who)}."
+            ),
+            evidence={
+                "statistic": "psi",
+                "observed": round(value, 4),
+                "threshold": round(ref.threshold, 4),
+                "js_distance": round(float(js_distance(ref.p_ref, p_win)), 4),
+                "output": "regression" if ref.regression else "classes",
+                "top_classes": top,
+                "events_examined": n,
+                "attribution": who,
+            },
+            atlas=ATLAS_EVASION if single else [],
+            event=event,
+            source=source,
+        )

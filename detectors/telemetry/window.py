@@ -1,0 +1,496 @@
+"""Per-model windows shared by the telemetry detectors.
+
+Every telemetry detector follows the same life per model and version:
+
+1. **Reference.** The first ``reference_size`` events of a (model_id,
+   model_version) are its reference (or the events of that model in the JSON
+   Lines file named by ``reference_path``, read once at construction). Nothing
+   is judged before the reference is complete. A new version learns its own.
+2. **Blocks.** Per event the detector only appends the event to the model's
+   buffer. Every ``step`` events the buffer is summarised with numpy into a
+   compact block (bin counts, sums, codes) and the raw events are dropped.
+3. **Windows.** After each block, the last ``window // step`` blocks form a
+   sliding window that is compared with the reference. A window beyond the
+   threshold opens an *incident* and gives one finding; the incident closes
+   after a full window of quiet evaluations, so one drift gives one finding.
+
+Thresholds come from a false-alarm budget ``ert`` (expected events of one
+model between false alarms on a stationary stream): the per-evaluation
+false-positive rate is ``step / ert``. Each detector also requires a minimum
+effect size, so that huge windows of trivially different data stay quiet.
+``overrides`` maps a model_id to threshold parameters that replace the
+detector's defaults for that model, e.g. in config::
+
+    - name: drift.features
+      params:
+        ert: 1.0e8
+        overrides: {fraud-scorer: {min_psi: 0.2}}
+"""
+
+from __future__ import annotations
+
+import abc
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+import numpy as np
+
+from detectors.base import Detector
+from detectors.events import BadEvent, Event, InferenceEvent, decode_event
+from detectors.findings import Entity, Finding, Severity, Source
+from detectors.state import EntityTable
+
+__all__ = [
+    "Block",
+    "FeatureSchema",
+    "ModelState",
+    "WindowedModelDetector",
+    "attribute",
+    "model_key",
+]
+
+#: ATLAS ids when a change comes from one caller's traffic (evasion, crafted input).
+ATLAS_EVASION: Final = ["AML.T0015", "AML.T0043"]
+#: A reference file model needs at least this many events.
+MIN_FILE_REFERENCE: Final = 100
+
+
+def model_key(model_id: str, version: str | None) -> str:
+    return f"{model_id}@{version}" if version is not None else model_id
+
+
+class Block:
+    """Summary of ``step`` consecutive events of one model (detector-specific payload)."""
+
+    __slots__ = ("data", "n", "principals")
+
+    def __init__(self, n: int, principals: list[str], data: Any) -> None:
+        self.n = n
+        self.principals = principals
+        self.data = data
+
+
+class ModelState:
+    """Everything a detector keeps about one model version."""
+
+    __slots__ = (
+        "blocks",
+        "calm",
+        "evaluations",
+        "extra",
+        "first_source",
+        "incident",
+        "items",
+        "key",
+        "model_id",
+        "params",
+        "ref",
+        "ref_blocks",
+        "seen",
+        "version",
+        "window_sources",
+    )
+
+    def __init__(self, model_id: str, version: str | None, params: dict[str, float]) -> None:
+        self.model_id = model_id
+        self.version = version
+        self.key = model_key(model_id, version)
+        self.params = params
+        self.items: list[InferenceEvent] = []
+        self.first_source: Source | None = None
+        self.window_sources: deque[Source] = deque()
+        self.ref_blocks: list[Block] = []
+        self.ref: Any = None
+        self.blocks: deque[Block] = deque()
+        self.seen = 0
+        self.evaluations = 0
+        self.incident = False
+        self.calm = 0
+        self.extra: Any = None
+
+
+class FeatureSchema:
+    """Feature names of a model and how to turn events' features into arrays.
+
+    List features are positional and named ``f0..fn``; dict features by key.
+    A feature whose reference values are mostly strings is *categorical*; the
+    others are numeric, and a string met in a numeric feature counts as missing
+    (``type_errors``). ``None`` or an absent key is missing. At most
+    ``max_features`` names are kept, the most frequent in the reference.
+
+    >>> s = FeatureSchema.learn([[1.0, 2.0], {"f0": 3.0, "f1": None, "city": "x"}])
+    >>> s.numeric, s.categorical
+    (('f0', 'f1'), ('city',))
+    >>> s.numeric_matrix([[1.0, 2.0], {"f0": 3.0, "f1": "oops"}]).tolist()
+    [[1.0, 2.0], [3.0, nan]]
+    """
+
+    def __init__(self, numeric: Sequence[str], categorical: Sequence[str]) -> None:
+        self.numeric = tuple(numeric)
+        self.categorical = tuple(categorical)
+        positions = []
+        for i, name in enumerate(self.numeric):
+            positions.append(int(name[1:]) if name[:1] == "f" and name[1:].isdigit() else -1)
+        self._positions = positions
+        # List rows can be sliced when the numeric names are exactly f0..f{k-1}.
+        self._prefix = positions == list(range(len(self.numeric)))
+        self.type_errors = 0
+
+    @classmethod
+    def learn(cls, rows: Sequence[Any], max_features: int = 256) -> FeatureSchema:
+        seen: Counter[str] = Counter()
+        strings: Counter[str] = Counter()
+        order: dict[str, int] = {}
+        for row in rows:
+            if isinstance(row, dict):
+                for name, value in row.items():
+                    order.setdefault(name, len(order))
+                    if value is not None:
+                        seen[name] += 1
+                        if isinstance(value, str):
+                            strings[name] += 1
+            else:
+                for i in range(len(row)):
+                    name = f"f{i}"
+                    order.setdefault(name, len(order))
+                    seen[name] += 1
+        kept = sorted(order, key=lambda n: (-seen[n], order[n]))[:max_features]
+        kept.sort(key=order.__getitem__)
+        numeric = [n for n in kept if strings[n] * 2 <= seen[n]]
+        categorical = [n for n in kept if strings[n] * 2 > seen[n]]
+        return cls(numeric, categorical)
+
+    def numeric_matrix(self, rows: Sequence[Any]) -> np.ndarray:
+        """(rows, numeric features) float array; NaN where missing or not a number."""
+        names, k = self.numeric, len(self.numeric)
+        out: list[list[Any]] = []
+        append = out.append
+        for row in rows:
+            if type(row) is dict:
+                append([row.get(n) for n in names])
+            elif self._prefix:
+                append(row[:k] if len(row) >= k else list(row) + [None] * (k - len(row)))
+            else:
+                n = len(row)
+                append([row[p] if 0 <= p < n else None for p in self._positions])
+        if not out:
+            return np.empty((0, k))
+        try:
+            return np.array(out, dtype=float).reshape(len(out), k)
+        except (ValueError, TypeError):
+            clean = []
+            for values in out:
+                row_clean = []
+                for v in values:
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        row_clean.append(v)
+                    else:
+                        if v is not None:
+                            self.type_errors += 1
+                        row_clean.append(None)
+                clean.append(row_clean)
+            return np.array(clean, dtype=float).reshape(len(out), k)
+
+    def categorical_columns(self, rows: Sequence[Any]) -> list[list[Any]]:
+        """Raw values of each categorical feature (None where absent or a list row)."""
+        return [
+            [row.get(name) if type(row) is dict else None for row in rows]
+            for name in self.categorical
+        ]
+
+
+def attribute(
+    principals: Sequence[str],
+    score: Callable[[np.ndarray], float],
+    *,
+    top: int = 5,
+    min_rows: int = 20,
+) -> dict[str, Any]:
+    """Which callers' traffic makes a window's ``score`` exceed 1 (the threshold).
+
+    For the ``top`` principals by volume: their share of the window, the score
+    of their rows alone and the score of the window without them. The change is
+    ``single_principal`` when removing one principal brings the score below 1
+    (or one principal sent the whole window), else ``population``.
+
+    >>> who = ["a"] * 50 + ["b"] * 50
+    >>> result = attribute(who, lambda m: 2.0 * m[:50].mean() if m.any() else 0.0)
+    >>> result["scope"], result["principal"]
+    ('single_principal', 'a')
+    """
+    arr = np.asarray(principals, dtype=object)
+    n = len(arr)
+    uniq, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    rows: list[dict[str, Any]] = []
+    culprit: str | None = None
+    for i in order.tolist():
+        mask = inverse == i
+        alone = score(mask) if counts[i] >= min_rows else None
+        rest = n - int(counts[i])
+        without = score(~mask) if rest >= min_rows else None
+        rows.append(
+            {
+                "principal": str(uniq[i]),
+                "share": round(counts[i] / n, 4),
+                "score_alone": None if alone is None else round(alone, 3),
+                "score_without": None if without is None else round(without, 3),
+            }
+        )
+        explains = without is not None and without < 1.0 and (alone is None or alone >= 1.0)
+        if culprit is None and (explains or (len(uniq) == 1)):
+            culprit = str(uniq[i])
+    return {
+        "scope": "single_principal" if culprit is not None else "population",
+        "principal": culprit,
+        "principals_in_window": len(uniq),
+        "top_principals": rows,
+    }
+
+
+def load_reference_file(path: str, limit: int) -> dict[str, list[InferenceEvent]]:
+    """Inference events of a JSON Lines file grouped by model key (first ``limit`` each).
+
+    Raises ValueError naming the file and line on any problem.
+    """
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"reference_path {path!r}: cannot read: {exc.strerror}") from None
+    grouped: dict[str, list[InferenceEvent]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            event = decode_event(line, "inference")
+        except BadEvent as exc:
+            raise ValueError(f"reference_path {path!r} line {lineno}: {exc}") from None
+        assert isinstance(event, InferenceEvent)
+        events = grouped.setdefault(model_key(event.model_id, event.model_version), [])
+        if len(events) < limit:
+            events.append(event)
+    if not grouped:
+        raise ValueError(f"reference_path {path!r}: no inference events")
+    for key, events in grouped.items():
+        if len(events) < MIN_FILE_REFERENCE:
+            raise ValueError(
+                f"reference_path {path!r}: model {key!r} has {len(events)} events, "
+                f"at least {MIN_FILE_REFERENCE} are needed"
+            )
+    return grouped
+
+
+class WindowedModelDetector(Detector):
+    """Base of the telemetry detectors: reference, blocks, sliding windows, incidents.
+
+    Subclasses implement :meth:`summarise` (events -> block payload),
+    :meth:`fit_reference` (reference blocks -> reference) and :meth:`evaluate`
+    (window blocks -> finding or None). Not registered itself.
+    """
+
+    event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
+    scope: ClassVar = "model"
+    #: Threshold parameters a per-model override may set.
+    overridable: ClassVar[tuple[str, ...]] = ("ert",)
+
+    def __init__(
+        self,
+        *,
+        reference_size: int,
+        window: int,
+        step: int,
+        ert: float,
+        max_models: int,
+        reference_path: str | None,
+        overrides: Mapping[str, Mapping[str, float]] | None,
+        seed: int,
+    ) -> None:
+        if step < 1 or window < step or window % step:
+            raise ValueError("step must be >= 1 and window a multiple of step")
+        if reference_size < 2 * step:
+            raise ValueError("reference_size must be at least 2 * step")
+        if ert <= step:
+            raise ValueError("ert (expected events between false alarms) must exceed step")
+        self.reference_size = reference_size
+        self.window = window
+        self.step = step
+        self.ert = ert
+        self.seed = seed
+        self.overrides = {m: dict(p) for m, p in (overrides or {}).items()}
+        for model, params in self.overrides.items():
+            unknown = set(params) - set(self.overridable)
+            if unknown:
+                raise ValueError(
+                    f"overrides[{model!r}]: unknown {sorted(unknown)}; allowed: {self.overridable}"
+                )
+        self.table: EntityTable[ModelState] = EntityTable(max_models)
+        self._last: ModelState | None = None
+        self._file_refs: dict[str, Any] = {}
+        if reference_path is not None:
+            for key, events in load_reference_file(reference_path, reference_size).items():
+                first = events[0]
+                state = self._new_state(first.model_id, first.model_version, use_file=False)
+                self._file_refs[key] = self._reference_from_events(state, events)
+
+    # -- per event -----------------------------------------------------------------
+
+    def accepts(self, event: InferenceEvent) -> bool:
+        """Whether an event carries what this detector needs (default: all do)."""
+        return True
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        if type(event) is not InferenceEvent:
+            return None
+        st = self._last
+        if st is None or st.model_id != event.model_id or st.version != event.model_version:
+            st = self._state_of(event)
+        if not self.accepts(event):
+            return None
+        items = st.items
+        if not items:
+            st.first_source = source
+        items.append(event)
+        if len(items) < self.step:
+            return None
+        return self._close_block(st, event, source)
+
+    # -- per block -----------------------------------------------------------------
+
+    def _state_of(self, event: InferenceEvent) -> ModelState:
+        key = model_key(event.model_id, event.model_version)
+        st = self.table.touch(
+            key, lambda: self._new_state(event.model_id, event.model_version, use_file=True)
+        )
+        self._last = st
+        return st
+
+    def _new_state(self, model_id: str, version: str | None, *, use_file: bool) -> ModelState:
+        params = {name: float(getattr(self, name)) for name in self.overridable}
+        params.update(self.overrides.get(model_id, {}))
+        st = ModelState(model_id, version, params)
+        if use_file:
+            ref = self._file_refs.get(st.key)
+            if ref is None and version is not None:
+                ref = self._file_refs.get(model_id)
+            st.ref = ref
+        return st
+
+    def rng_for(self, st: ModelState) -> np.random.Generator:
+        """A generator seeded by ``seed`` and the model key: repeatable per model."""
+        return np.random.default_rng([self.seed, zlib.crc32(st.key.encode())])
+
+    def _reference_from_events(self, st: ModelState, events: list[InferenceEvent]) -> Any:
+        events = [e for e in events if self.accepts(e)]
+        blocks = [
+            self._make_block(st, events[i : i + self.step])
+            for i in range(0, len(events), self.step)
+        ]
+        return self.fit_reference(st, blocks)
+
+    def _make_block(self, st: ModelState, events: list[InferenceEvent]) -> Block:
+        return Block(len(events), [e.principal for e in events], self.summarise(st, events))
+
+    def _close_block(self, st: ModelState, event: InferenceEvent, source: Source) -> list[Finding] | None:
+        events, st.items = st.items, []
+        st.seen += len(events)
+        block = self._make_block(st, events)
+        if st.ref is None:
+            st.ref_blocks.append(block)
+            if st.seen >= self.reference_size:
+                st.ref = self.fit_reference(st, st.ref_blocks)
+                st.ref_blocks = []
+            return None
+        k = self.window // self.step
+        st.blocks.append(block)
+        st.window_sources.append(st.first_source or source)
+        if len(st.blocks) > k:
+            st.blocks.popleft()
+            st.window_sources.popleft()
+        if len(st.blocks) < k:
+            return None
+        st.evaluations += 1
+        finding = self.evaluate(st, list(st.blocks), event, source)
+        if finding is None:
+            if st.incident:
+                st.calm += 1
+                if st.calm >= k:
+                    st.incident = False
+            return None
+        st.calm = 0
+        if st.incident:
+            return None
+        st.incident = True
+        return [finding]
+
+    # -- for subclasses --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
+        """Compact payload of a block of events (numpy arrays, sums)."""
+
+    @abc.abstractmethod
+    def fit_reference(self, st: ModelState, blocks: list[Block]) -> Any:
+        """The model's reference (and thresholds) from its reference blocks."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self, st: ModelState, blocks: list[Block], event: InferenceEvent, source: Source
+    ) -> Finding | None:
+        """A finding when the window of ``blocks`` differs from the reference, else None."""
+
+    def finding(
+        self,
+        st: ModelState,
+        *,
+        kind: str,
+        severity: Severity,
+        summary: str,
+        evidence: dict[str, Any],
+        atlas: Sequence[str],
+        event: InferenceEvent,
+        source: Source,
+    ) -> Finding:
+        """A model finding; id keyed by model and window end, sources trigger then window start."""
+        window_start = st.window_sources[0] if st.window_sources else source
+        sources = [source] if window_start == source else [source, window_start]
+        base = {
+            "model_version": st.version,
+            "window_events": sum(b.n for b in st.blocks),
+            "window_step": self.step,
+            "reference_events": self.reference_size,
+            "ert_events": st.params.get("ert", self.ert),
+            "events_seen": st.seen,
+        }
+        return Finding.build(
+            detector=self.name,
+            kind=kind,
+            severity=severity,
+            entity=Entity("model", st.model_id),
+            model_id=st.model_id,
+            summary=summary,
+            evidence={**base, **evidence},
+            atlas=atlas,
+            event_ts=event.ts,  # type: ignore[arg-type]
+            sources=sources,
+            id_key=f"{st.key}:{st.seen}",
+        )
+
+    def stats(self) -> dict[str, float]:
+        judged = sum(1 for _, st in self.table.items() if st.ref is not None)
+        incidents = sum(1 for _, st in self.table.items() if st.incident)
+        return {
+            "entities": len(self.table),
+            "evicted_total": self.table.evicted,
+            "models_with_reference": judged,
+            "open_incidents": incidents,
+        }
+
+
+def scope_phrase(attribution: dict[str, Any]) -> str:
+    """Words for a summary: who the change comes from."""
+    if attribution["scope"] == "single_principal":
+        return f"concentrated on caller {attribution['principal']}"
+    return "across the caller population"
