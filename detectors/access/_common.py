@@ -1,0 +1,250 @@
+"""Pure functions and small state types shared by the access and audit detectors.
+
+Everything here is either a pure function (great-circle distance, local solar
+hour, resource parsing) or a tiny ``__slots__`` class holding numbers, so the
+detectors' state pickles (snapshot/restore) and costs little memory.
+
+>>> round(haversine_km(52.52, 13.40, 40.71, -74.01))   # Berlin - New York
+6385
+>>> model_id_of("model:fraud-scorer:3"), model_id_of("dataset:x")
+('fraud-scorer', None)
+>>> b = LogBaseline()
+>>> for v in (100, 120, 90, 110, 100, 95, 105, 130, 85, 100):
+...     b.update(v, alpha=0.05, warmup=5)
+>>> round(b.usual()), b.limit(z=4.0, min_ratio=5.0, floor=10.0) > 500
+(103, True)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Final
+
+__all__ = [
+    "LogBaseline",
+    "LogHistogram",
+    "NoveltyRate",
+    "haversine_km",
+    "ip_prefix",
+    "is_dataset",
+    "is_model",
+    "local_hour",
+    "model_id_of",
+    "verb_of",
+]
+
+_EARTH_RADIUS_KM: Final = 6371.0088
+#: log1p units: the smallest spread assumed for a baseline, so that a perfectly
+#: steady service account (spread 0) does not fire on a 10% wobble.
+_MIN_LOG_SD: Final = 0.25
+#: Mean absolute deviation to standard deviation, for a normal law (sqrt(pi/2)).
+_MAD_TO_SD: Final = 1.2533
+#: Residuals beyond this many spreads are clipped before they move a baseline
+#: (Huber-style), so one attack window barely shifts what "usual" means.
+_HUBER_K: Final = 3.0
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in kilometres between two points given in degrees."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp = p2 - p1
+    dl = math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def local_hour(ts: float, lon: float | None) -> int:
+    """Hour of the day (0-23) in local solar time at longitude ``lon`` (UTC if None).
+
+    Solar time follows the person when they travel, without a time-zone
+    database; it differs from civil time by an hour or two at most, which the
+    detectors' hour tolerance absorbs.
+
+    >>> local_hour(0.0, None), local_hour(0.0, 135.0), local_hour(0.0, -75.0)
+    (0, 9, 19)
+    """
+    offset = 0.0 if lon is None else lon / 15.0
+    return int((ts / 3600.0 + offset) % 24.0)
+
+
+def verb_of(action: str) -> str:
+    """The verb of a dotted action: ``dataset.read`` -> ``read``."""
+    return action.rpartition(".")[2]
+
+
+def is_dataset(resource: str, resource_type: str | None) -> bool:
+    return resource_type == "dataset" or resource.startswith("dataset:")
+
+
+def is_model(resource: str, resource_type: str | None) -> bool:
+    return resource_type == "model" or resource.startswith("model:")
+
+
+def model_id_of(resource: str | None) -> str | None:
+    """Model name of a ``model:NAME[:VERSION]`` resource, else None."""
+    if not resource or not resource.startswith("model:"):
+        return None
+    name = resource.split(":", 2)[1]
+    return name or None
+
+
+def ip_prefix(ip: str) -> str:
+    """The /24 of an IPv4 address or the /48 of an IPv6 one: one network, not one host.
+
+    >>> ip_prefix("203.0.113.7"), ip_prefix("2001:db8:1:2::5")
+    ('203.0.113', '2001:db8:1')
+    """
+    if ":" in ip:
+        return ":".join(ip.split(":")[:3])
+    return ip.rpartition(".")[0] or ip
+
+
+_TOKEN_SPLIT: Final = re.compile(r"[:/@,;=\s|]+")
+
+
+def resource_tokens(resource: str) -> list[str]:
+    """Parts of a resource name: ``role:admin:alice`` -> ``['role', 'admin', 'alice']``."""
+    return [t for t in _TOKEN_SPLIT.split(resource) if t]
+
+
+class LogBaseline:
+    """Robust EWMA of ``log1p(value)``: a centre and a mean absolute deviation.
+
+    While fewer than ``warmup`` values are seen the update is a plain running
+    mean; afterwards residuals are clipped at three spreads before they move
+    the baseline, so a single huge window (an attack, a month-end run) shifts
+    "usual" by a bounded amount.
+    """
+
+    __slots__ = ("dev", "mean", "n")
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.dev = 0.0
+        self.n = 0
+
+    def update(self, value: float, alpha: float, warmup: int) -> None:
+        x = math.log1p(value)
+        n = self.n
+        if n == 0:
+            self.mean, self.dev = x, 0.0
+        else:
+            a = max(alpha, 1.0 / (n + 1))
+            r = x - self.mean
+            if n >= warmup:
+                c = _HUBER_K * max(_MAD_TO_SD * self.dev, _MIN_LOG_SD)
+                r = c if r > c else -c if r < -c else r
+            self.mean += a * r
+            self.dev += a * (abs(r) - self.dev)
+        self.n = n + 1
+
+    def usual(self) -> float:
+        """The typical value (back from log space)."""
+        return math.expm1(self.mean)
+
+    def sd(self) -> float:
+        """Robust spread in log1p units (never below a floor)."""
+        return max(_MAD_TO_SD * self.dev, _MIN_LOG_SD)
+
+    def limit(self, z: float, min_ratio: float, floor: float) -> float:
+        """Value above which an observation is far above usual.
+
+        The largest of: ``z`` robust spreads above the centre in log space,
+        ``min_ratio`` times the usual value, and the absolute ``floor``.
+        """
+        statistical = math.expm1(self.mean + z * self.sd())
+        return max(statistical, min_ratio * max(self.usual(), 1.0), floor)
+
+    def __getstate__(self) -> tuple[float, float, int]:
+        return (self.mean, self.dev, self.n)
+
+    def __setstate__(self, state: tuple[float, float, int]) -> None:
+        self.mean, self.dev, self.n = state
+
+
+class LogHistogram:
+    """Decaying histogram of values on a log2 scale: a cheap population quantile.
+
+    Used as the peer baseline: every closed window of every principal on the
+    partition adds one value, so quantiles describe what peers usually do.
+
+    >>> h = LogHistogram()
+    >>> for v in range(1, 1001):
+    ...     h.add(float(v))
+    >>> h.quantile(0.5) in (512.0, 1024.0), h.count > 999
+    (True, True)
+    """
+
+    __slots__ = ("bins", "count", "decay")
+
+    _NBINS: Final = 64
+
+    def __init__(self, decay: float = 0.9995) -> None:
+        self.bins = [0.0] * self._NBINS
+        self.count = 0.0
+        self.decay = decay
+
+    def add(self, value: float) -> None:
+        index = min(self._NBINS - 1, max(0, int(math.log2(value + 1.0))))
+        if self.count > 0:
+            d = self.decay
+            # Decay lazily: scale the total and the bins only every so often.
+            if self.count > 1.0 / (1.0 - d):
+                self.bins = [b * d for b in self.bins]
+                self.count *= d
+        self.bins[index] += 1.0
+        self.count += 1.0
+
+    def quantile(self, q: float) -> float:
+        """Upper edge of the bin holding quantile ``q`` (0 when empty)."""
+        if self.count <= 0:
+            return 0.0
+        target = q * self.count
+        running = 0.0
+        for i, b in enumerate(self.bins):
+            running += b
+            if running >= target:
+                return float(2 ** (i + 1))
+        return float(2**self._NBINS)
+
+    def __getstate__(self) -> tuple[list[float], float, float]:
+        return (self.bins, self.count, self.decay)
+
+    def __setstate__(self, state: tuple[list[float], float, float]) -> None:
+        self.bins, self.count, self.decay = state
+
+
+class NoveltyRate:
+    """Laplace-smoothed, exponentially decayed rate of "this is new".
+
+    ``(new + 1) / (total + 2)`` over decayed counts: 0.5 with no history, low
+    only after many events with few novelties; forgets at rate ``alpha`` per
+    event (a memory of about ``1 / alpha`` events).
+
+    >>> r = NoveltyRate()
+    >>> for i in range(1000):
+    ...     r.update(i < 3, alpha=0.002)
+    >>> round(r.rate(), 4), round(NoveltyRate().rate(), 2)
+    (0.0032, 0.5)
+    """
+
+    __slots__ = ("new", "total")
+
+    def __init__(self) -> None:
+        self.new = 0.0
+        self.total = 0.0
+
+    def update(self, is_new: bool, alpha: float) -> None:
+        keep = 1.0 - alpha
+        self.total = self.total * keep + 1.0
+        self.new = self.new * keep + (1.0 if is_new else 0.0)
+
+    def rate(self) -> float:
+        return (self.new + 1.0) / (self.total + 2.0)
+
+    def __getstate__(self) -> tuple[float, float]:
+        return (self.new, self.total)
+
+    def __setstate__(self, state: tuple[float, float]) -> None:
+        self.new, self.total = state

@@ -1,0 +1,450 @@
+"""Exfiltration: read volume and breadth per principal, and activity at unusual hours.
+
+Both detectors keep per-principal state only, so they are exact under the
+``partition`` scope (audit and access events are keyed by the principal). The
+peer baseline of :class:`ExfiltrationDetector` is the population of principals
+on the same partition: since partitions hash principal ids, that is a random
+sample of all principals, smaller when there are many partitions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Final
+
+from detectors.access._common import (
+    LogBaseline,
+    LogHistogram,
+    is_dataset,
+    is_model,
+    local_hour,
+    model_id_of,
+    verb_of,
+)
+from detectors.base import Detector
+from detectors.events import AccessEvent, AuditEvent, Event
+from detectors.findings import Entity, Finding, Severity, Source
+from detectors.state import EntityTable
+
+__all__ = ["ExfiltrationDetector", "UnusualHoursDetector", "hour_mass"]
+
+_ATLAS_EXFIL: Final = ["AML.T0025"]
+_ATLAS_MODEL_EXFIL: Final = ["AML.T0025", "AML.T0035"]
+#: Distinct resources remembered per window (breadth beyond this is capped).
+_MAX_DISTINCT: Final = 256
+
+#: (metric, evidence unit) judged per window; the order is the report order.
+_METRICS: Final = ("bytes", "records", "datasets", "models")
+
+
+class _Window:
+    __slots__ = (
+        "base",
+        "cooldown_until",
+        "datasets",
+        "first_ts",
+        "limits",
+        "models",
+        "totals",
+        "window",
+        "windows",
+    )
+
+    def __init__(self, window: int, ts: float) -> None:
+        self.window = window
+        self.first_ts = ts
+        self.totals = [0, 0, 0, 0]  # bytes, records, distinct datasets, distinct models
+        self.datasets: set[str] = set()
+        self.models: set[str] = set()
+        self.base = (LogBaseline(), LogBaseline(), LogBaseline(), LogBaseline())
+        self.limits = [math.inf, math.inf, math.inf, math.inf]
+        self.windows = 0
+        self.cooldown_until = -math.inf
+
+
+class ExfiltrationDetector(Detector):
+    """Data read or downloaded by a principal far above its own baseline and its peers.
+
+    Per principal and per event-time window (an hour by default) four totals
+    are kept: bytes and records read or downloaded (actions whose verb is
+    ``read``, ``download``, ``export``, ``query`` or ``copy``), distinct
+    datasets read, and distinct model versions downloaded (bulk model
+    download). A closed window that had reads updates a robust EWMA baseline
+    in log space of each total (only active windows count, so nights and
+    weekends do not drag "usual" to zero). The window in progress is judged as
+    it fills, so exfiltration is reported while it happens.
+
+    A total is unusual when it exceeds the largest of ``z`` robust spreads
+    above the principal's usual, ``min_ratio`` times its usual, and an absolute
+    floor per metric. Before ``warmup_windows`` active windows a principal is
+    judged against its peers only: ``peer_factor`` times the peers' 99th
+    percentile window. The peer percentile also raises the severity. One
+    finding per principal per ``cooldown_seconds``.
+
+    >>> from detectors.events import AuditEvent
+    >>> from detectors.findings import Source
+    >>> det = ExfiltrationDetector(warmup_windows=5)
+    >>> def read(t, nbytes, ds="dataset:sales"):
+    ...     ev = AuditEvent(ts=t, actor="bob", action="dataset.read", resource=ds,
+    ...                     outcome="success", bytes=nbytes, records=nbytes // 1000)
+    ...     return det.process(ev, Source("ml.audit", 0, int(t)))
+    >>> [read(h * 3600.0 + 60, 20_000_000) for h in range(30)].count(None)
+    30
+    >>> hits = [read(30 * 3600.0 + 60 + i, 400_000_000) for i in range(40)]
+    >>> next(i for i, f in enumerate(hits) if f), hits[2][0].evidence["ratio_to_usual"]
+    (2, 60.0)
+    >>> sum(1 for f in hits if f)  # one finding per cooldown, not one per read
+    1
+    """
+
+    name: ClassVar[str] = "access.exfiltration"
+    event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
+
+    def __init__(
+        self,
+        window_seconds: float = 3600.0,
+        alpha: float = 0.03,
+        z_threshold: float = 5.0,
+        min_ratio: float = 10.0,
+        min_bytes: int = 1_000_000_000,
+        min_records: int = 2_000_000,
+        min_datasets: int = 20,
+        min_models: int = 8,
+        warmup_windows: int = 20,
+        peer_quantile: float = 0.99,
+        peer_factor: float = 5.0,
+        peer_min_windows: int = 200,
+        cooldown_seconds: float = 6 * 3600.0,
+        read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
+        max_principals: int = 100_000,
+    ) -> None:
+        if window_seconds <= 0 or not 0 < alpha < 1 or not 0 < peer_quantile < 1:
+            raise ValueError("window_seconds must be > 0, alpha and peer_quantile in (0, 1)")
+        self.window_seconds = window_seconds
+        self.alpha = alpha
+        self.z_threshold = z_threshold
+        self.min_ratio = min_ratio
+        self.floors = (float(min_bytes), float(min_records), float(min_datasets), float(min_models))
+        self.warmup_windows = warmup_windows
+        self.peer_quantile = peer_quantile
+        self.peer_factor = peer_factor
+        self.peer_min_windows = peer_min_windows
+        self.cooldown_seconds = cooldown_seconds
+        self.read_verbs = frozenset(read_verbs)
+        self.peers = (LogHistogram(), LogHistogram(), LogHistogram(), LogHistogram())
+        self.peer_limits = [math.inf, math.inf, math.inf, math.inf]
+        self.table: EntityTable[_Window] = EntityTable(max_principals)
+
+    def _close(self, st: _Window, window: int) -> None:
+        """Fold a finished window with reads into the baselines; refresh limits."""
+        totals = st.totals
+        if totals[0] or totals[1] or totals[2] or totals[3]:
+            st.windows += 1
+            for i in range(4):
+                st.base[i].update(totals[i], self.alpha, self.warmup_windows)
+                self.peers[i].add(totals[i])
+                st.limits[i] = st.base[i].limit(self.z_threshold, self.min_ratio, self.floors[i])
+            if self.peers[0].count >= self.peer_min_windows:
+                q = self.peer_quantile
+                self.peer_limits = [
+                    max(self.peer_factor * p.quantile(q), f)
+                    for p, f in zip(self.peers, self.floors, strict=True)
+                ]
+        st.window = window
+        st.totals = [0, 0, 0, 0]
+        st.datasets = set()
+        st.models = set()
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        assert isinstance(event, AuditEvent)
+        if event.outcome != "success" or verb_of(event.action) not in self.read_verbs:
+            return None
+        ts: float = event.ts  # type: ignore[assignment]
+        window = int(ts // self.window_seconds)
+        st = self.table.touch(event.actor, lambda: _Window(window, ts))
+        if window != st.window:
+            self._close(st, window)
+        totals = st.totals
+        totals[0] += event.bytes or 0
+        totals[1] += event.records or 0
+        resource = event.resource
+        if is_model(resource, event.resource_type):
+            if len(st.models) < _MAX_DISTINCT and resource not in st.models:
+                st.models.add(resource)
+                totals[3] = len(st.models)
+        elif (
+            is_dataset(resource, event.resource_type)
+            and len(st.datasets) < _MAX_DISTINCT
+            and resource not in st.datasets
+        ):
+            st.datasets.add(resource)
+            totals[2] = len(st.datasets)
+        if ts < st.cooldown_until:
+            return None
+        warm = st.windows >= self.warmup_windows
+        limits = st.limits if warm else self.peer_limits
+        for i in range(4):
+            if totals[i] > limits[i]:
+                return self._finding(event, source, st, i, warm, ts)
+        return None
+
+    def _finding(
+        self, event: AuditEvent, source: Source, st: _Window, i: int, warm: bool, ts: float
+    ) -> list[Finding]:
+        st.cooldown_until = ts + self.cooldown_seconds
+        metric = _METRICS[i]
+        observed = st.totals[i]
+        base = st.base[i]
+        usual = base.usual() if base.n else 0.0
+        peer_q = self.peers[i].quantile(self.peer_quantile)
+        above_peers = observed > self.peer_limits[i]
+        ratio = observed / max(usual, 1.0)
+        severity: Severity = "high" if above_peers and (not warm or ratio >= 50) else "medium"
+        what = {
+            "bytes": "bytes read",
+            "records": "records read",
+            "datasets": "distinct datasets read",
+            "models": "distinct model versions downloaded",
+        }[metric]
+        versus = (
+            f"{ratio:.0f}x its usual {usual:,.0f} per active window"
+            if warm
+            else f"while still learning its baseline, above {self.peer_factor:g}x "
+            f"the peers' p{self.peer_quantile * 100:g} of {peer_q:,.0f}"
+        )
+        model_id = model_id_of(event.resource) if i == 3 else None
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="exfiltration",
+                severity=severity,
+                entity=Entity("principal", event.actor),
+                model_id=model_id,
+                summary=(
+                    f"Principal {event.actor} reached {observed:,} {what} within "
+                    f"{self.window_seconds / 3600:g}h, {versus}."
+                ),
+                evidence={
+                    "metric": metric,
+                    "observed": observed,
+                    "window_seconds": self.window_seconds,
+                    "window_start": st.window * self.window_seconds,
+                    "baseline_usual": round(usual, 3),
+                    "baseline_spread_log": round(base.sd(), 4),
+                    "baseline_windows": st.windows,
+                    "threshold": round(st.limits[i] if warm else self.peer_limits[i], 3),
+                    "ratio_to_usual": round(ratio, 2),
+                    "peer_quantile": self.peer_quantile,
+                    "peer_value": peer_q,
+                    "above_peers": above_peers,
+                    "totals": dict(zip(_METRICS, st.totals, strict=True)),
+                    "last_resource": event.resource,
+                },
+                atlas=_ATLAS_MODEL_EXFIL if i == 3 else _ATLAS_EXFIL,
+                event_ts=ts,
+                sources=[source],
+                id_key=f"window:{st.window}",
+            )
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}
+
+
+def hour_mass(hist: list[float], hour: int, radius: int) -> float:
+    """Share of a 24-bin circular histogram within ``radius`` hours of ``hour``.
+
+    >>> hist = [0.0] * 24
+    >>> for h in range(9, 18):
+    ...     hist[h] = 10.0
+    >>> hour_mass(hist, 3, 3), hour_mass(hist, 20, 3) > 0.1
+    (0.0, True)
+    """
+    total = sum(hist)
+    if total <= 0:
+        return 1.0
+    near = sum(hist[(hour + k) % 24] for k in range(-radius, radius + 1))
+    return near / total
+
+
+class _Hours:
+    __slots__ = (
+        "active_days",
+        "bucket",
+        "bucket_count",
+        "bucket_reads",
+        "cooldown_until",
+        "day",
+        "hist",
+        "lon",
+    )
+
+    def __init__(self) -> None:
+        self.hist = [0.0] * 24
+        self.lon: float | None = None
+        self.bucket = -1
+        self.bucket_count = 0
+        self.bucket_reads = 0
+        self.day = -1
+        self.active_days = 0
+        self.cooldown_until = -math.inf
+
+
+class UnusualHoursDetector(Detector):
+    """Activity far outside the hours a principal usually works, in local solar time.
+
+    Each principal has a 24-bin profile of its active hours (an hour counts
+    once however many events it holds), in local solar time at the longitude
+    of its last successful login with geo (UTC when none is known): a traveller
+    who works the usual hours at the destination stays quiet, while the same
+    work at 3 a.m. does not. The profile decays by ``daily_decay`` per active
+    day so a changed schedule is learnt within weeks.
+
+    Once a principal has ``warmup_days`` active days, the ``min_events``-th
+    event of an hour is judged: when the profile holds less than
+    ``max_mass`` of its weight within ``radius_hours`` of that hour, a finding
+    is made (``exfiltration`` if the hour includes reads or downloads,
+    ``suspicious_access`` otherwise). Service accounts active around the
+    clock have mass everywhere and never fire. One finding per principal per
+    ``cooldown_seconds``.
+
+    >>> from detectors.events import AuditEvent
+    >>> from detectors.findings import Source
+    >>> det = UnusualHoursDetector(warmup_days=5)
+    >>> def act(t, action="dataset.read"):
+    ...     ev = AuditEvent(ts=t, actor="eve", action=action, resource="dataset:x",
+    ...                     outcome="success")
+    ...     return det.process(ev, Source("ml.audit", 0, int(t)))
+    >>> day = 86400.0
+    >>> quiet = [act(d * day + h * 3600.0 + m * 60) for d in range(10)
+    ...          for h in range(9, 17) for m in (5, 25, 45)]
+    >>> quiet.count(None) == len(quiet)
+    True
+    >>> night = [act(10 * day + 3 * 3600.0 + m * 60) for m in range(5)]
+    >>> [bool(f) for f in night], night[2][0].kind
+    ([False, False, True, False, False], 'exfiltration')
+    """
+
+    name: ClassVar[str] = "access.unusual_hours"
+    event_types: ClassVar[frozenset[str]] = frozenset({"audit", "access"})
+
+    def __init__(
+        self,
+        radius_hours: int = 3,
+        max_mass: float = 0.01,
+        min_events: int = 3,
+        warmup_days: int = 7,
+        daily_decay: float = 0.97,
+        cooldown_seconds: float = 12 * 3600.0,
+        read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
+        max_principals: int = 100_000,
+    ) -> None:
+        if not 0 <= radius_hours < 12 or not 0 < max_mass < 1 or not 0 < daily_decay <= 1:
+            raise ValueError("radius_hours in [0, 12), max_mass in (0, 1), daily_decay in (0, 1]")
+        self.radius_hours = radius_hours
+        self.max_mass = max_mass
+        self.min_events = min_events
+        self.warmup_days = warmup_days
+        self.daily_decay = daily_decay
+        self.cooldown_seconds = cooldown_seconds
+        self.read_verbs = frozenset(read_verbs)
+        self.table: EntityTable[_Hours] = EntityTable(max_principals)
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        ts: float = event.ts  # type: ignore[assignment]
+        if isinstance(event, AccessEvent):
+            if event.outcome != "success":
+                return None
+            st = self.table.touch(event.principal, _Hours)
+            geo = event.geo
+            if geo is not None and geo.lon is not None and event.action == "login":
+                st.lon = geo.lon
+            who = event.principal
+            is_read = False
+        else:
+            assert isinstance(event, AuditEvent)
+            if event.outcome != "success":
+                return None
+            st = self.table.touch(event.actor, _Hours)
+            who = event.actor
+            is_read = verb_of(event.action) in self.read_verbs
+        bucket = int(ts // 3600.0)
+        if bucket != st.bucket:
+            if bucket < st.bucket:  # late event of an hour already counted
+                return None
+            hour = local_hour(ts, st.lon)
+            day = bucket // 24
+            if day != st.day:
+                st.day = day
+                st.active_days += 1
+                d = self.daily_decay
+                if d < 1.0:
+                    st.hist = [h * d for h in st.hist]
+            st.bucket = bucket
+            st.bucket_count = 0
+            st.bucket_reads = 0
+            # Judge against the profile before this hour is added to it.
+            st.hist[hour] += 1.0
+        st.bucket_count += 1
+        if is_read:
+            st.bucket_reads += 1
+        if (
+            st.bucket_count != self.min_events
+            or st.active_days <= self.warmup_days
+            or ts < st.cooldown_until
+        ):
+            return None
+        hour = local_hour(ts, st.lon)
+        hist = list(st.hist)
+        hist[hour] -= 1.0  # this hour itself is not evidence that it is usual
+        mass = hour_mass(hist, hour, self.radius_hours)
+        if mass >= self.max_mass:
+            return None
+        st.cooldown_until = ts + self.cooldown_seconds
+        reads = st.bucket_reads
+        usual = [h for h in range(24) if hist[h] >= 0.05 * max(hist)]
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="exfiltration" if reads else "suspicious_access",
+                severity="medium" if reads else "low",
+                entity=Entity("principal", who),
+                model_id=model_id_of(getattr(event, "resource", None)),
+                summary=(
+                    f"Principal {who} is active at {hour:02d}h local solar time, where its "
+                    f"profile of {st.active_days} active days holds {mass:.1%} of its activity "
+                    f"within {self.radius_hours}h (usual hours {_hours_text(usual)})."
+                ),
+                evidence={
+                    "local_hour": hour,
+                    "longitude": st.lon,
+                    "profile_mass_near_hour": round(mass, 5),
+                    "threshold": self.max_mass,
+                    "radius_hours": self.radius_hours,
+                    "active_days": st.active_days,
+                    "usual_hours": usual,
+                    "events_this_hour": st.bucket_count,
+                    "reads_this_hour": reads,
+                },
+                atlas=["AML.T0036"] if reads else [],
+                event_ts=ts,
+                sources=[source],
+                id_key=f"hour:{st.bucket}",
+            )
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}
+
+
+def _hours_text(hours: list[int]) -> str:
+    """``[8, 9, 10, 14]`` -> ``'08-10h, 14h'`` (runs of consecutive hours)."""
+    if not hours:
+        return "none"
+    runs: list[tuple[int, int]] = []
+    for h in hours:
+        if runs and h == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], h)
+        else:
+            runs.append((h, h))
+    return ", ".join(f"{a:02d}h" if a == b else f"{a:02d}-{b:02d}h" for a, b in runs)

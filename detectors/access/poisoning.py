@@ -1,0 +1,558 @@
+"""Poisoning and tampering precursors: who writes training data, changes models, deletes.
+
+Partition scope: audit events are keyed by the actor, so per-actor state
+(pipeline runs, delete habits) is exact. Per-dataset state (who usually writes
+dataset X, how much) lives in the partition of each writer: a dataset written
+by principals on several partitions has a partial history on each. A writer
+is then judged only against the writers of its own partition; a partition on
+which the dataset has no established history does not judge it (a missed
+detection, never a false one).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Final
+
+from detectors.access._common import LogBaseline, is_dataset, is_model, model_id_of, verb_of
+from detectors.base import Detector
+from detectors.events import AuditEvent, Event
+from detectors.findings import Entity, Finding, Severity, Source
+from detectors.state import EntityTable
+
+__all__ = ["DeletionDetector", "ModelChangeOutsidePipelineDetector", "TrainingDataWriteDetector"]
+
+_ATLAS_POISON: Final = ["AML.T0020"]
+_ATLAS_POISON_VOLUME: Final = ["AML.T0020", "AML.T0059"]
+_ATLAS_MODEL: Final = ["AML.T0018.000"]
+_WRITE_VERBS: Final = ("write", "append", "upload", "insert", "overwrite", "import", "put")
+
+
+class _Dataset:
+    __slots__ = (
+        "bases",
+        "cooldown_until",
+        "first_ts",
+        "limits",
+        "totals",
+        "window",
+        "windows",
+        "writers",
+        "writes",
+    )
+
+    def __init__(self, ts: float, window: int) -> None:
+        self.writers: dict[str, int] = {}
+        self.writes = 0
+        self.first_ts = ts
+        self.window = window
+        self.totals = [0, 0]  # bytes, records written in the window
+        self.bases = (LogBaseline(), LogBaseline())
+        self.limits = [math.inf, math.inf]
+        self.windows = 0
+        self.cooldown_until = -math.inf
+
+
+class TrainingDataWriteDetector(Detector):
+    """Writes to a dataset by a principal that never wrote it, or far above its usual volume.
+
+    Per dataset (resources ``dataset:...`` or of type ``dataset``): the
+    principals that wrote it and a robust log-space baseline of bytes and
+    records written per window (active windows only). Reported, as
+    ``data_poisoning``:
+
+    - ``new_writer``: a successful write by a principal not among the
+      dataset's writers, once the dataset is established (``min_writes``
+      writes over at least ``warmup_seconds``). Datasets with ``max_writers``
+      or more writers are shared scratch space and exempt from this rule.
+    - ``volume``: bytes or records written in the window in progress above
+      the largest of ``z_threshold`` robust spreads over usual, ``min_ratio``
+      times usual and an absolute floor, after ``warmup_windows`` windows.
+
+    One finding per dataset per rule per ``cooldown_seconds`` (a new writer is
+    learnt after its first finding).
+
+    >>> from detectors.events import AuditEvent
+    >>> from detectors.findings import Source
+    >>> det = TrainingDataWriteDetector(warmup_seconds=86400, warmup_windows=3)
+    >>> def write(t, who, nbytes=50_000_000):
+    ...     ev = AuditEvent(ts=t, actor=who, action="dataset.write", resource="dataset:train",
+    ...                     outcome="success", bytes=nbytes, records=nbytes // 500)
+    ...     return det.process(ev, Source("ml.audit", 0, int(t)))
+    >>> [write(d * 86400.0, "svc-pipeline") for d in range(7)].count(None)
+    7
+    >>> write(7 * 86400.0 + 60, "intern")[0].evidence["rule"]
+    'new_writer'
+    >>> found = write(8 * 86400.0, "svc-pipeline", nbytes=2_000_000_000)
+    >>> found[0].evidence["rule"], found[0].evidence["ratio_to_usual"]
+    ('volume', 40.0)
+    """
+
+    name: ClassVar[str] = "access.training_write"
+    event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
+
+    def __init__(
+        self,
+        window_seconds: float = 3600.0,
+        min_writes: int = 5,
+        warmup_seconds: float = 2 * 86400.0,
+        max_writers: int = 16,
+        alpha: float = 0.05,
+        z_threshold: float = 5.0,
+        min_ratio: float = 5.0,
+        min_bytes: int = 50_000_000,
+        min_records: int = 100_000,
+        warmup_windows: int = 5,
+        cooldown_seconds: float = 6 * 3600.0,
+        write_verbs: tuple[str, ...] = _WRITE_VERBS,
+        max_datasets: int = 100_000,
+    ) -> None:
+        if window_seconds <= 0 or not 0 < alpha < 1 or max_writers < 1:
+            raise ValueError("window_seconds > 0, alpha in (0, 1), max_writers >= 1")
+        self.window_seconds = window_seconds
+        self.min_writes = min_writes
+        self.warmup_seconds = warmup_seconds
+        self.max_writers = max_writers
+        self.alpha = alpha
+        self.z_threshold = z_threshold
+        self.min_ratio = min_ratio
+        self.floors = (float(min_bytes), float(min_records))
+        self.warmup_windows = warmup_windows
+        self.cooldown_seconds = cooldown_seconds
+        self.write_verbs = frozenset(write_verbs)
+        self.table: EntityTable[_Dataset] = EntityTable(max_datasets)
+
+    def _close(self, st: _Dataset, window: int) -> None:
+        if st.totals[0] or st.totals[1]:
+            st.windows += 1
+            for i in (0, 1):
+                st.bases[i].update(st.totals[i], self.alpha, self.warmup_windows)
+                st.limits[i] = st.bases[i].limit(self.z_threshold, self.min_ratio, self.floors[i])
+        st.window = window
+        st.totals = [0, 0]
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        assert isinstance(event, AuditEvent)
+        if (
+            event.outcome != "success"
+            or verb_of(event.action) not in self.write_verbs
+            or not is_dataset(event.resource, event.resource_type)
+        ):
+            return None
+        ts: float = event.ts  # type: ignore[assignment]
+        window = int(ts // self.window_seconds)
+        st = self.table.touch(event.resource, lambda: _Dataset(ts, window))
+        if window > st.window:
+            self._close(st, window)
+        actor = event.actor
+        found: list[Finding] = []
+        writers = st.writers
+        if actor not in writers:
+            if (
+                st.writes >= self.min_writes
+                and ts - st.first_ts >= self.warmup_seconds
+                and len(writers) < self.max_writers
+            ):
+                found.append(self._new_writer(event, source, st, ts))
+            if len(writers) < self.max_writers:
+                writers[actor] = 0
+        if actor in writers:
+            writers[actor] += 1
+        st.writes += 1
+        if window == st.window:  # a late event is counted, but not in another window
+            st.totals[0] += event.bytes or 0
+            st.totals[1] += event.records or 0
+            if st.windows >= self.warmup_windows and ts >= st.cooldown_until:
+                for i in (0, 1):
+                    if st.totals[i] > st.limits[i]:
+                        st.cooldown_until = ts + self.cooldown_seconds
+                        found.append(self._volume(event, source, st, i, ts))
+                        break
+        return found or None
+
+    def _new_writer(self, event: AuditEvent, source: Source, st: _Dataset, ts: float) -> Finding:
+        usual = sorted(st.writers, key=st.writers.__getitem__, reverse=True)[:5]
+        return Finding.build(
+            detector=self.name,
+            kind="data_poisoning",
+            severity="medium",
+            entity=Entity("principal", event.actor),
+            model_id=None,
+            summary=(
+                f"Principal {event.actor} wrote to {event.resource}, which it never wrote "
+                f"before; its {st.writes} earlier writes over "
+                f"{(ts - st.first_ts) / 86400:.1f} days came from {', '.join(usual)}."
+            ),
+            evidence={
+                "rule": "new_writer",
+                "resource": event.resource,
+                "action": event.action,
+                "usual_writers": usual,
+                "writer_count": len(st.writers),
+                "dataset_writes_seen": st.writes,
+                "dataset_history_seconds": round(ts - st.first_ts, 1),
+                "bytes": event.bytes,
+                "records": event.records,
+                "source_ip": event.source_ip,
+            },
+            atlas=_ATLAS_POISON,
+            event_ts=ts,
+            sources=[source],
+        )
+
+    def _volume(
+        self, event: AuditEvent, source: Source, st: _Dataset, i: int, ts: float
+    ) -> Finding:
+        metric = ("bytes", "records")[i]
+        observed = st.totals[i]
+        usual = st.bases[i].usual()
+        ratio = observed / max(usual, 1.0)
+        return Finding.build(
+            detector=self.name,
+            kind="data_poisoning",
+            severity="high",
+            entity=Entity("principal", event.actor),
+            model_id=None,
+            summary=(
+                f"{observed:,} {metric} written to {event.resource} within "
+                f"{self.window_seconds / 3600:g}h (last by {event.actor}), {ratio:.0f}x its "
+                f"usual {usual:,.0f} per active window."
+            ),
+            evidence={
+                "rule": "volume",
+                "resource": event.resource,
+                "metric": metric,
+                "observed": observed,
+                "window_seconds": self.window_seconds,
+                "window_start": st.window * self.window_seconds,
+                "baseline_usual": round(usual, 3),
+                "baseline_spread_log": round(st.bases[i].sd(), 4),
+                "baseline_windows": st.windows,
+                "threshold": round(st.limits[i], 3),
+                "ratio_to_usual": round(ratio, 2),
+            },
+            atlas=_ATLAS_POISON_VOLUME,
+            event_ts=ts,
+            sources=[source],
+            id_key=f"volume:{event.resource}:{st.window}",
+        )
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}
+
+
+_RUN_START: Final = frozenset({"start", "started", "running", "begin", "queued"})
+_RUN_END: Final = frozenset(
+    {"end", "ended", "finished", "completed", "succeeded", "success", "failed", "done"}
+)
+_RUN_ID_KEYS: Final = ("run_id", "pipeline_run_id")
+#: Run ids remembered per actor (to tie a change to its run by id).
+_MAX_RUN_IDS: Final = 16
+
+
+class _Runs:
+    __slots__ = ("cooldown", "end", "run_ids", "start")
+
+    def __init__(self) -> None:
+        self.start = -math.inf
+        self.end = -math.inf
+        self.run_ids: list[str] = []
+        self.cooldown: dict[str, float] = {}
+
+
+def _attr(attrs: dict[str, object] | None, keys: tuple[str, ...]) -> str | None:
+    if not attrs:
+        return None
+    for key in keys:
+        value = attrs.get(key)
+        if isinstance(value, str | int) and value != "":
+            return str(value)
+    return None
+
+
+class ModelChangeOutsidePipelineDetector(Detector):
+    """Changes to registered model artifacts that no pipeline run accounts for.
+
+    A change is a successful ``model.update``, ``model.register`` or
+    ``model.upload`` on a ``model:NAME[:VERSION]`` resource: each adds or
+    replaces an artifact under a registered name. It is inside a pipeline run
+    when the same actor has a successful audit ``pipeline.run`` that
+    started at most ``run_window_seconds`` before (and did not end more than
+    ``end_grace_seconds`` before the change; a run ends when its
+    ``attributes.status`` says so), or when the change carries
+    ``attributes.run_id`` equal to one of the actor's recent runs. The tie is
+    by actor because pipelines act under their own service account, and
+    ``pipeline.run`` events are keyed by that actor, so they land on the same
+    partition as its changes. Anything else is reported as
+    ``model_tampering``: ``critical`` for an in-place ``model.update`` of a
+    version, ``high`` otherwise. One finding per actor and model per
+    ``cooldown_seconds``.
+
+    >>> from detectors.events import AuditEvent
+    >>> from detectors.findings import Source
+    >>> det = ModelChangeOutsidePipelineDetector()
+    >>> def audit(t, actor, action, resource, **attributes):
+    ...     ev = AuditEvent(ts=t, actor=actor, action=action, resource=resource,
+    ...                     outcome="success", attributes=attributes or None)
+    ...     return det.process(ev, Source("ml.audit", 0, int(t)))
+    >>> audit(0, "svc-train", "pipeline.run", "pipeline:fraud-nightly", run_id="r1")
+    >>> audit(3000, "svc-train", "model.register", "model:fraud:8") is None
+    True
+    >>> found = audit(5000, "dev", "model.update", "model:fraud:8")
+    >>> found[0].severity, found[0].model_id
+    ('critical', 'fraud')
+    """
+
+    name: ClassVar[str] = "access.model_change"
+    event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
+
+    def __init__(
+        self,
+        run_window_seconds: float = 6 * 3600.0,
+        end_grace_seconds: float = 900.0,
+        cooldown_seconds: float = 3600.0,
+        change_actions: tuple[str, ...] = ("model.update", "model.register", "model.upload"),
+        run_actions: tuple[str, ...] = ("pipeline.run",),
+        max_principals: int = 100_000,
+    ) -> None:
+        if run_window_seconds <= 0:
+            raise ValueError("run_window_seconds must be > 0")
+        self.run_window_seconds = run_window_seconds
+        self.end_grace_seconds = end_grace_seconds
+        self.cooldown_seconds = cooldown_seconds
+        self.change_actions = frozenset(change_actions)
+        self.run_actions = frozenset(run_actions)
+        self.table: EntityTable[_Runs] = EntityTable(max_principals)
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        assert isinstance(event, AuditEvent)
+        action = event.action
+        if event.outcome != "success":
+            return None
+        ts: float = event.ts  # type: ignore[assignment]
+        if action in self.run_actions:
+            st = self.table.touch(event.actor, _Runs)
+            status = (_attr(event.attributes, ("status", "phase", "state")) or "start").lower()
+            if status in _RUN_END:
+                st.end = max(st.end, ts)
+            else:
+                if ts > st.start:
+                    st.start = ts
+                run_id = _attr(event.attributes, _RUN_ID_KEYS)
+                if run_id is not None and run_id not in st.run_ids:
+                    st.run_ids = [*st.run_ids[-(_MAX_RUN_IDS - 1) :], run_id]
+            return None
+        if action not in self.change_actions or not is_model(event.resource, event.resource_type):
+            return None
+        st = self.table.touch(event.actor, _Runs)
+        run_id = _attr(event.attributes, _RUN_ID_KEYS)
+        if run_id is not None and run_id in st.run_ids:
+            return None
+        in_window = st.start <= ts <= st.start + self.run_window_seconds
+        ended = st.end >= st.start and ts > st.end + self.end_grace_seconds
+        if in_window and not ended:
+            return None
+        model = model_id_of(event.resource) or event.resource
+        if ts < st.cooldown.get(model, -math.inf):
+            return None
+        if len(st.cooldown) >= _MAX_RUN_IDS:
+            st.cooldown = {m: t for m, t in st.cooldown.items() if t > ts}
+        st.cooldown[model] = ts + self.cooldown_seconds
+        in_place = action == "model.update"
+        severity: Severity = "critical" if in_place else "high"
+        since = ts - st.start if st.start > -math.inf else None
+        if since is None:
+            context = "and has never run a pipeline"
+        elif st.end >= st.start:
+            context = f"but its last pipeline run ended {(ts - st.end) / 60:.0f} min earlier"
+        else:
+            context = f"but its last pipeline run started {since / 3600:.1f}h earlier"
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="model_tampering",
+                severity=severity,
+                entity=Entity("principal", event.actor),
+                model_id=model_id_of(event.resource),
+                summary=(
+                    f"Principal {event.actor} ran {action} on {event.resource} outside any "
+                    f"pipeline run ({context}; runs are trusted for "
+                    f"{self.run_window_seconds / 3600:g}h)."
+                ),
+                evidence={
+                    "action": action,
+                    "resource": event.resource,
+                    "run_id": run_id,
+                    "last_run_start_age_seconds": None if since is None else round(since, 1),
+                    "last_run_ended": st.end >= st.start > -math.inf,
+                    "run_window_seconds": self.run_window_seconds,
+                    "known_run_ids": len(st.run_ids),
+                    "in_place_update": in_place,
+                    "bytes": event.bytes,
+                    "source_ip": event.source_ip,
+                    "user_agent": event.user_agent,
+                },
+                atlas=_ATLAS_MODEL,
+                event_ts=ts,
+                sources=[source],
+            )
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}
+
+
+class _Deleter:
+    __slots__ = ("base", "cooldown_until", "count", "deletes", "limit", "window", "windows")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.count = 0
+        self.deletes = 0
+        self.windows = 0
+        self.base = LogBaseline()
+        self.limit = math.inf
+        self.cooldown_until = -math.inf
+
+
+class DeletionDetector(Detector):
+    """Deletes of datasets or model versions by an unexpected principal or in a burst.
+
+    Per actor, successful deletes (verb ``delete``, ``purge``, ``remove``,
+    ``drop``, ``destroy``) of dataset or model resources. Reported:
+
+    - ``first_delete``: an actor that deleted nothing since the detector
+      started, once the detector has watched ``warmup_seconds`` of events
+      (retention jobs that delete daily are learnt and stay quiet);
+    - ``burst``: deletes in the window in progress above the largest of
+      ``min_burst`` and the actor's robust baseline (``z_threshold`` spreads,
+      ``min_ratio`` times usual) over its active windows.
+
+    Dataset deletes are ``data_poisoning`` (AML.T0059, Erode Dataset
+    Integrity); model version deletes are ``model_tampering``. One finding
+    per actor per ``cooldown_seconds``.
+
+    >>> from detectors.events import AuditEvent
+    >>> from detectors.findings import Source
+    >>> det = DeletionDetector(warmup_seconds=86400)
+    >>> def delete(t, actor, resource):
+    ...     ev = AuditEvent(ts=t, actor=actor, action="dataset.delete", resource=resource,
+    ...                     outcome="success")
+    ...     return det.process(ev, Source("ml.audit", 0, int(t)))
+    >>> [delete(d * 86400.0, "svc-retention", f"dataset:logs-{d}") for d in range(5)]
+    [None, None, None, None, None]
+    >>> delete(5 * 86400.0, "carol", "dataset:train-2026")[0].evidence["rule"]
+    'first_delete'
+    >>> burst = [delete(6 * 86400.0 + i, "svc-retention", f"dataset:x{i}") for i in range(30)]
+    >>> next(i for i, f in enumerate(burst) if f), sum(1 for f in burst if f)
+    (10, 1)
+    """
+
+    name: ClassVar[str] = "access.deletion"
+    event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
+
+    def __init__(
+        self,
+        window_seconds: float = 3600.0,
+        warmup_seconds: float = 3 * 86400.0,
+        min_burst: int = 10,
+        alpha: float = 0.05,
+        z_threshold: float = 5.0,
+        min_ratio: float = 5.0,
+        warmup_windows: int = 3,
+        cooldown_seconds: float = 3600.0,
+        delete_verbs: tuple[str, ...] = ("delete", "purge", "remove", "drop", "destroy"),
+        max_principals: int = 100_000,
+    ) -> None:
+        if window_seconds <= 0 or not 0 < alpha < 1:
+            raise ValueError("window_seconds must be > 0 and alpha in (0, 1)")
+        self.window_seconds = window_seconds
+        self.warmup_seconds = warmup_seconds
+        self.min_burst = min_burst
+        self.alpha = alpha
+        self.z_threshold = z_threshold
+        self.min_ratio = min_ratio
+        self.warmup_windows = warmup_windows
+        self.cooldown_seconds = cooldown_seconds
+        self.delete_verbs = frozenset(delete_verbs)
+        self.first_ts: float | None = None
+        self.table: EntityTable[_Deleter] = EntityTable(max_principals)
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        assert isinstance(event, AuditEvent)
+        ts: float = event.ts  # type: ignore[assignment]
+        if self.first_ts is None:
+            self.first_ts = ts
+        if event.outcome != "success" or verb_of(event.action) not in self.delete_verbs:
+            return None
+        resource = event.resource
+        dataset = is_dataset(resource, event.resource_type)
+        if not dataset and not is_model(resource, event.resource_type):
+            return None
+        window = int(ts // self.window_seconds)
+        first = event.actor not in self.table
+        st = self.table.touch(event.actor, lambda: _Deleter(window))
+        if window > st.window:
+            if st.count:
+                st.windows += 1
+                st.base.update(st.count, self.alpha, self.warmup_windows)
+            st.window = window
+            st.count = 0
+        if window == st.window:
+            st.count += 1
+        st.deletes += 1
+        if ts < st.cooldown_until:
+            return None
+        limit = float(self.min_burst)
+        if st.windows >= self.warmup_windows:
+            limit = st.base.limit(self.z_threshold, self.min_ratio, limit)
+        if first and ts - self.first_ts >= self.warmup_seconds:
+            rule = "first_delete"
+            severity: Severity = "medium"
+        elif st.count > limit:
+            rule = "burst"
+            severity = "high"
+        else:
+            return None
+        st.cooldown_until = ts + self.cooldown_seconds
+        usual = st.base.usual() if st.base.n else 0.0
+        if rule == "first_delete":
+            summary = (
+                f"Principal {event.actor} deleted {resource}, its first delete in "
+                f"{(ts - self.first_ts) / 86400:.1f} days watched."
+            )
+        else:
+            summary = (
+                f"Principal {event.actor} deleted {st.count} datasets or model versions within "
+                f"{self.window_seconds / 3600:g}h, above its threshold of {limit:.0f} "
+                f"(usual {usual:.1f} per active window)."
+            )
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="data_poisoning" if dataset else "model_tampering",
+                severity=severity,
+                entity=Entity("principal", event.actor),
+                model_id=model_id_of(resource),
+                summary=summary,
+                evidence={
+                    "rule": rule,
+                    "resource": resource,
+                    "action": event.action,
+                    "deletes_in_window": st.count,
+                    "window_seconds": self.window_seconds,
+                    "threshold": round(limit, 3),
+                    "baseline_usual": round(usual, 3),
+                    "baseline_windows": st.windows,
+                    "deletes_by_actor": st.deletes,
+                    "watched_seconds": round(ts - self.first_ts, 1),
+                },
+                atlas=["AML.T0059"] if dataset else [],
+                event_ts=ts,
+                sources=[source],
+                id_key=f"{rule}:{st.window}",
+            )
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}
