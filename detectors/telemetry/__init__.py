@@ -6,6 +6,15 @@ budget they share.
 """
 
 from detectors.base import Detector
+from detectors.telemetry.confidence import ConfidenceDropDetector
 from detectors.telemetry.drift import FeatureDriftDetector, PredictionDriftDetector
+from detectors.telemetry.integrity import InputIntegrityDetector
+from detectors.telemetry.performance import PerformanceEstimateDetector
 
-DETECTORS: tuple[type[Detector], ...] = (FeatureDriftDetector, PredictionDriftDetector)
+DETECTORS: tuple[type[Detector], ...] = (
+    FeatureDriftDetector,
+    PredictionDriftDetector,
+    ConfidenceDropDetector,
+    PerformanceEstimateDetector,
+    InputIntegrityDetector,
+)

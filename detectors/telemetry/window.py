@@ -208,10 +208,13 @@ def attribute(
     *,
     top: int = 5,
     min_rows: int = 20,
+    rank_by: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Which callers' traffic makes a window's ``score`` exceed 1 (the threshold).
 
-    For the ``top`` principals by volume: their share of the window, the score
+    For the ``top`` principals by volume (or by the sum of per-row ``rank_by``
+    weights, e.g. outlying rows, so that a small caller sending only odd inputs
+    is not hidden by big ones): their share of the window, the score
     of their rows alone and the score of the window without them. The change is
     ``single_principal`` when removing one principal brings the score below 1
     (or one principal sent the whole window), else ``population``.
@@ -224,7 +227,8 @@ def attribute(
     arr = np.asarray(principals, dtype=object)
     n = len(arr)
     uniq, inverse, counts = np.unique(arr, return_inverse=True, return_counts=True)
-    order = np.argsort(-counts, kind="stable")[:top]
+    weight = counts if rank_by is None else np.bincount(inverse, weights=rank_by)
+    order = np.argsort(-weight, kind="stable")[:top]
     rows: list[dict[str, Any]] = []
     culprit: str | None = None
     for i in order.tolist():
