@@ -1,0 +1,558 @@
+"""Adversarial probing: iterative black-box attacks seen in the query stream.
+
+Boundary, HopSkipJump and NES-style attacks query the model many times with
+near-identical inputs close to the decision boundary. Three signals:
+
+- :class:`StatefulKnnProbingDetector` (Chen, Carlini and Wagner 2020): per
+  principal, the mean distance of each query to its k nearest earlier queries
+  of the same principal, measured in units of the model's typical distance
+  between two inputs; a run of unusually close queries is an attack.
+- :class:`BlacklightProbingDetector` (Li et al. 2022): quantised-query
+  fingerprints in an inverted index shared by all principals of a model, so
+  near-duplicates are found across accounts (Sybil attacks) at constant cost.
+- :class:`LowConfidenceProbingDetector`: the share of a principal's queries
+  that the model answers with low confidence, against the model's baseline
+  share (a binomial test with a false-alarm budget).
+
+Exact repeats of a query are not counted as probing by the two distance
+detectors: an attack must change its input, while retries and resubmissions of
+the same record are common and harmless.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from functools import lru_cache
+from typing import Any, ClassVar
+
+import numpy as np
+
+from detectors.abuse.common import (
+    ATLAS_PROBING,
+    BatchedQueryDetector,
+    QueryState,
+    window_push,
+)
+from detectors.abuse.space import ModelSpace, pairwise_sq_dists
+from detectors.base import Detector
+from detectors.events import Event, InferenceEvent
+from detectors.findings import Entity, Finding, Source
+from detectors.state import EntityTable
+
+__all__ = [
+    "BlacklightProbingDetector",
+    "LowConfidenceProbingDetector",
+    "StatefulKnnProbingDetector",
+    "binomial_critical_count",
+    "blacklight_fingerprints",
+    "knn_mean_distances",
+]
+
+_DUPLICATE = 1e-12  # squared distance below which two rows are the same query
+
+
+def knn_mean_distances(batch: np.ndarray, buffer: np.ndarray, k: int) -> np.ndarray:
+    """Mean distance of each batch row to its ``k`` nearest earlier rows.
+
+    Earlier rows are the ``buffer`` and the batch rows before it; exact
+    duplicates are ignored. NaN where fewer than ``k`` neighbours exist.
+
+    >>> b = np.array([[0.0], [1.0], [1.5]])
+    >>> knn_mean_distances(b, np.array([[0.0], [3.0]]), k=2).round(2).tolist()
+    [nan, 1.0, 1.0]
+    """
+    pool = np.concatenate([buffer, batch]) if len(buffer) else batch
+    d = pairwise_sq_dists(batch, pool)
+    n = len(buffer)
+    bsz = len(batch)
+    later = np.arange(len(pool))[None, :] >= (n + np.arange(bsz))[:, None]
+    d[later | (d < _DUPLICATE)] = np.inf
+    if k > d.shape[1]:
+        return np.full(bsz, np.nan)
+    near = np.partition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else d
+    out = np.sqrt(near).mean(axis=1)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+class _KnnState(QueryState):
+    __slots__ = ("buffer", "flags", "judged")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer: np.ndarray = np.empty((0, 0), dtype=np.float32)
+        self.flags = 0  # last `window` judged queries, 1 = suspiciously close
+        self.judged = 0
+
+
+class StatefulKnnProbingDetector(BatchedQueryDetector):
+    """Runs of near-duplicate queries from one principal (stateful kNN).
+
+    Per (principal, model) the last ``buffer_size`` queries are kept
+    (standardised, projected to ``max_dims`` float32 dims). Each new query's
+    mean distance to its ``k`` nearest buffered neighbours, divided by the
+    model's median distance between two calibration inputs, is flagged when
+    below ``distance_ratio``. A finding needs ``min_flagged`` flagged queries
+    among the principal's last ``window`` judged ones, which makes a benign
+    principal's occasional close pair (about 0.1% of queries by the paper's
+    threshold choice) irrelevant: the chance of 10 such in 50 is negligible.
+    Cost per query is bounded by the buffer, never by history.
+
+    >>> import random
+    >>> from detectors.testing import feed
+    >>> rng = random.Random(0)
+    >>> def q(i, who, x):
+    ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
+    ...                           principal=who, features=x, prediction=0)
+    >>> natural = [q(i, f"u{i % 5}", [rng.gauss(0, 1) for _ in range(8)]) for i in range(600)]
+    >>> feed(StatefulKnnProbingDetector(), natural)
+    []
+    >>> x0 = [rng.gauss(0, 1) for _ in range(8)]
+    >>> probe = [q(600 + i, "eve", [v + rng.gauss(0, 0.01) for v in x0]) for i in range(200)]
+    >>> found = feed(StatefulKnnProbingDetector(), natural + probe)
+    >>> [(f.entity.id, f.evidence["queries_examined"]) for f in found]
+    [('eve', 48)]
+    """
+
+    name: ClassVar[str] = "probing.stateful_knn"
+    kind: ClassVar[str] = "adversarial_probing"
+    atlas: ClassVar[list[str]] = ATLAS_PROBING
+
+    def __init__(
+        self,
+        k: int = 20,
+        buffer_size: int = 256,
+        distance_ratio: float = 0.1,
+        window: int = 50,
+        min_flagged: int = 20,
+        batch_size: int = 16,
+        cooldown_seconds: float = 3600.0,
+        calibration_rows: int = 256,
+        max_dims: int = 32,
+        max_principals: int = 50_000,
+        seed: int = 0,
+    ) -> None:
+        if not 1 <= k < buffer_size or not 1 <= min_flagged <= window:
+            raise ValueError("need 1 <= k < buffer_size and 1 <= min_flagged <= window")
+        self.k = k
+        self.buffer_size = buffer_size
+        self.distance_ratio = distance_ratio
+        self.window = window
+        self.min_flagged = min_flagged
+        self._setup(
+            batch_size=batch_size, cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals, calibration_rows=calibration_rows,
+            max_dims=max_dims, seed=seed,
+        )
+
+    def new_state(self) -> QueryState:
+        return _KnnState()
+
+    def judge(
+        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
+    ) -> list[Finding] | None:
+        assert isinstance(st, _KnnState)
+        x = space.embed(st.rows)
+        buf = st.buffer if st.buffer.shape[1:] == x.shape[1:] else x[:0]
+        ratios = knn_mean_distances(x, buf, self.k) / space.spread
+        st.buffer = np.concatenate([buf, x])[-self.buffer_size :]
+        st.examined += len(x)
+        flags, mask, limit = st.flags, (1 << self.window) - 1, self.distance_ratio
+        for r in ratios.tolist():
+            if r == r:  # not NaN: enough neighbours to judge
+                flags = ((flags << 1) | (r < limit)) & mask
+                st.judged += 1
+        st.flags = flags
+        flagged = flags.bit_count()
+        if flagged < self.min_flagged or self.quiet(st, event.ts):  # type: ignore[arg-type]
+            return None
+        judged = ratios[np.isfinite(ratios)]
+        median = float(np.median(judged)) if judged.size else None
+        return self.finding(
+            st, event, source,
+            severity="high" if flagged >= 2 * self.min_flagged else "medium",
+            summary=(
+                f"Principal sent {flagged} of its last {min(st.judged, self.window)} queries "
+                f"within {self.distance_ratio:g}x the model's typical input distance of its "
+                f"own earlier queries: an iterative black-box attack is likely; review and "
+                f"throttle this caller."
+            ),
+            evidence={
+                "statistic": "mean distance to k nearest earlier queries / model spread",
+                "observed_median_ratio": median,
+                "threshold_ratio": self.distance_ratio,
+                "flagged_queries": flagged,
+                "window_queries": min(st.judged, self.window),
+                "min_flagged": self.min_flagged,
+                "k": self.k,
+                "queries_examined": st.examined,
+                "model_spread": round(space.spread, 6),
+            },
+        )
+
+
+def blacklight_fingerprints(
+    quantised: np.ndarray, window: int, top_n: int, multipliers: np.ndarray
+) -> np.ndarray:
+    """Blacklight fingerprints: the ``top_n`` largest hashes of sliding windows.
+
+    ``quantised`` is an int64 matrix (one query per row). Each window of
+    ``window`` consecutive values is hashed (a multiply-add hash over int64,
+    wrapping); a row's fingerprint is its ``top_n`` largest window hashes
+    (fewer when the row has fewer windows), as in Li et al. 2022.
+
+    >>> q = np.array([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6]], dtype=np.int64)
+    >>> m = np.array([3, 5, 7], dtype=np.int64)
+    >>> fp = blacklight_fingerprints(q, 3, 2, m)
+    >>> len(set(fp[0]) & set(fp[1]))   # windows (1,2,3) and (2,3,4) are shared
+    2
+    """
+    w = min(window, quantised.shape[1])
+    windows = np.lib.stride_tricks.sliding_window_view(quantised, w, axis=1)
+    with np.errstate(over="ignore"):
+        hashes = (windows * multipliers[:w]).sum(axis=2)
+        hashes ^= hashes >> 29
+        hashes *= np.int64(-4658895280553007687)
+        hashes ^= hashes >> 32
+    n = min(top_n, hashes.shape[1])
+    if n < hashes.shape[1]:
+        hashes = np.partition(hashes, hashes.shape[1] - n, axis=1)[:, -n:]
+    return hashes
+
+
+class _BlacklightIndex:
+    """Inverted index hash -> latest query id, in two generations (bounded)."""
+
+    __slots__ = ("cur", "max_size", "next_id", "owners", "prev", "prev_owners")
+
+    def __init__(self, max_size: int) -> None:
+        self.cur: dict[int, int] = {}
+        self.prev: dict[int, int] = {}
+        self.owners: dict[int, tuple[str, int]] = {}  # query id -> (principal, digest)
+        self.prev_owners: dict[int, tuple[str, int]] = {}
+        self.max_size = max_size
+        self.next_id = 1
+
+    def match(self, fp: list[int]) -> tuple[int, int]:
+        """The earlier query sharing the most hashes with ``fp``, and how many."""
+        counts = Counter(map(self.cur.get, fp))
+        if self.prev:  # a hash in both generations counts for both: a slight overcount
+            counts.update(map(self.prev.get, fp))
+        counts.pop(None, None)
+        if not counts:
+            return 0, 0
+        qid, n = counts.most_common(1)[0]
+        return qid, n  # type: ignore[return-value]
+
+    def owner(self, qid: int) -> tuple[str, int] | None:
+        return self.owners.get(qid) or self.prev_owners.get(qid)
+
+    def add(self, fp: list[int], principal: str, digest: int) -> None:
+        qid = self.next_id
+        self.next_id += 1
+        self.cur.update(dict.fromkeys(fp, qid))
+        self.owners[qid] = (principal, digest)
+        if len(self.cur) >= self.max_size // 2:  # rotate: memory stays below max_size
+            self.prev, self.cur = self.cur, {}
+            self.prev_owners, self.owners = self.owners, {}
+
+
+class _BlacklightState(QueryState):
+    __slots__ = ("flags", "partners")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flags = 0
+        self.partners: dict[str, int] = {}  # other principals whose queries matched
+
+
+class BlacklightProbingDetector(BatchedQueryDetector):
+    """Query fingerprints shared with earlier queries, across principals (Blacklight).
+
+    Each query is standardised, quantised (``round(x / quantum)``), hashed over
+    sliding windows of ``hash_window`` values and fingerprinted by its
+    ``top_n`` largest hashes. An inverted index per model (hash -> latest
+    query, at most ``max_index`` hashes, two rotating generations) finds the
+    earlier query sharing the most hashes; sharing at least ``match_fraction``
+    of the fingerprint marks the query as part of an attack. A finding needs
+    ``min_flagged`` marked queries among the principal's last ``window``; its
+    evidence names the other principals whose queries matched (colluding
+    accounts). The index is shared by all principals this instance sees: in the
+    daemon (``scope = "partition"``) that is the principals of one Kafka
+    partition, so Sybil accounts spread over partitions are each judged on
+    their own run. Cost per query: ``top_n`` dictionary look-ups, whatever the
+    history.
+
+    >>> import random
+    >>> from detectors.testing import feed
+    >>> rng = random.Random(0)
+    >>> def q(i, who, x):
+    ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
+    ...                           principal=who, features=x, prediction=0)
+    >>> natural = [q(i, f"u{i % 5}", [rng.gauss(0, 1) for _ in range(32)]) for i in range(600)]
+    >>> x0 = [rng.gauss(0, 1) for _ in range(32)]
+    >>> sybil = [q(600 + i, f"s{i % 4}", [v + rng.gauss(0, 0.02) for v in x0])
+    ...          for i in range(400)]
+    >>> found = feed(BlacklightProbingDetector(), natural + sybil)
+    >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
+    (['s0', 's1', 's2', 's3'], 32)
+    """
+
+    name: ClassVar[str] = "probing.blacklight"
+    kind: ClassVar[str] = "adversarial_probing"
+    atlas: ClassVar[list[str]] = ATLAS_PROBING
+
+    def __init__(
+        self,
+        quantum: float = 0.5,
+        hash_window: int = 8,
+        top_n: int = 20,
+        match_fraction: float = 0.5,
+        window: int = 50,
+        min_flagged: int = 20,
+        max_index: int = 1_000_000,
+        batch_size: int = 16,
+        cooldown_seconds: float = 3600.0,
+        calibration_rows: int = 256,
+        max_principals: int = 200_000,
+        seed: int = 0,
+    ) -> None:
+        if quantum <= 0 or not 0 < match_fraction <= 1 or not 1 <= min_flagged <= window:
+            raise ValueError("quantum > 0, match_fraction in (0, 1], 1 <= min_flagged <= window")
+        self.quantum = quantum
+        self.hash_window = hash_window
+        self.top_n = top_n
+        self.match_fraction = match_fraction
+        self.window = window
+        self.min_flagged = min_flagged
+        self.max_index = max_index
+        self._setup(
+            batch_size=batch_size, cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals, calibration_rows=calibration_rows,
+            max_dims=1 << 30, seed=seed,
+        )
+        rng = np.random.default_rng(seed)
+        self.multipliers = rng.integers(1, 2**62, size=max(hash_window, 1), dtype=np.int64) | 1
+        self.indexes: EntityTable[_BlacklightIndex] = EntityTable(1024)
+
+    def new_state(self) -> QueryState:
+        return _BlacklightState()
+
+    def judge(
+        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
+    ) -> list[Finding] | None:
+        assert isinstance(st, _BlacklightState)
+        q = np.floor(space.standardise(st.rows) / self.quantum + 0.5).astype(np.int64)
+        fps = blacklight_fingerprints(q, self.hash_window, self.top_n, self.multipliers)
+        index = self.indexes.touch(event.model_id, lambda: _BlacklightIndex(self.max_index))
+        principal = event.principal
+        flags = st.flags
+        for row, fp_list in zip(q, fps.tolist(), strict=True):
+            fp = list(set(fp_list))
+            digest = zlib.crc32(row.tobytes())
+            qid, shared = index.match(fp)
+            hit = False
+            if shared >= self.match_fraction * len(fp):
+                owner = index.owner(qid)
+                if owner is not None and owner[1] != digest:  # an exact repeat is no probe
+                    hit = True
+                    if owner[0] != principal and len(st.partners) < 16:
+                        st.partners[owner[0]] = st.partners.get(owner[0], 0) + 1
+            flags = window_push(flags, hit, self.window)
+            index.add(fp, principal, digest)
+        st.flags = flags
+        st.examined += len(q)
+        flagged = flags.bit_count()
+        if flagged < self.min_flagged or self.quiet(st, event.ts):  # type: ignore[arg-type]
+            return None
+        partners = sorted(st.partners, key=st.partners.__getitem__, reverse=True)[:5]
+        shared_with = f" (also matching {len(st.partners)} other principals)" if partners else ""
+        return self.finding(
+            st, event, source,
+            severity="high" if partners or flagged >= 2 * self.min_flagged else "medium",
+            summary=(
+                f"{flagged} of the principal's last {min(st.examined, self.window)} queries "
+                f"share at least {self.match_fraction:.0%} of their fingerprint with an earlier "
+                f"query{shared_with}: a query-based black-box attack is likely; block and "
+                f"review the accounts."
+            ),
+            evidence={
+                "statistic": "queries whose quantised-window fingerprint matches an earlier one",
+                "flagged_queries": flagged,
+                "window_queries": min(st.examined, self.window),
+                "min_flagged": self.min_flagged,
+                "match_fraction_threshold": self.match_fraction,
+                "fingerprint_hashes": self.top_n,
+                "queries_examined": st.examined,
+                "other_principals_matched": partners,
+                "other_principal_match_counts": [st.partners[p] for p in partners],
+            },
+        )
+
+    def stats(self) -> dict[str, float]:
+        out = super().stats()
+        out["index_hashes"] = sum(len(i.cur) + len(i.prev) for _, i in self.indexes.items())
+        return out
+
+
+@lru_cache(maxsize=4096)
+def binomial_critical_count(n: int, p0_permille: int, alpha: float) -> int:
+    """Smallest k with P(X >= k) <= alpha for X ~ Binomial(n, p0/1000).
+
+    >>> binomial_critical_count(50, 100, 1e-6)
+    18
+    """
+    from scipy.stats import binom
+
+    p0 = min(max(p0_permille, 1), 999) / 1000.0
+    return int(binom.isf(alpha, n, p0)) + 1
+
+
+class _ConfState:
+    __slots__ = ("count", "critical", "fired_block", "low", "total")
+
+    def __init__(self) -> None:
+        self.count = 0  # queries in the current block
+        self.low = 0  # low-confidence queries in the current block
+        self.critical = 1 << 30
+        self.total = 0
+        self.fired_block = -1
+
+
+class _ModelConf:
+    __slots__ = ("low", "n", "seen")
+
+    def __init__(self) -> None:
+        self.low = 0.0  # decayed count of low-confidence answers
+        self.n = 0.0  # decayed count of answers
+        self.seen = 0
+
+
+class LowConfidenceProbingDetector(Detector):
+    """A principal's share of low-confidence answers far above the model's baseline.
+
+    Attack queries sit at the decision boundary, so the model answers them with
+    low confidence (in the repo's HopSkipJump run on digits: mean 0.39 against
+    0.80 for benign callers). Per model, an exponentially weighted share p0 of
+    answers below ``low_confidence`` is kept (half-life ``baseline_events``).
+    Per (principal, model), queries are counted in blocks of ``block``; the
+    principal is reported as soon as the block's low-confidence count reaches the
+    binomial critical value for p0 at false-alarm probability ``alpha`` per
+    block, and the block's share is at least ``min_share``. Events without a
+    confidence are ignored. O(1) per event.
+
+    >>> from detectors.testing import feed
+    >>> def q(i, who, conf):
+    ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
+    ...                           principal=who, features=[0.0], prediction=0,
+    ...                           confidence=conf)
+    >>> calm = [q(i, f"u{i % 7}", 0.45 if i % 10 == 0 else 0.95) for i in range(2000)]
+    >>> probe = [q(2000 + i, "eve", 0.5) for i in range(100)]
+    >>> found = feed(LowConfidenceProbingDetector(), calm + probe)
+    >>> [(f.entity.id, f.evidence["block_queries"]) for f in found]
+    [('eve', 20)]
+    """
+
+    name: ClassVar[str] = "probing.low_confidence"
+    event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
+
+    def __init__(
+        self,
+        low_confidence: float = 0.6,
+        block: int = 50,
+        alpha: float = 1e-6,
+        min_share: float = 0.4,
+        baseline_events: int = 5000,
+        warmup_events: int = 500,
+        cooldown_seconds: float = 3600.0,
+        max_principals: int = 200_000,
+    ) -> None:
+        if not 0 < low_confidence <= 1 or block < 5 or not 0 < alpha < 1:
+            raise ValueError("low_confidence in (0, 1], block >= 5, alpha in (0, 1)")
+        self.low_confidence = low_confidence
+        self.block = block
+        self.alpha = alpha
+        self.min_share = min_share
+        self.decay = 0.5 ** (1.0 / baseline_events)
+        self.warmup_events = warmup_events
+        self.cooldown_seconds = cooldown_seconds
+        self.table: EntityTable[Any] = EntityTable(max_principals)
+        self.models: EntityTable[_ModelConf] = EntityTable(1024)
+        self.quiet_until: dict[str, float] = {}
+
+    def process(self, event: Event, source: Source) -> list[Finding] | None:
+        assert isinstance(event, InferenceEvent)
+        conf = event.confidence
+        if conf is None:
+            return None
+        model = event.model_id
+        m = self.models.get(model) or self.models.touch(model, _ModelConf)
+        low = conf < self.low_confidence
+        m.low = m.low * self.decay + low
+        m.n = m.n * self.decay + 1.0
+        m.seen += 1
+        st = self.table.touch(f"{event.principal}\x1f{model}", _ConfState)
+        if st.count == 0:
+            p0 = max(m.low / m.n, 0.01)
+            st.critical = max(
+                binomial_critical_count(self.block, round(p0 * 1000), self.alpha),
+                math.ceil(self.min_share * self.block),
+            )
+        st.count += 1
+        st.total += 1
+        st.low += low
+        block_no = st.total // self.block
+        found = None
+        if st.low >= st.critical and st.fired_block != block_no:
+            found = self._fire(st, m, event, source)
+            st.fired_block = block_no
+        if st.count >= self.block:
+            st.count = st.low = 0
+        return found
+
+    def _fire(
+        self, st: _ConfState, m: _ModelConf, event: InferenceEvent, source: Source
+    ) -> list[Finding] | None:
+        ts = float(event.ts)  # type: ignore[arg-type]
+        key = f"{event.principal}\x1f{event.model_id}"
+        if m.seen < self.warmup_events or ts < self.quiet_until.get(key, -math.inf):
+            return None
+        if len(self.quiet_until) > len(self.table) * 2 + 1024:  # drop stale cooldowns
+            self.quiet_until = {k: v for k, v in self.quiet_until.items() if v > ts}
+        self.quiet_until[key] = ts + self.cooldown_seconds
+        p0 = m.low / m.n
+        share = st.low / st.count
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="adversarial_probing",
+                severity="high" if share >= 0.8 else "medium",
+                entity=Entity("principal", event.principal),
+                model_id=event.model_id,
+                summary=(
+                    f"{st.low} of the principal's last {st.count} answers had confidence below "
+                    f"{self.low_confidence:g} against a model baseline of {p0:.1%}: its queries "
+                    f"sit on the decision boundary, as in black-box evasion attacks; review it."
+                ),
+                evidence={
+                    "statistic": "low-confidence answers in the current block (binomial test)",
+                    "observed_low": st.low,
+                    "block_queries": st.count,
+                    "observed_share": round(share, 4),
+                    "baseline_share": round(p0, 4),
+                    "critical_count": st.critical,
+                    "alpha": self.alpha,
+                    "confidence_threshold": self.low_confidence,
+                    "queries_examined": st.total,
+                },
+                atlas=ATLAS_PROBING,
+                event_ts=ts,
+                sources=[source],
+                id_key=f"{event.model_id}:examined:{st.total}",
+            )
+        ]
+
+    def stats(self) -> dict[str, float]:
+        return {"entities": len(self.table), "evicted_total": self.table.evicted}

@@ -1,0 +1,160 @@
+"""A model's input space as fixed numeric vectors, shared by the abuse detectors.
+
+Inference events carry features as a list of floats or as a dict of name ->
+number / string / None. :class:`ModelSpace` fixes one layout per model from the
+first event it sees (list length, or the sorted dict keys), turns every later
+event into a row of that layout cheaply (no numpy per event), and, once it has
+seen ``calibration_rows`` rows, freezes a per-feature centre and scale and a
+seeded random projection to at most ``max_dims`` dimensions. Batches of rows are
+then standardised (and projected) in one numpy call.
+
+Strings (categorical values) become a stable number in [0, 4): equal categories
+are at distance 0, different ones at a random but fixed distance. None and
+non-finite numbers become the feature's centre (0 after standardising).
+
+>>> space = ModelSpace({"age": 30, "plan": "gold", "x": None}, calibration_rows=2)
+>>> space.names, space.row({"age": 40, "plan": "gold", "x": 1.5})[0]
+(('age', 'plan', 'x'), 40.0)
+>>> space.row([1.0, 2.0])[2] != space.row([1.0, 2.0])[2]   # missing -> NaN
+True
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+
+__all__ = ["ModelSpace", "pairwise_sq_dists", "stable_seed"]
+
+_NAN: Final = float("nan")
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from ``parts`` that is the same in every process (unlike hash())."""
+    return zlib.crc32("\x1f".join(map(str, parts)).encode())
+
+
+def _number(value: Any) -> float:
+    if value is None:
+        return _NAN
+    if isinstance(value, str):
+        return (zlib.crc32(value.encode()) & 0xFFFF) / 16384.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return _NAN
+
+
+def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and ``b`` (clipped at 0).
+
+    >>> pairwise_sq_dists(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [0.0, 0.0]]))
+    array([[25.,  0.]])
+    """
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    np.maximum(d, 0.0, out=d)
+    return d
+
+
+class ModelSpace:
+    """Fixed layout, frozen scale and projection of one model's feature vectors."""
+
+    __slots__ = (
+        "_calib", "_calib_target", "centre", "dim", "max_dims", "names", "proj", "scale",
+        "seed", "spread",
+    )
+
+    def __init__(
+        self,
+        first: Sequence[float] | Mapping[str, Any],
+        *,
+        calibration_rows: int = 256,
+        max_dims: int = 32,
+        max_features: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(first, Mapping):
+            self.names: tuple[str, ...] | None = tuple(sorted(first))[:max_features]
+            self.dim = len(self.names)
+        else:
+            self.names = None
+            self.dim = min(len(first), max_features)
+        self.dim = max(self.dim, 1)
+        self.max_dims = max_dims
+        self.seed = seed
+        self._calib: list[Sequence[float]] | None = []
+        self._calib_target = calibration_rows
+        self.centre: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+        self.proj: np.ndarray | None = None
+        #: Median distance between two calibration rows in the embedded space:
+        #: the yardstick that makes distance thresholds unit-free.
+        self.spread = 1.0
+
+    @property
+    def ready(self) -> bool:
+        return self.centre is not None
+
+    def row(self, features: Sequence[float] | Mapping[str, Any]) -> Sequence[float]:
+        """The event's features in this model's layout (floats, NaN for missing)."""
+        names = self.names
+        if names is not None and isinstance(features, Mapping):
+            get = features.get
+            return [v if type(v) is float else _number(v) for v in map(get, names)]
+        if isinstance(features, Mapping):  # layout is positional, event is a dict
+            values: list[Any] = [features[k] for k in sorted(features)]
+            values = [_number(v) for v in values]
+        else:
+            if len(features) == self.dim:
+                return features
+            values = list(features)
+        if len(values) >= self.dim:
+            return values[: self.dim]
+        return values + [_NAN] * (self.dim - len(values))
+
+    def observe(self, row: Sequence[float]) -> None:
+        """Collect a calibration row; freeze centre, scale and projection when enough."""
+        calib = self._calib
+        if calib is None:
+            return
+        calib.append(row)
+        if len(calib) >= self._calib_target:
+            self._freeze(np.asarray(calib, dtype=np.float64))
+            self._calib = None
+
+    def _freeze(self, x: np.ndarray) -> None:
+        centre = np.nanmedian(x, axis=0) if np.isnan(x).any() else x.mean(axis=0)
+        centre = np.nan_to_num(centre)
+        std = np.nan_to_num(np.nanstd(x, axis=0))
+        rms = math.sqrt(float((std * std).mean())) or 1.0
+        # A floor at the features' RMS spread: near-constant features (image
+        # borders, rare flags) do not turn tiny changes into huge distances.
+        self.centre = centre
+        self.scale = np.maximum(std, rms)
+        if self.dim > self.max_dims:
+            rng = np.random.default_rng(self.seed)
+            self.proj = rng.normal(0.0, 1.0 / math.sqrt(self.max_dims), (self.dim, self.max_dims))
+        z = self.embed(x[:256])
+        d = np.sqrt(pairwise_sq_dists(z, z)[np.triu_indices(len(z), 1)])
+        d = d[d > 0]
+        self.spread = float(np.median(d)) if d.size else 1.0
+
+    def standardise(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
+        """Rows centred and scaled (missing -> 0), not projected. Requires ``ready``."""
+        x = np.array(rows, dtype=np.float64)  # a copy: callers' rows stay untouched
+        x -= self.centre
+        x /= self.scale
+        if not np.isfinite(x).all():
+            np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return x
+
+    def embed(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
+        """Standardised rows projected to at most ``max_dims`` dims (float32)."""
+        x = self.standardise(rows)
+        if self.proj is not None:
+            x = x @ self.proj
+        return x.astype(np.float32)
