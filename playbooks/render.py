@@ -165,7 +165,7 @@ class _Masker:
         p = self._p
         for real in sorted(self.replaced, key=len, reverse=True):
             pattern = rf"(?<![\w.@-]){re.escape(real)}(?![\w@-]|\.\w)"
-            text = re.sub(pattern, lambda _m, r=real: p.pseudonym(r), text)
+            text = re.sub(pattern, p.pseudonym(real), text)  # "p-<hex>": no escapes
 
         def swap(match: re.Match[str]) -> str:
             token = match.group(0)
@@ -252,7 +252,7 @@ def _render_value(key: str, value: Any, masker: _Masker) -> str | None:
 
 
 def _highlights(evidence: Mapping[str, Any], masker: _Masker) -> list[tuple[str, str]]:
-    out = []
+    out: list[tuple[str, str]] = []
     for key, value in evidence.items():
         if len(out) >= _EVIDENCE_MAX:
             break
@@ -295,6 +295,10 @@ def _plain(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "", text)[:60]
 
 
+def _mrkdwn_section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
 def render_finding(
     finding: Finding, pseudonymizer: Pseudonymizer | None = None
 ) -> SlackMessage:
@@ -329,12 +333,12 @@ def render_finding(
                 "emoji": True,
             },
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": escape_mrkdwn(summary, _SUMMARY_MAX)}},
+        _mrkdwn_section(escape_mrkdwn(summary, _SUMMARY_MAX)),
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
     ]
     if highlights:
         lines = "\n".join(f"\u2022 {key}: {value}" for key, value in highlights)
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Evidence*\n{lines}"}})
+        blocks.append(_mrkdwn_section(f"*Evidence*\n{lines}"))
     context = f"ATLAS: {_atlas(finding.atlas)} \u00b7 finding {_code(finding.finding_id, 40)}"
     if finding.sources:
         src = finding.sources[0]

@@ -95,7 +95,7 @@ def _header(headers: Mapping[str, Any] | None, name: str) -> str | None:
 
 
 def _backoff(base_s: float, attempt: int) -> float:
-    interval = min(MAX_BACKOFF_S, base_s * (2**attempt))
+    interval = min(MAX_BACKOFF_S, base_s * float(2**attempt))
     return interval + random.uniform(0, interval / 4)  # jitter: spread out a herd of retries
 
 
@@ -198,14 +198,8 @@ class TransientApiErrorRetryHandler(_AbortableWait, RetryHandler):
         self.abort = abort
         self.backoff_s = backoff_s
 
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
+    def _can_retry(self, **kwargs: Any) -> bool:
+        response: HttpResponse | None = kwargs.get("response")
         if self.abort.is_set() or response is None or response.status_code != 200:
             return False
         body = response.body if isinstance(response.body, dict) else {}

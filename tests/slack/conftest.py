@@ -6,8 +6,8 @@ Other test folders can reuse them with ``pytest_plugins`` or by importing
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest

@@ -30,6 +30,7 @@ time and the status it got; accepted messages are also in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import threading
@@ -321,10 +322,8 @@ def _parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
         return {}
     for key in ("blocks", "attachments"):
         if isinstance(parsed.get(key), str):
-            try:
+            with contextlib.suppress(ValueError):  # not JSON: keep the text
                 parsed[key] = json.loads(parsed[key])
-            except ValueError:
-                pass
     return parsed
 
 

@@ -268,10 +268,13 @@ def test_a_failing_outcome_callback_does_not_stop_alerting(fake_slack, make_aler
     def broken(outcome: str, finding: object) -> None:
         raise RuntimeError("metrics down")
 
-    alerter = make_alerter("webhook", on_outcome=broken)
-    alerter.submit(make_finding())
-    alerter.submit(make_finding())
-    fake_slack.wait_for_delivered(2)
+    with structlog.testing.capture_logs() as logs:
+        alerter = make_alerter("webhook", on_outcome=broken)
+        alerter.submit(make_finding())
+        alerter.submit(make_finding())
+        fake_slack.wait_for_delivered(2)
+        assert alerter.stop(5) == 0
+    assert [e["event"] for e in logs].count("slack_outcome_callback_failed") == 2
 
 
 # -- what leaves -----------------------------------------------------------------
