@@ -70,7 +70,8 @@ class Reply:
     """One scripted answer. Leave a field None for the endpoint's usual value.
 
     ``status`` 200 with no ``error`` and no ``body`` means "answer normally"
-    (after ``delay_s``), so ``Reply(delay_s=2)`` scripts a slow but good reply.
+    (sent ``delay_s`` after the request is recorded), so ``Reply(delay_s=2)``
+    scripts a slow but good reply.
     ``error`` becomes ``{"ok": false, "error": ...}`` on the Web API (HTTP 200
     unless ``status`` says otherwise) and the text body on the webhook (with the
     status Slack uses for that code, see :data:`WEBHOOK_ERROR_STATUS`).
@@ -247,24 +248,23 @@ class FakeSlack:
 
     def _answer(
         self, endpoint: Endpoint, path: str, headers: Mapping[str, str], raw: bytes
-    ) -> tuple[int, dict[str, str], str, Mapping[str, Any]]:
-        """(status, headers, body text, parsed request body) for one request."""
+    ) -> tuple[int, dict[str, str], str, Mapping[str, Any], float]:
+        """(status, headers, body text, parsed request body, delay) for one request."""
         body = _parse_body(headers.get("content-type", ""), raw)
         reply = self._next_reply()
-        if reply.delay_s:
-            time.sleep(reply.delay_s)
         extra = dict(reply.headers)
         if reply.retry_after is not None:
             extra["Retry-After"] = str(reply.retry_after)
         if endpoint == "webhook":
             status, text = self._webhook_answer(path, body, raw, reply)
-            return status, {"Content-Type": "text/html", **extra}, text, body
+            return status, {"Content-Type": "text/html", **extra}, text, body, reply.delay_s
         if endpoint == "chat.postMessage":
             status, payload = self._api_answer(headers, body, reply)
         else:
             status, payload = 404, {"ok": False, "error": "unknown_method"}
         text = payload if isinstance(payload, str) else json.dumps(payload)
-        return status, {"Content-Type": "application/json; charset=utf-8", **extra}, text, body
+        json_type = {"Content-Type": "application/json; charset=utf-8"}
+        return status, {**json_type, **extra}, text, body, reply.delay_s
 
     def _webhook_answer(
         self, path: str, body: Mapping[str, Any], raw: bytes, reply: Reply
@@ -344,13 +344,17 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 endpoint = "chat.postMessage"
             else:
                 endpoint = "unknown"
-            status, out_headers, text, body = fake._answer(endpoint, path, headers, raw)
+            status, out_headers, text, body, delay_s = fake._answer(endpoint, path, headers, raw)
             delivered = status == 200 and (
                 text == "ok" if endpoint == "webhook" else '"ok": true' in text
             )
-            # Recorded before answering: once a client has its answer, the record exists.
+            # Recorded on arrival, before any scripted delay: a test can wait for
+            # "the client is now waiting on Slack", and once a client has its
+            # answer the record exists.
             fake._record(SlackRequest(endpoint, "POST", path, headers, body, raw, arrived,
                                       status, text, delivered))
+            if delay_s:
+                time.sleep(delay_s)
             data = text.encode("utf-8")
             try:
                 self.send_response(status)
