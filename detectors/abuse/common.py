@@ -17,14 +17,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
+from detectors.abuse.space import ModelSpace, stable_seed
 from detectors.base import Detector
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
 
-from detectors.abuse.space import ModelSpace, stable_seed
-
-__all__ = ["ATLAS_EXTRACTION", "ATLAS_PROBING", "ATLAS_VOLUME", "BatchedQueryDetector", "QueryState"]
+__all__ = [
+    "ATLAS_EXTRACTION",
+    "ATLAS_PROBING",
+    "ATLAS_VOLUME",
+    "BatchedQueryDetector",
+    "QueryState",
+]
 
 ATLAS_EXTRACTION: Final = ["AML.T0024.002", "AML.T0005.001", "AML.T0040"]
 ATLAS_PROBING: Final = ["AML.T0043.001", "AML.T0015", "AML.T0042"]
@@ -51,8 +56,15 @@ class BatchedQueryDetector(Detector):
     atlas: ClassVar[list[str]]
 
     def _setup(
-        self, *, batch_size: int, cooldown_seconds: float, max_principals: int,
-        calibration_rows: int, max_dims: int, seed: int, max_models: int = 1024,
+        self,
+        *,
+        batch_size: int,
+        cooldown_seconds: float,
+        max_principals: int,
+        calibration_rows: int,
+        max_dims: int,
+        seed: int,
+        max_models: int = 1024,
     ) -> None:
         if batch_size < 1 or max_principals < 1 or calibration_rows < 2 or max_dims < 1:
             raise ValueError("batch_size, max_principals, max_dims >= 1; calibration_rows >= 2")
@@ -83,8 +95,10 @@ class BatchedQueryDetector(Detector):
             space = self.spaces.touch(
                 model,
                 lambda: ModelSpace(
-                    event.features, calibration_rows=self.calibration_rows,
-                    max_dims=self.max_dims, seed=stable_seed(self.seed, model),
+                    event.features,
+                    calibration_rows=self.calibration_rows,
+                    max_dims=self.max_dims,
+                    seed=stable_seed(self.seed, model),
                 ),
             )
         row = space.row(event.features)
@@ -106,8 +120,15 @@ class BatchedQueryDetector(Detector):
         return ts < st.quiet_until
 
     def finding(
-        self, st: QueryState, event: InferenceEvent, source: Source, *, severity: Severity,
-        summary: str, evidence: Mapping[str, Any], kind: str | None = None,
+        self,
+        st: QueryState,
+        event: InferenceEvent,
+        source: Source,
+        *,
+        severity: Severity,
+        summary: str,
+        evidence: Mapping[str, Any],
+        kind: str | None = None,
     ) -> list[Finding]:
         """One finding about the principal; starts the cooldown."""
         ts = float(event.ts)  # type: ignore[arg-type]

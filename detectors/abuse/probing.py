@@ -142,9 +142,12 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         self.window = window
         self.min_flagged = min_flagged
         self._setup(
-            batch_size=batch_size, cooldown_seconds=cooldown_seconds,
-            max_principals=max_principals, calibration_rows=calibration_rows,
-            max_dims=max_dims, seed=seed,
+            batch_size=batch_size,
+            cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals,
+            calibration_rows=calibration_rows,
+            max_dims=max_dims,
+            seed=seed,
         )
 
     def new_state(self) -> QueryState:
@@ -171,7 +174,9 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         judged = ratios[np.isfinite(ratios)]
         median = float(np.median(judged)) if judged.size else None
         return self.finding(
-            st, event, source,
+            st,
+            event,
+            source,
             severity="high" if flagged >= 2 * self.min_flagged else "medium",
             summary=(
                 f"Principal sent {flagged} of its last {min(st.judged, self.window)} queries "
@@ -329,9 +334,12 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         self.min_flagged = min_flagged
         self.max_index = max_index
         self._setup(
-            batch_size=batch_size, cooldown_seconds=cooldown_seconds,
-            max_principals=max_principals, calibration_rows=calibration_rows,
-            max_dims=1 << 30, seed=seed,
+            batch_size=batch_size,
+            cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals,
+            calibration_rows=calibration_rows,
+            max_dims=1 << 30,
+            seed=seed,
         )
         rng = np.random.default_rng(seed)
         self.multipliers = rng.integers(1, 2**62, size=max(hash_window, 1), dtype=np.int64) | 1
@@ -370,7 +378,9 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         partners = sorted(st.partners, key=st.partners.__getitem__, reverse=True)[:5]
         shared_with = f" (also matching {len(st.partners)} other principals)" if partners else ""
         return self.finding(
-            st, event, source,
+            st,
+            event,
+            source,
             severity="high" if partners or flagged >= 2 * self.min_flagged else "medium",
             summary=(
                 f"{flagged} of the principal's last {min(st.examined, self.window)} queries "
@@ -495,11 +505,15 @@ class LowConfidenceProbingDetector(Detector):
         m.seen += 1
         st = self.table.touch(f"{event.principal}\x1f{model}", _ConfState)
         if st.count == 0:
-            p0 = max(m.low / m.n, 0.01)
-            st.critical = max(
-                binomial_critical_count(self.block, round(p0 * 1000), self.alpha),
-                math.ceil(self.min_share * self.block),
-            )
+            # The block's critical count is fixed at its start, from a warmed-up baseline.
+            if m.seen < self.warmup_events:
+                st.critical = 1 << 30
+            else:
+                p0 = max(m.low / m.n, 0.01)
+                st.critical = max(
+                    binomial_critical_count(self.block, round(p0 * 1000), self.alpha),
+                    math.ceil(self.min_share * self.block),
+                )
         st.count += 1
         st.total += 1
         st.low += low

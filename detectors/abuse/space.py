@@ -64,8 +64,16 @@ class ModelSpace:
     """Fixed layout, frozen scale and projection of one model's feature vectors."""
 
     __slots__ = (
-        "_calib", "_calib_target", "centre", "dim", "max_dims", "names", "proj", "scale",
-        "seed", "spread",
+        "_calib",
+        "_calib_target",
+        "centre",
+        "dim",
+        "max_dims",
+        "names",
+        "proj",
+        "scale",
+        "seed",
+        "spread",
     )
 
     def __init__(

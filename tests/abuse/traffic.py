@@ -116,8 +116,15 @@ def _targets(n: int, seed: int) -> np.ndarray:
 
 
 def hopskipjump_events(
-    principal: str = "attacker-hsj", *, n_samples: int = 1, max_iter: int = 5,
-    max_eval: int = 200, init_eval: int = 20, seed: int = 1, t0: float = T0, gap: float = 0.05,
+    principal: str = "attacker-hsj",
+    *,
+    n_samples: int = 1,
+    max_iter: int = 5,
+    max_eval: int = 200,
+    init_eval: int = 20,
+    seed: int = 1,
+    t0: float = T0,
+    gap: float = 0.05,
 ) -> list[InferenceEvent]:
     """Every query of an untargeted HopSkipJump run (ART) against the victim."""
     from art.attacks.evasion import HopSkipJump
@@ -125,16 +132,27 @@ def hopskipjump_events(
     log = QueryLog(principal, t0=t0, gap=gap, seed=seed)
     np.random.seed(seed)  # ART draws from numpy's global generator
     attack = HopSkipJump(
-        _blackbox(log), targeted=False, max_iter=max_iter, max_eval=max_eval,
-        init_eval=init_eval, init_size=20, batch_size=1, verbose=False,
+        _blackbox(log),
+        targeted=False,
+        max_iter=max_iter,
+        max_eval=max_eval,
+        init_eval=init_eval,
+        init_size=20,
+        batch_size=1,
+        verbose=False,
     )
     attack.generate(_targets(n_samples, seed))
     return log.events
 
 
 def boundary_events(
-    principal: str = "attacker-boundary", *, n_samples: int = 1, max_iter: int = 60,
-    seed: int = 2, t0: float = T0, gap: float = 0.05,
+    principal: str = "attacker-boundary",
+    *,
+    n_samples: int = 1,
+    max_iter: int = 60,
+    seed: int = 2,
+    t0: float = T0,
+    gap: float = 0.05,
 ) -> list[InferenceEvent]:
     """Every query of an untargeted BoundaryAttack run (ART) against the victim."""
     from art.attacks.evasion import BoundaryAttack
@@ -142,16 +160,27 @@ def boundary_events(
     log = QueryLog(principal, t0=t0, gap=gap, seed=seed)
     np.random.seed(seed)
     attack = BoundaryAttack(
-        _blackbox(log), targeted=False, max_iter=max_iter, num_trial=10, sample_size=10,
-        init_size=20, batch_size=1, verbose=False,
+        _blackbox(log),
+        targeted=False,
+        max_iter=max_iter,
+        num_trial=10,
+        sample_size=10,
+        init_size=20,
+        batch_size=1,
+        verbose=False,
     )
     attack.generate(_targets(n_samples, seed))
     return log.events
 
 
 def jbda_events(
-    principal: str = "thief-jbda", *, rounds: int = 5, step: float = 2.0, seed: int = 3,
-    t0: float = T0, gap: float = 0.3,
+    principal: str = "thief-jbda",
+    *,
+    rounds: int = 5,
+    step: float = 2.0,
+    seed: int = 3,
+    t0: float = T0,
+    gap: float = 0.3,
 ) -> list[InferenceEvent]:
     """Papernot et al.'s Jacobian-based augmentation extraction (synthetic queries).
 
@@ -193,8 +222,13 @@ def _shifted(pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def knockoff_events(
-    principal: str = "thief-knockoff", *, n_queries: int = 2000, seed: int = 4,
-    t0: float = T0, gap: float = 1.0, fit_every: int = 0,
+    principal: str = "thief-knockoff",
+    *,
+    n_queries: int = 2000,
+    seed: int = 4,
+    t0: float = T0,
+    gap: float = 1.0,
+    fit_every: int = 0,
 ) -> tuple[list[InferenceEvent], list[float]]:
     """A natural-data thief: queries natural digits at volume and trains a copy.
 
@@ -219,8 +253,12 @@ def knockoff_events(
 
 
 def benign_events(
-    n_principals: int = 40, *, queries: tuple[int, int] = (40, 300), seed: int = 5,
-    t0: float = T0, hours: float = 6.0,
+    n_principals: int = 40,
+    *,
+    queries: tuple[int, int] = (40, 300),
+    seed: int = 5,
+    t0: float = T0,
+    hours: float = 6.0,
 ) -> list[InferenceEvent]:
     """Many principals scoring natural held-out digits at human/service pace.
 
@@ -242,8 +280,12 @@ def benign_events(
             t += float(rng.exponential(gap)) if rng.random() < 0.5 else float(rng.uniform(0.2, 2))
             out.append(
                 InferenceEvent(
-                    ts=t, model_id=MODEL, request_id=f"b{p}-{i}", principal=f"user-{p}",
-                    features=xs[i].tolist(), prediction=int(proba[i].argmax()),
+                    ts=t,
+                    model_id=MODEL,
+                    request_id=f"b{p}-{i}",
+                    principal=f"user-{p}",
+                    features=xs[i].tolist(),
+                    prediction=int(proba[i].argmax()),
                     probabilities=[round(float(q), 6) for q in proba[i]],
                 )
             )

@@ -1,0 +1,437 @@
+"""Model extraction: a principal copying the model through its query API.
+
+- :class:`PradaExtractionDetector` (Juuti et al. 2019): the distribution of
+  distances between a principal's new queries and its earlier ones is close to
+  normal for natural queries and far from it for synthetic extraction queries
+  (Jacobian augmentation, perturbation families); Shapiro-Wilk's W below
+  ``delta`` raises the alarm.
+- :class:`CoverageExtractionDetector` (after Kesarwani et al. 2018): how much of
+  the model's input space a principal has explored (distinct cells of a
+  random-projection grid, counted with a bounded sketch), against the other
+  principals of the same model. This is the signal that also catches a
+  natural-data "knockoff" thief, whose single queries look like anybody's but
+  whose breadth does not; a fast thief is also caught by ``volume.peer_rate``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import Any, ClassVar, Final
+
+import numpy as np
+
+from detectors.abuse.common import ATLAS_EXTRACTION, BatchedQueryDetector, QueryState
+from detectors.abuse.space import ModelSpace, pairwise_sq_dists
+from detectors.events import InferenceEvent
+from detectors.findings import Finding, Source
+from detectors.state import EntityTable
+
+__all__ = [
+    "CoverageExtractionDetector",
+    "PradaExtractionDetector",
+    "distinct_estimate",
+    "shapiro_w",
+]
+
+_DUPLICATE: Final = 1e-6  # distance below which a query repeats an earlier one
+
+
+def shapiro_w(distances: np.ndarray, clip_sigma: float = 3.0) -> float:
+    """Shapiro-Wilk W of ``distances`` after dropping values beyond ``clip_sigma`` SDs.
+
+    PRADA's test statistic: near 1 for normal-looking samples.
+
+    >>> rng = np.random.default_rng(0)
+    >>> shapiro_w(rng.normal(5, 1, 500)) > 0.99, shapiro_w(rng.exponential(1, 500)) < 0.9
+    (True, True)
+    """
+    from scipy.stats import shapiro
+
+    d = np.asarray(distances, dtype=np.float64)
+    mu, sd = d.mean(), d.std()
+    if sd > 0:
+        d = d[np.abs(d - mu) <= clip_sigma * sd]
+    if len(d) < 3 or np.ptp(d) == 0:
+        return 0.0
+    return float(shapiro(d).statistic)
+
+
+class _PradaState(QueryState):
+    __slots__ = (
+        "dists",
+        "g_classes",
+        "g_rows",
+        "g_stats",
+        "growing",
+        "last_test",
+        "preds",
+        "thresholds",
+        "w",
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preds: list[Any] = []
+        self.g_rows: np.ndarray | None = None  # the growing set G (capped ring)
+        self.g_classes: list[Any] = []
+        self.growing = 0  # rows ever added to G
+        self.thresholds: dict[Any, float] = {}  # T_c
+        self.g_stats: dict[Any, list[float]] = {}  # per class [n, sum, sum of squares]
+        self.dists: deque[float] = deque()
+        self.last_test = 0
+        self.w = 1.0
+
+
+class PradaExtractionDetector(BatchedQueryDetector):
+    """Non-normal distances between a principal's queries (PRADA).
+
+    Per (principal, model) and predicted class c: a growing set G_c and a
+    threshold T_c. Each query x predicted as c gets d = min distance to G_c
+    (in the model's standardised space, projected to ``max_dims``); d is
+    recorded, and if d > T_c, x joins G_c and T_c = max(T_c, mean - sd of the
+    distances that let points into G_c). Every ``test_every`` queries, once
+    ``min_distances`` are recorded, Shapiro-Wilk's W of the last
+    ``max_distances`` distances (3-sigma clipped) below ``delta`` is an alarm.
+    G holds at most ``max_growing`` rows (oldest replaced), so the cost per
+    query is bounded. Exact repeats are skipped (a retry is not exploration).
+
+    >>> from detectors.testing import feed
+    >>> rng = np.random.default_rng(1)
+    >>> def q(i, who, x):
+    ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
+    ...         principal=who, features=x.tolist(), prediction=int(x[0] > 0))
+    >>> natural = [q(i, f"u{i % 4}", rng.normal(size=8)) for i in range(1200)]
+    >>> feed(PradaExtractionDetector(), natural)
+    []
+    >>> seeds = rng.normal(size=(4, 8))   # synthetic: 4 seeds perturbed at scales 1e-3..1
+    >>> steps = [seeds[i % 4] + 10 ** rng.uniform(-3, 0) * rng.normal(size=8)
+    ...          for i in range(300)]
+    >>> thief = [q(1200 + i, "thief", x) for i, x in enumerate(steps)]
+    >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
+    ...  feed(PradaExtractionDetector(), natural + thief)]
+    [('thief', 112)]
+    """
+
+    name: ClassVar[str] = "extraction.prada"
+    kind: ClassVar[str] = "model_extraction"
+    atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
+
+    def __init__(
+        self,
+        delta: float = 0.9,
+        min_distances: int = 100,
+        max_distances: int = 1000,
+        test_every: int = 32,
+        max_growing: int = 512,
+        batch_size: int = 16,
+        cooldown_seconds: float = 3600.0,
+        calibration_rows: int = 256,
+        max_dims: int = 32,
+        max_principals: int = 20_000,
+        seed: int = 0,
+    ) -> None:
+        if not 0 < delta < 1 or min_distances < 20 or max_distances < min_distances:
+            raise ValueError("delta in (0, 1), 20 <= min_distances <= max_distances")
+        self.delta = delta
+        self.min_distances = min_distances
+        self.max_distances = max_distances
+        self.test_every = test_every
+        self.max_growing = max_growing
+        self._setup(
+            batch_size=batch_size,
+            cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals,
+            calibration_rows=calibration_rows,
+            max_dims=max_dims,
+            seed=seed,
+        )
+
+    def new_state(self) -> QueryState:
+        return _PradaState()
+
+    def remember(self, st: QueryState, event: InferenceEvent) -> None:
+        st.preds.append(event.prediction)  # type: ignore[attr-defined]
+
+    def judge(
+        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
+    ) -> list[Finding] | None:
+        assert isinstance(st, _PradaState)
+        x = space.embed(st.rows)
+        preds, st.preds = st.preds, []
+        if st.g_rows is None or st.g_rows.shape[1] != x.shape[1]:
+            st.g_rows = np.zeros((self.max_growing, x.shape[1]), dtype=np.float32)
+            st.g_classes, st.growing = [None] * self.max_growing, 0
+        filled = min(st.growing, self.max_growing)
+        to_g = np.sqrt(pairwise_sq_dists(x, st.g_rows[:filled])) if filled else None
+        within = np.sqrt(pairwise_sq_dists(x, x)).tolist()
+        g_classes = np.array(st.g_classes[:filled], dtype=object) if filled else None
+        added: list[tuple[int, Any]] = []  # batch rows that joined G in this batch
+        dists = st.dists
+        for i, c in enumerate(preds):
+            d = math.inf
+            if to_g is not None:
+                mask = g_classes == c
+                if mask.any():
+                    d = float(to_g[i][mask].min())
+            for j, cj in added:
+                if cj == c and within[i][j] < d:
+                    d = within[i][j]
+            if d < _DUPLICATE:
+                continue
+            if d == math.inf:  # first query of this class: it seeds G_c
+                self._grow(st, x[i], c, added, i)
+                continue
+            dists.append(d)
+            if d > st.thresholds.get(c, 0.0):
+                self._grow(st, x[i], c, added, i)
+                n_s_q = st.g_stats.setdefault(c, [0.0, 0.0, 0.0])
+                n_s_q[0] += 1
+                n_s_q[1] += d
+                n_s_q[2] += d * d
+                mean = n_s_q[1] / n_s_q[0]
+                sd = math.sqrt(max(n_s_q[2] / n_s_q[0] - mean * mean, 0.0))
+                st.thresholds[c] = max(st.thresholds.get(c, 0.0), mean - sd)
+        while len(dists) > self.max_distances:
+            dists.popleft()
+        st.examined += len(preds)
+        if len(dists) < self.min_distances or st.examined - st.last_test < self.test_every:
+            return None
+        st.last_test = st.examined
+        st.w = shapiro_w(np.fromiter(dists, dtype=np.float64, count=len(dists)))
+        if st.w >= self.delta or self.quiet(st, event.ts):  # type: ignore[arg-type]
+            return None
+        return self.finding(
+            st,
+            event,
+            source,
+            severity="high" if st.w < self.delta - 0.1 else "medium",
+            summary=(
+                f"Distances between this principal's queries are far from normal "
+                f"(Shapiro-Wilk W={st.w:.3f} < {self.delta:g} over {len(dists)} queries): "
+                f"synthetic extraction queries are likely; review and rate-limit the caller."
+            ),
+            evidence={
+                "statistic": "Shapiro-Wilk W of min distances to earlier queries (PRADA)",
+                "observed_w": round(st.w, 4),
+                "threshold_w": self.delta,
+                "distances_tested": len(dists),
+                "queries_examined": st.examined,
+                "growing_set_size": min(st.growing, self.max_growing),
+                "classes_seen": len(st.thresholds) or len(set(st.g_classes) - {None}),
+            },
+        )
+
+    def _grow(
+        self, st: _PradaState, row: np.ndarray, c: Any, added: list[tuple[int, Any]], i: int
+    ) -> None:
+        slot = st.growing % self.max_growing
+        st.g_rows[slot] = row  # type: ignore[index]
+        st.g_classes[slot] = c
+        st.growing += 1
+        added.append((i, c))
+
+
+_MASK64: Final = (1 << 64) - 1
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: well-spread uint64 hashes of uint64 values."""
+    z = values.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def distinct_estimate(kmv: list[int], k: int) -> float:
+    """Distinct count from a K-minimum-values sketch (negated max-heap of 64-bit hashes).
+
+    Exact below ``k`` values; (k - 1) / (k-th smallest hash / 2**64) above.
+
+    >>> distinct_estimate([-5, -3], 4)
+    2.0
+    """
+    if len(kmv) < k:
+        return float(len(kmv))
+    return (k - 1) / ((-kmv[0] + 1) / 2.0**64)
+
+
+class _CoverageState(QueryState):
+    __slots__ = ("kmv", "kmv_set")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kmv: list[int] = []  # max-heap (negated) of the k smallest cell hashes
+        self.kmv_set: set[int] = set()
+
+
+class _Peers:
+    """Latest coverage of the model's principals and their robust summary."""
+
+    __slots__ = ("cells", "kmv", "kmv_set", "limit", "median", "p90", "updates", "values")
+
+    def __init__(self, capacity: int) -> None:
+        self.values: EntityTable[list[float]] = EntityTable(capacity)
+        self.updates = 0
+        self.median = math.nan
+        self.p90 = math.nan
+        self.limit = math.inf
+        self.kmv: list[int] = []  # all principals together: the model's explored space
+        self.kmv_set: set[int] = set()
+        self.cells = 0.0
+
+
+def _kmv_add(heap: list[int], members: set[int], hashes: list[int], k: int) -> None:
+    for h in hashes:
+        if h in members:
+            continue
+        if len(heap) < k:
+            heapq.heappush(heap, -h)
+            members.add(h)
+        elif h < -heap[0]:
+            members.discard(-heapq.heapreplace(heap, -h))
+            members.add(h)
+
+
+class CoverageExtractionDetector(BatchedQueryDetector):
+    """A principal exploring far more of the model's input space than its peers.
+
+    Each query falls in a cell of a grid over ``grid_dims`` random projections
+    of the standardised input (``grid_levels`` bins per projection, bin edges at
+    multiples of ``bin_width`` model spreads). Distinct cells per
+    (principal, model) are counted with a K-minimum-values sketch of ``sketch_k``
+    hashes (exact up to ``sketch_k``, about 1/sqrt(k) relative error above):
+    bounded memory whatever the volume. Every ``peer_refresh`` batch updates the
+    model's peer summary is recomputed from the latest coverage of up to
+    ``max_peers`` principals. A principal is reported when its coverage exceeds
+    ``min_cells`` and ``peer_ratio`` times the peers' 90th percentile (needs
+    ``min_peers`` peers). Principals listed in ``exempt_principals`` (batch
+    scoring services that legitimately sweep the input space) are not reported.
+    The evidence gives the share of all cells the model's callers have explored
+    that this principal covered.
+
+    >>> from detectors.testing import feed
+    >>> rng = np.random.default_rng(2)
+    >>> def q(i, who, x):
+    ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
+    ...         principal=who, features=x.tolist(), prediction=0)
+    >>> users = [q(i, f"u{i % 30}", rng.normal(size=8)) for i in range(3000)]
+    >>> feed(CoverageExtractionDetector(), users)
+    []
+    >>> thief = [q(3000 + i, "thief", rng.normal(size=8)) for i in range(1500)]
+    >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
+    ...  feed(CoverageExtractionDetector(), users + thief)]
+    [('thief', 416)]
+    """
+
+    name: ClassVar[str] = "extraction.coverage"
+    kind: ClassVar[str] = "model_extraction"
+    atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
+
+    def __init__(
+        self,
+        grid_dims: int = 10,
+        grid_levels: int = 4,
+        bin_width: float = 0.25,
+        sketch_k: int = 512,
+        min_cells: int = 400,
+        peer_ratio: float = 3.0,
+        min_peers: int = 10,
+        max_peers: int = 4096,
+        peer_refresh: int = 64,
+        exempt_principals: tuple[str, ...] = (),
+        batch_size: int = 16,
+        cooldown_seconds: float = 86_400.0,
+        calibration_rows: int = 256,
+        max_principals: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        if grid_levels < 2 or grid_dims < 1 or sketch_k < 16 or min_cells < 1:
+            raise ValueError("grid_levels >= 2, grid_dims >= 1, sketch_k >= 16, min_cells >= 1")
+        self.grid_dims = grid_dims
+        self.grid_levels = grid_levels
+        self.bin_width = bin_width
+        self.sketch_k = sketch_k
+        self.min_cells = min_cells
+        self.peer_ratio = peer_ratio
+        self.min_peers = min_peers
+        self.max_peers = max_peers
+        self.peer_refresh = peer_refresh
+        self.exempt_principals = frozenset(exempt_principals)
+        self._setup(
+            batch_size=batch_size,
+            cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals,
+            calibration_rows=calibration_rows,
+            max_dims=32,
+            seed=seed,
+        )
+        self.peers: EntityTable[_Peers] = EntityTable(1024)
+        self.place = (grid_levels ** np.arange(grid_dims)).astype(np.uint64)
+
+    def new_state(self) -> QueryState:
+        return _CoverageState()
+
+    def cells(self, space: ModelSpace, rows: list[Any]) -> list[int]:
+        """Hashed grid cells of ``rows`` (one 64-bit int per row)."""
+        z = space.embed(rows)[:, : self.grid_dims] / (self.bin_width * space.spread)
+        half = self.grid_levels // 2
+        bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
+        ids = (bins * self.place[: bins.shape[1]]).sum(axis=1)
+        return _mix64(ids).tolist()  # type: ignore[no-any-return]
+
+    def judge(
+        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
+    ) -> list[Finding] | None:
+        assert isinstance(st, _CoverageState)
+        hashes = self.cells(space, st.rows)
+        k = self.sketch_k
+        _kmv_add(st.kmv, st.kmv_set, hashes, k)
+        peers = self.peers.touch(event.model_id, lambda: _Peers(self.max_peers))
+        _kmv_add(peers.kmv, peers.kmv_set, hashes, 4 * k)
+        st.examined += len(hashes)
+        covered = distinct_estimate(st.kmv, k)
+        peers.values.touch(event.principal, list)[:] = [covered]
+        peers.updates += 1
+        if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
+            self._refresh(peers)
+        if covered < peers.limit or event.principal in self.exempt_principals:
+            return None
+        if self.quiet(st, event.ts):  # type: ignore[arg-type]
+            return None
+        model_cells = max(distinct_estimate(peers.kmv, 4 * k), covered)
+        ratio = covered / max(peers.p90, 1.0)
+        return self.finding(
+            st,
+            event,
+            source,
+            severity="high" if ratio >= 3 * self.peer_ratio else "medium",
+            summary=(
+                f"Principal's queries cover about {covered:.0f} input-space cells, "
+                f"{ratio:.1f}x the 90th percentile of the model's other callers: "
+                f"systematic exploration as in model extraction; review its volume and purpose."
+            ),
+            evidence={
+                "statistic": "distinct input-space grid cells queried (KMV estimate)",
+                "observed_cells": round(covered, 1),
+                "peer_median_cells": round(peers.median, 1),
+                "peer_p90_cells": round(peers.p90, 1),
+                "threshold_cells": round(peers.limit, 1),
+                "peers": len(peers.values),
+                "share_of_explored_space": round(covered / model_cells, 4),
+                "queries_examined": st.examined,
+                "cells_per_query": round(covered / st.examined, 4),
+            },
+        )
+
+    def _refresh(self, peers: _Peers) -> None:
+        if len(peers.values) < self.min_peers:
+            peers.limit = math.inf
+            return
+        v = np.fromiter((x[0] for _, x in peers.values.items()), dtype=np.float64)
+        peers.median = float(np.median(v))
+        peers.p90 = float(np.quantile(v, 0.9))
+        peers.limit = max(float(self.min_cells), self.peer_ratio * peers.p90)
