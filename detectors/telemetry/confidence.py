@@ -28,6 +28,10 @@ from detectors.telemetry.window import (
 __all__ = ["ConfidenceDropDetector", "probability_summary"]
 
 
+#: Margin and entropy are evidence only: computed on one event in this many.
+PROBABILITY_SAMPLE = 8
+
+
 def probability_summary(rows: list[Any]) -> tuple[float, float, int]:
     """Sums of top-2 margin and entropy over the rows with class probabilities, and their count.
 
@@ -57,7 +61,7 @@ class ConfidenceDropDetector(WindowedModelDetector):
     exceeds both ``min_drop`` (absolute, the effect size) and
     ``z * sd * sqrt(1/window + 1/reference)`` with ``z`` at false-positive rate
     ``step / ert``. Evidence adds the top-2 margin and entropy (when
-    probabilities are sent), the share of answers below the reference's 5 %
+    probabilities are sent; from one event in ``PROBABILITY_SAMPLE``), the share of answers below the reference's 5 %
     confidence quantile and the callers whose traffic explains the drop.
     Tune per model with ``overrides={"model-id": {"min_drop": 0.1}}``.
 
@@ -75,6 +79,7 @@ class ConfidenceDropDetector(WindowedModelDetector):
 
     name: ClassVar[str] = "confidence.drop"
     overridable: ClassVar[tuple[str, ...]] = ("ert", "min_drop")
+    needs_confidence: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -95,12 +100,10 @@ class ConfidenceDropDetector(WindowedModelDetector):
             seed=seed,
         )
 
-    def accepts(self, event: InferenceEvent) -> bool:
-        return event.confidence is not None
-
     def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
         conf = np.array([e.confidence for e in events], dtype=float)
-        return (conf, *probability_summary([e.probabilities for e in events]))
+        sample = events[:: PROBABILITY_SAMPLE]
+        return (conf, *probability_summary([e.probabilities for e in sample]))
 
     def fit_reference(self, st: ModelState, blocks: list[Block]) -> _ConfidenceReference:
         conf = np.concatenate([b.data[0] for b in blocks])

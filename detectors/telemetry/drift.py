@@ -173,7 +173,8 @@ class FeatureDriftDetector(WindowedModelDetector):
     @staticmethod
     def _standardise(ref: _FeatureReference, x: np.ndarray) -> np.ndarray:
         z = (x - ref.center) / ref.scale
-        return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
+        z[~np.isfinite(z)] = 0.0  # missing values sit at the reference mean
+        return z
 
     # -- reference -------------------------------------------------------------------
 

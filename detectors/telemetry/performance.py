@@ -92,6 +92,7 @@ class PerformanceEstimateDetector(WindowedModelDetector):
 
     name: ClassVar[str] = "performance.cbpe"
     overridable: ClassVar[tuple[str, ...]] = ("ert", "min_drop")
+    needs_confidence: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -119,9 +120,6 @@ class PerformanceEstimateDetector(WindowedModelDetector):
             max_models=max_models, reference_path=reference_path, overrides=overrides,
             seed=seed,
         )
-
-    def accepts(self, event: InferenceEvent) -> bool:
-        return event.confidence is not None
 
     def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
         conf = np.array([e.confidence for e in events], dtype=float)
