@@ -8,11 +8,12 @@ detectors' state pickles (snapshot/restore) and costs little memory.
 6385
 >>> model_id_of("model:fraud-scorer:3"), model_id_of("dataset:x")
 ('fraud-scorer', None)
->>> b = LogBaseline()
+>>> b = LogBaselines(2)
 >>> for v in (100, 120, 90, 110, 100, 95, 105, 130, 85, 100):
-...     b.update(v, alpha=0.05, warmup=5)
->>> round(b.usual()), b.limit(z=4.0, min_ratio=5.0, floor=10.0) > 500
-(103, True)
+...     limits = b.update([v, 10 * v], alpha=0.05, warmup=5, z=4.0, min_ratio=5.0,
+...                       floors=(10.0, 10.0))
+>>> round(b.usual(0)), round(b.usual(1)), limits[0] > 500
+(103, 1027, True)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import re
 from typing import Final
 
 __all__ = [
-    "LogBaseline",
+    "LogBaselines",
     "LogHistogram",
     "NoveltyRate",
     "haversine_km",
@@ -43,6 +44,8 @@ _MAD_TO_SD: Final = 1.2533
 #: Residuals beyond this many spreads are clipped before they move a baseline
 #: (Huber-style), so one attack window barely shifts what "usual" means.
 _HUBER_K: Final = 3.0
+#: A peer histogram decays once per this many additions.
+_DECAY_EVERY: Final = 64
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -108,59 +111,81 @@ def resource_tokens(resource: str) -> list[str]:
     return [t for t in _TOKEN_SPLIT.split(resource) if t]
 
 
-class LogBaseline:
-    """Robust EWMA of ``log1p(value)``: a centre and a mean absolute deviation.
+class LogBaselines:
+    """Robust EWMAs of ``log1p(value)`` for ``k`` metrics updated together.
 
-    While fewer than ``warmup`` values are seen the update is a plain running
-    mean; afterwards residuals are clipped at three spreads before they move
-    the baseline, so a single huge window (an attack, a month-end run) shifts
-    "usual" by a bounded amount.
+    Each metric has a centre and a mean absolute deviation. While fewer than
+    ``warmup`` values are seen the update is a plain running mean; afterwards
+    residuals are clipped at three spreads before they move the baseline
+    (Huber-style), so one huge window (an attack, a month-end run) shifts
+    "usual" by a bounded amount. :meth:`update` returns, per metric, the value
+    above which an observation is far above usual: the largest of ``z``
+    robust spreads above the centre in log space, ``min_ratio`` times the
+    usual value and an absolute floor. The metrics share one method call and
+    one loop because a window close updates all of them (cost per event).
     """
 
-    __slots__ = ("dev", "mean", "n")
+    __slots__ = ("devs", "means", "n")
 
-    def __init__(self) -> None:
-        self.mean = 0.0
-        self.dev = 0.0
+    def __init__(self, k: int) -> None:
+        self.means = [0.0] * k
+        self.devs = [0.0] * k
         self.n = 0
 
-    def update(self, value: float, alpha: float, warmup: int) -> None:
-        x = math.log1p(value)
+    def update(
+        self,
+        values: list[int] | list[float],
+        alpha: float,
+        warmup: int,
+        z: float,
+        min_ratio: float,
+        floors: tuple[float, ...],
+    ) -> list[float]:
+        """Fold ``values`` (one per metric) in; the new limits, one per metric."""
         n = self.n
-        if n == 0:
-            self.mean, self.dev = x, 0.0
-        else:
-            a = max(alpha, 1.0 / (n + 1))
-            r = x - self.mean
-            if n >= warmup:
-                c = _HUBER_K * max(_MAD_TO_SD * self.dev, _MIN_LOG_SD)
-                r = c if r > c else -c if r < -c else r
-            self.mean += a * r
-            self.dev += a * (abs(r) - self.dev)
+        means, devs = self.means, self.devs
+        a = max(alpha, 1.0 / (n + 1))
+        log1p, expm1 = math.log1p, math.expm1
+        limits = []
+        for i, value in enumerate(values):
+            x = log1p(value)
+            if n == 0:
+                mean, dev = x, 0.0
+            else:
+                mean, dev = means[i], devs[i]
+                r = x - mean
+                if n >= warmup:
+                    spread = _MAD_TO_SD * dev
+                    c = _HUBER_K * (spread if spread > _MIN_LOG_SD else _MIN_LOG_SD)
+                    r = c if r > c else -c if r < -c else r
+                mean += a * r
+                dev += a * ((r if r >= 0 else -r) - dev)
+            means[i], devs[i] = mean, dev
+            spread = _MAD_TO_SD * dev
+            usual = expm1(mean)
+            limits.append(
+                max(
+                    expm1(mean + z * (spread if spread > _MIN_LOG_SD else _MIN_LOG_SD)),
+                    min_ratio * (usual if usual > 1.0 else 1.0),
+                    floors[i],
+                )
+            )
         self.n = n + 1
+        return limits
 
-    def usual(self) -> float:
-        """The typical value (back from log space)."""
-        return math.expm1(self.mean)
+    def usual(self, i: int = 0) -> float:
+        """The typical value of metric ``i`` (back from log space; 0 before any)."""
+        return math.expm1(self.means[i]) if self.n else 0.0
 
-    def sd(self) -> float:
-        """Robust spread in log1p units (never below a floor)."""
-        return max(_MAD_TO_SD * self.dev, _MIN_LOG_SD)
+    def sd(self, i: int = 0) -> float:
+        """Robust spread of metric ``i`` in log1p units (never below a floor)."""
+        return max(_MAD_TO_SD * self.devs[i], _MIN_LOG_SD)
 
-    def limit(self, z: float, min_ratio: float, floor: float) -> float:
-        """Value above which an observation is far above usual.
+    def __getstate__(self) -> tuple[list[float], list[float], int]:
+        return (self.means, self.devs, self.n)
 
-        The largest of: ``z`` robust spreads above the centre in log space,
-        ``min_ratio`` times the usual value, and the absolute ``floor``.
-        """
-        statistical = math.expm1(self.mean + z * self.sd())
-        return max(statistical, min_ratio * max(self.usual(), 1.0), floor)
-
-    def __getstate__(self) -> tuple[float, float, int]:
-        return (self.mean, self.dev, self.n)
-
-    def __setstate__(self, state: tuple[float, float, int]) -> None:
-        self.mean, self.dev, self.n = state
+    def __setstate__(self, state: tuple[list[float], list[float], int]) -> None:
+        self.means, self.devs, self.n = state
 
 
 class LogHistogram:
@@ -172,11 +197,11 @@ class LogHistogram:
     >>> h = LogHistogram()
     >>> for v in range(1, 1001):
     ...     h.add(float(v))
-    >>> h.quantile(0.5) in (512.0, 1024.0), h.count > 999
+    >>> h.quantile(0.5) in (512.0, 1024.0), 700 < h.count < 1000  # older values fade
     (True, True)
     """
 
-    __slots__ = ("bins", "count", "decay")
+    __slots__ = ("bins", "count", "decay", "pending")
 
     _NBINS: Final = 64
 
@@ -184,17 +209,19 @@ class LogHistogram:
         self.bins = [0.0] * self._NBINS
         self.count = 0.0
         self.decay = decay
+        self.pending = 0
 
     def add(self, value: float) -> None:
         index = min(self._NBINS - 1, max(0, int(math.log2(value + 1.0))))
-        if self.count > 0:
-            d = self.decay
-            # Decay lazily: scale the total and the bins only every so often.
-            if self.count > 1.0 / (1.0 - d):
-                self.bins = [b * d for b in self.bins]
-                self.count *= d
         self.bins[index] += 1.0
         self.count += 1.0
+        self.pending += 1
+        if self.pending >= _DECAY_EVERY:
+            # Decay in batches: the same forgetting as per add, 1/64th of the cost.
+            factor = self.decay**self.pending
+            self.bins = [b * factor for b in self.bins]
+            self.count *= factor
+            self.pending = 0
 
     def quantile(self, q: float) -> float:
         """Upper edge of the bin holding quantile ``q`` (0 when empty)."""
@@ -208,11 +235,11 @@ class LogHistogram:
                 return float(2 ** (i + 1))
         return float(2**self._NBINS)
 
-    def __getstate__(self) -> tuple[list[float], float, float]:
-        return (self.bins, self.count, self.decay)
+    def __getstate__(self) -> tuple[list[float], float, float, int]:
+        return (self.bins, self.count, self.decay, self.pending)
 
-    def __setstate__(self, state: tuple[list[float], float, float]) -> None:
-        self.bins, self.count, self.decay = state
+    def __setstate__(self, state: tuple[list[float], float, float, int]) -> None:
+        self.bins, self.count, self.decay, self.pending = state
 
 
 class NoveltyRate:

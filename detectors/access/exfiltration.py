@@ -13,7 +13,7 @@ import math
 from typing import ClassVar, Final
 
 from detectors.access._common import (
-    LogBaseline,
+    LogBaselines,
     LogHistogram,
     is_dataset,
     is_model,
@@ -32,6 +32,8 @@ _ATLAS_EXFIL: Final = ["AML.T0025"]
 _ATLAS_MODEL_EXFIL: Final = ["AML.T0025", "AML.T0035"]
 #: Distinct resources remembered per window (breadth beyond this is capped).
 _MAX_DISTINCT: Final = 256
+#: Distinct action names memoised (the vocabulary is small; a flood is not memoised).
+_MAX_ACTIONS: Final = 1024
 
 #: (metric, evidence unit) judged per window; the order is the report order.
 _METRICS: Final = ("bytes", "records", "datasets", "models")
@@ -56,7 +58,7 @@ class _Window:
         self.totals = [0, 0, 0, 0]  # bytes, records, distinct datasets, distinct models
         self.datasets: set[str] = set()
         self.models: set[str] = set()
-        self.base = (LogBaseline(), LogBaseline(), LogBaseline(), LogBaseline())
+        self.base = LogBaselines(4)
         self.limits = [math.inf, math.inf, math.inf, math.inf]
         self.windows = 0
         self.cooldown_until = -math.inf
@@ -113,7 +115,7 @@ class ExfiltrationDetector(Detector):
         warmup_windows: int = 20,
         peer_quantile: float = 0.99,
         peer_factor: float = 5.0,
-        peer_min_windows: int = 200,
+        peer_min_windows: int = 100,
         cooldown_seconds: float = 6 * 3600.0,
         read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
         max_principals: int = 100_000,
@@ -133,6 +135,8 @@ class ExfiltrationDetector(Detector):
         self.read_verbs = frozenset(read_verbs)
         self.peers = (LogHistogram(), LogHistogram(), LogHistogram(), LogHistogram())
         self.peer_limits = [math.inf, math.inf, math.inf, math.inf]
+        self.closes = 0
+        self._is_read: dict[str, bool] = {}  # action -> is a read (memo)
         self.table: EntityTable[_Window] = EntityTable(max_principals)
 
     def _close(self, st: _Window, window: int) -> None:
@@ -140,11 +144,22 @@ class ExfiltrationDetector(Detector):
         totals = st.totals
         if totals[0] or totals[1] or totals[2] or totals[3]:
             st.windows += 1
-            for i in range(4):
-                st.base[i].update(totals[i], self.alpha, self.warmup_windows)
-                self.peers[i].add(totals[i])
-                st.limits[i] = st.base[i].limit(self.z_threshold, self.min_ratio, self.floors[i])
-            if self.peers[0].count >= self.peer_min_windows:
+            st.limits = st.base.update(
+                totals,
+                self.alpha,
+                self.warmup_windows,
+                self.z_threshold,
+                self.min_ratio,
+                self.floors,
+            )
+            self.closes += 1
+            # The peer population is sampled (one closed window in four) and its
+            # quantiles refreshed every 32 closes: they move slowly, and a close
+            # is the costly part of this detector.
+            if self.closes % 4 == 0:
+                for peer, total in zip(self.peers, totals, strict=True):
+                    peer.add(total)
+            if self.closes % 32 == 0 and self.peers[0].count >= self.peer_min_windows:
                 q = self.peer_quantile
                 self.peer_limits = [
                     max(self.peer_factor * p.quantile(q), f)
@@ -157,7 +172,15 @@ class ExfiltrationDetector(Detector):
 
     def process(self, event: Event, source: Source) -> list[Finding] | None:
         assert isinstance(event, AuditEvent)
-        if event.outcome != "success" or verb_of(event.action) not in self.read_verbs:
+        if event.outcome != "success":
+            return None
+        action = event.action
+        is_read = self._is_read.get(action)
+        if is_read is None:
+            is_read = verb_of(action) in self.read_verbs
+            if len(self._is_read) < _MAX_ACTIONS:
+                self._is_read[action] = is_read
+        if not is_read:
             return None
         ts: float = event.ts  # type: ignore[assignment]
         window = int(ts // self.window_seconds)
@@ -169,23 +192,27 @@ class ExfiltrationDetector(Detector):
         totals[1] += event.records or 0
         resource = event.resource
         if is_model(resource, event.resource_type):
-            if len(st.models) < _MAX_DISTINCT and resource not in st.models:
-                st.models.add(resource)
-                totals[3] = len(st.models)
-        elif (
-            is_dataset(resource, event.resource_type)
-            and len(st.datasets) < _MAX_DISTINCT
-            and resource not in st.datasets
-        ):
-            st.datasets.add(resource)
-            totals[2] = len(st.datasets)
+            models = st.models
+            if resource not in models and len(models) < _MAX_DISTINCT:
+                models.add(resource)
+                totals[3] = len(models)
+        elif is_dataset(resource, event.resource_type):
+            datasets = st.datasets
+            if resource not in datasets and len(datasets) < _MAX_DISTINCT:
+                datasets.add(resource)
+                totals[2] = len(datasets)
         if ts < st.cooldown_until:
             return None
         warm = st.windows >= self.warmup_windows
         limits = st.limits if warm else self.peer_limits
-        for i in range(4):
-            if totals[i] > limits[i]:
-                return self._finding(event, source, st, i, warm, ts)
+        if (
+            totals[0] > limits[0]
+            or totals[1] > limits[1]
+            or totals[2] > limits[2]
+            or totals[3] > limits[3]
+        ):
+            i = next(i for i in range(4) if totals[i] > limits[i])
+            return self._finding(event, source, st, i, warm, ts)
         return None
 
     def _finding(
@@ -194,8 +221,7 @@ class ExfiltrationDetector(Detector):
         st.cooldown_until = ts + self.cooldown_seconds
         metric = _METRICS[i]
         observed = st.totals[i]
-        base = st.base[i]
-        usual = base.usual() if base.n else 0.0
+        usual = st.base.usual(i)
         peer_q = self.peers[i].quantile(self.peer_quantile)
         above_peers = observed > self.peer_limits[i]
         ratio = observed / max(usual, 1.0)
@@ -230,7 +256,7 @@ class ExfiltrationDetector(Detector):
                     "window_seconds": self.window_seconds,
                     "window_start": st.window * self.window_seconds,
                     "baseline_usual": round(usual, 3),
-                    "baseline_spread_log": round(base.sd(), 4),
+                    "baseline_spread_log": round(st.base.sd(i), 4),
                     "baseline_windows": st.windows,
                     "threshold": round(st.limits[i] if warm else self.peer_limits[i], 3),
                     "ratio_to_usual": round(ratio, 2),

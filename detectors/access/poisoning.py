@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Final
 
-from detectors.access._common import LogBaseline, is_dataset, is_model, model_id_of, verb_of
+from detectors.access._common import LogBaselines, is_dataset, is_model, model_id_of, verb_of
 from detectors.base import Detector
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
@@ -30,7 +30,7 @@ _WRITE_VERBS: Final = ("write", "append", "upload", "insert", "overwrite", "impo
 
 class _Dataset:
     __slots__ = (
-        "bases",
+        "base",
         "cooldown_until",
         "first_ts",
         "limits",
@@ -47,7 +47,7 @@ class _Dataset:
         self.first_ts = ts
         self.window = window
         self.totals = [0, 0]  # bytes, records written in the window
-        self.bases = (LogBaseline(), LogBaseline())
+        self.base = LogBaselines(2)
         self.limits = [math.inf, math.inf]
         self.windows = 0
         self.cooldown_until = -math.inf
@@ -125,9 +125,14 @@ class TrainingDataWriteDetector(Detector):
     def _close(self, st: _Dataset, window: int) -> None:
         if st.totals[0] or st.totals[1]:
             st.windows += 1
-            for i in (0, 1):
-                st.bases[i].update(st.totals[i], self.alpha, self.warmup_windows)
-                st.limits[i] = st.bases[i].limit(self.z_threshold, self.min_ratio, self.floors[i])
+            st.limits = st.base.update(
+                st.totals,
+                self.alpha,
+                self.warmup_windows,
+                self.z_threshold,
+                self.min_ratio,
+                self.floors,
+            )
         st.window = window
         st.totals = [0, 0]
 
@@ -205,7 +210,7 @@ class TrainingDataWriteDetector(Detector):
     ) -> Finding:
         metric = ("bytes", "records")[i]
         observed = st.totals[i]
-        usual = st.bases[i].usual()
+        usual = st.base.usual(i)
         ratio = observed / max(usual, 1.0)
         return Finding.build(
             detector=self.name,
@@ -226,7 +231,7 @@ class TrainingDataWriteDetector(Detector):
                 "window_seconds": self.window_seconds,
                 "window_start": st.window * self.window_seconds,
                 "baseline_usual": round(usual, 3),
-                "baseline_spread_log": round(st.bases[i].sd(), 4),
+                "baseline_spread_log": round(st.base.sd(i), 4),
                 "baseline_windows": st.windows,
                 "threshold": round(st.limits[i], 3),
                 "ratio_to_usual": round(ratio, 2),
@@ -410,7 +415,7 @@ class _Deleter:
         self.count = 0
         self.deletes = 0
         self.windows = 0
-        self.base = LogBaseline()
+        self.base = LogBaselines(1)
         self.limit = math.inf
         self.cooldown_until = -math.inf
 
@@ -495,7 +500,14 @@ class DeletionDetector(Detector):
         if window > st.window:
             if st.count:
                 st.windows += 1
-                st.base.update(st.count, self.alpha, self.warmup_windows)
+                st.limit = st.base.update(
+                    [st.count],
+                    self.alpha,
+                    self.warmup_windows,
+                    self.z_threshold,
+                    self.min_ratio,
+                    (float(self.min_burst),),
+                )[0]
             st.window = window
             st.count = 0
         if window == st.window:
@@ -503,9 +515,7 @@ class DeletionDetector(Detector):
         st.deletes += 1
         if ts < st.cooldown_until:
             return None
-        limit = float(self.min_burst)
-        if st.windows >= self.warmup_windows:
-            limit = st.base.limit(self.z_threshold, self.min_ratio, limit)
+        limit = st.limit if st.windows >= self.warmup_windows else float(self.min_burst)
         if first and ts - self.first_ts >= self.warmup_seconds:
             rule = "first_delete"
             severity: Severity = "medium"
@@ -515,7 +525,7 @@ class DeletionDetector(Detector):
         else:
             return None
         st.cooldown_until = ts + self.cooldown_seconds
-        usual = st.base.usual() if st.base.n else 0.0
+        usual = st.base.usual()
         if rule == "first_delete":
             summary = (
                 f"Principal {event.actor} deleted {resource}, its first delete in "

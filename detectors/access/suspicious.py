@@ -387,8 +387,9 @@ class NewLocationDetector(Detector):
     - a login from a country never seen before is reported, unless it comes
       from a known device (user agent) with strong authentication (``mfa``,
       ``sso``, ``certificate``): that is a traveller with their own laptop;
-    - a token used (``token.use``) from a country never seen is reported
-      (tokens are bearer credentials: a stolen one works anywhere);
+    - a token used (``token.use``) from a country never seen, and not the
+      country of the principal's last login, is reported (tokens are bearer
+      credentials: a stolen one works anywhere);
     - a machine credential (``token``, ``api_key``, ``certificate``, or a
       ``token.use``) used from a new network (/24 or /48) by a principal whose
       networks are stable (EWMA rate of new networks below
@@ -466,7 +467,9 @@ class NewLocationDetector(Detector):
             severity: Severity = "medium"
             known_agent = agent is not None and agent in st.agents
             if country is not None and country not in st.countries:
-                if is_token:
+                if is_token and country == st.last_login_country:
+                    pass  # explained by the login from there, which was judged itself
+                elif is_token:
                     rule = "token_new_country"
                     severity = "medium" if known_agent else "high"
                 elif not (known_agent and event.auth_method in self.strong_auth):
