@@ -52,7 +52,7 @@ def correctness(label: Any, prediction: Any) -> int:
 class _Labels:
     """Realised accuracy tracking of one model: baseline, recent labels, river detector."""
 
-    __slots__ = ("base_n", "base_right", "detector", "measured", "recent")
+    __slots__ = ("base_n", "base_right", "detector", "measured", "recent", "suspect")
 
     def __init__(self, method: str, window: int) -> None:
         self.detector = StreamDrift(method)
@@ -60,6 +60,8 @@ class _Labels:
         self.base_n = 0
         self.base_right = 0
         self.measured: dict[str, Any] | None = None
+        #: Labels left in which to confirm the stream detector's last signal.
+        self.suspect = 0
 
 
 class _PerformanceReference:
@@ -143,8 +145,13 @@ class PerformanceEstimateDetector(WindowedModelDetector):
                 labels.base_right += value
                 continue
             labels.recent.append(value)
-            if labels.detector.update(1 - value) and labels.measured is None:
-                labels.measured = self._confirm(st, labels)
+            labels.suspect -= 1
+            if labels.detector.update(1 - value):
+                labels.suspect = self.label_window
+        # River flags the change at its first errors; the recent window needs a few
+        # more labels to show the drop, so the signal stays open for label_window labels.
+        if labels.suspect > 0 and labels.measured is None:
+            labels.measured = self._confirm(st, labels)
 
     def _confirm(self, st: ModelState, labels: _Labels) -> dict[str, Any] | None:
         m = len(labels.recent)

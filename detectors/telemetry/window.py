@@ -59,6 +59,21 @@ ATLAS_EVASION: Final = ["AML.T0015", "AML.T0043"]
 MIN_FILE_REFERENCE: Final = 100
 
 
+def plain(value: Any) -> Any:
+    """Evidence with numpy scalars made Python numbers (``round`` keeps numpy types).
+
+    >>> type(plain({"x": [np.float64(0.5)]})["x"][0])
+    <class 'float'>
+    """
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def model_key(model_id: str, version: str | None) -> str:
     return f"{model_id}@{version}" if version is not None else model_id
 
@@ -492,7 +507,7 @@ class WindowedModelDetector(Detector):
             entity=Entity("model", st.model_id),
             model_id=st.model_id,
             summary=summary,
-            evidence={**base, **evidence},
+            evidence=plain({**base, **evidence}),
             atlas=atlas,
             event_ts=event.ts,  # type: ignore[arg-type]
             sources=sources,
