@@ -22,7 +22,7 @@ def _load(path: str | None) -> Any:
         raise SystemExit(2) from None
 
 
-def build_alerter(settings: Any) -> Any:
+def build_alerter(settings: Any, on_outcome: Any = None) -> Any:
     """The thin Slack route, if Slack is configured (replaced by playbooks later)."""
     if not settings.slack.enabled:
         return None
@@ -45,19 +45,20 @@ def build_alerter(settings: Any) -> Any:
         max_retries=slack.max_retries,
         queue_size=slack.queue_size,
         pseudonymizer=pseudonymizer,
+        on_outcome=on_outcome,
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from daemon.logs import configure_logging
+    from daemon.metrics import Metrics
     from daemon.runtime import Daemon
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
-    alerter = build_alerter(settings)
-    daemon = Daemon(settings, alerter=alerter)
-    if alerter is not None:
-        alerter.on_outcome = lambda outcome, _f: daemon.metrics.alerts.labels(outcome).inc()
+    metrics = Metrics()
+    alerter = build_alerter(settings, lambda outcome, _f: metrics.alerts.labels(outcome).inc())
+    daemon = Daemon(settings, alerter=alerter, metrics=metrics)
 
     def stop(signum: int, _frame: Any) -> None:
         daemon.request_stop()

@@ -68,6 +68,8 @@ def new_consumer(kafka: KafkaSettings) -> KafkaConsumer:
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=kafka.max_poll_interval_ms,
         max_poll_records=kafka.max_poll_records,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
         bootstrap_timeout_ms=5_000,
     )
 

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from detectors.findings import SEVERITIES
@@ -71,6 +71,10 @@ class KafkaSettings(_Section):
     max_poll_interval_ms: int = Field(300_000, ge=1_000)
     max_poll_records: int = Field(2_000, ge=1)
     poll_timeout_ms: int = Field(500, ge=1)
+    #: Kafka's default. Tansu (demo, tests) waits this long whenever one of the
+    #: fetched partitions is empty, so the demo and the benchmark lower it.
+    fetch_max_wait_ms: int = Field(500, ge=1)
+    max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: Messages larger than this go to the dead-letter topic unread.
     max_message_bytes: int = Field(1_048_576, ge=64)
@@ -162,6 +166,14 @@ class ObservabilitySettings(_Section):
     log_format: Literal["json", "console"] = "json"
     #: /healthz fails when the consumer loop has not turned for this long.
     stall_after_s: float = Field(120.0, gt=0)
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        """``null``/``off`` from an environment variable disables the server."""
+        if isinstance(value, str) and value.strip().lower() in ("", "null", "none", "off"):
+            return None
+        return value
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,240 @@
+"""``mlwatchd bench``: how much of kafka-python's own speed mlwatchd keeps.
+
+One embedded broker, one topic of realistic inference events, then:
+
+(a) a bare kafka-python consumer that decodes each message with orjson;
+(b) ``mlwatchd run`` as a real process with the default config's detectors,
+    timed by its committed offsets (start-up and group join excluded).
+
+Prints both rates and their ratio (target >= 0.6). ``--decode`` compares the
+event decoders alone (msgspec typed decode vs orjson + per-field checks vs
+pydantic).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import orjson
+
+from daemon.broker import EmbeddedBroker
+
+__all__ = ["run_bench"]
+
+TOPIC = "ml.inference"
+
+
+def sample_events(n: int, seed: int = 1, principals: int = 2000) -> list[bytes]:
+    """Realistic inference events of ~300 bytes, a steady mix of callers."""
+    rng = random.Random(seed)
+    t0 = 1_767_225_600.0
+    out = []
+    for i in range(n):
+        p1 = rng.random()
+        out.append(orjson.dumps({
+            "ts": t0 + i * 0.01,
+            "model_id": "fraud-scorer",
+            "model_version": "3",
+            "request_id": f"req-{i:09d}",
+            "principal": f"api-key-{rng.randrange(principals):05d}",
+            "source_ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+            "features": [round(rng.gauss(0, 1), 4) for _ in range(8)],
+            "prediction": int(p1 > 0.5),
+            "probabilities": [round(1 - p1, 4), round(p1, 4)],
+            "latency_ms": round(rng.uniform(1, 30), 2),
+        }))
+    return out
+
+
+def _produce(bootstrap: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    for value in values:
+        producer.send(TOPIC, value=value)
+    producer.flush()
+    producer.close()
+
+
+#: Both consumers subscribe to the daemon's three input topics with the same
+#: fetch settings, so the ratio isolates mlwatchd's own cost. Tansu answers a
+#: fetch only after fetch_max_wait_ms when any fetched partition is empty (a
+#: real Kafka answers as soon as fetch_min_bytes is there), hence the short wait.
+FETCH_MAX_WAIT_MS = 20
+INPUTS = (TOPIC, "ml.audit", "ml.access")
+
+
+def bare_consumer_rate(bootstrap: str, n: int) -> float:
+    """Messages/s of a plain kafka-python group consumer with orjson decoding."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(*INPUTS, bootstrap_servers=bootstrap, group_id="bench-bare",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                             max_poll_records=2000, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
+    seen = 0
+    started = None
+    loads = orjson.loads
+    while seen < n:
+        for messages in consumer.poll(timeout_ms=500, max_records=2000).values():
+            if started is None:
+                started = time.perf_counter()
+            for message in messages:
+                loads(message.value)
+            seen += len(messages)
+            consumer.commit()
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    return n / elapsed
+
+
+def _committed(admin: Any, group: str) -> int:
+    offsets = admin.list_group_offsets(group)
+    table = offsets.get(group, offsets)
+    return sum(meta.offset for meta in table.values())
+
+
+def mlwatchd_rate(bootstrap: str, n: int, config: str | None) -> tuple[float, float]:
+    """Messages/s of ``mlwatchd run`` from its committed offsets; also its peak RSS (MiB)."""
+    from kafka.admin import KafkaAdminClient
+
+    env = dict(os.environ)
+    env.update({
+        "MLWATCHD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "MLWATCHD_KAFKA__GROUP_ID": "bench-mlwatchd",
+        "MLWATCHD_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "MLWATCHD_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+        "MLWATCHD_KAFKA__FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS),
+        "MLWATCHD_OBSERVABILITY__HTTP_PORT": "null",
+        "MLWATCHD_OBSERVABILITY__LOG_LEVEL": "warning",
+    })
+    cmd = [sys.executable, "-m", "daemon.cli", "run"] + (["--config", config] if config else [])
+    log = tempfile.NamedTemporaryFile(prefix="mlwatchd-bench-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        low, first_at = max(1, n // 20), None
+        done_at = None
+        start_count = 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlwatchd exited early; see {log.name}")
+            try:
+                count = _committed(admin, "bench-mlwatchd")
+            except Exception:
+                count = 0
+            now = time.perf_counter()
+            if first_at is None and count >= low:
+                first_at, start_count = now, count
+            if count >= n:
+                done_at = now
+                break
+            time.sleep(0.05)
+        if first_at is None or done_at is None:
+            raise RuntimeError("mlwatchd did not finish the topic in time")
+        rss = _peak_rss_mib(proc.pid)
+    finally:
+        admin.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return (n - start_count) / (done_at - first_at), rss
+
+
+def _peak_rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def decode_rates(n: int = 100_000) -> dict[str, float]:
+    """Events/s of three ways to decode and validate an inference event."""
+    import pydantic
+
+    from detectors.events import decode_event
+
+    values = sample_events(n)
+
+    def naive(raw: bytes) -> dict[str, Any]:
+        obj = orjson.loads(raw)
+        if not isinstance(obj, dict):
+            raise ValueError("not an object")
+        for name, kinds in (("model_id", str), ("request_id", str), ("principal", str),
+                            ("prediction", (str, int, float))):
+            if not isinstance(obj.get(name), kinds):
+                raise ValueError(name)
+        ts = obj["ts"]
+        if not isinstance(ts, int | float | str):
+            raise ValueError("ts")
+        feats = obj["features"]
+        if isinstance(feats, list):
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in feats):
+                raise ValueError("features")
+        elif not isinstance(feats, dict):
+            raise ValueError("features")
+        probs = obj.get("probabilities")
+        if probs is not None and not all(isinstance(v, int | float) for v in probs):
+            raise ValueError("probabilities")
+        return obj
+
+    class PydanticInference(pydantic.BaseModel):
+        ts: float | str
+        model_id: str
+        request_id: str
+        principal: str
+        features: list[float] | dict[str, float | str | None]
+        prediction: str | int | float
+        model_version: str | None = None
+        source_ip: str | None = None
+        probabilities: list[float] | dict[str, float] | None = None
+        latency_ms: float | None = None
+
+    ways = {
+        "msgspec typed decode (mlwatchd)": lambda raw: decode_event(raw, "inference"),
+        "orjson + per-field Python checks": naive,
+        "pydantic model_validate_json": PydanticInference.model_validate_json,
+    }
+    rates = {}
+    for name, func in ways.items():
+        started = time.perf_counter()
+        for raw in values:
+            func(raw)
+        rates[name] = n / (time.perf_counter() - started)
+    return rates
+
+
+def run_bench(events: int = 300_000, decode_only: bool = False, config: str | None = None) -> int:
+    if decode_only:
+        for name, rate in decode_rates().items():
+            print(f"{name:36s} {rate:>12,.0f} events/s  ({1e6 / rate:.2f} us/event)")
+        return 0
+    print(f"mlwatchd bench: {events:,} inference events on {TOPIC} (1 partition); both consumers "
+          f"subscribe to {', '.join(INPUTS)} with fetch_max_wait_ms={FETCH_MAX_WAIT_MS}")
+    values = sample_events(events)
+    print(f"  mean event size {sum(map(len, values)) / len(values):.0f} bytes")
+    with EmbeddedBroker() as broker:
+        broker.create_topics([TOPIC, "ml.audit", "ml.access", "mlwatchd.findings",
+                              "mlwatchd.dlq"], partitions=1)
+        started = time.perf_counter()
+        _produce(broker.bootstrap, values)
+        print(f"  produced in {time.perf_counter() - started:.1f}s")
+        bare = bare_consumer_rate(broker.bootstrap, events)
+        print(f"  (a) bare kafka-python + orjson : {bare:>10,.0f} events/s")
+        ours, rss = mlwatchd_rate(broker.bootstrap, events, config)
+        print(f"  (b) mlwatchd run, default detectors: {ours:>10,.0f} events/s "
+              f"(peak RSS {rss:.0f} MiB)")
+    ratio = ours / bare
+    print(f"  ratio (b)/(a) = {ratio:.2f}   target >= 0.60   {'PASS' if ratio >= 0.6 else 'BELOW'}")
+    return 0
