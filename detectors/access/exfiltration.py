@@ -452,7 +452,8 @@ class UnusualHoursDetector(Detector):
                     "events_this_hour": st.bucket_count,
                     "reads_this_hour": reads,
                 },
-                atlas=["AML.T0036"] if reads else [],
+                # Odd hours alone show no technique; the volume detector cites AML.T0025.
+                atlas=[],
                 event_ts=ts,
                 sources=[source],
                 id_key=f"hour:{st.bucket}",

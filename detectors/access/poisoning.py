@@ -500,6 +500,7 @@ class DeletionDetector(Detector):
         if window > st.window:
             if st.count:
                 st.windows += 1
+                # Counts are integers: a limit of 19.999999 (float round-off) means 20.
                 st.limit = st.base.update(
                     [st.count],
                     self.alpha,
@@ -508,6 +509,7 @@ class DeletionDetector(Detector):
                     self.min_ratio,
                     (float(self.min_burst),),
                 )[0]
+                st.limit = float(math.floor(st.limit + 1e-6))
             st.window = window
             st.count = 0
         if window == st.window:
