@@ -242,12 +242,12 @@ class _BlacklightIndex:
 
     def match(self, fp: list[int]) -> tuple[int, int]:
         """The earlier query sharing the most hashes with ``fp``, and how many."""
-        counts = Counter(map(self.cur.get, fp))
+        hits = list(filter(None, map(self.cur.get, fp)))
         if self.prev:  # a hash in both generations counts for both: a slight overcount
-            counts.update(map(self.prev.get, fp))
-        counts.pop(None, None)
-        if not counts:
+            hits += filter(None, map(self.prev.get, fp))
+        if not hits:
             return 0, 0
+        counts = Counter(hits)
         qid, n = counts.most_common(1)[0]
         return qid, n  # type: ignore[return-value]
 
@@ -282,7 +282,10 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     query, at most ``max_index`` hashes, two rotating generations) finds the
     earlier query sharing the most hashes; sharing at least ``match_fraction``
     of the fingerprint marks the query as part of an attack. A finding needs
-    ``min_flagged`` marked queries among the principal's last ``window``; its
+    ``min_flagged`` marked queries among the principal's last ``window`` (benign
+    digits callers in the tests reach at most 5 of 50: natural near-duplicates);
+    batches are small (8) so that interleaved Sybil accounts see each other's
+    queries in the index soon after they are made. Its
     evidence names the other principals whose queries matched (colluding
     accounts). The index is shared by all principals this instance sees: in the
     daemon (``scope = "partition"``) that is the principals of one Kafka
@@ -302,7 +305,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ...          for i in range(400)]
     >>> found = feed(BlacklightProbingDetector(), natural + sybil)
     >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
-    (['s0', 's1', 's2', 's3'], 32)
+    (['s0', 's1', 's2', 's3'], 24)
     """
 
     name: ClassVar[str] = "probing.blacklight"
@@ -316,9 +319,9 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         top_n: int = 20,
         match_fraction: float = 0.5,
         window: int = 50,
-        min_flagged: int = 20,
+        min_flagged: int = 15,
         max_index: int = 1_000_000,
-        batch_size: int = 16,
+        batch_size: int = 8,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
         max_principals: int = 200_000,

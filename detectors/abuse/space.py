@@ -22,13 +22,15 @@ True
 from __future__ import annotations
 
 import math
+import operator
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["ModelSpace", "pairwise_sq_dists", "stable_seed"]
+__all__ = ["ModelSpace", "as_matrix", "pairwise_sq_dists", "stable_seed"]
 
 _NAN: Final = float("nan")
 
@@ -47,6 +49,32 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return _NAN
+
+
+#: The last batch converted to a matrix: (the row objects, the float64 matrix).
+#: Turning Python floats into an array is the largest per-event cost of the
+#: vector detectors; they batch the same principal's same events at the same
+#: moment, so the first converts and the others reuse its (read-only) result.
+#: Keyed by the identity of the row objects, which the memo keeps alive, so a
+#: hit is always the same data; a miss only costs the conversion.
+_LAST_BATCH: tuple[tuple[object, ...], np.ndarray] = ((), np.empty((0, 0)))
+
+
+def as_matrix(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """``rows`` as a read-only float64 matrix (memoised for the last batch).
+
+    >>> a = [[1.0, 2.0], [3.0, 4.0]]
+    >>> as_matrix(a) is as_matrix(list(a)), as_matrix(a).shape
+    (True, (2, 2))
+    """
+    global _LAST_BATCH
+    key, matrix = _LAST_BATCH
+    if len(key) == len(rows) and all(map(operator.is_, key, rows)):
+        return matrix
+    matrix = np.array(rows, dtype=np.float64)
+    matrix.flags.writeable = False
+    _LAST_BATCH = (tuple(rows), matrix)
+    return matrix
 
 
 def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -135,9 +163,11 @@ class ModelSpace:
             self._calib = None
 
     def _freeze(self, x: np.ndarray) -> None:
-        centre = np.nanmedian(x, axis=0) if np.isnan(x).any() else x.mean(axis=0)
+        with warnings.catch_warnings():  # all-missing columns: centre 0, spread floored
+            warnings.simplefilter("ignore", RuntimeWarning)
+            centre = np.nanmedian(x, axis=0) if np.isnan(x).any() else x.mean(axis=0)
+            std = np.nan_to_num(np.nanstd(x, axis=0))
         centre = np.nan_to_num(centre)
-        std = np.nan_to_num(np.nanstd(x, axis=0))
         rms = math.sqrt(float((std * std).mean())) or 1.0
         # A floor at the features' RMS spread: near-constant features (image
         # borders, rare flags) do not turn tiny changes into huge distances.
@@ -153,9 +183,7 @@ class ModelSpace:
 
     def standardise(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
         """Rows centred and scaled (missing -> 0), not projected. Requires ``ready``."""
-        x = np.array(rows, dtype=np.float64)  # a copy: callers' rows stay untouched
-        x -= self.centre
-        x /= self.scale
+        x = (as_matrix(rows) - self.centre) / self.scale
         if not np.isfinite(x).all():
             np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return x
