@@ -298,6 +298,7 @@ class _Hours:
         "active_days",
         "bucket",
         "bucket_count",
+        "bucket_hour",
         "bucket_reads",
         "cooldown_until",
         "day",
@@ -309,6 +310,7 @@ class _Hours:
         self.hist = [0.0] * 24
         self.lon: float | None = None
         self.bucket = -1
+        self.bucket_hour = 0
         self.bucket_count = 0
         self.bucket_reads = 0
         self.day = -1
@@ -407,9 +409,9 @@ class UnusualHoursDetector(Detector):
                 if d < 1.0:
                     st.hist = [h * d for h in st.hist]
             st.bucket = bucket
+            st.bucket_hour = hour
             st.bucket_count = 0
             st.bucket_reads = 0
-            # Judge against the profile before this hour is added to it.
             st.hist[hour] += 1.0
         st.bucket_count += 1
         if is_read:
@@ -420,7 +422,8 @@ class UnusualHoursDetector(Detector):
             or ts < st.cooldown_until
         ):
             return None
-        hour = local_hour(ts, st.lon)
+        # The bin this UTC hour was counted in (local solar hours straddle UTC ones).
+        hour = st.bucket_hour
         hist = list(st.hist)
         hist[hour] -= 1.0  # this hour itself is not evidence that it is usual
         mass = hour_mass(hist, hour, self.radius_hours)

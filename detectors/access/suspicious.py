@@ -419,7 +419,7 @@ class NewLocationDetector(Detector):
 
     def __init__(
         self,
-        warmup_events: int = 30,
+        warmup_events: int = 10,
         warmup_seconds: float = 3 * 86400.0,
         max_new_network_rate: float = 0.02,
         network_alpha: float = 0.005,

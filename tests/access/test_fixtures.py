@@ -1,4 +1,4 @@
-"""StreamAlert-style fixtures: each detector fires where its positive file says, never on its negative."""
+"""StreamAlert-style fixtures: positive files fire where expected, negative files never."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from make_fixtures import DIR, build
 
 from detectors.events import decode_any, event_type_of
 from detectors.findings import Finding, Source
-from detectors.registry import REGISTRY, build as build_detector
+from detectors.registry import REGISTRY
+from detectors.registry import build as build_detector
 
 SPECS = sorted(DIR.glob("*.expected.json"))
 
