@@ -35,7 +35,7 @@ __all__ = ["InputIntegrityDetector"]
 
 
 class _IntegrityReference:
-    __slots__ = ("fill", "fitted_at", "model", "null_rate", "schema")
+    __slots__ = ("fill", "fitted_at", "limits", "model", "null_rate", "schema")
 
 
 class _Recent:
@@ -135,6 +135,7 @@ class InputIntegrityDetector(WindowedModelDetector):
         ref.fitted_at = st.seen
         ref.model = None
         ref.null_rate = self.contamination
+        ref.limits = {}
         if x.shape[1] >= 1 and len(x) >= 40:
             x = np.where(np.isnan(x), ref.fill, x)
             ref.model = OutlierModel(self.method, self.contamination, self.seed).fit(
@@ -164,11 +165,13 @@ class InputIntegrityDetector(WindowedModelDetector):
             return None
         flags = np.concatenate([b.data[0] for b in blocks])
         n, count = len(flags), int(flags.sum())
-        alpha = alpha_per_evaluation(self.step, st.params["ert"])
-        limit = max(
-            binomial_count_threshold(n, ref.null_rate, alpha),
-            math.ceil(st.params["min_ratio"] * ref.null_rate * n),
-        )
+        limit = ref.limits.get(n)
+        if limit is None:  # scipy's binomial quantile is slow; n is almost always window
+            alpha = alpha_per_evaluation(self.step, st.params["ert"])
+            limit = ref.limits[n] = max(
+                binomial_count_threshold(n, ref.null_rate, alpha),
+                math.ceil(st.params["min_ratio"] * ref.null_rate * n),
+            )
         if count < limit:
             if not st.incident:
                 self._keep_recent(st, blocks[-1].data[1])

@@ -125,7 +125,10 @@ class PerformanceEstimateDetector(WindowedModelDetector):
 
     def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
         conf = np.array([e.confidence for e in events], dtype=float)
-        right = np.array([correctness(e.label, e.prediction) for e in events], dtype=np.int8)
+        right = np.full(len(events), -1, dtype=np.int8)
+        for i, e in enumerate(events):  # labels are usually rare: test them cheaply first
+            if e.label is not None:
+                right[i] = correctness(e.label, e.prediction)
         ref: _PerformanceReference | None = st.ref
         if ref is None:
             return conf, right

