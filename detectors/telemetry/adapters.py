@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["OUTLIER_METHODS", "STREAM_DRIFT_METHODS", "OutlierModel", "StreamDrift"]
+__all__ = ["OUTLIER_METHODS", "STREAM_DRIFT_METHODS", "OutlierModel", "StreamDrift", "warm_up"]
 
 STREAM_DRIFT_METHODS: Final = ("ddm", "eddm", "hddm_a", "hddm_w", "adwin", "page_hinkley")
 OUTLIER_METHODS: Final = ("hbos", "ecod", "iforest")
@@ -37,18 +37,23 @@ OUTLIER_METHODS: Final = ("hbos", "ecod", "iforest")
 def _river_detector(method: str, params: dict[str, Any]) -> Any:
     from river import drift  # imported lazily: river's import costs ~0.3 s
 
-    binary = drift.binary
-    makers = {
-        "ddm": lambda: binary.DDM(**params),
-        "eddm": lambda: binary.EDDM(**params),
-        "hddm_a": lambda: getattr(binary, "HDDM_A", getattr(binary, "HDDMA", None))(**params),
-        "hddm_w": lambda: getattr(binary, "HDDM_W", getattr(binary, "HDDMW", None))(**params),
-        "adwin": lambda: drift.ADWIN(**params),
-        "page_hinkley": lambda: drift.PageHinkley(**params),
+    # Class names moved between releases (HDDM_A -> HDDMA): try each spelling.
+    where: dict[str, tuple[Any, tuple[str, ...]]] = {
+        "ddm": (drift.binary, ("DDM",)),
+        "eddm": (drift.binary, ("EDDM",)),
+        "hddm_a": (drift.binary, ("HDDMA", "HDDM_A")),
+        "hddm_w": (drift.binary, ("HDDMW", "HDDM_W")),
+        "adwin": (drift, ("ADWIN",)),
+        "page_hinkley": (drift, ("PageHinkley",)),
     }
-    if method not in makers:
+    if method not in where:
         raise ValueError(f"unknown stream drift method {method!r}; one of {STREAM_DRIFT_METHODS}")
-    return makers[method]()
+    module, names = where[method]
+    for name in names:
+        cls: Any = getattr(module, name, None)
+        if cls is not None:
+            return cls(**params)
+    raise ValueError(f"this river release has no {method} detector")
 
 
 class StreamDrift:
@@ -127,3 +132,14 @@ class OutlierModel:
     def outlying(self, x: np.ndarray) -> np.ndarray:
         """Boolean per row: above the calibrated cut."""
         return self.scores(x) > self.cut
+
+
+def warm_up(method: str = "hbos") -> None:
+    """Fit and score a tiny model once, so numba compiles pyod's HBOS at start.
+
+    pyod's HBOS is compiled by numba on its first use in a process (seconds);
+    calling this when the daemon starts keeps that pause out of the first
+    model's reference fit, where it would stall the consumer loop.
+    """
+    rng = np.random.default_rng(0)
+    OutlierModel(method).fit(rng.normal(size=(64, 2)), rng).outlying(rng.normal(size=(4, 2)))

@@ -50,6 +50,14 @@ def probability_summary(rows: list[Any]) -> tuple[float, float, int]:
 
 class _ConfidenceReference:
     __slots__ = ("entropy", "low_cut", "low_share", "margin", "mean", "n", "sd", "threshold")
+    entropy: float | None
+    low_cut: float
+    low_share: float
+    margin: float | None
+    mean: float
+    n: int
+    sd: float
+    threshold: float
 
 
 class ConfidenceDropDetector(WindowedModelDetector):
@@ -61,8 +69,9 @@ class ConfidenceDropDetector(WindowedModelDetector):
     exceeds both ``min_drop`` (absolute, the effect size) and
     ``z * sd * sqrt(1/window + 1/reference)`` with ``z`` at false-positive rate
     ``step / ert``. Evidence adds the top-2 margin and entropy (when
-    probabilities are sent; from one event in ``PROBABILITY_SAMPLE``), the share of answers below the reference's 5 %
-    confidence quantile and the callers whose traffic explains the drop.
+    probabilities are sent; from one event in ``PROBABILITY_SAMPLE``), the
+    share of answers below the reference's 5 % confidence quantile and the
+    callers whose traffic explains the drop.
     Tune per model with ``overrides={"model-id": {"min_drop": 0.1}}``.
 
     >>> from detectors.testing import feed
@@ -95,14 +104,19 @@ class ConfidenceDropDetector(WindowedModelDetector):
     ) -> None:
         self.min_drop = min_drop
         super().__init__(
-            reference_size=reference_size, window=window, step=step, ert=ert,
-            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            reference_size=reference_size,
+            window=window,
+            step=step,
+            ert=ert,
+            max_models=max_models,
+            reference_path=reference_path,
+            overrides=overrides,
             seed=seed,
         )
 
     def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
         conf = np.array([e.confidence for e in events], dtype=float)
-        sample = events[:: PROBABILITY_SAMPLE]
+        sample = events[::PROBABILITY_SAMPLE]
         return (conf, *probability_summary([e.probabilities for e in sample]))
 
     def fit_reference(self, st: ModelState, blocks: list[Block]) -> _ConfidenceReference:
@@ -159,9 +173,13 @@ class ConfidenceDropDetector(WindowedModelDetector):
                 "threshold": round(ref.threshold, 4),
                 "low_confidence_share": round(float(np.mean(conf < ref.low_cut)), 4),
                 "low_confidence_share_reference": round(ref.low_share, 4),
-                "mean_margin": round(sum(b.data[1] for b in blocks) / n_probs, 4) if n_probs else None,
+                "mean_margin": round(sum(b.data[1] for b in blocks) / n_probs, 4)
+                if n_probs
+                else None,
                 "reference_margin": None if ref.margin is None else round(ref.margin, 4),
-                "mean_entropy": round(sum(b.data[2] for b in blocks) / n_probs, 4) if n_probs else None,
+                "mean_entropy": round(sum(b.data[2] for b in blocks) / n_probs, 4)
+                if n_probs
+                else None,
                 "reference_entropy": None if ref.entropy is None else round(ref.entropy, 4),
                 "events_examined": len(conf),
                 "attribution": who,

@@ -55,24 +55,36 @@ def _bin_counts(codes: np.ndarray, slots: int) -> np.ndarray:
 def reconstruction_errors(z: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """Mean squared error per row of projecting standardised rows on a PCA basis."""
     residual = z - (z @ basis) @ basis.T
-    return np.mean(residual * residual, axis=1)
+    return np.asarray(np.mean(residual * residual, axis=1))
 
 
 class _FeatureReference:
     __slots__ = (
         "basis",
         "cat_maps",
+        "center",
         "edges",
         "mv_mean",
         "mv_threshold",
         "n",
         "names",
         "p_ref",
-        "schema",
         "scale",
-        "center",
+        "schema",
         "thresholds",
     )
+    basis: np.ndarray | None
+    cat_maps: list[dict[Any, int]]
+    center: np.ndarray
+    edges: list[np.ndarray]
+    mv_mean: float
+    mv_threshold: float
+    n: int
+    names: tuple[str, ...]
+    p_ref: np.ndarray
+    scale: np.ndarray
+    schema: FeatureSchema
+    thresholds: np.ndarray
 
 
 class FeatureDriftDetector(WindowedModelDetector):
@@ -132,8 +144,13 @@ class FeatureDriftDetector(WindowedModelDetector):
         self.min_error_ratio = min_error_ratio
         self.max_features = max_features
         super().__init__(
-            reference_size=reference_size, window=window, step=step, ert=ert,
-            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            reference_size=reference_size,
+            window=window,
+            step=step,
+            ert=ert,
+            max_models=max_models,
+            reference_path=reference_path,
+            overrides=overrides,
             seed=seed,
         )
 
@@ -165,14 +182,12 @@ class FeatureDriftDetector(WindowedModelDetector):
             codes[:, j] = c
         dn = len(ref.edges)
         for j, (mapping, values) in enumerate(zip(ref.cat_maps, cats, strict=True)):
-            codes[:, dn + j] = [
-                missing if v is None else mapping.get(v, other) for v in values
-            ]
+            codes[:, dn + j] = [missing if v is None else mapping.get(v, other) for v in values]
         return codes
 
     @staticmethod
     def _standardise(ref: _FeatureReference, x: np.ndarray) -> np.ndarray:
-        z = (x - ref.center) / ref.scale
+        z: np.ndarray = (x - ref.center) / ref.scale
         z[~np.isfinite(z)] = 0.0  # missing values sit at the reference mean
         return z
 
@@ -202,8 +217,12 @@ class FeatureDriftDetector(WindowedModelDetector):
         return ref
 
     def _fit_multivariate(
-        self, st: ModelState, ref: _FeatureReference, x: np.ndarray,
-        rng: np.random.Generator, alpha: float,
+        self,
+        st: ModelState,
+        ref: _FeatureReference,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        alpha: float,
     ) -> None:
         ref.basis = None
         ref.mv_mean = ref.mv_threshold = float("nan")
@@ -227,9 +246,7 @@ class FeatureDriftDetector(WindowedModelDetector):
         mean, sd = float(errors.mean()), float(errors.std())
         se = sd * np.sqrt(1 / self.window + 1 / len(errors))
         ref.mv_mean = mean
-        ref.mv_threshold = max(
-            st.params["min_error_ratio"] * mean, mean + normal_isf(alpha) * se
-        )
+        ref.mv_threshold = max(st.params["min_error_ratio"] * mean, mean + normal_isf(alpha) * se)
 
     # -- windows ---------------------------------------------------------------------
 
@@ -329,6 +346,13 @@ class FeatureDriftDetector(WindowedModelDetector):
 
 class _PredictionReference:
     __slots__ = ("classes", "edges", "labels", "n", "p_ref", "regression", "threshold")
+    classes: dict[Any, int]
+    edges: np.ndarray
+    labels: list[str]
+    n: int
+    p_ref: np.ndarray
+    regression: bool
+    threshold: float
 
 
 class PredictionDriftDetector(WindowedModelDetector):
@@ -374,13 +398,18 @@ class PredictionDriftDetector(WindowedModelDetector):
         self.max_classes = max_classes
         self.bins = bins
         super().__init__(
-            reference_size=reference_size, window=window, step=step, ert=ert,
-            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            reference_size=reference_size,
+            window=window,
+            step=step,
+            ert=ert,
+            max_models=max_models,
+            reference_path=reference_path,
+            overrides=overrides,
             seed=seed,
         )
 
     def _slots(self, ref: _PredictionReference) -> int:
-        return (self.bins if ref.regression else self.max_classes + 1)
+        return self.bins if ref.regression else self.max_classes + 1
 
     def _codes(self, ref: _PredictionReference, values: list[Any]) -> np.ndarray:
         if ref.regression:
@@ -408,7 +437,9 @@ class PredictionDriftDetector(WindowedModelDetector):
         ref.classes = {} if ref.regression else _category_map(values, self.max_classes)
         ref.labels = [str(c) for c in ref.classes] + ["other"]
         ref.edges = (
-            np.unique(np.quantile(np.asarray(values, float), np.linspace(0, 1, self.bins + 1)[1:-1]))
+            np.unique(
+                np.quantile(np.asarray(values, float), np.linspace(0, 1, self.bins + 1)[1:-1])
+            )
             if ref.regression
             else np.empty(0)
         )

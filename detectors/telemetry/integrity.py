@@ -36,6 +36,12 @@ __all__ = ["InputIntegrityDetector"]
 
 class _IntegrityReference:
     __slots__ = ("fill", "fitted_at", "limits", "model", "null_rate", "schema")
+    fill: np.ndarray
+    fitted_at: int
+    limits: dict[int, int]
+    model: OutlierModel | None
+    null_rate: float
+    schema: FeatureSchema
 
 
 class _Recent:
@@ -110,8 +116,13 @@ class InputIntegrityDetector(WindowedModelDetector):
         self.refit_every = refit_every
         self.max_features = max_features
         super().__init__(
-            reference_size=reference_size, window=window, step=step, ert=ert,
-            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            reference_size=reference_size,
+            window=window,
+            step=step,
+            ert=ert,
+            max_models=max_models,
+            reference_path=reference_path,
+            overrides=overrides,
             seed=seed,
         )
 

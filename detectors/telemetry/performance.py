@@ -65,7 +65,24 @@ class _Labels:
 
 
 class _PerformanceReference:
-    __slots__ = ("calibrated", "estimate", "isotonic", "labelled", "measured", "n", "sd", "threshold")
+    __slots__ = (
+        "calibrated",
+        "estimate",
+        "isotonic",
+        "labelled",
+        "measured",
+        "n",
+        "sd",
+        "threshold",
+    )
+    calibrated: bool
+    estimate: float
+    isotonic: tuple[np.ndarray, np.ndarray] | None
+    labelled: int
+    measured: float
+    n: int
+    sd: float
+    threshold: float
 
 
 class PerformanceEstimateDetector(WindowedModelDetector):
@@ -118,8 +135,13 @@ class PerformanceEstimateDetector(WindowedModelDetector):
         self.label_window = label_window
         self.label_detector = label_detector
         super().__init__(
-            reference_size=reference_size, window=window, step=step, ert=ert,
-            max_models=max_models, reference_path=reference_path, overrides=overrides,
+            reference_size=reference_size,
+            window=window,
+            step=step,
+            ert=ert,
+            max_models=max_models,
+            reference_path=reference_path,
+            overrides=overrides,
             seed=seed,
         )
 
@@ -134,7 +156,9 @@ class PerformanceEstimateDetector(WindowedModelDetector):
             return conf, right
         if (right >= 0).any():
             self._track_labels(st, ref, right[right >= 0])
-        return apply_isotonic(ref.isotonic, conf) if ref.calibrated else conf, right
+        if ref.isotonic is not None:
+            conf = apply_isotonic(ref.isotonic, conf)
+        return conf, right
 
     def _track_labels(self, st: ModelState, ref: _PerformanceReference, right: np.ndarray) -> None:
         labels: _Labels | None = st.extra
@@ -186,7 +210,7 @@ class PerformanceEstimateDetector(WindowedModelDetector):
         ref.measured = float(right[known].mean()) if ref.labelled else float("nan")
         ref.calibrated = ref.labelled >= self.min_labels
         ref.isotonic = fit_isotonic(conf[known], right[known]) if ref.calibrated else None
-        expected = apply_isotonic(ref.isotonic, conf) if ref.calibrated else conf
+        expected = conf if ref.isotonic is None else apply_isotonic(ref.isotonic, conf)
         ref.estimate = float(expected.mean())
         ref.sd = float(expected.std())
         z = normal_isf(alpha_per_evaluation(self.step, st.params["ert"]))
@@ -219,7 +243,8 @@ class PerformanceEstimateDetector(WindowedModelDetector):
         if measured is not None:
             what = (
                 f"measured accuracy {measured['measured_accuracy']:.2f} over the last "
-                f"{measured['labels_examined']} labels, down from {measured['baseline_accuracy']:.2f}"
+                f"{measured['labels_examined']} labels, "
+                f"down from {measured['baseline_accuracy']:.2f}"
             )
         else:
             what = f"estimated accuracy (no labels) {estimate:.2f}, down from {ref.estimate:.2f}"

@@ -60,7 +60,7 @@ def psi(p_ref: np.ndarray, p_win: np.ndarray) -> np.ndarray:
     """
     p = np.maximum(p_ref, EPS)
     q = np.maximum(p_win, EPS)
-    return np.sum((q - p) * np.log(q / p), axis=-1)
+    return np.asarray(np.sum((q - p) * np.log(q / p), axis=-1))
 
 
 def js_distance(p_ref: np.ndarray, p_win: np.ndarray) -> np.ndarray:
@@ -70,9 +70,9 @@ def js_distance(p_ref: np.ndarray, p_win: np.ndarray) -> np.ndarray:
     def kl(a: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(a > 0, a * np.log2(a / np.where(m > 0, m, 1.0)), 0.0)
-        return np.sum(terms, axis=-1)
+        return np.asarray(np.sum(terms, axis=-1))
 
-    return np.sqrt(np.maximum(0.5 * kl(p_ref) + 0.5 * kl(p_win), 0.0))
+    return np.asarray(np.sqrt(np.maximum(0.5 * kl(p_ref) + 0.5 * kl(p_win), 0.0)))
 
 
 def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
@@ -97,7 +97,7 @@ def gamma_tail(samples: np.ndarray, alpha: float) -> np.ndarray:
     shape = np.where(var > 0, mean**2 / safe_var, 1.0)
     scale = np.where(var > 0, safe_var / np.where(mean > 0, mean, 1.0), 0.0)
     tail = _st.gamma.isf(alpha, shape, scale=scale)
-    return np.maximum(np.nan_to_num(tail, nan=0.0), samples.max(axis=0))
+    return np.asarray(np.maximum(np.nan_to_num(tail, nan=0.0), samples.max(axis=0)))
 
 
 def psi_null_thresholds(
@@ -153,7 +153,7 @@ def fit_isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def apply_isotonic(model: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Calibrated values of ``x`` by linear interpolation of an isotonic fit."""
     xs, fitted = model
-    return np.interp(x, xs, fitted)
+    return np.asarray(np.interp(x, xs, fitted))
 
 
 def margin_entropy(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

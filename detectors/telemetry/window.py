@@ -135,7 +135,9 @@ class FeatureSchema:
     A feature whose reference values are mostly strings is *categorical*; the
     others are numeric, and a string met in a numeric feature counts as missing
     (``type_errors``). ``None`` or an absent key is missing. At most
-    ``max_features`` names are kept, the most frequent in the reference.
+    ``max_features`` names are kept, the most frequent in the reference. The
+    schema is learnt from a model's first block of events; features that first
+    appear later are ignored (a model whose inputs change shape is a new version).
 
     >>> s = FeatureSchema.learn([[1.0, 2.0], {"f0": 3.0, "f1": None, "city": "x"}])
     >>> s.numeric, s.categorical
@@ -147,9 +149,9 @@ class FeatureSchema:
     def __init__(self, numeric: Sequence[str], categorical: Sequence[str]) -> None:
         self.numeric = tuple(numeric)
         self.categorical = tuple(categorical)
-        positions = []
-        for i, name in enumerate(self.numeric):
-            positions.append(int(name[1:]) if name[:1] == "f" and name[1:].isdigit() else -1)
+        positions = [
+            int(name[1:]) if name[:1] == "f" and name[1:].isdigit() else -1 for name in self.numeric
+        ]
         self._positions = positions
         # List rows can be sliced when the numeric names are exactly f0..f{k-1}.
         self._prefix = positions == list(range(len(self.numeric)))
@@ -212,7 +214,7 @@ class FeatureSchema:
         try:
             return np.array(flat, dtype=float).reshape(len(rows), k)
         except (TypeError, ValueError):
-            clean = []
+            clean: list[float | None] = []
             for v in flat:
                 if isinstance(v, int | float) and not isinstance(v, bool):
                     clean.append(v)
@@ -428,7 +430,9 @@ class WindowedModelDetector(Detector):
     def _make_block(self, st: ModelState, events: list[InferenceEvent]) -> Block:
         return Block(len(events), [e.principal for e in events], self.summarise(st, events))
 
-    def _close_block(self, st: ModelState, event: InferenceEvent, source: Source) -> list[Finding] | None:
+    def _close_block(
+        self, st: ModelState, event: InferenceEvent, source: Source
+    ) -> list[Finding] | None:
         events, st.items = st.items, []
         st.seen += len(events)
         self.table.touch(st.key, lambda: st)  # LRU recency, once per block

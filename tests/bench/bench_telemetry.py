@@ -1,4 +1,6 @@
-"""Per-event cost and memory of the telemetry detectors (run: python tests/bench/bench_telemetry.py).
+"""Per-event cost and memory of the telemetry detectors.
+
+Run: ``python tests/bench/bench_telemetry.py [--events N]``.
 
 A stationary stream of inference events (two models, 10 numeric features, half
 list and half dict features, class probabilities, 10 % labelled, 50 callers)
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import time
 
 import numpy as np

@@ -23,9 +23,15 @@ def event(
     label: int | str | None = None,
 ) -> InferenceEvent:
     return InferenceEvent(
-        ts=T0 + i * 0.01, model_id=model, model_version=version, request_id=f"r{i}",
-        principal=principal, features=features, prediction=prediction,
-        probabilities=probabilities, label=label,
+        ts=T0 + i * 0.01,
+        model_id=model,
+        model_version=version,
+        request_id=f"r{i}",
+        principal=principal,
+        features=features,
+        prediction=prediction,
+        probabilities=probabilities,
+        label=label,
     )
 
 
@@ -47,7 +53,11 @@ def stationary(n: int, seed: int = 0, models: int = 2, d: int = 8) -> list[Infer
         )
         out.append(
             event(
-                i, feats, int(pred[i]), model=f"m{i % models}", principal=f"user-{who[i]}",
+                i,
+                feats,
+                int(pred[i]),
+                model=f"m{i % models}",
+                principal=f"user-{who[i]}",
                 probabilities=[1 - p1[i], p1[i]],
                 label=int(truth[i]) if labelled[i] else None,
             )
@@ -76,9 +86,13 @@ def from_model(
             label = int(labels[i])
         out.append(
             event(
-                start + i, x[i].tolist(), int(classes[k]), model=name,
+                start + i,
+                x[i].tolist(),
+                int(classes[k]),
+                model=name,
                 principal=principals[i] if principals is not None else f"user-{i % 9}",
-                probabilities=proba[i].tolist(), label=label,
+                probabilities=proba[i].tolist(),
+                label=label,
             )
         )
     return out

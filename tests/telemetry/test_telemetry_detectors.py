@@ -39,8 +39,11 @@ def long_stationary():
 
 def test_stationary_200k_events_no_finding_from_any_detector(long_stationary):
     family = [
-        FeatureDriftDetector(), PredictionDriftDetector(), ConfidenceDropDetector(),
-        PerformanceEstimateDetector(), InputIntegrityDetector(),
+        FeatureDriftDetector(),
+        PredictionDriftDetector(),
+        ConfidenceDropDetector(),
+        PerformanceEstimateDetector(),
+        InputIntegrityDetector(),
     ]
     for det in family:
         assert feed(det, long_stationary) == [], det.name
@@ -101,8 +104,11 @@ def test_feature_that_stops_arriving_is_drift_within_500_events():
     rng = np.random.default_rng(3)
     events = []
     for i in range(9_000):
-        feats = {"amount": float(rng.gamma(2.0)), "country": rng.choice(["DE", "FR", "US"]),
-                 "age": float(rng.normal(40, 9))}
+        feats = {
+            "amount": float(rng.gamma(2.0)),
+            "country": rng.choice(["DE", "FR", "US"]),
+            "age": float(rng.normal(40, 9)),
+        }
         if i >= 6_000:
             feats["age"] = None  # upstream join broke
         events.append(event(i, feats, 0))
@@ -149,7 +155,9 @@ def test_concept_drift_stream_class_shift_found_within_750_events():
     stream = synth.ConceptDriftStream(
         stream=synth.Agrawal(classification_function=0, seed=1),
         drift_stream=synth.Agrawal(classification_function=4, seed=1),
-        position=drift_at, width=50, seed=1,
+        position=drift_at,
+        width=50,
+        seed=1,
     )
     # The served model here answers with the generator's class (its labels shift 67% -> 20%).
     events = [event(i, x, int(y)) for i, (x, y) in enumerate(itertools.islice(stream, 9_000))]
@@ -223,7 +231,9 @@ def test_concept_drift_with_labels_found_by_measured_accuracy_within_1500_events
     stream = synth.ConceptDriftStream(
         stream=synth.Agrawal(classification_function=0, seed=4),
         drift_stream=synth.Agrawal(classification_function=2, seed=4),
-        position=drift_at, width=50, seed=4,
+        position=drift_at,
+        width=50,
+        seed=4,
     )
     data = list(itertools.islice(stream, 10_000))
     rows = np.array([[x[k] for k in keys] for x, _ in data])
@@ -287,9 +297,7 @@ def test_bad_reference_file_fails_clearly(tmp_path):
 
 def test_models_are_capped_and_evictions_counted():
     det = ConfidenceDropDetector(max_models=3)
-    events = [
-        event(i, [0.0], 1, model=f"m{i % 10}", probabilities=[0.2, 0.8]) for i in range(3000)
-    ]
+    events = [event(i, [0.0], 1, model=f"m{i % 10}", probabilities=[0.2, 0.8]) for i in range(3000)]
     feed(det, events)
     stats = det.stats()
     assert stats["entities"] == 3 and stats["evicted_total"] >= 7
@@ -316,6 +324,56 @@ def test_evidence_carries_no_raw_feature_values(cancer):
     raw = set(rows.ravel().tolist()) - {0.0, 1.0}  # shares can be exactly 0 or 1
     assert not raw.intersection(_numbers(evidence))
     assert set(evidence["top_features"][0]) == {
-        "feature", "psi", "js_distance", "threshold",
-        "missing_share_reference", "missing_share_window",
+        "feature",
+        "psi",
+        "js_distance",
+        "threshold",
+        "missing_share_reference",
+        "missing_share_window",
     }
+
+
+# -- incidents, versions, refits -----------------------------------------------------------
+
+
+def _gauss_events(values, start=0, version="1", principal="svc"):
+    return [
+        event(start + i, [float(v), float(w)], 0, version=version, principal=principal)
+        for i, (v, w) in enumerate(values)
+    ]
+
+
+def test_drift_gives_one_finding_per_incident_and_again_after_recovery():
+    rng = np.random.default_rng(12)
+    calm = rng.normal(size=(20_000, 2))
+    calm[6_000:10_000, 0] += 1.5  # first incident, 4000 events long
+    calm[16_000:, 0] -= 1.5  # second incident after a quiet spell
+    found = feed(FeatureDriftDetector(), _gauss_events(calm))
+    assert [f.sources[0].offset // 1000 for f in found] == [6, 16]
+    assert len({f.finding_id for f in found}) == 2
+
+
+def test_new_model_version_learns_its_own_reference():
+    rng = np.random.default_rng(13)
+    v1 = _gauss_events(rng.normal(size=(6_000, 2)), version="1")
+    v2 = _gauss_events(rng.normal(3.0, 1, size=(6_000, 2)), start=6_000, version="2")
+    det = FeatureDriftDetector()
+    assert feed(det, v1 + v2) == []
+    assert det.stats()["models_with_reference"] == 2
+
+
+def test_integrity_refits_on_schedule_without_alarming():
+    rng = np.random.default_rng(14)
+    det = InputIntegrityDetector(refit_every=6_000)
+    events = _gauss_events(rng.normal(size=(20_000, 2)))
+    assert feed(det, events) == []
+    assert det.table.get("m@1").ref.fitted_at >= 12_000  # refitted at least once
+
+
+def test_integrity_with_ecod_finds_out_of_range_inputs_within_2000_events():
+    rng = np.random.default_rng(15)
+    values = rng.normal(size=(8_000, 2))
+    values[6_000::4] *= 6  # a quarter of the inputs far out
+    found = feed(InputIntegrityDetector(method="ecod"), _gauss_events(values))
+    assert 0 <= delay(found, 6_000) <= 2000
+    assert found[0].evidence["outlier_model"] == "ecod"
