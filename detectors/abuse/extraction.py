@@ -60,8 +60,9 @@ def shapiro_w(distances: np.ndarray, clip_sigma: float = 3.0) -> float:
 
 class _PradaState(QueryState):
     __slots__ = (
+        "class_ids",
         "dists",
-        "g_classes",
+        "g_cls",
         "g_rows",
         "g_stats",
         "growing",
@@ -75,7 +76,8 @@ class _PradaState(QueryState):
         super().__init__()
         self.preds: list[Any] = []
         self.g_rows: np.ndarray | None = None  # the growing set G (capped ring)
-        self.g_classes: list[Any] = []
+        self.g_cls: np.ndarray = np.empty(0, dtype=np.int32)  # class id of each G row
+        self.class_ids: dict[Any, int] = {}  # prediction -> small int
         self.growing = 0  # rows ever added to G
         self.thresholds: dict[Any, float] = {}  # T_c
         self.g_stats: dict[Any, list[float]] = {}  # per class [n, sum, sum of squares]
@@ -111,7 +113,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
     >>> thief = [q(1200 + i, "thief", x) for i, x in enumerate(steps)]
     >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
     ...  feed(PradaExtractionDetector(), natural + thief)]
-    [('thief', 112)]
+    [('thief', 128)]
     """
 
     name: ClassVar[str] = "extraction.prada"
@@ -124,8 +126,8 @@ class PradaExtractionDetector(BatchedQueryDetector):
         min_distances: int = 100,
         max_distances: int = 1000,
         test_every: int = 32,
-        max_growing: int = 512,
-        batch_size: int = 16,
+        max_growing: int = 256,
+        batch_size: int = 32,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
         max_dims: int = 32,
@@ -160,39 +162,55 @@ class PradaExtractionDetector(BatchedQueryDetector):
         assert isinstance(st, _PradaState)
         x = space.embed(st.rows)
         preds, st.preds = st.preds, []
+        ids = st.class_ids
+        if len(ids) > 4 * self.max_growing:  # a regression output: start over, bounded
+            ids.clear()
+            st.thresholds.clear()
+            st.g_stats.clear()
+            st.growing = 0
+            st.g_cls[:] = -1
+        pc = np.fromiter((ids.setdefault(c, len(ids)) for c in preds), np.int32, len(preds))
         if st.g_rows is None or st.g_rows.shape[1] != x.shape[1]:
-            st.g_rows = np.zeros((self.max_growing, x.shape[1]), dtype=np.float32)
-            st.g_classes, st.growing = [None] * self.max_growing, 0
+            st.g_rows = np.zeros((min(32, self.max_growing), x.shape[1]), dtype=np.float32)
+            st.g_cls = np.full(len(st.g_rows), -1, dtype=np.int32)
+            st.growing = 0
         filled = min(st.growing, self.max_growing)
-        to_g = np.sqrt(pairwise_sq_dists(x, st.g_rows[:filled])) if filled else None
-        within = np.sqrt(pairwise_sq_dists(x, x)).tolist()
-        g_classes = np.array(st.g_classes[:filled], dtype=object) if filled else None
-        added: list[tuple[int, Any]] = []  # batch rows that joined G in this batch
+        if filled:  # min distance to G of the query's class, for the whole batch at once
+            sq = pairwise_sq_dists(x, st.g_rows[:filled])
+            sq[st.g_cls[None, :filled] != pc[:, None]] = np.inf
+            first = np.sqrt(sq.min(axis=1)).tolist()
+        else:
+            first = [math.inf] * len(preds)
+        within: list[list[float]] | None = None
+        added: list[tuple[int, int]] = []  # batch rows that joined G in this batch
         dists = st.dists
-        for i, c in enumerate(preds):
-            d = math.inf
-            if to_g is not None:
-                mask = g_classes == c
-                if mask.any():
-                    d = float(to_g[i][mask].min())
-            for j, cj in added:
-                if cj == c and within[i][j] < d:
-                    d = within[i][j]
+        thresholds, g_stats = st.thresholds, st.g_stats
+        for i, c in enumerate(pc.tolist()):
+            d = first[i]
+            if added:
+                if within is None:
+                    within = np.sqrt(pairwise_sq_dists(x, x)).tolist()
+                row = within[i]
+                for j, cj in added:
+                    if cj == c and row[j] < d:
+                        d = row[j]
             if d < _DUPLICATE:
                 continue
             if d == math.inf:  # first query of this class: it seeds G_c
-                self._grow(st, x[i], c, added, i)
+                self._grow(st, x[i], c)
+                added.append((i, c))
                 continue
             dists.append(d)
-            if d > st.thresholds.get(c, 0.0):
-                self._grow(st, x[i], c, added, i)
-                n_s_q = st.g_stats.setdefault(c, [0.0, 0.0, 0.0])
+            if d > thresholds.get(c, 0.0):
+                self._grow(st, x[i], c)
+                added.append((i, c))
+                n_s_q = g_stats.setdefault(c, [0.0, 0.0, 0.0])
                 n_s_q[0] += 1
                 n_s_q[1] += d
                 n_s_q[2] += d * d
                 mean = n_s_q[1] / n_s_q[0]
                 sd = math.sqrt(max(n_s_q[2] / n_s_q[0] - mean * mean, 0.0))
-                st.thresholds[c] = max(st.thresholds.get(c, 0.0), mean - sd)
+                thresholds[c] = max(thresholds.get(c, 0.0), mean - sd)
         while len(dists) > self.max_distances:
             dists.popleft()
         st.examined += len(preds)
@@ -219,18 +237,22 @@ class PradaExtractionDetector(BatchedQueryDetector):
                 "distances_tested": len(dists),
                 "queries_examined": st.examined,
                 "growing_set_size": min(st.growing, self.max_growing),
-                "classes_seen": len(st.thresholds) or len(set(st.g_classes) - {None}),
+                "classes_seen": len(st.class_ids),
             },
         )
 
-    def _grow(
-        self, st: _PradaState, row: np.ndarray, c: Any, added: list[tuple[int, Any]], i: int
-    ) -> None:
+    def _grow(self, st: _PradaState, row: np.ndarray, c: int) -> None:
+        """Add ``row`` (class id ``c``) to G: grow the arrays, then overwrite the oldest."""
+        g = st.g_rows
+        assert g is not None
+        if st.growing >= len(g) and len(g) < self.max_growing:
+            size = min(2 * len(g), self.max_growing)
+            st.g_rows = g = np.concatenate([g, np.zeros((size - len(g), g.shape[1]), g.dtype)])
+            st.g_cls = np.concatenate([st.g_cls, np.full(size - len(st.g_cls), -1, np.int32)])
         slot = st.growing % self.max_growing
-        st.g_rows[slot] = row  # type: ignore[index]
-        st.g_classes[slot] = c
+        g[slot] = row
+        st.g_cls[slot] = c
         st.growing += 1
-        added.append((i, c))
 
 
 _MASK64: Final = (1 << 64) - 1

@@ -33,7 +33,6 @@ from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
     QueryState,
-    window_push,
 )
 from detectors.abuse.space import ModelSpace, pairwise_sq_dists
 from detectors.base import Detector
@@ -113,7 +112,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     >>> probe = [q(600 + i, "eve", [v + rng.gauss(0, 0.01) for v in x0]) for i in range(200)]
     >>> found = feed(StatefulKnnProbingDetector(), natural + probe)
     >>> [(f.entity.id, f.evidence["queries_examined"]) for f in found]
-    [('eve', 48)]
+    [('eve', 64)]
     """
 
     name: ClassVar[str] = "probing.stateful_knn"
@@ -127,7 +126,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         distance_ratio: float = 0.1,
         window: int = 50,
         min_flagged: int = 20,
-        batch_size: int = 16,
+        batch_size: int = 32,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
         max_dims: int = 32,
@@ -215,9 +214,13 @@ def blacklight_fingerprints(
     2
     """
     w = min(window, quantised.shape[1])
-    windows = np.lib.stride_tricks.sliding_window_view(quantised, w, axis=1)
+    span = quantised.shape[1] - w + 1
     with np.errstate(over="ignore"):
-        hashes = (windows * multipliers[:w]).sum(axis=2)
+        # sum_j q[:, i + j] * m[j] for every window start i: w shifted slices
+        # instead of a (rows, windows, w) view, fewer and smaller temporaries.
+        hashes = quantised[:, :span] * multipliers[0]
+        for j in range(1, w):
+            hashes += quantised[:, j : j + span] * multipliers[j]
         hashes ^= hashes >> 29
         hashes *= np.int64(-4658895280553007687)
         hashes ^= hashes >> 32
@@ -240,12 +243,12 @@ class _BlacklightIndex:
         self.max_size = max_size
         self.next_id = 1
 
-    def match(self, fp: list[int]) -> tuple[int, int]:
-        """The earlier query sharing the most hashes with ``fp``, and how many."""
+    def match(self, fp: list[int], need: int) -> tuple[int, int]:
+        """The earlier query sharing the most hashes with ``fp`` (if >= ``need``), and how many."""
         hits = list(filter(None, map(self.cur.get, fp)))
         if self.prev:  # a hash in both generations counts for both: a slight overcount
             hits += filter(None, map(self.prev.get, fp))
-        if not hits:
+        if len(hits) < need:
             return 0, 0
         counts = Counter(hits)
         qid, n = counts.most_common(1)[0]
@@ -283,9 +286,10 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     earlier query sharing the most hashes; sharing at least ``match_fraction``
     of the fingerprint marks the query as part of an attack. A finding needs
     ``min_flagged`` marked queries among the principal's last ``window`` (benign
-    digits callers in the tests reach at most 5 of 50: natural near-duplicates);
-    batches are small (8) so that interleaved Sybil accounts see each other's
-    queries in the index soon after they are made. Its
+    digits callers in the tests reach at most 5 of 50: natural near-duplicates).
+    Batching delays when a query enters the index, so interleaved Sybil accounts
+    see only part of each other's queries: each account is still found on its
+    own run, and the evidence names the accounts it matched. Its
     evidence names the other principals whose queries matched (colluding
     accounts). The index is shared by all principals this instance sees: in the
     daemon (``scope = "partition"``) that is the principals of one Kafka
@@ -305,7 +309,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ...          for i in range(400)]
     >>> found = feed(BlacklightProbingDetector(), natural + sybil)
     >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
-    (['s0', 's1', 's2', 's3'], 24)
+    (['s0', 's1', 's2', 's3'], 16)
     """
 
     name: ClassVar[str] = "probing.blacklight"
@@ -319,9 +323,9 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         top_n: int = 20,
         match_fraction: float = 0.5,
         window: int = 50,
-        min_flagged: int = 15,
+        min_flagged: int = 12,
         max_index: int = 1_000_000,
-        batch_size: int = 8,
+        batch_size: int = 16,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
         max_principals: int = 200_000,
@@ -359,19 +363,21 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         fps = blacklight_fingerprints(q, self.hash_window, self.top_n, self.multipliers)
         index = self.indexes.touch(event.model_id, lambda: _BlacklightIndex(self.max_index))
         principal = event.principal
-        flags = st.flags
+        flags, mask, fraction = st.flags, (1 << self.window) - 1, self.match_fraction
+        crc32 = zlib.crc32
         for row, fp_list in zip(q, fps.tolist(), strict=True):
             fp = list(set(fp_list))
-            digest = zlib.crc32(row.tobytes())
-            qid, shared = index.match(fp)
+            digest = crc32(row.tobytes())
+            need = math.ceil(fraction * len(fp))
+            qid, shared = index.match(fp, need)
             hit = False
-            if shared >= self.match_fraction * len(fp):
+            if shared >= need:
                 owner = index.owner(qid)
                 if owner is not None and owner[1] != digest:  # an exact repeat is no probe
                     hit = True
                     if owner[0] != principal and len(st.partners) < 16:
                         st.partners[owner[0]] = st.partners.get(owner[0], 0) + 1
-            flags = window_push(flags, hit, self.window)
+            flags = ((flags << 1) | hit) & mask
             index.add(fp, principal, digest)
         st.flags = flags
         st.examined += len(q)

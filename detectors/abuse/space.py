@@ -94,6 +94,8 @@ class ModelSpace:
     __slots__ = (
         "_calib",
         "_calib_target",
+        "_offset",
+        "_weights",
         "centre",
         "dim",
         "max_dims",
@@ -127,6 +129,8 @@ class ModelSpace:
         self.centre: np.ndarray | None = None
         self.scale: np.ndarray | None = None
         self.proj: np.ndarray | None = None
+        self._weights: np.ndarray | None = None  # diag(1/scale) @ proj, float32
+        self._offset: np.ndarray | None = None  # (centre/scale) @ proj
         #: Median distance between two calibration rows in the embedded space:
         #: the yardstick that makes distance thresholds unit-free.
         self.spread = 1.0
@@ -176,6 +180,9 @@ class ModelSpace:
         if self.dim > self.max_dims:
             rng = np.random.default_rng(self.seed)
             self.proj = rng.normal(0.0, 1.0 / math.sqrt(self.max_dims), (self.dim, self.max_dims))
+            # Standardise and project in one product: x @ W - o.
+            self._weights = (self.proj / self.scale[:, None]).astype(np.float32)
+            self._offset = ((self.centre / self.scale) @ self.proj).astype(np.float32)
         z = self.embed(x[:256])
         d = np.sqrt(pairwise_sq_dists(z, z)[np.triu_indices(len(z), 1)])
         d = d[d > 0]
@@ -190,6 +197,12 @@ class ModelSpace:
 
     def embed(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
         """Standardised rows projected to at most ``max_dims`` dims (float32)."""
+        if self._weights is not None:
+            raw = as_matrix(rows)
+            if np.isfinite(raw.sum()):  # no missing values: the one-product path
+                z: np.ndarray = raw.astype(np.float32) @ self._weights
+                z -= self._offset
+                return z
         x = self.standardise(rows)
         if self.proj is not None:
             x = x @ self.proj
