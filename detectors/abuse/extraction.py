@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -67,6 +66,7 @@ class _PradaState(QueryState):
         "g_stats",
         "growing",
         "last_test",
+        "n_dists",
         "preds",
         "thresholds",
         "w",
@@ -81,7 +81,8 @@ class _PradaState(QueryState):
         self.growing = 0  # rows ever added to G
         self.thresholds: dict[Any, float] = {}  # T_c
         self.g_stats: dict[Any, list[float]] = {}  # per class [n, sum, sum of squares]
-        self.dists: deque[float] = deque()
+        self.dists = np.empty(0, dtype=np.float32)  # ring of the last recorded distances
+        self.n_dists = 0  # distances ever recorded
         self.last_test = 0
         self.w = 1.0
 
@@ -183,7 +184,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
             first = [math.inf] * len(preds)
         within: list[list[float]] | None = None
         added: list[tuple[int, int]] = []  # batch rows that joined G in this batch
-        dists = st.dists
+        dists: list[float] = []  # recorded in this batch
         thresholds, g_stats = st.thresholds, st.g_stats
         for i, c in enumerate(pc.tolist()):
             d = first[i]
@@ -211,13 +212,18 @@ class PradaExtractionDetector(BatchedQueryDetector):
                 mean = n_s_q[1] / n_s_q[0]
                 sd = math.sqrt(max(n_s_q[2] / n_s_q[0] - mean * mean, 0.0))
                 thresholds[c] = max(thresholds.get(c, 0.0), mean - sd)
-        while len(dists) > self.max_distances:
-            dists.popleft()
+        if dists:
+            if len(st.dists) < self.max_distances:
+                st.dists = np.zeros(self.max_distances, dtype=np.float32)
+            at = (st.n_dists + np.arange(len(dists))) % self.max_distances
+            st.dists[at] = dists
+            st.n_dists += len(dists)
         st.examined += len(preds)
-        if len(dists) < self.min_distances or st.examined - st.last_test < self.test_every:
+        held = min(st.n_dists, self.max_distances)
+        if held < self.min_distances or st.examined - st.last_test < self.test_every:
             return None
         st.last_test = st.examined
-        st.w = shapiro_w(np.fromiter(dists, dtype=np.float64, count=len(dists)))
+        st.w = shapiro_w(st.dists[:held])
         if st.w >= self.delta or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
@@ -227,14 +233,14 @@ class PradaExtractionDetector(BatchedQueryDetector):
             severity="high" if st.w < self.delta - 0.1 else "medium",
             summary=(
                 f"Distances between this principal's queries are far from normal "
-                f"(Shapiro-Wilk W={st.w:.3f} < {self.delta:g} over {len(dists)} queries): "
+                f"(Shapiro-Wilk W={st.w:.3f} < {self.delta:g} over {held} queries): "
                 f"synthetic extraction queries are likely; review and rate-limit the caller."
             ),
             evidence={
                 "statistic": "Shapiro-Wilk W of min distances to earlier queries (PRADA)",
                 "observed_w": round(st.w, 4),
                 "threshold_w": self.delta,
-                "distances_tested": len(dists),
+                "distances_tested": held,
                 "queries_examined": st.examined,
                 "growing_set_size": min(st.growing, self.max_growing),
                 "classes_seen": len(st.class_ids),

@@ -34,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from detectors.abuse import DETECTORS  # noqa: E402
-from detectors.events import InferenceEvent  # noqa: E402
-from detectors.findings import Source  # noqa: E402
+from detectors.abuse import DETECTORS
+from detectors.events import InferenceEvent
+from detectors.findings import Source
 
 T0 = 1_767_225_600.0
 
