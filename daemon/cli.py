@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          config=False)
     p = verb("demo", "Start an embedded broker, stream built-in traffic with attacks through "
              "the daemon and show the findings.", cmd_demo, config=False)
-    p.add_argument("--events", type=int, default=30_000, help="benign events (default 30000)")
+    p.add_argument("--events", type=int, default=30_000, help="benign inference events (default 30000)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--verbose", action="store_true", help="show the daemon's logs")
     p = verb("bench", "Throughput: bare kafka-python consumer vs mlwatchd run, same topic.",

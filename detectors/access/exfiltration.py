@@ -79,9 +79,11 @@ class ExfiltrationDetector(Detector):
     A total is unusual when it exceeds the largest of ``z`` robust spreads
     above the principal's usual, ``min_ratio`` times its usual, and an absolute
     floor per metric. Before ``warmup_windows`` active windows a principal is
-    judged against its peers only: ``peer_factor`` times the peers' 99th
-    percentile window. The peer percentile also raises the severity. One
-    finding per principal per ``cooldown_seconds``.
+    judged against its peers: ``peer_factor`` times the peers' 99th
+    percentile window; from ``own_min_windows`` windows on it must also exceed
+    what its short history allows (a service account whose steady nightly
+    read dwarfs every human's is not flagged for it). The peer percentile also
+    raises the severity. One finding per principal per ``cooldown_seconds``.
 
     >>> from detectors.events import AuditEvent
     >>> from detectors.findings import Source
@@ -116,6 +118,7 @@ class ExfiltrationDetector(Detector):
         peer_quantile: float = 0.99,
         peer_factor: float = 5.0,
         peer_min_windows: int = 100,
+        own_min_windows: int = 3,
         cooldown_seconds: float = 6 * 3600.0,
         read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
         max_principals: int = 100_000,
@@ -131,6 +134,7 @@ class ExfiltrationDetector(Detector):
         self.peer_quantile = peer_quantile
         self.peer_factor = peer_factor
         self.peer_min_windows = peer_min_windows
+        self.own_min_windows = own_min_windows
         self.cooldown_seconds = cooldown_seconds
         self.read_verbs = frozenset(read_verbs)
         self.peers = (LogHistogram(), LogHistogram(), LogHistogram(), LogHistogram())
@@ -211,8 +215,13 @@ class ExfiltrationDetector(Detector):
             or totals[2] > limits[2]
             or totals[3] > limits[3]
         ):
-            i = next(i for i in range(4) if totals[i] > limits[i])
-            return self._finding(event, source, st, i, warm, ts)
+            # While warming up, peers judge; but once the principal has a few
+            # windows of its own, it must also exceed those: a service account
+            # whose steady nightly read dwarfs every human's is not exfiltrating.
+            short_history = not warm and st.windows >= self.own_min_windows
+            for i in range(4):
+                if totals[i] > limits[i] and not (short_history and totals[i] <= st.limits[i]):
+                    return self._finding(event, source, st, i, warm, ts)
         return None
 
     def _finding(

@@ -1,0 +1,35 @@
+# The two commands of the README. Each makes its own virtualenv in .venv
+# (mlwatchd's top-level `daemon` package would clash with python-daemon in a
+# shared environment) and installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+## make demo: embedded broker + built-in traffic with attacks + the daemon; prints findings
+demo: $(VENV)/.installed-run
+	$(BIN)/mlwatchd demo
+
+## make test: the whole test suite (unit, conformance, detector families, real-broker integration)
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+## make bench: throughput of mlwatchd run against a bare kafka-python consumer
+bench: $(VENV)/.installed-run
+	$(BIN)/mlwatchd bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

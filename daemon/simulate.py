@@ -1,0 +1,310 @@
+"""Built-in traffic: benign days of an ML platform plus labelled attack scenarios.
+
+Used by ``mlwatchd demo`` (and the basis of ``mlwatchd simulate``). Seeded and
+repeatable. Benign traffic has rhythms: people work 9-18 in their own time
+zone on weekdays, pipelines run nightly, API callers query the models at their
+own steady rates, a few users mistype passwords or travel. Each attack event
+carries its scenario's name as ground truth; :data:`SCENARIOS` says which
+entity a responder should see a finding about.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["SCENARIOS", "Scenario", "SimEvent", "generate"]
+
+#: Monday 2 November 2026, 00:00 UTC.
+T0: Final = 1_793_577_600.0
+DAY: Final = 86_400.0
+HOUR: Final = 3_600.0
+
+
+@dataclass(frozen=True)
+class SimEvent:
+    """One generated event; ``scenario`` is None for benign traffic."""
+
+    ts: float
+    kind: str  # inference | audit | access
+    key: str
+    body: dict[str, Any]
+    scenario: str | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    entity_type: str
+    entity_id: str
+    kinds: tuple[str, ...]  # finding kinds that count as detecting it
+    start_offset_s: float   # from the start of the attack day
+
+
+#: Attack day = the last simulated day; offsets from its midnight (UTC).
+SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario("exfiltration", "contractor bulk-downloads 40 datasets at 03:00",
+             "principal", "contractor-7", ("exfiltration",), 3 * HOUR),
+    Scenario("impossible_travel", "dana logs in from Berlin, then Sao Paulo 30 min later",
+             "principal", "dana.r", ("suspicious_access",), 8 * HOUR),
+    Scenario("query_flood", "a regular API caller sends 2,500 queries in 3 minutes",
+             "principal", "app-scraper", ("denial_of_service",), 10 * HOUR),
+    Scenario("model_extraction", "a partner sweeps the input space with synthetic queries",
+             "principal", "partner-acme", ("model_extraction",), 11 * HOUR),
+    Scenario("adversarial_probing", "boundary-search queries: near-duplicates, low margin",
+             "principal", "eve-research", ("adversarial_probing",), 12 * HOUR),
+    Scenario("brute_force", "30 failed logins for admin-ops from one IP, then success",
+             "principal", "admin-ops", ("suspicious_access",), 13 * HOUR),
+    Scenario("input_drift", "churn model inputs shift from 14:00; confidence collapses",
+             "model", "churn", ("drift", "confidence_drop", "performance_drop",
+                                "input_integrity"), 14 * HOUR),
+    Scenario("self_grant", "svc-etl grants itself the admin role",
+             "principal", "svc-etl", ("suspicious_access",), 15 * HOUR),
+    Scenario("training_write", "an intern writes 200k rows into the training set",
+             "principal", "intern-3", ("data_poisoning",), 16 * HOUR),
+    Scenario("model_tampering", "a developer overwrites a registered model outside a pipeline",
+             "principal", "dev-x", ("model_tampering", "data_poisoning"), 17 * HOUR),
+)
+
+_PLACES: Final = {
+    "DE": ("Berlin", 52.52, 13.40, 1.0, "198.18.1"),
+    "US": ("New York", 40.71, -74.01, -5.0, "198.18.2"),
+    "IN": ("Bengaluru", 12.97, 77.59, 5.5, "198.18.3"),
+    "FR": ("Paris", 48.86, 2.35, 1.0, "198.18.4"),
+    "BR": ("Sao Paulo", -23.55, -46.63, -3.0, "198.18.5"),
+}
+
+_MODELS: Final = {
+    # model id -> (number of features, weights of the scoring function)
+    "fraud-scorer": (8, (1.6, -1.1, 0.8, 0.0, 0.5, -0.4, 0.0, 0.3)),
+    "churn": (6, (1.2, 0.9, -0.7, 0.4, 0.0, -0.3)),
+}
+
+_DATASETS: Final = [f"dataset:{name}" for name in (
+    "train-2026", "eval-2026", "customers-eu", "customers-us", "transactions-q3",
+    "transactions-q4", "support-tickets", "clickstream", "features-v7", "labels-v7",
+)] + [f"dataset:archive-{i:02d}" for i in range(40)]
+
+
+@dataclass
+class _Person:
+    name: str
+    country: str
+    read_bytes: float
+    datasets: list[str] = field(default_factory=list)
+    mistypes: bool = False
+
+
+def _score(model: str, x: list[float]) -> tuple[int, list[float]]:
+    weights = _MODELS[model][1]
+    z = sum(w * v for w, v in zip(weights, x, strict=False))
+    p1 = 1.0 / (1.0 + math.exp(-z))
+    return int(p1 >= 0.5), [round(1 - p1, 4), round(p1, 4)]
+
+
+class _Builder:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.events: list[SimEvent] = []
+        self.n = 0
+
+    def inference(self, ts: float, who: str, model: str, x: list[float],
+                  scenario: str | None = None, label: bool = False) -> None:
+        self.n += 1
+        pred, probs = _score(model, x)
+        body: dict[str, Any] = {
+            "event_type": "inference", "ts": round(ts, 3), "model_id": model,
+            "model_version": "3", "request_id": f"req-{self.n:08d}", "principal": who,
+            "features": [round(v, 4) for v in x], "prediction": pred, "probabilities": probs,
+            "latency_ms": round(self.rng.uniform(2, 25), 1),
+        }
+        if label:
+            body["label"] = pred if self.rng.random() < 0.92 else 1 - pred
+        self.events.append(SimEvent(ts, "inference", who, body, scenario))
+
+    def audit(self, ts: float, actor: str, action: str, resource: str, outcome: str = "success",
+              scenario: str | None = None, **extra: Any) -> None:
+        body = {"event_type": "audit", "ts": round(ts, 3), "actor": actor, "action": action,
+                "resource": resource, "outcome": outcome, **extra}
+        self.events.append(SimEvent(ts, "audit", actor, body, scenario))
+
+    def access(self, ts: float, who: str, country: str, outcome: str = "success",
+               action: str = "login", scenario: str | None = None, ip: str | None = None,
+               method: str = "sso") -> None:
+        city, lat, lon, _, prefix = _PLACES[country]
+        body = {"event_type": "access", "ts": round(ts, 3), "principal": who, "action": action,
+                "outcome": outcome, "auth_method": method,
+                "source_ip": ip or f"{prefix}.{(sum(map(ord, who)) % 200) + 10}",
+                "geo": {"country": country, "city": city, "lat": lat, "lon": lon}}
+        self.events.append(SimEvent(ts, "access", who, body, scenario))
+
+    def benign_x(self, model: str, shift: float = 0.0) -> list[float]:
+        dims = _MODELS[model][0]
+        return [self.rng.gauss(shift if i < 3 else 0.0, 1.0) for i in range(dims)]
+
+
+def _people(rng: random.Random, count: int) -> list[_Person]:
+    names = ["dana.r", "contractor-7", "intern-3", "dev-x", "admin-ops"] + [
+        f"user-{i:02d}" for i in range(count)]
+    countries = list(_PLACES)
+    people = []
+    for i, name in enumerate(names):
+        country = "DE" if name == "dana.r" else countries[i % len(countries)]
+        person = _Person(name, country, read_bytes=rng.lognormvariate(16, 0.6),
+                         datasets=rng.sample(_DATASETS[:10], 3), mistypes=(i % 9 == 4))
+        people.append(person)
+    return people
+
+
+def _benign_people(b: _Builder, people: list[_Person], days: int) -> None:
+    rng = b.rng
+    for person in people:
+        _, _, _, tz, _ = _PLACES[person.country]
+        for day in range(days):
+            weekday = (day % 7) < 5
+            if not weekday and rng.random() < 0.85:
+                continue
+            start = T0 + day * DAY + (9.0 - tz) * HOUR + rng.gauss(0, 0.6) * HOUR
+            if person.mistypes and rng.random() < 0.3:
+                for k in range(rng.randint(1, 2)):
+                    b.access(start - 60 + k * 15, person.name, person.country, "failure",
+                             method="password")
+            b.access(start, person.name, person.country)
+            for _ in range(rng.randint(2, 8)):
+                t = start + rng.uniform(0.2, 8.5) * HOUR
+                size = int(person.read_bytes * rng.lognormvariate(0, 0.5))
+                b.audit(t, person.name, "dataset.read", rng.choice(person.datasets),
+                        bytes=size, records=max(1, size // 400), resource_type="dataset",
+                        source_ip=f"{_PLACES[person.country][4]}.20")
+
+
+def _benign_services(b: _Builder, days: int) -> None:
+    rng = b.rng
+    for day in range(days):
+        base = T0 + day * DAY
+        for hour in range(1, 24, 3):  # the ETL appends a micro-batch every three hours
+            b.audit(base + hour * HOUR + rng.uniform(0, 300), "svc-etl", "dataset.write",
+                    "dataset:train-2026", bytes=int(2.5e7 * rng.uniform(0.9, 1.1)),
+                    records=int(6e3 * rng.uniform(0.9, 1.1)), resource_type="dataset")
+        run = f"run-{day:03d}"
+        t = base + 2 * HOUR + rng.uniform(0, 120)
+        b.audit(t, "svc-train", "pipeline.run", "pipeline:fraud-nightly", run_id=run)
+        b.audit(t + 300, "svc-train", "dataset.read", "dataset:train-2026",
+                bytes=int(2e8 * (day + 1)), records=int(5e4 * (day + 1)))
+        b.audit(t + 1800, "svc-train", "model.register", f"model:fraud-scorer:{day + 3}",
+                run_id=run)
+        for hour in range(24):
+            b.access(base + hour * HOUR + rng.uniform(0, 60), "svc-monitor", "DE",
+                     action="token.use", method="token")
+
+
+def _benign_inference(b: _Builder, days: int, callers: int, total: int,
+                      drift_from: float | None) -> None:
+    rng = b.rng
+    names = ["app-scraper"] + [f"app-{i:02d}" for i in range(callers)]
+    end = T0 + days * DAY
+    weights = [0.2 + rng.random() for _ in names]
+    # Expected events per caller = rate x (13 day hours + 0.3 x 11 night hours) x days.
+    minutes = days * (13 + 0.3 * 11) * 60
+    for i, who in enumerate(names):
+        model = "fraud-scorer" if i % 3 else "churn"
+        per_min = total * weights[i] / sum(weights) / minutes
+        t = T0 + rng.uniform(0, 600)
+        while t < end:
+            hour = ((t - T0) % DAY) / HOUR
+            # Business traffic dips at night: 30% of the daytime rate.
+            rate = per_min * (1.0 if 7 <= hour < 20 else 0.3)
+            t += rng.expovariate(rate / 60.0)
+            if t >= end:
+                break
+            shift = 2.0 if (model == "churn" and drift_from is not None and t >= drift_from) \
+                else 0.0
+            b.inference(t, who, model, b.benign_x(model, shift), label=rng.random() < 0.1)
+
+
+def _attacks(b: _Builder, day0: float) -> None:
+    rng = b.rng
+    at = {s.name: day0 + s.start_offset_s for s in SCENARIOS}
+    # Exfiltration: 40 datasets, ~2 GB each, in the middle of the night.
+    for i, dataset in enumerate(_DATASETS[10:50]):
+        size = int(2e9 * rng.uniform(0.8, 1.2))
+        b.audit(at["exfiltration"] + i * 45, "contractor-7", "dataset.read", dataset,
+                bytes=size, records=size // 400, resource_type="dataset",
+                source_ip="198.18.3.20", scenario="exfiltration")
+    # Impossible travel: Berlin, then Sao Paulo half an hour later.
+    b.access(at["impossible_travel"], "dana.r", "DE", scenario="impossible_travel")
+    b.access(at["impossible_travel"] + 1800, "dana.r", "BR", scenario="impossible_travel",
+             ip="203.0.113.50")
+    # Query flood from a caller that usually sends about one query a minute.
+    for i in range(2500):
+        b.inference(at["query_flood"] + i * 0.072, "app-scraper", "fraud-scorer",
+                    b.benign_x("fraud-scorer"), scenario="query_flood")
+    # Extraction: uniform synthetic queries over the whole input box.
+    for i in range(1200):
+        x = [rng.uniform(-4, 4) for _ in range(8)]
+        b.inference(at["model_extraction"] + i * 2.0, "partner-acme", "fraud-scorer", x,
+                    scenario="model_extraction")
+    # Adversarial probing: a boundary search, then small steps along the boundary.
+    x0 = b.benign_x("fraud-scorer")
+    target = [-v for v in x0]
+    t = at["adversarial_probing"]
+    for step in range(40):
+        lo, hi = 0.0, 1.0
+        for _ in range(12):  # binary search for the boundary on the segment
+            mid = (lo + hi) / 2
+            x = [a + mid * (c - a) for a, c in zip(x0, target, strict=True)]
+            b.inference(t, "eve-research", "fraud-scorer", x, scenario="adversarial_probing")
+            t += 1.5
+            same = _score("fraud-scorer", x)[0] == _score("fraud-scorer", x0)[0]
+            lo, hi = (mid, hi) if same else (lo, mid)
+        x0 = [a + lo * (c - a) + rng.gauss(0, 0.05) for a, c in zip(x0, target, strict=True)]
+        target = [v + rng.gauss(0, 0.3) for v in target]
+    # Brute force, then success.
+    for i in range(30):
+        b.access(at["brute_force"] + i * 8, "admin-ops", "US", "failure", method="password",
+                 ip="198.51.100.77", scenario="brute_force")
+    b.access(at["brute_force"] + 250, "admin-ops", "US", method="password",
+             ip="198.51.100.77", scenario="brute_force")
+    # Self-granted admin role.
+    b.audit(at["self_grant"], "svc-etl", "role.assign", "role:admin:svc-etl",
+            resource_type="role", scenario="self_grant")
+    # An intern writes 200k rows into the training set.
+    b.audit(at["training_write"], "intern-3", "dataset.write", "dataset:train-2026",
+            bytes=int(8e8), records=200_000, resource_type="dataset", scenario="training_write")
+    # A developer overwrites a registered model version outside any pipeline run.
+    b.audit(at["model_tampering"], "dev-x", "model.update", "model:fraud-scorer:3",
+            resource_type="model", scenario="model_tampering")
+
+
+def generate(seed: int = 7, days: int = 8, people: int = 40, callers: int = 12,
+             inference_events: int = 40_000, attacks: bool = True) -> list[SimEvent]:
+    """All events of the simulation in time order (attacks on the last day).
+
+    ``days`` starts on a Monday; ``inference_events`` is the expected number of
+    benign inference events, spread over ``callers`` API principals.
+    """
+    b = _Builder(seed)
+    attack_day = T0 + (days - 1) * DAY
+    drift_from = attack_day + 14 * HOUR if attacks else None
+    _benign_people(b, _people(b.rng, people), days)
+    _benign_services(b, days)
+    _benign_inference(b, days, callers, inference_events, drift_from)
+    if attacks:
+        _attacks(b, attack_day)
+    b.events.sort(key=lambda e: e.ts)
+    return b.events
+
+
+def bad_messages() -> Iterator[tuple[str, bytes | None, bytes]]:
+    """(kind, key, value) of malformed messages, one of each kind of fault."""
+    yield "inference", b"app-01", b"{not json"
+    yield "inference", b"app-01", b"[1, 2, 3]"
+    yield "audit", b"svc-etl", b'{"ts": 1793577600, "action": "dataset.read"}'
+    yield "access", b"dana.r", b'{"ts": "yesterday", "principal": "dana.r", ' \
+        b'"action": "login", "outcome": "success"}'
+    yield "inference", b"app-02", b'{"ts": 1793577600, "model_id": "churn", "request_id": ' \
+        b'"x", "principal": "app-02", "features": "oops", "prediction": 1}'
