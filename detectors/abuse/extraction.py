@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Any, ClassVar, Final
 
@@ -31,6 +30,7 @@ __all__ = [
     "CoverageExtractionDetector",
     "PradaExtractionDetector",
     "distinct_estimate",
+    "kmv_update",
     "shapiro_w",
 ]
 
@@ -127,12 +127,12 @@ class PradaExtractionDetector(BatchedQueryDetector):
         min_distances: int = 100,
         max_distances: int = 1000,
         test_every: int = 32,
-        max_growing: int = 256,
+        max_growing: int = 128,
         batch_size: int = 32,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
         max_dims: int = 32,
-        max_principals: int = 20_000,
+        max_principals: int = 10_000,
         seed: int = 0,
     ) -> None:
         if not 0 < delta < 1 or min_distances < 20 or max_distances < min_distances:
@@ -261,9 +261,6 @@ class PradaExtractionDetector(BatchedQueryDetector):
         st.growing += 1
 
 
-_MASK64: Final = (1 << 64) - 1
-
-
 def _mix64(values: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: well-spread uint64 hashes of uint64 values."""
     z = values.astype(np.uint64)
@@ -274,32 +271,41 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return z
 
 
-def distinct_estimate(kmv: list[int], k: int) -> float:
-    """Distinct count from a K-minimum-values sketch (negated max-heap of 64-bit hashes).
+def distinct_estimate(kmv: np.ndarray, k: int) -> float:
+    """Distinct count from a K-minimum-values sketch (sorted unique uint64 hashes).
 
     Exact below ``k`` values; (k - 1) / (k-th smallest hash / 2**64) above.
 
-    >>> distinct_estimate([-5, -3], 4)
+    >>> distinct_estimate(np.array([3, 5], dtype=np.uint64), 4)
     2.0
+    >>> round(distinct_estimate(np.array([1, 2, 2**62], dtype=np.uint64), 3))
+    8
     """
     if len(kmv) < k:
         return float(len(kmv))
-    return (k - 1) / ((-kmv[0] + 1) / 2.0**64)
+    return (k - 1) / ((float(kmv[k - 1]) + 1.0) / 2.0**64)
+
+
+def kmv_update(kmv: np.ndarray, hashes: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` smallest distinct values of ``kmv`` and ``hashes`` (sorted)."""
+    return np.unique(np.concatenate([kmv, hashes]))[:k]
+
+
+_EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)
 
 
 class _CoverageState(QueryState):
-    __slots__ = ("kmv", "kmv_set")
+    __slots__ = ("kmv",)
 
     def __init__(self) -> None:
         super().__init__()
-        self.kmv: list[int] = []  # max-heap (negated) of the k smallest cell hashes
-        self.kmv_set: set[int] = set()
+        self.kmv = _EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
 
 
 class _Peers:
     """Latest coverage of the model's principals and their robust summary."""
 
-    __slots__ = ("cells", "kmv", "kmv_set", "limit", "median", "p90", "updates", "values")
+    __slots__ = ("kmv", "limit", "median", "p90", "updates", "values")
 
     def __init__(self, capacity: int) -> None:
         self.values: EntityTable[list[float]] = EntityTable(capacity)
@@ -307,21 +313,7 @@ class _Peers:
         self.median = math.nan
         self.p90 = math.nan
         self.limit = math.inf
-        self.kmv: list[int] = []  # all principals together: the model's explored space
-        self.kmv_set: set[int] = set()
-        self.cells = 0.0
-
-
-def _kmv_add(heap: list[int], members: set[int], hashes: list[int], k: int) -> None:
-    for h in hashes:
-        if h in members:
-            continue
-        if len(heap) < k:
-            heapq.heappush(heap, -h)
-            members.add(h)
-        elif h < -heap[0]:
-            members.discard(-heapq.heapreplace(heap, -h))
-            members.add(h)
+        self.kmv = _EMPTY_SKETCH  # all principals together: the model's explored space
 
 
 class CoverageExtractionDetector(BatchedQueryDetector):
@@ -332,7 +324,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     multiples of ``bin_width`` model spreads). Distinct cells per
     (principal, model) are counted with a K-minimum-values sketch of ``sketch_k``
     hashes (exact up to ``sketch_k``, about 1/sqrt(k) relative error above):
-    bounded memory whatever the volume. Every ``peer_refresh`` batch updates the
+    8 bytes per hash, whatever the volume. Every ``peer_refresh`` batches, the
     model's peer summary is recomputed from the latest coverage of up to
     ``max_peers`` principals. A principal is reported when its coverage exceeds
     ``min_cells`` and ``peer_ratio`` times the peers' 90th percentile (needs
@@ -403,13 +395,13 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     def new_state(self) -> QueryState:
         return _CoverageState()
 
-    def cells(self, space: ModelSpace, rows: list[Any]) -> list[int]:
+    def cells(self, space: ModelSpace, rows: list[Any]) -> np.ndarray:
         """Hashed grid cells of ``rows`` (one 64-bit int per row)."""
         z = space.embed(rows)[:, : self.grid_dims] / (self.bin_width * space.spread)
         half = self.grid_levels // 2
         bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
         ids = (bins * self.place[: bins.shape[1]]).sum(axis=1)
-        return _mix64(ids).tolist()  # type: ignore[no-any-return]
+        return _mix64(ids)
 
     def judge(
         self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
@@ -417,9 +409,9 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         assert isinstance(st, _CoverageState)
         hashes = self.cells(space, st.rows)
         k = self.sketch_k
-        _kmv_add(st.kmv, st.kmv_set, hashes, k)
+        st.kmv = kmv_update(st.kmv, hashes, k)
         peers = self.peers.touch(event.model_id, lambda: _Peers(self.max_peers))
-        _kmv_add(peers.kmv, peers.kmv_set, hashes, 4 * k)
+        peers.kmv = kmv_update(peers.kmv, hashes, 4 * k)
         st.examined += len(hashes)
         covered = distinct_estimate(st.kmv, k)
         peers.values.touch(event.principal, list)[:] = [covered]

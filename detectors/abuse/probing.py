@@ -122,7 +122,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     def __init__(
         self,
         k: int = 20,
-        buffer_size: int = 256,
+        buffer_size: int = 128,
         distance_ratio: float = 0.1,
         window: int = 50,
         min_flagged: int = 20,
@@ -130,7 +130,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
         max_dims: int = 32,
-        max_principals: int = 50_000,
+        max_principals: int = 20_000,
         seed: int = 0,
     ) -> None:
         if not 1 <= k < buffer_size or not 1 <= min_flagged <= window:
@@ -324,7 +324,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         match_fraction: float = 0.5,
         window: int = 50,
         min_flagged: int = 12,
-        max_index: int = 1_000_000,
+        max_index: int = 200_000,
         batch_size: int = 16,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
