@@ -319,8 +319,8 @@ class _Peers:
 class CoverageExtractionDetector(BatchedQueryDetector):
     """A principal exploring far more of the model's input space than its peers.
 
-    Each query falls in a cell of a grid over ``grid_dims`` random projections
-    of the standardised input (``grid_levels`` bins per projection, bin edges at
+    Each query falls in a cell of a grid over ``grid_dims`` random orthonormal
+    axes of the standardised input (``grid_levels`` bins per projection, bin edges at
     multiples of ``bin_width`` model spreads). Distinct cells per
     (principal, model) are counted with a K-minimum-values sketch of ``sketch_k``
     hashes (exact up to ``sketch_k``, about 1/sqrt(k) relative error above):
@@ -391,13 +391,25 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         )
         self.peers: EntityTable[_Peers] = EntityTable(1024)
         self.place = (grid_levels ** np.arange(grid_dims)).astype(np.uint64)
+        self.rotations: dict[tuple[int, int], np.ndarray] = {}
 
     def new_state(self) -> QueryState:
         return _CoverageState()
 
     def cells(self, space: ModelSpace, rows: list[Any]) -> np.ndarray:
         """Hashed grid cells of ``rows`` (one 64-bit int per row)."""
-        z = space.embed(rows)[:, : self.grid_dims] / (self.bin_width * space.spread)
+        e = space.embed(rows)
+        key = (e.shape[1], space.seed)
+        rotation = self.rotations.get(key)
+        if rotation is None:
+            # A seeded random orthonormal map to grid_dims axes: every input
+            # feature counts, and each axis keeps the embedding's scale.
+            g = np.random.default_rng(space.seed).normal(size=(e.shape[1], e.shape[1]))
+            rotation = np.linalg.qr(g)[0][:, : self.grid_dims].astype(np.float32)
+            if len(self.rotations) >= 1024:
+                self.rotations.clear()
+            self.rotations[key] = rotation
+        z = (e @ rotation) / (self.bin_width * space.spread)
         half = self.grid_levels // 2
         bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
         ids = (bins * self.place[: bins.shape[1]]).sum(axis=1)
