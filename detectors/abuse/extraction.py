@@ -288,6 +288,10 @@ def distinct_estimate(kmv: np.ndarray, k: int) -> float:
 
 def kmv_update(kmv: np.ndarray, hashes: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` smallest distinct values of ``kmv`` and ``hashes`` (sorted)."""
+    if len(kmv) >= k:  # full: most batches bring nothing below the k-th value
+        hashes = hashes[hashes < kmv[k - 1]]
+        if not len(hashes):
+            return kmv
     return np.unique(np.concatenate([kmv, hashes]))[:k]
 
 

@@ -97,8 +97,8 @@ def test_art_attack_found_within_stated_queries(findings, name, attacker, within
     )
 
 
-def test_knockoff_thief_found_by_coverage_within_600_queries(findings):
-    assert first_alarm(findings["extraction.coverage"], "thief-knockoff") <= 600
+def test_knockoff_thief_found_by_coverage_within_640_queries(findings):
+    assert first_alarm(findings["extraction.coverage"], "thief-knockoff") <= 640
 
 
 def test_fast_knockoff_thief_found_by_peer_rate_within_64_queries(findings):
