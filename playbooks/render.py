@@ -42,7 +42,12 @@ __all__ = [
     "SlackMessage",
     "escape_mrkdwn",
     "evidence_highlights",
+    "outside_view",
+    "render_alert",
+    "render_approval",
+    "render_decision",
     "render_finding",
+    "render_notice",
 ]
 
 # Slack's own limits are 150 (header), 3000 (section) and 2000 (field); ours
@@ -345,3 +350,215 @@ def render_finding(
         context += f" \u00b7 source {_code(f'{src.topic}/{src.partition}@{src.offset}', 80)}"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
     return SlackMessage(text=text, blocks=blocks)
+
+
+# -- playbook messages ---------------------------------------------------------
+#
+# The response engine adds to the finding message: the route's ATLAS
+# mitigations, a link-out button, an Acknowledge button, repeat counts, and
+# short notices (repeats, resolved, escalated, approvals) posted in the
+# alert's thread. Everything event-derived goes through the same escaping and
+# masking as above.
+
+_MITIGATION_ID: Final = re.compile(r"AML\.M\d{4}")
+_URL_MAX: Final = 2000
+
+
+def outside_view(
+    finding: Finding, pseudonymizer: Pseudonymizer | None = None
+) -> dict[str, Any]:
+    """Template variables of ``finding`` for destinations outside the security team.
+
+    Principals and IPs are pseudonyms (when a pseudonymizer is given), the
+    summary is masked the same way, and ``evidence`` keeps statistics only:
+    top-level numbers and name -> number maps under non-raw keys, capped.
+
+    >>> from detectors.findings import Entity, Finding, Source
+    >>> f = Finding.build(detector="d", kind="drift", severity="low",
+    ...     entity=Entity("model", "m"), model_id="m", summary="s",
+    ...     evidence={"psi": 0.3, "features": [1, 2], "payload": "x", "top": {"a": 1}},
+    ...     atlas=[], event_ts=0.0, sources=[Source("t", 0, 1)])
+    >>> outside_view(f)["evidence"]
+    {'psi': 0.3, 'top': {'a': 1}}
+    """
+    masker = _Masker(pseudonymizer)
+    entity = finding.entity
+    entity_id = masker.ident(entity.id, identity=entity.type in ("principal", "ip"))
+    evidence: dict[str, Any] = {}
+    for key, value in finding.evidence.items():
+        if len(evidence) >= _EVIDENCE_MAX:
+            break
+        key = str(key)
+        if _is_raw_key(key) or _is_identity_key(key):
+            continue
+        if _is_number(value) and not isinstance(value, bool):
+            evidence[_cap(key, _KEY_MAX)] = value
+        elif isinstance(value, Mapping):
+            numeric = {
+                _cap(masker.ident(str(k), identity=False), _KEY_MAX): v
+                for k, v in list(value.items())[:_LIST_MAX]
+                if _is_number(v) and not isinstance(v, bool)
+                and (len(str(k)) <= _STRING_MAX)
+            }
+            if numeric:
+                evidence[_cap(key, _KEY_MAX)] = numeric
+    # Identity-keyed evidence teaches the masker the ids to hide in the summary.
+    _highlights(finding.evidence, masker)
+    return {
+        "finding_id": finding.finding_id,
+        "ts": finding.ts,
+        "detector": finding.detector,
+        "kind": finding.kind,
+        "severity": finding.severity,
+        "summary": _cap(masker.text(finding.summary), _SUMMARY_MAX),
+        "entity.type": entity.type,
+        "entity.id": entity_id,
+        "model_id": finding.model_id or "",
+        "atlas": [a for a in finding.atlas if _ATLAS_ID.fullmatch(a)],
+        "evidence": evidence,
+    }
+
+
+def _button(text: str, action_id: str, value: str, style: str | None = None,
+            confirm: dict[str, Any] | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": text, "emoji": True},
+        "action_id": action_id,
+        "value": value,
+    }
+    if style:
+        button["style"] = style
+    if confirm:
+        button["confirm"] = confirm
+    return button
+
+
+def _mitigations(ids: Sequence[str]) -> str:
+    shown = [
+        f"<https://atlas.mitre.org/mitigations/{m}|{m}>"
+        for m in ids[:_LIST_MAX]
+        if _MITIGATION_ID.fullmatch(m)
+    ]
+    return ", ".join(shown)
+
+
+def render_alert(
+    finding: Finding,
+    pseudonymizer: Pseudonymizer | None = None,
+    *,
+    route: str,
+    mitigations: Sequence[str] = (),
+    link: str | None = None,
+    link_text: str = "Open",
+    ack_value: str | None = None,
+    repeats: int = 0,
+) -> SlackMessage:
+    """The finding message plus the route's additions (all optional).
+
+    ``link`` must already be a rendered URL (its values percent-encoded); only
+    ``http(s)`` links are shown. ``ack_value`` adds an Acknowledge button.
+    """
+    message = render_finding(finding, pseudonymizer)
+    blocks = list(message.blocks)
+    context = blocks.pop()  # keep the context line last
+    extra = []
+    shown = _mitigations(mitigations)
+    if shown:
+        extra.append(f"*Mitigations*: {shown}")
+    if repeats > 0:
+        extra.append(f"_{repeats} similar finding{'s' if repeats != 1 else ''} before this one_")
+    extra.append(f"Route {_code(route, 60)}")
+    blocks.append(_mrkdwn_section("\n".join(extra)))
+    elements = []
+    if link and link.startswith(("https://", "http://")) and len(link) <= _URL_MAX \
+            and not any(c in link for c in "<>|\n "):
+        elements.append({"type": "button", "text": {"type": "plain_text", "text":
+                         _cap(_plain_label(link_text), 30)}, "url": link,
+                         "action_id": "mlwatchd_link"})
+    if ack_value:
+        elements.append(_button("Acknowledge", "mlwatchd_ack", ack_value))
+    if elements:
+        blocks.append({"type": "actions", "elements": elements})
+    blocks.append(context)
+    return SlackMessage(text=message.text, blocks=blocks)
+
+
+def _plain_label(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip() or "Open"
+
+
+def render_notice(
+    finding: Finding,
+    pseudonymizer: Pseudonymizer | None,
+    *,
+    headline: str,
+    detail: str = "",
+) -> SlackMessage:
+    """A short follow-up (repeats, resolved, escalated, acknowledged) about ``finding``.
+
+    ``headline`` and ``detail`` are the engine's own words (numbers, durations,
+    route names); they are escaped all the same.
+    """
+    masker = _Masker(pseudonymizer)
+    entity = finding.entity
+    entity_id = masker.ident(entity.id, identity=entity.type in ("principal", "ip"))
+    kind = _plain(finding.kind)
+    head = escape_mrkdwn(headline, _TEXT_MAX)
+    text = f"{head}: {kind} on {_plain(entity.type)} {_code(entity_id)}"
+    lines = [f"*{head}*: {kind} on {_plain(entity.type)} {_code(entity_id)}"]
+    if detail:
+        lines.append(escape_mrkdwn(detail, _TEXT_MAX))
+    lines.append(f"finding {_code(finding.finding_id, 40)}")
+    return SlackMessage(text=text, blocks=[_mrkdwn_section("\n".join(lines))])
+
+
+def render_approval(
+    finding: Finding,
+    pseudonymizer: Pseudonymizer | None,
+    *,
+    route: str,
+    action: str,
+    action_type: str,
+    what: str,
+    approval_id: str | None,
+    expires: str,
+    mitigations: Sequence[str] = (),
+) -> SlackMessage:
+    """The finding plus "approve running ``action``?" with Approve / Deny buttons.
+
+    Without ``approval_id`` (interactivity off) the message says so instead of
+    showing buttons that nothing would answer.
+    """
+    base = render_alert(finding, pseudonymizer, route=route, mitigations=mitigations)
+    blocks = list(base.blocks)
+    context = blocks.pop()
+    ask = (f":raised_hand: *Approval needed* to run {_code(action, 60)} "
+           f"({_plain(action_type)}): {escape_mrkdwn(what, _TEXT_MAX)}\n"
+           f"_Cancelled if nobody decides by {escape_mrkdwn(expires, 40)}._")
+    blocks.append(_mrkdwn_section(ask))
+    if approval_id:
+        confirm = {
+            "title": {"type": "plain_text", "text": "Run this action?"},
+            "text": {"type": "plain_text", "text": _cap(f"{action}: {what}", 300)},
+            "confirm": {"type": "plain_text", "text": "Run it"},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        }
+        blocks.append({"type": "actions", "block_id": "mlwatchd_approval", "elements": [
+            _button("Approve", "mlwatchd_approve", approval_id, "primary", confirm),
+            _button("Deny", "mlwatchd_deny", approval_id, "danger"),
+        ]})
+    else:
+        blocks.append(_mrkdwn_section("_Slack interactivity is off: this request can only "
+                                      "expire. Enable it to approve from here._"))
+    blocks.append(context)
+    return SlackMessage(text=f"Approval needed: {base.text}", blocks=blocks)
+
+
+def render_decision(original: SlackMessage, verdict: str, user: str | None) -> SlackMessage:
+    """An approval message after the decision: buttons replaced by who decided what."""
+    blocks = [b for b in original.blocks if b.get("block_id") != "mlwatchd_approval"]
+    who = f" by <@{user}>" if user and re.fullmatch(r"[UW][A-Z0-9]{2,20}", user) else ""
+    note = _mrkdwn_section(f":white_check_mark: *{escape_mrkdwn(verdict, 40)}*{who}")
+    blocks.insert(max(0, len(blocks) - 1), note)
+    return SlackMessage(text=f"{verdict}: {original.text}", blocks=blocks)

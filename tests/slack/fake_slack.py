@@ -19,7 +19,15 @@ What it answers, unless scripted otherwise:
   a JSON string in a form): ``{"ok": true, "channel", "ts", "message"}`` with a
   fresh ``ts``; like Slack, HTTP 200 ``{"ok": false, "error": ...}`` for
   ``not_authed`` (no bearer token), ``invalid_auth`` (wrong token),
-  ``channel_not_found`` (no channel) and ``no_text``.
+  ``channel_not_found`` (no channel) and ``no_text``. ``thread_ts`` is kept in
+  the recorded body, and must name an earlier message (else ``thread_not_found``).
+* ``POST {api_base_url}chat.update`` (``channel``, ``ts`` of an earlier
+  message): ``{"ok": true, "channel", "ts"}``; ``message_not_found`` otherwise.
+
+Interactivity: :meth:`FakeSlack.interaction` builds what Slack sends to an
+app's interactivity URL when someone clicks one of a posted message's buttons
+(a form body ``payload=<block_actions JSON>`` and real v0 signature headers);
+:meth:`FakeSlack.click` also POSTs it to a URL.
 
 Scripted replies (:meth:`FakeSlack.script`) answer the next requests in
 order, one each, before the normal behaviour resumes. Every request is
@@ -31,20 +39,24 @@ time and the status it got; accepted messages are also in
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Literal, TypeAlias
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 __all__ = ["WEBHOOK_ERROR_STATUS", "Endpoint", "FakeSlack", "Reply", "SlackRequest"]
 
-Endpoint: TypeAlias = Literal["webhook", "chat.postMessage", "unknown"]
+Endpoint: TypeAlias = Literal["webhook", "chat.postMessage", "chat.update", "unknown"]
 
 #: Incoming-webhook error codes and the HTTP status Slack sends them with.
 WEBHOOK_ERROR_STATUS: Final[Mapping[str, int]] = {
@@ -140,6 +152,7 @@ class FakeSlack:
         self._requests: list[SlackRequest] = []
         self._scripted: deque[Reply] = deque()
         self._ts = 0
+        self._posted: set[str] = set()  # ts of accepted chat.postMessage messages
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -239,7 +252,76 @@ class FakeSlack:
     def _fresh_ts(self) -> str:
         with self._lock:
             self._ts += 1
-            return f"{int(time.time())}.{self._ts:06d}"
+            ts = f"{int(time.time())}.{self._ts:06d}"
+            self._posted.add(ts)
+            return ts
+
+    def _known_ts(self, ts: str) -> bool:
+        with self._lock:
+            return ts in self._posted
+
+    # -- interactivity --------------------------------------------------------
+
+    def interaction(
+        self,
+        message: SlackRequest,
+        action_id: str,
+        *,
+        signing_secret: str,
+        user_id: str = "U0APPROVER",
+        user_name: str = "alice",
+        timestamp: int | None = None,
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and body Slack sends when ``user_id`` clicks ``action_id`` in ``message``.
+
+        ``message`` is a recorded request whose blocks hold the button; its
+        ``value`` is sent back as Slack does. The signature is Slack's v0
+        scheme over ``timestamp`` (default: now) and the exact body.
+        """
+        button = _find_button(message.body.get("blocks") or [], action_id)
+        if button is None:
+            raise KeyError(f"no button {action_id!r} in that message")
+        answer: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            answer = json.loads(message.response) if message.response.startswith("{") else {}
+        channel = str(answer.get("channel") or message.body.get("channel") or "C0WEBHOOK")
+        ts = str(answer.get("ts") or "0000000000.000000")
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user_id, "username": user_name, "team_id": "T0FAKE"},
+            "api_app_id": "A0FAKE",
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel},
+            "channel": {"id": channel, "name": "ml-security"},
+            "message": {"type": "message", "ts": ts, "text": message.body.get("text", "")},
+            "response_url": self.base_url + "/actions/response",
+            "trigger_id": secrets.token_hex(8),
+            "actions": [{
+                "type": "button", "action_id": action_id, "block_id": "b",
+                "value": button.get("value", ""),
+                "text": button.get("text", {}), "action_ts": f"{time.time():.6f}",
+            }],
+        }
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        stamp = int(time.time()) if timestamp is None else timestamp
+        base = b"v0:" + str(stamp).encode() + b":" + body
+        signature = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": str(stamp),
+            "X-Slack-Signature": signature,
+        }
+        return headers, body
+
+    @staticmethod
+    def click(url: str, headers: Mapping[str, str], body: bytes, timeout: float = 5.0
+              ) -> tuple[int, bytes]:
+        """POST an :meth:`interaction` to an interactivity URL; returns (status, body)."""
+        request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
     def _record(self, request: SlackRequest) -> None:
         with self._lock:
@@ -258,8 +340,8 @@ class FakeSlack:
         if endpoint == "webhook":
             status, text = self._webhook_answer(path, body, raw, reply)
             return status, {"Content-Type": "text/html", **extra}, text, body, reply.delay_s
-        if endpoint == "chat.postMessage":
-            status, payload = self._api_answer(headers, body, reply)
+        if endpoint in ("chat.postMessage", "chat.update"):
+            status, payload = self._api_answer(headers, body, reply, endpoint)
         else:
             status, payload = 404, {"ok": False, "error": "unknown_method"}
         text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -283,7 +365,8 @@ class FakeSlack:
         return 200, "ok"
 
     def _api_answer(
-        self, headers: Mapping[str, str], body: Mapping[str, Any], reply: Reply
+        self, headers: Mapping[str, str], body: Mapping[str, Any], reply: Reply,
+        endpoint: Endpoint = "chat.postMessage",
     ) -> tuple[int, str | Mapping[str, Any]]:
         if not reply.is_normal():
             status = reply.status or 200
@@ -302,9 +385,26 @@ class FakeSlack:
             return 200, {"ok": False, "error": "channel_not_found"}
         if not body.get("text") and not body.get("blocks"):
             return 200, {"ok": False, "error": "no_text"}
+        if endpoint == "chat.update":
+            ts = str(body.get("ts") or "")
+            if not self._known_ts(ts):
+                return 200, {"ok": False, "error": "message_not_found"}
+            return 200, {"ok": True, "channel": str(body["channel"]), "ts": ts,
+                         "text": body.get("text", "")}
+        thread = body.get("thread_ts")
+        if thread and not self._known_ts(str(thread)):
+            return 200, {"ok": False, "error": "thread_not_found"}
         ts = self._fresh_ts()
         message = {"type": "message", "text": body.get("text", ""), "ts": ts}
         return 200, {"ok": True, "channel": str(body["channel"]), "ts": ts, "message": message}
+
+
+def _find_button(blocks: Any, action_id: str) -> dict[str, Any] | None:
+    for block in blocks if isinstance(blocks, list) else []:
+        for element in block.get("elements", []) if isinstance(block, dict) else []:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return element
+    return None
 
 
 def _parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
@@ -342,6 +442,8 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 endpoint = "webhook"
             elif path.rstrip("/") == "/api/chat.postMessage":
                 endpoint = "chat.postMessage"
+            elif path.rstrip("/") == "/api/chat.update":
+                endpoint = "chat.update"
             else:
                 endpoint = "unknown"
             status, out_headers, text, body, delay_s = fake._answer(endpoint, path, headers, raw)

@@ -1,0 +1,263 @@
+"""The durable state of the response engine: one SQLite file (WAL).
+
+What lives here, so that a restart neither loses nor repeats anything:
+
+``jobs``        the outbox: one row per action delivery (pending, running,
+                delivered, dry_run, failed, cancelled), with attempts, next
+                attempt time and the last error. ``idem_key`` is UNIQUE: it is
+                the idempotency key (finding id + route + action [+ phase]),
+                so a redelivered finding cannot enqueue the same action twice,
+                and a delivered row is never sent again. TTL reverts are jobs
+                scheduled in the future.
+``incidents``   dedup state per (route, dedup key): counts, pending repeats,
+                last notice, escalation deadline, acknowledgement.
+``action_state`` per incident and action: e.g. the Slack message ``ts`` that
+                later notices thread under.
+``seen``        (route, finding id) already handled: redeliveries are ignored.
+``approvals``   Approve / Deny requests and their decisions.
+``audit``       audit records not yet published to the audit topic.
+
+All access goes through one connection guarded by a lock; every transaction
+is short and never spans network I/O. ``synchronous=NORMAL`` in WAL mode
+survives a process crash (not a power cut) without an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["Outbox"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    idem_key TEXT NOT NULL UNIQUE,
+    route TEXT NOT NULL,
+    action TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    dest TEXT NOT NULL,
+    incident_id TEXT NOT NULL DEFAULT '',
+    finding BLOB NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    dry_run INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_error TEXT,
+    result TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, next_at);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'open',
+    opened_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    last_notice REAL NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1,
+    pending_repeats INTEGER NOT NULL DEFAULT 0,
+    max_severity TEXT NOT NULL,
+    first_finding BLOB NOT NULL,
+    escalate_at REAL,
+    escalated INTEGER NOT NULL DEFAULT 0,
+    acked_at REAL,
+    acked_by TEXT,
+    closed_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incidents_open ON incidents (route, dedup_key)
+    WHERE status = 'open';
+CREATE TABLE IF NOT EXISTS action_state (
+    incident_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (incident_id, action)
+);
+CREATE TABLE IF NOT EXISTS seen (
+    route TEXT NOT NULL,
+    finding_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (route, finding_id)
+);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL DEFAULT 'pending',
+    route TEXT NOT NULL,
+    action TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    finding BLOB NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    decided_at REAL,
+    decided_by TEXT,
+    message_channel TEXT,
+    message_ts TEXT
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    key TEXT,
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+class Outbox:
+    """The SQLite store; use :meth:`tx` for a transaction under the store's lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0,
+                                   isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)
+        self._depth = 0
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction (nested calls join the outer one)."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- jobs ----------------------------------------------------------------
+
+    def add_job(self, db: sqlite3.Connection, *, idem_key: str, route: str, action: str,
+                phase: str, dest: str, incident_id: str, finding: bytes,
+                extra: dict[str, Any], dry_run: bool, now: float,
+                next_at: float | None = None) -> bool:
+        """Insert a job; False when its idempotency key exists (already queued or done)."""
+        cur = db.execute(
+            "INSERT OR IGNORE INTO jobs (idem_key, route, action, phase, dest, incident_id, "
+            "finding, extra, dry_run, next_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (idem_key, route, action, phase, dest, incident_id, finding,
+             json.dumps(extra, separators=(",", ":")), int(dry_run),
+             now if next_at is None else next_at, now, now),
+        )
+        return cur.rowcount == 1
+
+    def claim(self, now: float, paused: set[str]) -> sqlite3.Row | None:
+        """The next due pending job (not for a paused destination), marked running."""
+        with self.tx() as db:
+            marks = ",".join("?" for _ in paused)
+            skip = f"AND dest NOT IN ({marks})" if paused else ""
+            row = db.execute(
+                f"SELECT * FROM jobs WHERE status = 'pending' AND next_at <= ? {skip} "
+                "ORDER BY next_at, id LIMIT 1", (now, *paused)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status = 'running', updated_at = ? WHERE id = ?",
+                       (now, row["id"]))
+            return row
+
+    def finish(self, db: sqlite3.Connection, job_id: int, status: str, now: float, *,
+               attempts: int, error: str | None = None,
+               result: dict[str, Any] | None = None) -> None:
+        db.execute(
+            "UPDATE jobs SET status = ?, attempts = ?, last_error = ?, result = ?, "
+            "updated_at = ? WHERE id = ?",
+            (status, attempts, error, json.dumps(result) if result is not None else None, now,
+             job_id))
+
+    def reschedule(self, job_id: int, next_at: float, now: float, *, attempts: int,
+                   error: str | None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE jobs SET status = 'pending', attempts = ?, next_at = ?, "
+                "last_error = ?, updated_at = ? WHERE id = ?",
+                (attempts, next_at, error, now, job_id))
+
+    def recover_running(self) -> int:
+        """Jobs left ``running`` by a crashed process go back to pending (at least once)."""
+        with self.tx() as db:
+            return db.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'"
+                              ).rowcount
+
+    def count(self, where: str, *args: Any) -> int:
+        with self.tx() as db:
+            return int(db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args
+                                  ).fetchone()[0])
+
+    def jobs(self, where: str = "1", *args: Any) -> list[dict[str, Any]]:
+        """Rows as dicts (tests and diagnostics)."""
+        with self.tx() as db:
+            return [dict(r) for r in db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY id",
+                                                args)]
+
+    # -- action state ----------------------------------------------------------
+
+    def state(self, db: sqlite3.Connection, incident_id: str, action: str) -> dict[str, Any]:
+        row = db.execute("SELECT state FROM action_state WHERE incident_id = ? AND action = ?",
+                         (incident_id, action)).fetchone()
+        return dict(json.loads(row["state"])) if row else {}
+
+    def set_state(self, db: sqlite3.Connection, incident_id: str, action: str,
+                  state: dict[str, Any]) -> None:
+        db.execute("INSERT OR REPLACE INTO action_state (incident_id, action, state) "
+                   "VALUES (?, ?, ?)", (incident_id, action, json.dumps(state)))
+
+    # -- audit -----------------------------------------------------------------
+
+    def add_audit(self, db: sqlite3.Connection, key: str | None, payload: bytes,
+                  now: float) -> None:
+        db.execute("INSERT INTO audit (key, payload, created_at) VALUES (?, ?, ?)",
+                   (key, payload, now))
+
+    def audit_batch(self, limit: int = 100) -> list[sqlite3.Row]:
+        with self.tx() as db:
+            return list(db.execute("SELECT * FROM audit ORDER BY id LIMIT ?", (limit,)))
+
+    def audit_done(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self.tx() as db:
+            db.executemany("DELETE FROM audit WHERE id = ?", [(i,) for i in ids])
+
+    def purge(self, before: float) -> None:
+        """Forget finished jobs, closed incidents and seen ids older than ``before``."""
+        with self.tx() as db:
+            db.execute("DELETE FROM jobs WHERE status IN ('delivered', 'dry_run', 'failed', "
+                       "'cancelled') AND updated_at < ?", (before,))
+            db.execute("DELETE FROM action_state WHERE incident_id IN (SELECT id FROM "
+                       "incidents WHERE status = 'closed' AND closed_at < ?)", (before,))
+            db.execute("DELETE FROM incidents WHERE status = 'closed' AND closed_at < ?",
+                       (before,))
+            db.execute("DELETE FROM seen WHERE at < ?", (before,))
+            db.execute("DELETE FROM approvals WHERE status != 'pending' AND decided_at < ?",
+                       (before,))
