@@ -97,6 +97,7 @@ class ConfidenceDropDetector(WindowedModelDetector):
         step: int = 250,
         ert: float = 1e8,
         min_drop: float = 0.05,
+        sample_every: int = 1,
         max_models: int = 64,
         reference_path: str | None = None,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
@@ -108,6 +109,7 @@ class ConfidenceDropDetector(WindowedModelDetector):
             window=window,
             step=step,
             ert=ert,
+            sample_every=sample_every,
             max_models=max_models,
             reference_path=reference_path,
             overrides=overrides,
@@ -131,7 +133,7 @@ class ConfidenceDropDetector(WindowedModelDetector):
         ref.margin = sum(b.data[1] for b in blocks) / n_probs if n_probs else None
         ref.entropy = sum(b.data[2] for b in blocks) / n_probs if n_probs else None
         z = normal_isf(alpha_per_evaluation(self.step, st.params["ert"]))
-        se = ref.sd * np.sqrt(1 / self.window + 1 / ref.n)
+        se = ref.sd * np.sqrt(1 / self.window_rows + 1 / ref.n)
         ref.threshold = max(st.params["min_drop"], z * float(se))
         return ref
 

@@ -64,6 +64,7 @@ class _FeatureReference:
         "cat_maps",
         "center",
         "edges",
+        "mv_cap",
         "mv_mean",
         "mv_threshold",
         "n",
@@ -77,6 +78,7 @@ class _FeatureReference:
     cat_maps: list[dict[Any, int]]
     center: np.ndarray
     edges: list[np.ndarray]
+    mv_cap: float
     mv_mean: float
     mv_threshold: float
     n: int
@@ -132,6 +134,7 @@ class FeatureDriftDetector(WindowedModelDetector):
         min_psi: float = 0.1,
         min_error_ratio: float = 1.25,
         max_features: int = 256,
+        sample_every: int = 1,
         max_models: int = 64,
         reference_path: str | None = None,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
@@ -148,6 +151,7 @@ class FeatureDriftDetector(WindowedModelDetector):
             window=window,
             step=step,
             ert=ert,
+            sample_every=sample_every,
             max_models=max_models,
             reference_path=reference_path,
             overrides=overrides,
@@ -169,6 +173,7 @@ class FeatureDriftDetector(WindowedModelDetector):
         errors = None
         if ref.basis is not None:
             errors = reconstruction_errors(self._standardise(ref, x), ref.basis)
+            np.minimum(errors, ref.mv_cap, out=errors)
         return codes, _bin_counts(codes, self.bins + 1), errors
 
     def _codes(self, ref: _FeatureReference, x: np.ndarray, cats: list[list[Any]]) -> np.ndarray:
@@ -211,7 +216,9 @@ class FeatureDriftDetector(WindowedModelDetector):
         ref.p_ref = counts / max(ref.n, 1)
         alpha = alpha_per_evaluation(self.step, st.params["ert"]) / max(len(ref.names), 1)
         rng = self.rng_for(st)
-        null = psi_null_thresholds(ref.p_ref, ref.n, self.window, alpha, rng) if ref.names else 0
+        null = (
+            psi_null_thresholds(ref.p_ref, ref.n, self.window_rows, alpha, rng) if ref.names else 0
+        )
         ref.thresholds = np.maximum(st.params["min_psi"], null)
         self._fit_multivariate(st, ref, x, rng, alpha)
         return ref
@@ -243,8 +250,13 @@ class FeatureDriftDetector(WindowedModelDetector):
         k = min(k, x.shape[1] - 1)
         ref.basis = vt[:k].T
         errors = reconstruction_errors(held_rows, ref.basis)
+        # Errors are heavy-tailed: a few odd reference rows would make the mean's
+        # null unstable. Capping at the held-out 99th percentile bounds any row's
+        # weight; a broken correlation lifts many rows and still shows.
+        ref.mv_cap = float(np.quantile(errors, 0.99))
+        np.minimum(errors, ref.mv_cap, out=errors)
         mean, sd = float(errors.mean()), float(errors.std())
-        se = sd * np.sqrt(1 / self.window + 1 / len(errors))
+        se = sd * np.sqrt(1 / self.window_rows + 1 / len(errors))
         ref.mv_mean = mean
         ref.mv_threshold = max(st.params["min_error_ratio"] * mean, mean + normal_isf(alpha) * se)
 
@@ -389,6 +401,7 @@ class PredictionDriftDetector(WindowedModelDetector):
         min_psi: float = 0.1,
         max_classes: int = 20,
         bins: int = 10,
+        sample_every: int = 1,
         max_models: int = 64,
         reference_path: str | None = None,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
@@ -402,6 +415,7 @@ class PredictionDriftDetector(WindowedModelDetector):
             window=window,
             step=step,
             ert=ert,
+            sample_every=sample_every,
             max_models=max_models,
             reference_path=reference_path,
             overrides=overrides,
@@ -449,7 +463,9 @@ class PredictionDriftDetector(WindowedModelDetector):
         counts = np.bincount(self._codes(ref, values), minlength=self._slots(ref))
         ref.p_ref = counts / max(ref.n, 1)
         alpha = alpha_per_evaluation(self.step, st.params["ert"])
-        null = psi_null_thresholds(ref.p_ref[None, :], ref.n, self.window, alpha, self.rng_for(st))
+        null = psi_null_thresholds(
+            ref.p_ref[None, :], ref.n, self.window_rows, alpha, self.rng_for(st)
+        )
         ref.threshold = max(st.params["min_psi"], float(null[0]))
         return ref
 

@@ -123,6 +123,7 @@ class PerformanceEstimateDetector(WindowedModelDetector):
         min_labels: int = 200,
         label_window: int = 500,
         label_detector: str = "ddm",
+        sample_every: int = 1,
         max_models: int = 64,
         reference_path: str | None = None,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
@@ -139,6 +140,7 @@ class PerformanceEstimateDetector(WindowedModelDetector):
             window=window,
             step=step,
             ert=ert,
+            sample_every=sample_every,
             max_models=max_models,
             reference_path=reference_path,
             overrides=overrides,
@@ -214,7 +216,7 @@ class PerformanceEstimateDetector(WindowedModelDetector):
         ref.estimate = float(expected.mean())
         ref.sd = float(expected.std())
         z = normal_isf(alpha_per_evaluation(self.step, st.params["ert"]))
-        se = ref.sd * np.sqrt(1 / self.window + 1 / ref.n)
+        se = ref.sd * np.sqrt(1 / self.window_rows + 1 / ref.n)
         ref.threshold = max(st.params["min_drop"], z * float(se))
         return ref
 

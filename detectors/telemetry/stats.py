@@ -91,13 +91,15 @@ def gamma_tail(samples: np.ndarray, alpha: float) -> np.ndarray:
     like statistics (PSI is one, asymptotically) have gamma tails, so the tail
     is extrapolated from the fitted gamma. Never below the largest sample.
     """
-    mean = samples.mean(axis=0)
-    var = samples.var(axis=0)
-    safe_var = np.where(var > 0, var, 1.0)
-    shape = np.where(var > 0, mean**2 / safe_var, 1.0)
-    scale = np.where(var > 0, safe_var / np.where(mean > 0, mean, 1.0), 0.0)
-    tail = _st.gamma.isf(alpha, shape, scale=scale)
-    return np.asarray(np.maximum(np.nan_to_num(tail, nan=0.0), samples.max(axis=0)))
+    mean = np.atleast_1d(samples.mean(axis=0))
+    var = np.atleast_1d(samples.var(axis=0))
+    top = np.atleast_1d(samples.max(axis=0)).astype(float)
+    spread = (var > 0) & (mean > 0)  # constant statistics (e.g. a constant feature) keep their max
+    if spread.any():
+        shape = mean[spread] ** 2 / var[spread]
+        scale = var[spread] / mean[spread]
+        top[spread] = np.maximum(top[spread], _st.gamma.isf(alpha, shape, scale=scale))
+    return top.reshape(np.shape(samples.max(axis=0)))
 
 
 def psi_null_thresholds(

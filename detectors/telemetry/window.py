@@ -18,7 +18,11 @@ Thresholds come from a false-alarm budget ``ert`` (expected events of one
 model between false alarms on a stationary stream): the per-evaluation
 false-positive rate is ``step / ert``. Each detector also requires a minimum
 effect size, so that huge windows of trivially different data stay quiet.
-``overrides`` maps a model_id to threshold parameters that replace the
+``sample_every`` (default 1) judges one event in k: the block work, the
+main per-event cost, falls about k-fold, windows and the reference then hold
+1/k of the events and thresholds are computed for that size; detection
+delays stay about the same in events for large effects and grow for small
+ones. ``overrides`` maps a model_id to threshold parameters that replace the
 detector's defaults for that model, e.g. in config::
 
     - name: drift.features
@@ -339,6 +343,7 @@ class WindowedModelDetector(Detector):
         window: int,
         step: int,
         ert: float,
+        sample_every: int,
         max_models: int,
         reference_path: str | None,
         overrides: Mapping[str, Mapping[str, float]] | None,
@@ -348,10 +353,15 @@ class WindowedModelDetector(Detector):
             raise ValueError("step must be >= 1 and window a multiple of step")
         if reference_size < 2 * step:
             raise ValueError("reference_size must be at least 2 * step")
+        if sample_every < 1 or sample_every > step:
+            raise ValueError("sample_every must be between 1 and step")
         if ert <= step:
             raise ValueError("ert (expected events between false alarms) must exceed step")
         self.reference_size = reference_size
         self.window = window
+        self.sample_every = sample_every
+        #: Events a full window holds after sampling: what thresholds are computed for.
+        self.window_rows = window // sample_every
         self.step = step
         self.ert = ert
         self.seed = seed
@@ -363,7 +373,8 @@ class WindowedModelDetector(Detector):
                     f"overrides[{model!r}]: unknown {sorted(unknown)}; allowed: {self.overridable}"
                 )
         self.table: EntityTable[ModelState] = EntityTable(max_models)
-        self._hot: dict[tuple[str, str | None], ModelState] = {}
+        #: model_id -> its most recently used state (any version): the hot path.
+        self._hot: dict[str, ModelState] = {}
         self._file_refs: dict[str, Any] = {}
         if reference_path is not None:
             for key, events in load_reference_file(reference_path, reference_size).items():
@@ -377,8 +388,8 @@ class WindowedModelDetector(Detector):
         if type(event) is not InferenceEvent:
             return None
         # Hot path: a plain dict lookup; the LRU table is touched once per block.
-        st = self._hot.get((event.model_id, event.model_version))
-        if st is None:
+        st = self._hot.get(event.model_id)
+        if st is None or st.version != event.model_version:
             st = self._state_of(event)
         if self.needs_confidence and event.confidence is None:
             return None
@@ -399,8 +410,8 @@ class WindowedModelDetector(Detector):
             key, lambda: self._new_state(event.model_id, event.model_version, use_file=True)
         )
         if self.table.evicted != evicted:
-            self._hot = {(s.model_id, s.version): s for _, s in self.table.items()}
-        self._hot[(event.model_id, event.model_version)] = st
+            self._hot = {s.model_id: s for _, s in self.table.items()}
+        self._hot[event.model_id] = st
         return st
 
     def _new_state(self, model_id: str, version: str | None, *, use_file: bool) -> ModelState:
@@ -428,6 +439,8 @@ class WindowedModelDetector(Detector):
         return self.fit_reference(st, blocks)
 
     def _make_block(self, st: ModelState, events: list[InferenceEvent]) -> Block:
+        if self.sample_every > 1:
+            events = events[:: self.sample_every]
         return Block(len(events), [e.principal for e in events], self.summarise(st, events))
 
     def _close_block(
@@ -498,8 +511,9 @@ class WindowedModelDetector(Detector):
         sources = [source] if window_start == source else [source, window_start]
         base = {
             "model_version": st.version,
-            "window_events": sum(b.n for b in st.blocks),
+            "window_events": self.window,
             "window_step": self.step,
+            "sample_every": self.sample_every,
             "reference_events": self.reference_size,
             "ert_events": st.params.get("ert", self.ert),
             "events_seen": st.seen,

@@ -377,3 +377,14 @@ def test_integrity_with_ecod_finds_out_of_range_inputs_within_2000_events():
     found = feed(InputIntegrityDetector(method="ecod"), _gauss_events(values))
     assert 0 <= delay(found, 6_000) <= 2000
     assert found[0].evidence["outlier_model"] == "ecod"
+
+
+def test_sampled_feature_drift_still_finds_shift_within_1000_events(cancer):
+    x, _ = cancer
+    rows = _resample(x, 12_000, seed=16)
+    rows[8_000:, 3] += 0.7 * x[:, 3].std()
+    events = [event(i, r.tolist(), 0) for i, r in enumerate(rows)]
+    assert feed(FeatureDriftDetector(sample_every=4), events[:8_000]) == []
+    found = feed(FeatureDriftDetector(sample_every=4), events)
+    assert 0 <= delay(found, 8_000) <= 1000
+    assert found[0].evidence["sample_every"] == 4
