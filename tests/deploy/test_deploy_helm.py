@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 import yaml
-
 from deploy_helpers import CHART, by_kind, load_values, one, render
 
-kv = pytest.importorskip("kubernetes_validate",
-                         reason="kubernetes-validate not installed (pip install kubernetes-validate)")
+kv = pytest.importorskip(
+    "kubernetes_validate",
+    reason="kubernetes-validate not installed (pip install kubernetes-validate)",
+)
+Rendered = tuple[dict[str, Any], list[dict[str, Any]]]
 
 # kubeVersion in Chart.yaml is >=1.25; validate against that and the newest bundled.
 K8S_VERSIONS = ("1.25.0", kv.latest_version())
@@ -40,7 +42,7 @@ VALUE_SETS = {
 
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
-def rendered(request: pytest.FixtureRequest) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def rendered(request: pytest.FixtureRequest) -> Rendered:
     values = VALUE_SETS[request.param]()
     return values, render(values)
 
@@ -77,7 +79,7 @@ def test_helm_lint_has_no_errors() -> None:
     assert [m for m in result["messages"] if m["severity"] > 1] == [], result
 
 
-def test_expected_objects(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+def test_expected_objects(rendered: Rendered) -> None:
     values, docs = rendered
     kinds = sorted(d["kind"] for d in docs)
     expected = ["ConfigMap", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service",
@@ -95,7 +97,7 @@ def test_expected_objects(rendered: tuple[dict[str, Any], list[dict[str, Any]]])
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_manifests_validate_against_kubernetes_schemas(
-        rendered: tuple[dict[str, Any], list[dict[str, Any]]], version: str) -> None:
+        rendered: Rendered, version: str) -> None:
     _, docs = rendered
     checked = 0
     for doc in docs:
@@ -121,7 +123,7 @@ def test_schema_validation_catches_mistakes() -> None:
 
 # ---------------------------------------------------------------- properties
 
-def test_pod_runs_non_root_read_only(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+def test_pod_runs_non_root_read_only(rendered: Rendered) -> None:
     _, docs = rendered
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     psc, c = pod["securityContext"], container(docs)
@@ -140,7 +142,7 @@ def test_pod_runs_non_root_read_only(rendered: tuple[dict[str, Any], list[dict[s
     assert set(mounts.values()) <= set(volumes), "a volumeMount names no volume"
 
 
-def test_probes_and_ports(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+def test_probes_and_ports(rendered: Rendered) -> None:
     values, docs = rendered
     c = container(docs)
     port = merged_values(values)["metrics"]["port"]
@@ -156,14 +158,14 @@ def test_probes_and_ports(rendered: tuple[dict[str, Any], list[dict[str, Any]]])
     assert "command" not in c, "keep the image's ENTRYPOINT (mlwatchd)"
 
 
-def test_resources_set(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+def test_resources_set(rendered: Rendered) -> None:
     _, docs = rendered
     res = container(docs)["resources"]
     for part in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(res[part]), part
 
 
-def test_config_and_playbooks_mounted(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+def test_config_and_playbooks_mounted(rendered: Rendered) -> None:
     values, docs = rendered
     c = container(docs)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -199,7 +201,7 @@ def _walk_keys(node: Any) -> list[str]:
 
 
 def test_secrets_are_references_never_inlined(
-        rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+        rendered: Rendered) -> None:
     values, docs = rendered
     merged = merged_values(values)
     assert by_kind(docs, "Secret") == [], "the chart must not create Secrets from values"
@@ -231,7 +233,7 @@ def test_secrets_are_references_never_inlined(
 
 
 def test_metrics_service_and_scrape_annotations(
-        rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+        rendered: Rendered) -> None:
     values, docs = rendered
     dep = one(docs, "Deployment")
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -241,11 +243,11 @@ def test_metrics_service_and_scrape_annotations(
     assert metrics["spec"]["selector"].items() <= pod_labels.items()
     assert metrics["spec"]["publishNotReadyAddresses"] is True
     assert [p["targetPort"] for p in metrics["spec"]["ports"]] == ["metrics"]
-    for annotations in (metrics["metadata"]["annotations"],
-                        dep["spec"]["template"]["metadata"]["annotations"]):
-        assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(port)
-        assert annotations["prometheus.io/path"] == "/metrics"
+    for notes in (metrics["metadata"]["annotations"],
+                  dep["spec"]["template"]["metadata"]["annotations"]):
+        assert notes["prometheus.io/scrape"] == "true"
+        assert notes["prometheus.io/port"] == str(port)
+        assert notes["prometheus.io/path"] == "/metrics"
     if merged_values(values)["interactivity"]["enabled"]:
         inter = next(s for n, s in services.items() if n.endswith("-interactivity"))
         names = {p["name"] for p in container(docs)["ports"]}
@@ -253,7 +255,7 @@ def test_metrics_service_and_scrape_annotations(
         assert inter["spec"]["selector"].items() <= pod_labels.items()
 
 
-def test_pdb_selects_the_pods(rendered: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+def test_pdb_selects_the_pods(rendered: Rendered) -> None:
     _, docs = rendered
     pdb = one(docs, "PodDisruptionBudget")
     labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -331,7 +333,7 @@ def _check_config_env(c: dict[str, Any], tmp: Path, merged: dict[str, Any]) -> d
 
 
 def test_shipped_config_passes_check_config(
-        rendered: tuple[dict[str, Any], list[dict[str, Any]]], tmp_path: Path) -> None:
+        rendered: Rendered, tmp_path: Path) -> None:
     """The real CLI accepts the ConfigMap's config with the container's environment."""
     values, docs = rendered
     cm = next(d for d in by_kind(docs, "ConfigMap") if "mlwatchd.yaml" in d["data"])
