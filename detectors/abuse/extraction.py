@@ -292,7 +292,11 @@ def kmv_update(kmv: np.ndarray, hashes: np.ndarray, k: int) -> np.ndarray:
         hashes = hashes[hashes < kmv[k - 1]]
         if not len(hashes):
             return kmv
-    return np.unique(np.concatenate([kmv, hashes]))[:k]
+    merged = np.sort(np.concatenate([kmv, hashes]))
+    keep = np.empty(len(merged), dtype=bool)
+    keep[:1] = True
+    np.not_equal(merged[1:], merged[:-1], out=keep[1:])
+    return merged[keep][:k]  # (np.unique hashes first: several times slower here)
 
 
 _EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)

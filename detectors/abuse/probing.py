@@ -453,7 +453,7 @@ class LowConfidenceProbingDetector(Detector):
     """A principal's share of low-confidence answers far above the model's baseline.
 
     Attack queries sit at the decision boundary, so the model answers them with
-    low confidence (in the repo's HopSkipJump run on digits: mean 0.39 against
+    low confidence (in the repo's HopSkipJump run on digits: mean 0.37 against
     0.80 for benign callers). Per model, an exponentially weighted share p0 of
     answers below ``low_confidence`` is kept (half-life ``baseline_events``).
     Per (principal, model), queries are counted in blocks of ``block``; the
