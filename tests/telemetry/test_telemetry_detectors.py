@@ -388,3 +388,22 @@ def test_sampled_feature_drift_still_finds_shift_within_1000_events(cancer):
     found = feed(FeatureDriftDetector(sample_every=4), events)
     assert 0 <= delay(found, 8_000) <= 1000
     assert found[0].evidence["sample_every"] == 4
+
+
+def test_snapshot_after_reference_fit_continues_identically(digits_stream):
+    events, drift_at = digits_stream
+    head, tail = events[: drift_at - 500], events[drift_at - 500 :]
+    for cls in (
+        FeatureDriftDetector,
+        PredictionDriftDetector,
+        ConfidenceDropDetector,
+        PerformanceEstimateDetector,
+        InputIntegrityDetector,
+    ):
+        original = cls()
+        feed(original, head)
+        restored = cls()
+        restored.restore(original.snapshot())
+        first = [encode_finding(f) for f in feed(original, tail)]
+        assert first == [encode_finding(f) for f in feed(restored, tail)], cls.name
+        assert cls is PredictionDriftDetector or first, f"{cls.name} found the noise"
