@@ -59,13 +59,14 @@ def main() -> None:
         for name, hits in first.items():
             cells = " ".join(f"{hits.get(a, '-')!s:>17s}" for a in ATTACKERS)
             print(f"  {name:24s} {cells}  {false[name]}")
-        extraction = [first[n].get("thief-knockoff") for n in ("extraction.coverage",)]
-        at = extraction[0]
-        if at:
-            acc = accuracy[min(at // 100, len(accuracy)) - 1] if at >= 100 else float("nan")
+        at = first["extraction.coverage"].get("thief-knockoff")
+        if at and at >= 100:
+            v = T.victim()
+            victim_acc = float((v.model.predict(v.x_test) == v.y_test).mean())
+            copy_acc = accuracy[min(at // 100, len(accuracy)) - 1]
             print(
-                f"  knockoff copy accuracy when coverage fired (~{at} queries): {acc:.3f}; "
-                f"victim: {(T.victim().model.predict(T.victim().x_test) == T.victim().y_test).mean():.3f}"
+                f"  knockoff copy's test accuracy when coverage fired (~{at} queries): "
+                f"{copy_acc:.3f} (victim {victim_acc:.3f})"
             )
 
 
