@@ -22,7 +22,6 @@ the same record are common and harmless.
 from __future__ import annotations
 
 import math
-import zlib
 from collections import Counter
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -231,40 +230,62 @@ def blacklight_fingerprints(
 
 
 class _BlacklightIndex:
-    """Inverted index hash -> latest query id, in two generations (bounded)."""
+    """Inverted index hash -> latest query id as a fixed-size numpy hash table.
 
-    __slots__ = ("cur", "max_size", "next_id", "owners", "prev", "prev_owners")
+    Open addressing without probing: a hash lands in slot ``hash % size`` and
+    overwrites whatever was there, so the table is a bounded, lossy "who had
+    this hash most recently" map. Look-ups and inserts of a whole batch are two
+    numpy gathers and scatters, so the cost per query does not depend on the
+    history. Query ids map to (principal, digest) through a ring of
+    ``owners_size`` entries.
+    """
+
+    __slots__ = ("digests", "filled", "keys", "next_id", "owners", "qids")
+
+    owners_size: ClassVar[int] = 1 << 16
 
     def __init__(self, max_size: int) -> None:
-        self.cur: dict[int, int] = {}
-        self.prev: dict[int, int] = {}
-        self.owners: dict[int, tuple[str, int]] = {}  # query id -> (principal, digest)
-        self.prev_owners: dict[int, tuple[str, int]] = {}
-        self.max_size = max_size
+        size = 1 << max(int(max_size - 1).bit_length(), 4)
+        self.keys = np.zeros(size, dtype=np.int64)  # 0 = empty (real hashes are odd)
+        self.qids = np.zeros(size, dtype=np.int64)
+        self.owners: list[str | None] = [None] * self.owners_size
+        self.digests = np.zeros(self.owners_size, dtype=np.int64)
         self.next_id = 1
+        self.filled = 0
 
-    def match(self, fp: list[int], need: int) -> tuple[int, int]:
-        """The earlier query sharing the most hashes with ``fp`` (if >= ``need``), and how many."""
-        hits = list(filter(None, map(self.cur.get, fp)))
-        if self.prev:  # a hash in both generations counts for both: a slight overcount
-            hits += filter(None, map(self.prev.get, fp))
-        if len(hits) < need:
-            return 0, 0
-        counts = Counter(hits)
-        qid, n = counts.most_common(1)[0]
-        return qid, n  # type: ignore[return-value]
+    def lookup(self, fps: np.ndarray) -> np.ndarray:
+        """Earlier query id holding each hash of ``fps`` (0 where none)."""
+        pos = fps & (len(self.keys) - 1)
+        return np.where((self.keys[pos] == fps) & (fps != 0), self.qids[pos], 0)
 
-    def owner(self, qid: int) -> tuple[str, int] | None:
-        return self.owners.get(qid) or self.prev_owners.get(qid)
+    def add(self, fps: np.ndarray, principal: str, digests: np.ndarray) -> int:
+        """Insert a batch of one principal's fingerprints; returns its first query id."""
+        base = self.next_id
+        ids = np.arange(base, base + len(fps), dtype=np.int64)
+        valid = fps != 0
+        pos = (fps & (len(self.keys) - 1))[valid]
+        self.filled += int((self.keys[pos] == 0).sum())
+        self.keys[pos] = fps[valid]
+        self.qids[pos] = np.broadcast_to(ids[:, None], fps.shape)[valid]
+        ring = ids % self.owners_size
+        self.digests[ring] = digests
+        for r in ring.tolist():
+            self.owners[r] = principal
+        self.next_id += len(fps)
+        return base
 
-    def add(self, fp: list[int], principal: str, digest: int) -> None:
-        qid = self.next_id
-        self.next_id += 1
-        self.cur.update(dict.fromkeys(fp, qid))
-        self.owners[qid] = (principal, digest)
-        if len(self.cur) >= self.max_size // 2:  # rotate: memory stays below max_size
-            self.prev, self.cur = self.cur, {}
-            self.prev_owners, self.owners = self.owners, {}
+    def owner(self, qid: int) -> tuple[str | None, int]:
+        if qid <= self.next_id - self.owners_size:
+            return None, 0  # too old: its owner slot was reused
+        r = qid % self.owners_size
+        return self.owners[r], int(self.digests[r])
+
+
+def _dedupe_rows(fps: np.ndarray) -> np.ndarray:
+    """Each row sorted, repeated values set to 0 (no hash); real hashes made odd."""
+    fps = np.sort(fps | 1, axis=1)
+    fps[:, 1:][fps[:, 1:] == fps[:, :-1]] = 0
+    return fps
 
 
 class _BlacklightState(QueryState):
@@ -282,8 +303,9 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     Each query is standardised, quantised (``round(x / quantum)``), hashed over
     sliding windows of ``hash_window`` values and fingerprinted by its
     ``top_n`` largest hashes. An inverted index per model (hash -> latest
-    query, at most ``max_index`` hashes, two rotating generations) finds the
-    earlier query sharing the most hashes; sharing at least ``match_fraction``
+    query, a fixed table of at least ``max_index`` slots where a new hash
+    overwrites the slot's old one) finds the earlier query sharing the most
+    hashes; sharing at least ``match_fraction``
     of the fingerprint marks the query as part of an attack. A finding needs
     ``min_flagged`` marked queries among the principal's last ``window`` (benign
     digits callers in the tests reach at most 5 of 50: natural near-duplicates).
@@ -294,8 +316,9 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     accounts). The index is shared by all principals this instance sees: in the
     daemon (``scope = "partition"``) that is the principals of one Kafka
     partition, so Sybil accounts spread over partitions are each judged on
-    their own run. Cost per query: ``top_n`` dictionary look-ups, whatever the
-    history.
+    their own run. Cost per batch: a few numpy gathers and scatters over
+    ``batch_size * top_n`` hashes, whatever the history; memory per model is
+    the fixed table (16 bytes a slot) and a ring of 65,536 query owners.
 
     >>> import random
     >>> from detectors.testing import feed
@@ -309,7 +332,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ...          for i in range(400)]
     >>> found = feed(BlacklightProbingDetector(), natural + sybil)
     >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
-    (['s0', 's1', 's2', 's3'], 16)
+    (['s0', 's1', 's2', 's3'], 32)
     """
 
     name: ClassVar[str] = "probing.blacklight"
@@ -360,25 +383,38 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ) -> list[Finding] | None:
         assert isinstance(st, _BlacklightState)
         q = np.floor(space.standardise(st.rows) / self.quantum + 0.5).astype(np.int64)
-        fps = blacklight_fingerprints(q, self.hash_window, self.top_n, self.multipliers)
+        fps = _dedupe_rows(
+            blacklight_fingerprints(q, self.hash_window, self.top_n, self.multipliers)
+        )
         index = self.indexes.touch(event.model_id, lambda: _BlacklightIndex(self.max_index))
+        with np.errstate(over="ignore"):
+            digests = q @ self.multipliers[np.arange(q.shape[1]) % len(self.multipliers)]
+        need = np.ceil(self.match_fraction * (fps != 0).sum(axis=1)).astype(np.int64)
+        need = np.maximum(need, 1)
+        earlier = index.lookup(fps)  # matches in earlier batches
+        # Matches inside this batch: hashes of row i present in row j < i.
+        nz = fps != 0
+        same = (fps[:, None, :, None] == fps[None, :, None, :]) & nz[:, None, :, None]
+        shared = same.any(axis=3).sum(axis=2)  # shared[i, j]
+        shared = np.tril(shared, -1)
+        candidates = ((earlier != 0).sum(axis=1) >= need) | (shared.max(axis=1) >= need)
         principal = event.principal
-        flags, mask, fraction = st.flags, (1 << self.window) - 1, self.match_fraction
-        crc32 = zlib.crc32
-        for row, fp_list in zip(q, fps.tolist(), strict=True):
-            fp = list(set(fp_list))
-            digest = crc32(row.tobytes())
-            need = math.ceil(fraction * len(fp))
-            qid, shared = index.match(fp, need)
+        base = index.add(fps, principal, digests)
+        flags, mask = st.flags, (1 << self.window) - 1
+        for i, candidate in enumerate(candidates.tolist()):
             hit = False
-            if shared >= need:
-                owner = index.owner(qid)
-                if owner is not None and owner[1] != digest:  # an exact repeat is no probe
+            if candidate:
+                counts = Counter(earlier[i][earlier[i] != 0].tolist())
+                qid, n = counts.most_common(1)[0] if counts else (0, 0)
+                j = int(shared[i].argmax())
+                if shared[i, j] > n:
+                    qid, n = base + j, int(shared[i, j])
+                who, digest = index.owner(qid) if n >= need[i] else (None, 0)
+                if who is not None and digest != digests[i]:  # an exact repeat is no probe
                     hit = True
-                    if owner[0] != principal and len(st.partners) < 16:
-                        st.partners[owner[0]] = st.partners.get(owner[0], 0) + 1
+                    if who != principal and len(st.partners) < 16:
+                        st.partners[who] = st.partners.get(who, 0) + 1
             flags = ((flags << 1) | hit) & mask
-            index.add(fp, principal, digest)
         st.flags = flags
         st.examined += len(q)
         flagged = flags.bit_count()
@@ -412,7 +448,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
 
     def stats(self) -> dict[str, float]:
         out = super().stats()
-        out["index_hashes"] = sum(len(i.cur) + len(i.prev) for _, i in self.indexes.items())
+        out["index_hashes"] = sum(i.filled for _, i in self.indexes.items())
         return out
 
 

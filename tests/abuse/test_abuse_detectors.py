@@ -196,7 +196,7 @@ def test_history_stays_bounded_for_a_long_running_principal():
     key = f"heavy\x1f{T.MODEL}"
     assert len(knn.table.get(key).buffer) == 128
     assert len(prada.table.get(key).g_rows) == 64 and len(prada.table.get(key).dists) == 200
-    assert all(len(i.cur) + len(i.prev) <= 5000 for _, i in blacklight.indexes.items())
+    assert all(len(i.keys) == 8192 and i.filled <= 8192 for _, i in blacklight.indexes.items())
     assert len(coverage.table.get(key).kmv) <= 64
 
 
