@@ -50,6 +50,17 @@ def build_alerter(settings: Any, on_outcome: Any = None) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+
+    # Handlers first: a SIGTERM during start-up must still end in a clean exit 0.
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
     from daemon.logs import configure_logging
     from daemon.metrics import Metrics
     from daemon.runtime import Daemon
@@ -58,13 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     metrics = Metrics()
     alerter = build_alerter(settings, lambda outcome, _f: metrics.alerts.labels(outcome).inc())
-    daemon = Daemon(settings, alerter=alerter, metrics=metrics)
-
-    def stop(signum: int, _frame: Any) -> None:
-        daemon.request_stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    daemon = Daemon(settings, alerter=alerter, metrics=metrics, stopping=stopping)
     return daemon.run()
 
 

@@ -31,10 +31,11 @@ from daemon.kafka_io import (
 )
 from daemon.metrics import Health, Metrics, StatusServer
 from daemon.settings import Settings
+from daemon.state import Checkpoint, LocalStateStore, snapshot_detectors, spec_fingerprint
 from detectors.base import Detector
 from detectors.events import BadEvent, Event, decode_event
 from detectors.findings import Finding, Source, encode_finding
-from detectors.pipeline import Pipeline
+from detectors.pipeline import GLOBAL, Pipeline
 
 __all__ = ["Daemon"]
 
@@ -66,6 +67,7 @@ class Daemon:
         pipeline: Pipeline | None = None,
         alerter: Any | None = None,
         metrics: Metrics | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -73,7 +75,7 @@ class Daemon:
                                              on_error=self._detector_error)
         self.alerter = alerter
         self.health = Health(settings.observability.stall_after_s)
-        self.stopping = threading.Event()
+        self.stopping = stopping or threading.Event()
         self.status: StatusServer | None = None
         self._inputs = settings.topics.inputs()
         self._consumer: KafkaConsumer | None = None
@@ -83,6 +85,13 @@ class Daemon:
         self._gauges_at = 0.0
         self._errors_seen: dict[str, int] = {}
         self.processed = 0
+        #: Next offset to process per input partition (what the state reflects).
+        self._positions: dict[TopicPartition, int] = {}
+        self._restored: set[int] = set()
+        self._fingerprints = {s.name: spec_fingerprint(s) for s in self.pipeline.specs}
+        self.store = (LocalStateStore(settings.state.dir, settings.kafka.group_id)
+                      if settings.state.dir else None)
+        self._checkpoint_at = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -128,7 +137,9 @@ class Daemon:
         consumer, producer = self._consumer, self._producer
         try:
             if consumer is not None:
-                self._commit()
+                if self._commit():
+                    self._checkpoint(sorted(self._restored))
+                self._restored.clear()  # close() may revoke: nothing left to save
                 consumer.close(autocommit=False)
         except Exception as exc:
             log.warning("consumer_close_failed", error=str(exc))
@@ -194,7 +205,10 @@ class Daemon:
         if records and not self._deliver(records):
             return  # stopping while the broker refuses: do not commit; redelivered later
         self._pending.update(offsets)
-        self._commit()
+        self._positions.update((tp, meta.offset) for tp, meta in offsets.items())
+        if self._commit() and self.store is not None and \
+                time.monotonic() - self._checkpoint_at >= self.settings.state.checkpoint_every_s:
+            self._checkpoint(sorted(self._restored))
         for finding in findings:
             self.metrics.findings.labels(finding.detector, finding.severity).inc()
             log.info("finding", finding_id=finding.finding_id, detector=finding.detector,
@@ -266,13 +280,15 @@ class Daemon:
                 if self._producer is None:
                     return False
 
-    def _commit(self) -> None:
+    def _commit(self) -> bool:
+        """Commit acknowledged work; True when everything processed is committed."""
         if not self._pending or self._consumer is None:
-            return
+            return True
         offsets, self._pending = self._pending, {}
         try:
             self._consumer.commit(offsets=offsets)
             self.metrics.commits.labels("ok").inc()
+            return True
         except CommitFailedError as exc:
             # The group rebalanced: the new owner resumes from the last commit.
             self.metrics.commits.labels("failed").inc()
@@ -281,16 +297,89 @@ class Daemon:
             self.metrics.commits.labels("failed").inc()
             self._pending = {**offsets, **self._pending}
             log.warning("commit_failed", partitions=len(offsets), error=str(exc))
+        return False
+
+    # -- state checkpoints ---------------------------------------------------
+
+    def _checkpoint(self, partitions: list[int]) -> None:
+        """Save the state of ``partitions`` and the model-scoped state, with offsets."""
+        if self.store is None:
+            return
+        started = time.perf_counter()
+        size = 0
+        positions = dict(self._positions)
+        try:
+            for p in partitions:
+                if p == GLOBAL:
+                    continue
+                offsets = {tp.topic: off for tp, off in positions.items() if tp.partition == p}
+                size += self.store.save(Checkpoint(
+                    p, offsets, snapshot_detectors(self.pipeline, p, self._fingerprints)))
+            size += self.store.save(Checkpoint(
+                GLOBAL, {f"{tp.topic}:{tp.partition}": off for tp, off in positions.items()},
+                snapshot_detectors(self.pipeline, GLOBAL, self._fingerprints)))
+        except OSError as exc:
+            log.error("checkpoint_failed", error=str(exc))
+            return
+        self._checkpoint_at = time.monotonic()
+        log.info("checkpoint_saved", partitions=partitions, bytes=size,
+                 seconds=round(time.perf_counter() - started, 3))
+
+    def _restore(self, partition: int) -> Checkpoint | None:
+        assert self.store is not None
+        try:
+            checkpoint = self.store.load(partition)
+        except ValueError as exc:
+            log.error("checkpoint_unreadable", partition=partition, error=str(exc))
+            return None
+        if checkpoint is None:
+            return None
+        usable = {name: state for name, (fp, state) in checkpoint.detectors.items()
+                  if fp == self._fingerprints.get(name)}
+        stale = sorted(set(checkpoint.detectors) - set(usable))
+        if stale:
+            log.warning("checkpoint_config_changed", partition=partition, relearning=stale)
+        self.pipeline.restore(partition, usable)
+        return checkpoint
 
     # -- rebalance and gauges ------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        self._commit()
+        committed = self._commit()
+        lost = sorted({tp.partition for tp in revoked} & self._restored)
+        if self.store is not None and committed and lost:
+            # Saved, so whoever gets the partition next (maybe us) restores it.
+            self._checkpoint(lost)
+            for partition in lost:
+                self.pipeline.drop(partition)
+                self._restored.discard(partition)
+        for tp in revoked:
+            self._positions.pop(tp, None)
         log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self.metrics.assigned.set(len(assigned))
         log.info("partitions_assigned", partitions=[f"{t.topic}:{t.partition}" for t in assigned])
+        gained = sorted({tp.partition for tp in assigned} - self._restored)
+        if self.store is not None:
+            if GLOBAL not in self._restored:
+                self._restore(GLOBAL)
+                self._restored.add(GLOBAL)
+            for partition in gained:
+                checkpoint = self._restore(partition)
+                if checkpoint is None:
+                    continue
+                for tp in assigned:
+                    offset = checkpoint.offsets.get(tp.topic)
+                    if tp.partition == partition and offset is not None:
+                        # Resume where the state was saved: anything committed
+                        # after it is processed again, so state == never stopped.
+                        assert self._consumer is not None
+                        self._consumer.seek(tp, offset)
+                        self._positions[tp] = offset
+                log.info("checkpoint_restored", partition=partition,
+                         offsets=checkpoint.offsets, saved_at=checkpoint.saved_at)
+        self._restored.update(gained)
 
     def _update_gauges(self) -> None:
         consumer = self._consumer

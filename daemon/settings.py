@@ -176,6 +176,15 @@ class ObservabilitySettings(_Section):
         return value
 
 
+class StateSettings(_Section):
+    #: Where detector checkpoints live (one file per partition); null: baselines
+    #: are relearned after every restart.
+    dir: str | None = None
+    #: Checkpoint at most this often (and always on revocation and shutdown); a
+    #: crash replays at most this much traffic to rebuild state.
+    checkpoint_every_s: float = Field(60.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything mlwatchd reads at start."""
 
@@ -191,6 +200,7 @@ class Settings(BaseSettings):
     detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
     slack: SlackSettings = Field(default_factory=SlackSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    state: StateSettings = Field(default_factory=StateSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @classmethod
