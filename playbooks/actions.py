@@ -89,7 +89,8 @@ Phase: TypeAlias = Literal[
 PHASES: Final[tuple[str, ...]] = (
     "alert", "repeat", "escalated", "acknowledged", "resolved", "approval", "decision", "revert"
 )
-#: Phases a playbook author may list in an action's ``on``.
+#: Phases a playbook author may list in an action's ``phases``
+#: (not ``on``: YAML 1.1 reads that key as true).
 _USER_PHASES = Literal["alert", "repeat", "escalated", "acknowledged", "resolved"]
 
 #: ``publish(topic, key, value, headers)``: the daemon's Kafka producer; raises on failure.
@@ -185,7 +186,7 @@ class ActionType(ABC):
     description: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
     example: ClassVar[str]
-    #: Phases acted on when the playbook's ``on`` does not say.
+    #: Phases acted on when the playbook's ``phases`` does not say.
     default_phases: ClassVar[tuple[str, ...]]
 
     def __init__(self, action_name: str, params: BaseModel) -> None:
@@ -194,7 +195,7 @@ class ActionType(ABC):
 
     def phases(self) -> frozenset[str]:
         """The phases this configured action acts on (``approval``/``decision``: Slack's)."""
-        on = getattr(self.params, "on", None)
+        on = getattr(self.params, "phases", None)
         return frozenset(on if on is not None else self.default_phases)
 
     def handles(self, phase: str) -> bool:
@@ -226,7 +227,7 @@ class SlackParams(Params):
     #: Link-out URL template; values are percent-encoded.
     link: TemplateField | None = None
     link_text: str = Field("Open dashboard", max_length=30)
-    on: list[_USER_PHASES] | None = None
+    phases: list[_USER_PHASES] | None = None
 
     @field_validator("link")
     @classmethod
@@ -249,7 +250,7 @@ slack-security:
   params:
     channel: "#ml-security"          # bot token only; default: slack.channel
     link: "https://grafana.example.com/d/mlwatchd?var-model={model_id}&var-finding={finding_id}"
-    on: [alert, repeat, escalated, acknowledged, resolved]
+    phases: [alert, repeat, escalated, acknowledged, resolved]
 """
     default_phases = ("alert", "repeat", "escalated", "acknowledged", "resolved")
 
@@ -357,7 +358,7 @@ class WebhookParams(_HttpParams):
     headers: dict[str, str] = Field(default_factory=dict)
     #: JSON body; string leaves are templates (a lone ``{var}`` keeps the value's type).
     body: dict[str, Any] = Field(default_factory=lambda: dict(_DEFAULT_BODY))
-    on: list[_USER_PHASES] | None = None
+    phases: list[_USER_PHASES] | None = None
 
     _secret: SecretStr | None = PrivateAttr(None)
     _url: str = PrivateAttr("")
@@ -401,7 +402,7 @@ soar-webhook:
     url_env: MLWATCHD_SOAR_URL          # or url: https://soar.example.com/hooks/mlwatchd
     secret_env: MLWATCHD_SOAR_SECRET    # or secret_file: /run/secrets/soar-hmac
     timeout: 5s
-    on: [alert, resolved]
+    phases: [alert, resolved]
     body:
       title: "[{severity}] {kind} on {entity.type} {entity.id}"
       finding: "{finding_id}"
@@ -476,7 +477,7 @@ class KafkaParams(Params):
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     #: Override ``playbooks.actions_topic``.
     topic: str | None = None
-    on: list[Literal["alert", "escalated"]] | None = None
+    phases: list[Literal["alert", "escalated"]] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> KafkaParams:
@@ -614,7 +615,7 @@ class PagerDutyParams(_HttpParams):
         "mlwatchd:{route}:{finding_id}"))
     source: str = "mlwatchd"
     link: TemplateField | None = None
-    on: list[_USER_PHASES] | None = None
+    phases: list[_USER_PHASES] | None = None
 
     _routing_key: SecretStr | None = PrivateAttr(None)
 
@@ -642,7 +643,7 @@ page-oncall:
   type: pagerduty
   params:
     routing_key_env: MLWATCHD_PD_ROUTING_KEY
-    on: [escalated, acknowledged, resolved]
+    phases: [escalated, acknowledged, resolved]
 """
     default_phases = ("alert", "escalated", "acknowledged", "resolved")
 
@@ -702,7 +703,7 @@ page-oncall:
 
 class LogParams(Params):
     level: Literal["info", "warning", "error"] = "warning"
-    on: list[_USER_PHASES] | None = None
+    phases: list[_USER_PHASES] | None = None
 
 
 class LogAction(ActionType):

@@ -300,6 +300,10 @@ def load_playbooks(directory: str | Path) -> PlaybookSet:
                 problems.append(f"{where}.type: unknown action type {spec.type!r}; known: "
                                 + ", ".join(t.name for t in ACTION_TYPES))
                 continue
+            if True in spec.params or False in spec.params:
+                problems.append(f"{where}.params: a key reads as a boolean (YAML turns on/off/"
+                                "yes/no into true/false); the phase list is `phases`")
+                continue
             try:
                 params = kind.Params.model_validate(spec.params)
             except pydantic.ValidationError as exc:

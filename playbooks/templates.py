@@ -114,9 +114,9 @@ class Template:
             if name not in VARIABLES:
                 raise ValueError(f"unknown template variable {{{name}}}; known: "
                                  + ", ".join(VARIABLES))
-            if literal:
+            if "".join(literal):
                 parts.append("".join(literal))
-                literal = []
+            literal = []
             parts.append((name,))
         literal.append(source[pos:])
         if "".join(literal):
