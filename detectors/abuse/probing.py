@@ -22,7 +22,6 @@ the same record are common and harmless.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -46,6 +45,8 @@ __all__ = [
     "binomial_critical_count",
     "blacklight_fingerprints",
     "knn_mean_distances",
+    "latest_holders",
+    "most_common_per_row",
 ]
 
 _DUPLICATE = 1e-12  # squared distance below which two rows are the same query
@@ -259,7 +260,7 @@ class _BlacklightIndex:
         return np.where((self.keys[pos] == fps) & (fps != 0), self.qids[pos], 0)
 
     def add(self, fps: np.ndarray, principal: str, digests: np.ndarray) -> int:
-        """Insert a batch of one principal's fingerprints; returns its first query id."""
+        """Insert a batch of one principal's fingerprints (ids from ``next_id`` on)."""
         base = self.next_id
         ids = np.arange(base, base + len(fps), dtype=np.int64)
         valid = fps != 0
@@ -279,6 +280,47 @@ class _BlacklightIndex:
             return None, 0  # too old: its owner slot was reused
         r = qid % self.owners_size
         return self.owners[r], int(self.digests[r])
+
+
+def latest_holders(fps: np.ndarray, earlier: np.ndarray, base: int) -> np.ndarray:
+    """For each hash of a batch, the latest earlier query holding it (0: none).
+
+    ``earlier`` holds the index's answer (queries of earlier batches); a hash
+    also present in an earlier row j of this batch is held by ``base + j``.
+
+    >>> fps = np.array([[3, 5], [5, 7], [5, 0]])
+    >>> latest_holders(fps, np.zeros((3, 2), dtype=np.int64), 10).tolist()
+    [[0, 0], [10, 0], [11, 0]]
+    """
+    rows, width = fps.shape
+    flat = fps.ravel()
+    order = np.argsort(flat, kind="stable")  # equal hashes grouped, earlier rows first
+    ordered = flat[order]
+    repeat = np.zeros(len(flat), dtype=bool)
+    repeat[1:] = (ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)
+    inbatch = np.zeros(len(flat), dtype=np.int64)
+    inbatch[order[1:][repeat[1:]]] = base + order[:-1][repeat[1:]] // width
+    inbatch = inbatch.reshape(rows, width)
+    return np.where(inbatch != 0, inbatch, earlier)
+
+
+def most_common_per_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the most frequent non-zero value and its count (0, 0 if none).
+
+    >>> v, n = most_common_per_row(np.array([[4, 0, 4, 2], [0, 0, 0, 0]]))
+    >>> v.tolist(), n.tolist()
+    ([4, 0], [2, 0])
+    """
+    s = np.sort(values, axis=1)
+    width = s.shape[1]
+    at = np.arange(width)
+    start = np.ones(s.shape, dtype=bool)
+    start[:, 1:] = s[:, 1:] != s[:, :-1]
+    run_start = np.maximum.accumulate(np.where(start, at, 0), axis=1)
+    run_len = np.where(s != 0, at - run_start + 1, 0)
+    best = run_len.argmax(axis=1)
+    rows = np.arange(len(s))
+    return s[rows, best], run_len[rows, best]
 
 
 def _dedupe_rows(fps: np.ndarray) -> np.ndarray:
@@ -332,7 +374,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ...          for i in range(400)]
     >>> found = feed(BlacklightProbingDetector(), natural + sybil)
     >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
-    (['s0', 's1', 's2', 's3'], 32)
+    (['s0', 's1', 's2', 's3'], 16)
     """
 
     name: ClassVar[str] = "probing.blacklight"
@@ -391,25 +433,15 @@ class BlacklightProbingDetector(BatchedQueryDetector):
             digests = q @ self.multipliers[np.arange(q.shape[1]) % len(self.multipliers)]
         need = np.ceil(self.match_fraction * (fps != 0).sum(axis=1)).astype(np.int64)
         need = np.maximum(need, 1)
-        earlier = index.lookup(fps)  # matches in earlier batches
-        # Matches inside this batch: hashes of row i present in row j < i.
-        nz = fps != 0
-        same = (fps[:, None, :, None] == fps[None, :, None, :]) & nz[:, None, :, None]
-        shared = same.any(axis=3).sum(axis=2)  # shared[i, j]
-        shared = np.tril(shared, -1)
-        candidates = ((earlier != 0).sum(axis=1) >= need) | (shared.max(axis=1) >= need)
+        holder = latest_holders(fps, index.lookup(fps), index.next_id)
+        best_qid, best_n = most_common_per_row(holder)
         principal = event.principal
-        base = index.add(fps, principal, digests)
+        index.add(fps, principal, digests)
         flags, mask = st.flags, (1 << self.window) - 1
-        for i, candidate in enumerate(candidates.tolist()):
+        for i, (qid, n) in enumerate(zip(best_qid.tolist(), best_n.tolist(), strict=True)):
             hit = False
-            if candidate:
-                counts = Counter(earlier[i][earlier[i] != 0].tolist())
-                qid, n = counts.most_common(1)[0] if counts else (0, 0)
-                j = int(shared[i].argmax())
-                if shared[i, j] > n:
-                    qid, n = base + j, int(shared[i, j])
-                who, digest = index.owner(qid) if n >= need[i] else (None, 0)
+            if n >= need[i]:
+                who, digest = index.owner(qid)
                 if who is not None and digest != digests[i]:  # an exact repeat is no probe
                     hit = True
                     if who != principal and len(st.partners) < 16:
