@@ -136,7 +136,8 @@ class PlaybookSettings(_Section):
     outbox_path: Path = Path("mlwatchd-playbooks.sqlite3")
     actions_topic: str = "mlwatchd.actions"
     audit_topic: str = "mlwatchd.audit"
-    interactivity: InteractivitySettings = Field(default_factory=InteractivitySettings)
+    interactivity: InteractivitySettings = Field(
+        default_factory=lambda: InteractivitySettings.model_validate({}))
     #: Threads delivering actions (one slow destination does not hold the others up).
     workers: int = Field(2, ge=1, le=16)
     #: Attempts per action before it is reported failed...

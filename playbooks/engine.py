@@ -127,7 +127,7 @@ class ResponseEngine:
             pseudonymizer=pseudonymizer if settings.pseudonymize else None,
             clock=clock,
         )
-        self._approval_slack = SlackAction("approval", SlackParams())
+        self._approval_slack = SlackAction("approval", SlackParams.model_validate({}))
         self.outbox = Outbox(settings.outbox_path)
         self._closed = False
         self._stopping = threading.Event()

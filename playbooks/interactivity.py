@@ -86,6 +86,10 @@ class Click:
     message_ts: str | None
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def parse_clicks(body: bytes) -> list[Click]:
     """Our buttons pressed in a form-encoded ``payload=`` body; ValueError if malformed."""
     form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
@@ -100,10 +104,10 @@ def parse_clicks(body: bytes) -> list[Click]:
         raise ValueError("payload is not an object")
     if payload.get("type") != "block_actions":
         return []
-    user = payload.get("user") if isinstance(payload.get("user"), dict) else {}
-    channel = payload.get("channel") if isinstance(payload.get("channel"), dict) else {}
-    container = payload.get("container") if isinstance(payload.get("container"), dict) else {}
-    message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+    user = _object(payload.get("user"))
+    channel = _object(payload.get("channel"))
+    container = _object(payload.get("container"))
+    message = _object(payload.get("message"))
     clicks = []
     for action in payload.get("actions") or []:
         if not isinstance(action, dict):

@@ -143,10 +143,10 @@ class RouteSpec(_Strict):
     match: MatchSpec | None = None
     actions: list[str] = Field(min_length=1)
     mitigations: list[str] = Field(default_factory=list)
-    dedup: DedupSpec = Field(default_factory=DedupSpec)
+    dedup: DedupSpec = Field(default_factory=lambda: DedupSpec.model_validate({}))
     #: Between two notices about one incident; repeats in between are summarised.
     realert: Duration = Field(600.0, ge=0)
-    resolve: ResolveSpec = Field(default_factory=ResolveSpec)
+    resolve: ResolveSpec = Field(default_factory=lambda: ResolveSpec())
     escalation: EscalationSpec | None = None
     dry_run: bool = False
     continue_: bool = Field(False, alias="continue")
@@ -300,7 +300,7 @@ def load_playbooks(directory: str | Path) -> PlaybookSet:
                 problems.append(f"{where}.type: unknown action type {spec.type!r}; known: "
                                 + ", ".join(t.name for t in ACTION_TYPES))
                 continue
-            if True in spec.params or False in spec.params:
+            if any(isinstance(key, bool) for key in spec.params):
                 problems.append(f"{where}.params: a key reads as a boolean (YAML turns on/off/"
                                 "yes/no into true/false); the phase list is `phases`")
                 continue

@@ -184,7 +184,8 @@ class Outbox:
                 return None
             db.execute("UPDATE jobs SET status = 'running', updated_at = ? WHERE id = ?",
                        (now, row["id"]))
-            return row
+            claimed: sqlite3.Row = row
+            return claimed
 
     def finish(self, db: sqlite3.Connection, job_id: int, status: str, now: float, *,
                attempts: int, error: str | None = None,

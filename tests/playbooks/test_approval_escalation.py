@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import SIGNING_SECRET, Published, build_finding, wait_until
+from pb_helpers import SIGNING_SECRET, Published, build_finding, wait_until
 
 CONTAIN = """
 actions:
@@ -38,7 +38,7 @@ def _approval_message(fake_slack):
 def test_approve_click_runs_the_action_and_updates_the_message(
         engine_factory, fake_slack, interactivity):
     published = Published()
-    engine, events = engine_factory(contain(), publish=published)
+    engine, _ = engine_factory(contain(), publish=published)
     url = interactivity(engine)
     engine.submit(build_finding())
     message = _approval_message(fake_slack)
@@ -64,7 +64,7 @@ def test_approve_click_runs_the_action_and_updates_the_message(
 def test_unsigned_or_stale_callbacks_get_401_and_run_nothing(
         engine_factory, fake_slack, interactivity, tamper):
     published = Published()
-    engine, events = engine_factory(contain(), publish=published)
+    engine, _ = engine_factory(contain(), publish=published)
     url = interactivity(engine)
     engine.submit(build_finding())
     message = _approval_message(fake_slack)
@@ -103,7 +103,7 @@ def test_deny_cancels_the_action(engine_factory, fake_slack, interactivity):
 
 def test_only_allowed_users_decide(engine_factory, fake_slack, interactivity):
     published = Published()
-    engine, events = engine_factory(
+    engine, _ = engine_factory(
         contain(), publish=published,
         interactivity={"enabled": True, "signing_secret": SIGNING_SECRET,
                        "allowed_users": ["U0LEAD"]})

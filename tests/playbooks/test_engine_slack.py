@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
-from conftest import PSEUDO_KEY, build_finding, wait_until
 from fake_slack import Reply
+from pb_helpers import PSEUDO_KEY, build_finding, wait_until
 
 from detectors.findings import Entity
 from playbooks.privacy import Pseudonymizer
@@ -180,7 +180,7 @@ def test_restart_on_the_same_outbox_resends_nothing_and_finishes_the_rest(
 
 def test_dry_run_calls_nothing_and_audits_what_it_would_do(engine_factory, fake_slack,
                                                            receiver):
-    from conftest import Published
+    from pb_helpers import Published
 
     published = Published()
     yaml_text = f"""

@@ -11,7 +11,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import PSEUDO_KEY, build_finding, write_playbooks
+from pb_helpers import PSEUDO_KEY, build_finding, write_playbooks
 
 from playbooks.model import PlaybookError
 from playbooks.privacy import Pseudonymizer
