@@ -130,7 +130,12 @@ class BatchedQueryDetector(Detector):
         evidence: Mapping[str, Any],
         kind: str | None = None,
     ) -> list[Finding]:
-        """One finding about the principal; starts the cooldown."""
+        """One finding about the principal; starts the cooldown.
+
+        The finding id comes from the triggering event's position: a replay or a
+        redelivery from a snapshot reproduces it, while a later incident of the
+        same principal (even after its state was evicted) gets a new one.
+        """
         ts = float(event.ts)  # type: ignore[arg-type]
         st.quiet_until = ts + self.cooldown_seconds
         st.fired += 1
@@ -146,7 +151,6 @@ class BatchedQueryDetector(Detector):
                 atlas=self.atlas,
                 event_ts=ts,
                 sources=[source],
-                id_key=f"{event.model_id}:examined:{st.examined}",
             )
         ]
 

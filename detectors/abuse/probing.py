@@ -582,6 +582,7 @@ class LowConfidenceProbingDetector(Detector):
         m.seen += 1
         st = self.table.touch(f"{event.principal}\x1f{model}", _ConfState)
         if st.count == 0:
+            self.models.touch(model, _ModelConf)  # keep an active model recently used
             # The block's critical count is fixed at its start, from a warmed-up baseline.
             if m.seen < self.warmup_events:
                 st.critical = 1 << 30
@@ -641,7 +642,6 @@ class LowConfidenceProbingDetector(Detector):
                 atlas=ATLAS_PROBING,
                 event_ts=ts,
                 sources=[source],
-                id_key=f"{event.model_id}:examined:{st.total}",
             )
         ]
 

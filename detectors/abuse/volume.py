@@ -259,12 +259,12 @@ class PeerRateDetector(Detector):
         if bucket > st.bucket:
             if st.count:
                 self._close(m, st.count)
+                self.models.touch(model, _ModelRates)  # keep an active model recently used
             st.bucket, st.count = bucket, 0
         st.count += 1
         if st.count < m.limit or ts < st.quiet_until:
             return None
         st.quiet_until = ts + self.cooldown_seconds
-        self.models.touch(model, _ModelRates)
         ratio = st.count / max(m.peer_q, 1.0)
         return [
             Finding.build(
