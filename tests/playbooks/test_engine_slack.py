@@ -224,3 +224,18 @@ def test_unmatched_findings_are_reported(engine_factory):
     engine, events = engine_factory(playbook())
     engine.submit(build_finding(kind="drift", detector="drift.features"))
     wait_until(lambda: events.of("finding_unmatched"))
+
+
+def test_after_a_restart_repeats_still_go_into_the_first_messages_thread(
+        engine_factory, fake_slack):
+    engine, events = engine_factory(playbook(window="30m", realert="0.2s"))
+    engine.submit(build_finding())
+    events.wait_for("action_delivered")
+    engine.stop(timeout=1.0)
+    engine2, events2 = engine_factory(playbook(window="30m", realert="0.2s"))
+    engine2.submit(build_finding())
+    engine2.submit(build_finding())
+    events2.wait_for("action_delivered", timeout=5)
+    first, summary = fake_slack.delivered
+    assert summary.body["thread_ts"] == json.loads(first.response)["ts"]
+    assert "2 more in the last" in summary.body["text"]

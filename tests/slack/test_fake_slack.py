@@ -103,3 +103,40 @@ def test_webhook_on_another_path_is_no_service_and_bad_json_is_invalid_payload(f
 def test_wait_for_times_out_with_a_clear_error(fake_slack):
     with pytest.raises(TimeoutError, match="1 requests"):
         fake_slack.wait_for_requests(1, timeout=0.1)
+
+
+def test_threads_and_chat_update_need_an_earlier_message(fake_slack):
+    client = WebClient(token=fake_slack.token, base_url=fake_slack.api_base_url)
+    parent = client.chat_postMessage(channel="#c", text="parent")
+    reply = client.chat_postMessage(channel="#c", text="reply", thread_ts=parent["ts"])
+    assert reply["ok"] and fake_slack.requests[1].body["thread_ts"] == parent["ts"]
+    updated = client.chat_update(channel="#c", ts=parent["ts"], text="edited")
+    assert updated["ok"] and fake_slack.requests[2].endpoint == "chat.update"
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postMessage(channel="#c", text="x", thread_ts="1.000001")
+    assert err.value.response["error"] == "thread_not_found"
+    with pytest.raises(SlackApiError) as err:
+        client.chat_update(channel="#c", ts="1.000001", text="x")
+    assert err.value.response["error"] == "message_not_found"
+
+
+def test_interaction_is_a_signed_block_actions_form_like_slacks(fake_slack):
+    import hashlib
+    import hmac
+
+    client = WebClient(token=fake_slack.token, base_url=fake_slack.api_base_url)
+    button = {"type": "button", "action_id": "go", "value": "v-1",
+              "text": {"type": "plain_text", "text": "Go"}}
+    sent = client.chat_postMessage(channel="#c", text="t",
+                                   blocks=[{"type": "actions", "elements": [button]}])
+    headers, body = fake_slack.interaction(fake_slack.requests[0], "go", signing_secret="s",
+                                           user_id="U1", timestamp=1_700_000_000)
+    base = b"v0:1700000000:" + body
+    assert headers["X-Slack-Signature"] == "v0=" + hmac.new(b"s", base, hashlib.sha256
+                                                            ).hexdigest()
+    payload = json.loads(urllib.parse.parse_qs(body.decode())["payload"][0])
+    assert payload["type"] == "block_actions" and payload["user"]["id"] == "U1"
+    assert payload["actions"][0]["value"] == "v-1"
+    assert payload["container"]["message_ts"] == sent["ts"]
+    with pytest.raises(KeyError):
+        fake_slack.interaction(fake_slack.requests[0], "missing", signing_secret="s")
