@@ -45,6 +45,13 @@ class Detector(abc.ABC):
         Must not mutate ``event``. Must tolerate absent optional fields.
         """
 
+    def prepare(self) -> None:
+        """One-time process set-up before the first event (e.g. JIT compilation).
+
+        The pipeline calls it once per configured detector at start, so that a
+        slow first use does not stall the consumer loop later.
+        """
+
     def stats(self) -> dict[str, float]:
         """Gauges for /metrics, e.g. ``{"entities": 120, "evicted_total": 3}``."""
         return {}

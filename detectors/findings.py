@@ -90,10 +90,13 @@ def _rfc3339(seconds: float) -> str:
 
 def jsonable(value: Any) -> Any:
     """Evidence made safe to encode: numpy scalars/arrays to Python, NaN/inf to None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, bool | int | str) or value is None:
+    if isinstance(value, float):  # np.float64 too: make it a plain float
+        return float(value) if math.isfinite(value) else None
+    if value is None or type(value) in (bool, int, str):
         return value
+    if isinstance(value, bool | int | str):  # subclasses (IntEnum, StrEnum ...)
+        return bool(value) if isinstance(value, bool) else \
+            int(value) if isinstance(value, int) else str(value)
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -58,7 +58,7 @@ class Pipeline:
     ) -> None:
         self.specs = list(specs)
         for spec in self.specs:
-            build(spec.name, spec.params)  # validate eagerly: bad config fails at start
+            build(spec.name, spec.params).prepare()  # validates: bad config fails at start
         self._partition_specs = [s for s in self.specs if REGISTRY[s.name].scope == "partition"]
         self._model_specs = [s for s in self.specs if REGISTRY[s.name].scope == "model"]
         self._sets: dict[int, _Set] = {}

@@ -19,7 +19,7 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
-from detectors.telemetry.adapters import OUTLIER_METHODS, OutlierModel
+from detectors.telemetry.adapters import OUTLIER_METHODS, OutlierModel, warm_up
 from detectors.telemetry.stats import alpha_per_evaluation, binomial_count_threshold
 from detectors.telemetry.window import (
     ATLAS_EVASION,
@@ -127,6 +127,9 @@ class InputIntegrityDetector(WindowedModelDetector):
             overrides=overrides,
             seed=seed,
         )
+
+    def prepare(self) -> None:
+        warm_up(self.method)  # first-use costs at start, not in the consumer loop
 
     def summarise(self, st: ModelState, events: list[InferenceEvent]) -> Any:
         rows = [e.features for e in events]

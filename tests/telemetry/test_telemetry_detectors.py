@@ -407,3 +407,18 @@ def test_snapshot_after_reference_fit_continues_identically(digits_stream):
         first = [encode_finding(f) for f in feed(original, tail)]
         assert first == [encode_finding(f) for f in feed(restored, tail)], cls.name
         assert cls is PredictionDriftDetector or first, f"{cls.name} found the noise"
+
+
+def test_numpy_hbos_scores_equal_pyods_hbos():
+    """Our numpy HBOS is pyod's HBOS formula: same scores, inside and outside the bins."""
+    import numpy as np
+    from pyod.models.hbos import HBOS
+
+    from detectors.telemetry.adapters import NumpyHBOS
+
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(3000, 5))
+    test = np.vstack([rng.normal(size=(500, 5)), rng.normal(scale=4.0, size=(200, 5))])
+    reference = HBOS().fit(train).decision_function(test)
+    ours = NumpyHBOS().fit(train).decision_function(test)
+    np.testing.assert_allclose(ours, reference, rtol=1e-9, atol=1e-9)
