@@ -439,6 +439,9 @@ class ResponseEngine:
                                 **fields)
                 self._event("action_skipped", reason=reason, **fields)
                 return
+            if job["phase"] == "decision":
+                extra = self._with_approval_message(extra)
+                call.extra = extra
             if extra.get("wait_for_thread") and not state.get("ts") and self._parent_pending(job):
                 raise Deferred("the incident's first message is not delivered yet", after=0.5)
             self._audit_now("action_attempt", now, outcome="attempt", **fields)
@@ -459,6 +462,20 @@ class ResponseEngine:
                        None)
             return
         self._delivered(job, call, fields, attempts, now, result)
+
+    def _with_approval_message(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """A decision updates the approval message: wait for it to be posted, then use its ts."""
+        with self.outbox.tx() as db:
+            row = db.execute("SELECT message_channel, message_ts FROM approvals WHERE id = ?",
+                             (extra.get("approval_id"),)).fetchone()
+            request = db.execute("SELECT status FROM jobs WHERE idem_key = ?",
+                                 (f"{extra.get('target_idem')}:approval",)).fetchone()
+        if request is not None and request["status"] in ("pending", "running"):
+            raise Deferred("the approval request is not posted yet", after=0.5)
+        if row is not None and row["message_ts"]:
+            return {**extra, "message_ts": row["message_ts"],
+                    "message_channel": row["message_channel"]}
+        return extra
 
     def _parent_pending(self, job: Mapping[str, Any]) -> bool:
         """Is this action's first message of the incident still waiting for delivery?"""
@@ -594,9 +611,11 @@ class ResponseEngine:
         self._event("incident_repeat", route=route.name, incident_id=row["id"], repeats=pending)
 
     def _close_incident(self, db: Any, row: Any, now: float) -> None:
+        route = self.playbooks.route(row["route"])
+        if route is not None and row["pending_repeats"] > 0:
+            self._repeat_notice(db, route, row, now)  # counted repeats are never dropped
         db.execute("UPDATE incidents SET status = 'closed', closed_at = ? WHERE id = ?",
                    (now, row["id"]))
-        route = self.playbooks.route(row["route"])
         finding, raw = self._incident_finding(row)
         if route is not None and route.spec.resolve.notify:
             quiet = _minutes(route.spec.dedup.window)

@@ -121,7 +121,7 @@ def test_only_allowed_users_decide(engine_factory, fake_slack, interactivity):
 
 def test_unanswered_approval_expires(engine_factory, fake_slack):
     published = Published()
-    engine, events = engine_factory(contain(), publish=published, approval_timeout=0.3)
+    engine, events = engine_factory(contain(), publish=published, approval_timeout=0.5)
     engine.submit(build_finding())
     events.wait_for("approval_expired", timeout=5)
     update = wait_until(lambda: [r for r in fake_slack.delivered if r.endpoint == "chat.update"])
@@ -145,7 +145,8 @@ def test_unacknowledged_incident_escalates_to_the_other_route(engine_factory, fa
 
 
 def test_acknowledged_incident_does_not_escalate(engine_factory, fake_slack, interactivity):
-    engine, events = engine_factory(contain(after="0.8s"), publish=Published())
+    engine, events = engine_factory(contain(after="1.5s"), publish=Published())
+    submitted = time.monotonic()
     url = interactivity(engine)
     engine.submit(build_finding())
     alert = wait_until(lambda: next((r for r in fake_slack.delivered if any(
@@ -157,6 +158,6 @@ def test_acknowledged_incident_does_not_escalate(engine_factory, fake_slack, int
     events.wait_for("incident_acknowledged")
     wait_until(lambda: [r for r in fake_slack.delivered
                         if "Acknowledged" in r.body.get("text", "")])
-    time.sleep(1.0)
+    time.sleep(max(0.0, submitted + 1.8 - time.monotonic()))
     assert not events.of("incident_escalated")
     assert not [r for r in fake_slack.delivered if r.body.get("channel") == "#oncall"]
