@@ -239,3 +239,38 @@ def test_after_a_restart_repeats_still_go_into_the_first_messages_thread(
     first, summary = fake_slack.delivered
     assert summary.body["thread_ts"] == json.loads(first.response)["ts"]
     assert "2 more in the last" in summary.body["text"]
+
+
+def test_shipped_playbooks_handle_every_kind_and_contain_nothing_unapproved(
+        tmp_path, fake_slack):
+    from pb_helpers import Events, Published
+
+    from detectors.findings import KINDS
+    from playbooks.config import PlaybookSettings, SlackConnection, default_playbook_dir
+    from playbooks.engine import ResponseEngine
+    from playbooks.model import load_playbooks
+
+    published, events = Published(), Events()
+    settings = PlaybookSettings.model_validate({
+        "outbox_path": str(tmp_path / "o.sqlite3"), "tick_interval": 0.05,
+        "interactivity": {"enabled": True, "signing_secret": "x" * 32}})
+    engine = ResponseEngine(load_playbooks(default_playbook_dir()), settings,
+                            slack=SlackConnection(webhook_url=fake_slack.webhook_url),
+                            publish=published, on_event=events)
+    engine.start()
+    entity = {"data_poisoning": Entity("resource", "dataset:train-2026"),
+              "model_tampering": Entity("model", "fraud-scorer"),
+              "drift": Entity("model", "fraud-scorer")}
+    try:
+        for kind in sorted(KINDS):
+            engine.submit(build_finding(kind=kind, detector=f"{kind}.test", severity="critical",
+                                        entity=entity.get(kind, Entity("principal", "mallory"))))
+        # Every kind reaches Slack (an alert, plus an approval request for containment).
+        wait_until(lambda: len(fake_slack.delivered) >= len(KINDS) + 7, timeout=10)
+        time.sleep(0.3)
+    finally:
+        engine.stop(timeout=2.0)
+    texts = [r.body["text"] for r in fake_slack.delivered]
+    assert sum(t.startswith("Approval needed") for t in texts) == 7
+    assert not events.of("action_failed")
+    assert published.on("mlwatchd.actions") == []  # nothing contained without approval
