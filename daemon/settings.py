@@ -10,6 +10,7 @@ per problem.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import os
 import sys
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -290,7 +291,7 @@ def load(path: str | Path | None) -> Settings:
             from None
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections"])
-    problems: list[str] = []
+    problems: list[str] = unknown_env_settings(os.environ)
     settings: Settings | None = None
     try:
         settings = Settings(**data)
@@ -307,6 +308,22 @@ def load(path: str | Path | None) -> Settings:
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
+
+
+def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
+    """``MLWATCHD_`` variables whose section does not exist.
+
+    pydantic-settings drops them without a word (unknown keys *inside* a
+    section are rejected by the section's ``extra="forbid"``), so a typo such
+    as ``MLWATCHD_SLAK__CHANNEL`` would leave the daemon on its defaults.
+    """
+    problems = []
+    for name in sorted(environ):
+        if name.upper().startswith(ENV_PREFIX):
+            section = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+            if section not in Settings.model_fields:
+                problems.append(f"{name}: no config section {section!r} (check the spelling)")
+    return problems
 
 
 def _raw_detectors(data: dict[str, Any]) -> dict[str, DetectorSettings]:

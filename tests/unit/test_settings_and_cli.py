@@ -113,3 +113,15 @@ def test_replay_missing_file_is_a_clear_error(tmp_path):
     run = subprocess.run([sys.executable, "-m", "daemon.cli", "replay", str(tmp_path / "x")],
                          capture_output=True, timeout=60)
     assert run.returncode == 2 and b"no such file" in run.stderr
+
+
+def test_misspelt_environment_variables_are_reported(monkeypatch):
+    monkeypatch.setenv("MLWATCHD_KAFKA__BOOTSTRAP_SERVER", "typo:9092")  # missing S
+    monkeypatch.setenv("MLWATCHD_SLAK__CHANNEL", "#x")
+    monkeypatch.setenv("MLWATCHD_KAFKA__GROUP_ID", "fine")
+    with pytest.raises(ConfigError) as err:
+        load(default_config_path())
+    assert sorted(err.value.problems) == [
+        "MLWATCHD_SLAK__CHANNEL: no config section 'slak' (check the spelling)",
+        "kafka.bootstrap_server: Extra inputs are not permitted (got 'typo:9092')",
+    ]
