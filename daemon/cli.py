@@ -115,7 +115,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from daemon.bench import run_bench
 
-    return run_bench(events=args.events, decode_only=args.decode)
+    return run_bench(events=args.events, decode_only=args.decode, config=args.config,
+                     only=args.only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--verbose", action="store_true", help="show the daemon's logs")
     p = verb("bench", "Throughput: bare kafka-python consumer vs mlwatchd run, same topic.",
-             cmd_bench, config=False)
+             cmd_bench)
+    p.add_argument("--only", metavar="PREFIX", action="append",
+                   help="enable only detectors whose name starts with PREFIX (repeatable), "
+                        "e.g. --only drift. --only confidence.")
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--decode", action="store_true",
                    help="only compare event decoders (msgspec vs orjson+Python checks)")
