@@ -3,6 +3,9 @@
 Interface the daemon calls (arrows point daemon -> playbooks)::
 
     playbooks = load_playbooks(settings.playbooks.dir)          # PlaybookError: one line each
+    for line in playbook_warnings(playbooks, settings.playbooks,
+                                  slack_configured=settings.slack.enabled):
+        ...                                                     # check-config: print; run: log
     engine = ResponseEngine(
         playbooks, settings.playbooks,
         slack=settings.slack,                # SlackSettings, a SlackConnection or None
@@ -73,7 +76,7 @@ from playbooks.outcomes import Deferred, PermanentFailure, RetryLater
 from playbooks.privacy import Pseudonymizer
 from playbooks.slack_post import SlackPoster
 
-__all__ = ["OnEvent", "ResponseEngine"]
+__all__ = ["OnEvent", "ResponseEngine", "playbook_warnings"]
 
 OnEvent = Callable[[str, dict[str, Any]], None]
 
@@ -93,6 +96,27 @@ def _rfc3339(seconds: float) -> str:
 def _minutes(seconds: float) -> str:
     minutes = max(1, round(seconds / 60))
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def playbook_warnings(playbooks: PlaybookSet, settings: PlaybookSettings, *,
+                      slack_configured: bool, publisher: bool = True) -> list[str]:
+    """What will not work with this config (for ``check-config`` and the start log)."""
+    lines = []
+    types = {b.action.name for b in playbooks.actions.values()}
+    approvals = sorted(b.name for b in playbooks.actions.values() if b.requires_approval)
+    if "slack" in types and not slack_configured:
+        lines.append("slack actions are skipped: slack is not configured")
+    if approvals and not slack_configured:
+        lines.append(f"approval requests cannot be posted (no Slack): {', '.join(approvals)} "
+                     "will never run")
+    elif approvals and not settings.interactivity.enabled:
+        lines.append(f"playbooks.interactivity is off: approvals for {', '.join(approvals)} "
+                     "can only expire")
+    if "kafka" in types and not publisher:
+        lines.append("kafka actions are skipped: no publisher")
+    if settings.dry_run:
+        lines.append("playbooks.dry_run is on: actions are audited, never sent")
+    return lines
 
 
 class ResponseEngine:
@@ -145,16 +169,10 @@ class ResponseEngine:
 
     def _warn_unavailable(self) -> None:
         """Say at start which configured actions cannot work, not at the first finding."""
-        types = {b.action.name for b in self.playbooks.actions.values()}
-        if "slack" in types and self.runtime.slack is None:
-            log.warning("playbooks_slack_not_configured",
-                        detail="slack actions and approval requests will be skipped")
-        if "kafka" in types and self._publish is None:
-            log.warning("playbooks_no_publisher", detail="kafka actions will be skipped")
-        needs_approval = [b.name for b in self.playbooks.actions.values() if b.requires_approval]
-        if needs_approval and not self.runtime.interactivity:
-            log.warning("playbooks_approvals_without_interactivity", actions=needs_approval,
-                        detail="approval requests can only expire")
+        for line in playbook_warnings(self.playbooks, self.settings,
+                                      slack_configured=self.runtime.slack is not None,
+                                      publisher=self._publish is not None):
+            log.warning("playbooks_degraded", detail=line)
 
     # -- lifecycle -------------------------------------------------------------
 

@@ -157,3 +157,16 @@ def test_docstring_examples(module):
 
 def test_config_folder_is_yaml_only():
     assert all(p.suffix == ".yaml" for p in Path(default_playbook_dir()).iterdir())
+
+
+def test_warnings_say_what_cannot_work_with_this_config():
+    from playbooks.engine import playbook_warnings
+
+    loaded = load_playbooks(default_playbook_dir())
+    lines = playbook_warnings(loaded, PlaybookSettings(), slack_configured=False,
+                              publisher=True)
+    assert lines[0] == "slack actions are skipped: slack is not configured"
+    assert "will never run" in lines[1]
+    lines = playbook_warnings(loaded, PlaybookSettings(dry_run=True), slack_configured=True)
+    assert any("interactivity is off" in line for line in lines)
+    assert lines[-1].startswith("playbooks.dry_run is on")
