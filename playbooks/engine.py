@@ -155,7 +155,7 @@ class ResponseEngine:
         self.outbox = Outbox(settings.outbox_path)
         self._closed = False
         self._stopping = threading.Event()
-        self._draining = threading.Event()
+        self._stopped: int | None = None
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._paused: dict[str, float] = {}
@@ -205,11 +205,12 @@ class ResponseEngine:
         undelivered jobs stay in the outbox and the next start delivers them.
         Scheduled TTL reverts are not counted (they are not due).
         """
+        if self._stopped is not None:
+            return self._stopped
         deadline = time.monotonic() + max(0.0, timeout)
         self._closed = True
-        self._draining.set()
         self._wake.set()
-        while time.monotonic() < deadline and self._due_count() > 0:
+        while self._threads and time.monotonic() < deadline and self._due_count() > 0:
             time.sleep(0.05)
         self._stopping.set()
         self._wake.set()
@@ -225,6 +226,7 @@ class ResponseEngine:
             log.warning("playbook_actions_undelivered_at_stop", count=undelivered,
                         detail="kept in the outbox; delivered after the next start")
         self.outbox.close()
+        self._stopped = undelivered
         return undelivered
 
     def _due_count(self) -> int:

@@ -274,3 +274,15 @@ def test_shipped_playbooks_handle_every_kind_and_contain_nothing_unapproved(
     assert sum(t.startswith("Approval needed") for t in texts) == 7
     assert not events.of("action_failed")
     assert published.on("mlwatchd.actions") == []  # nothing contained without approval
+
+
+def test_stop_without_start_keeps_work_for_the_next_process_and_is_idempotent(
+        engine_factory, fake_slack):
+    engine, _ = engine_factory(playbook(), start=False)
+    engine.submit(build_finding())
+    started = time.monotonic()
+    assert engine.stop(timeout=5.0) == 1 and engine.stop(timeout=5.0) == 1
+    assert time.monotonic() - started < 1.0
+    _, events2 = engine_factory(playbook())
+    events2.wait_for("action_delivered")
+    assert len(fake_slack.delivered) == 1
