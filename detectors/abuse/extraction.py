@@ -25,6 +25,7 @@ theft); ``volume.peer_rate`` finds the fast one (1 query/s) after 30-36.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any, ClassVar, Final
 
 import numpy as np
@@ -46,24 +47,50 @@ __all__ = [
 _DUPLICATE: Final = 1e-6  # distance below which a query repeats an earlier one
 
 
+@lru_cache(maxsize=256)
+def _swilk_coefficients(n: int) -> np.ndarray:
+    """Shapiro-Wilk weights a_1..a_n for samples of size n (Royston 1992, AS R94)."""
+    from scipy.special import ndtri
+
+    m = ndtri((np.arange(1, n + 1) - 0.375) / (n + 0.25))
+    c = m / math.sqrt(float(m @ m))
+    u = 1.0 / math.sqrt(n)
+    an = c[-1] + np.polyval([-2.706056, 4.434685, -2.071190, -0.147981, 0.221157, 0.0], u)
+    a = m.copy()
+    if n > 5:
+        an1 = c[-2] + np.polyval([-3.582633, 5.682633, -1.752461, -0.293762, 0.042981, 0.0], u)
+        phi = (m @ m - 2 * m[-1] ** 2 - 2 * m[-2] ** 2) / (1 - 2 * an**2 - 2 * an1**2)
+        a = m / math.sqrt(phi)
+        a[-1], a[-2], a[0], a[1] = an, an1, -an, -an1
+    else:
+        phi = (m @ m - 2 * m[-1] ** 2) / (1 - 2 * an**2)
+        a = m / math.sqrt(phi)
+        a[-1], a[0] = an, -an
+    a.flags.writeable = False
+    return a
+
+
 def shapiro_w(distances: np.ndarray, clip_sigma: float = 3.0) -> float:
     """Shapiro-Wilk W of ``distances`` after dropping values beyond ``clip_sigma`` SDs.
 
-    PRADA's test statistic: near 1 for normal-looking samples.
+    PRADA's test statistic: near 1 for normal-looking samples. Computed with
+    Royston's weights, cached per sample size (scipy's ``shapiro`` gives the
+    same W to about 1e-4 but costs several times more per call).
 
     >>> rng = np.random.default_rng(0)
     >>> shapiro_w(rng.normal(5, 1, 500)) > 0.99, shapiro_w(rng.exponential(1, 500)) < 0.9
     (True, True)
     """
-    from scipy.stats import shapiro
-
     d = np.asarray(distances, dtype=np.float64)
     mu, sd = d.mean(), d.std()
     if sd > 0:
         d = d[np.abs(d - mu) <= clip_sigma * sd]
     if len(d) < 3 or np.ptp(d) == 0:
         return 0.0
-    return float(shapiro(d).statistic)
+    d = np.sort(d)
+    centred = d - d.mean()
+    w = float(_swilk_coefficients(len(d)) @ d) ** 2 / float(centred @ centred)
+    return min(w, 1.0)
 
 
 class _PradaState(QueryState):
