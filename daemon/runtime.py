@@ -10,6 +10,7 @@ uncommitted batch is redelivered, and its findings come again with the same
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -103,7 +104,13 @@ class Daemon:
         """Consume until stopped. Returns the process exit code."""
         obs = self.settings.observability
         if obs.http_port is not None:
-            self.status = StatusServer(self.metrics, self.health, obs.http_host, obs.http_port)
+            routes = {}
+            interactivity = self.settings.playbooks.interactivity
+            handler = getattr(self.alerter, "handle_slack_interaction", None)
+            if interactivity.enabled and handler is not None:
+                routes[interactivity.path] = handler
+            self.status = StatusServer(self.metrics, self.health, obs.http_host, obs.http_port,
+                                       routes)
             self.status.start()
         if self.alerter is not None:
             self.alerter.start()
@@ -137,8 +144,8 @@ class Daemon:
         consumer, producer = self._consumer, self._producer
         try:
             if consumer is not None:
-                if self._commit():
-                    self._checkpoint(sorted(self._restored))
+                self._checkpoint(sorted(self._restored))
+                self._commit()
                 self._restored.clear()  # close() may revoke: nothing left to save
                 consumer.close(autocommit=False)
         except Exception as exc:
@@ -204,18 +211,24 @@ class Daemon:
         records.extend(dead)
         if records and not self._deliver(records):
             return  # stopping while the broker refuses: do not commit; redelivered later
-        self._pending.update(offsets)
-        self._positions.update((tp, meta.offset) for tp, meta in offsets.items())
-        if self._commit() and self.store is not None and \
-                time.monotonic() - self._checkpoint_at >= self.settings.state.checkpoint_every_s:
-            self._checkpoint(sorted(self._restored))
         for finding in findings:
             self.metrics.findings.labels(finding.detector, finding.severity).inc()
             log.info("finding", finding_id=finding.finding_id, detector=finding.detector,
                      kind=finding.kind, severity=finding.severity,
                      entity_type=finding.entity.type, model_id=finding.model_id)
             if self.alerter is not None:
+                # Before the commit: the response outbox records it durably (and
+                # ignores a redelivered finding), so a crash in between loses nothing.
                 self.alerter.submit(finding)
+        self._positions.update((tp, meta.offset) for tp, meta in offsets.items())
+        if self.store is not None and \
+                time.monotonic() - self._checkpoint_at >= self.settings.state.checkpoint_every_s:
+            # State and the offsets it reflects are saved *before* the commit: a
+            # restore seeks to the checkpoint's offsets, so it is consistent
+            # whether the crash came before or after the commit.
+            self._checkpoint(sorted(self._restored))
+        self._pending.update(offsets)
+        self._commit()
         self.processed += count
         self.metrics.batch_events.observe(count)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -322,7 +335,7 @@ class Daemon:
             log.error("checkpoint_failed", error=str(exc))
             return
         self._checkpoint_at = time.monotonic()
-        log.info("checkpoint_saved", partitions=partitions, bytes=size,
+        log.debug("checkpoint_saved", partitions=partitions, bytes=size,
                  seconds=round(time.perf_counter() - started, 3))
 
     def _restore(self, partition: int) -> Checkpoint | None:
@@ -345,11 +358,12 @@ class Daemon:
     # -- rebalance and gauges ------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        committed = self._commit()
         lost = sorted({tp.partition for tp in revoked} & self._restored)
-        if self.store is not None and committed and lost:
+        if self.store is not None and lost:
             # Saved, so whoever gets the partition next (maybe us) restores it.
             self._checkpoint(lost)
+        self._commit()
+        if self.store is not None and lost:
             for partition in lost:
                 self.pipeline.drop(partition)
                 self._restored.discard(partition)
@@ -361,6 +375,9 @@ class Daemon:
         self.metrics.assigned.set(len(assigned))
         log.info("partitions_assigned", partitions=[f"{t.topic}:{t.partition}" for t in assigned])
         gained = sorted({tp.partition for tp in assigned} - self._restored)
+        # Checkpoint before the first commit of newly gained partitions: no
+        # commit may ever run ahead of saved state.
+        self._checkpoint_at = -math.inf
         if self.store is not None:
             if GLOBAL not in self._restored:
                 self._restore(GLOBAL)

@@ -2,11 +2,13 @@
 
 A checkpoint of a *state partition* (the partition number shared by the
 co-partitioned input topics, or GLOBAL for model-scoped detectors) holds each
-detector's snapshot together with the input offsets that state reflects: it
-is taken right after a commit, so those are the committed offsets. Restoring
-it and resuming from those offsets gives the same state, and the same
-findings with the same ids, as never having stopped; events between the
-checkpoint and a later commit are simply processed again.
+detector's snapshot together with the input offsets that state reflects. It
+is written after a batch's findings were acknowledged and *before* the batch's
+offsets are committed (and before the first commit after any assignment), so
+no commit ever runs ahead of saved state. Restoring it and seeking to its
+offsets gives the same state, and the same findings with the same ids, as
+never having stopped: events committed after the checkpoint are processed
+again; a checkpoint newer than the last commit skips what it already holds.
 
 Each detector's snapshot is stored with a fingerprint of its config (name and
 params): after a config change that detector starts afresh instead of
