@@ -51,26 +51,32 @@ def _number(value: Any) -> float:
         return _NAN
 
 
-#: The last batch converted to a matrix: (the row objects, the float64 matrix).
+#: The last batches converted to matrices: [(the row objects, the float64 matrix)].
 #: Turning Python floats into an array is the largest per-event cost of the
 #: vector detectors; they batch the same principal's same events at the same
-#: moment, so the first converts and the others reuse its (read-only) result.
-#: Keyed by the identity of the row objects, which the memo keeps alive, so a
-#: hit is always the same data; a miss only costs the conversion.
-_LAST_BATCH: tuple[tuple[object, ...], np.ndarray] = ((), np.empty((0, 0)))
+#: moment (two batch sizes among them, hence two slots), so the first converts
+#: and the others reuse its (read-only) result. Keyed by the identity of the row
+#: objects, which the memo keeps alive, so a hit is always the same data; a miss
+#: only costs the conversion.
+_RECENT_BATCHES: list[tuple[tuple[object, ...], np.ndarray]] = []
 
 
 def as_matrix(rows: Sequence[Sequence[float]]) -> np.ndarray:
-    """``rows`` as a read-only float64 matrix (memoised for the last batch).
+    """``rows`` as a read-only float64 matrix (memoised for the last two batches).
 
     >>> a = [[1.0, 2.0], [3.0, 4.0]]
     >>> as_matrix(a) is as_matrix(list(a)), as_matrix(a).shape
     (True, (2, 2))
     """
-    global _LAST_BATCH
-    key, matrix = _LAST_BATCH
-    if len(key) == len(rows) and all(map(operator.is_, key, rows)):
-        return matrix
+    n = len(rows)
+    for key, matrix in _RECENT_BATCHES:
+        if len(key) == n and all(map(operator.is_, key, rows)):
+            return matrix
+    matrix = np.array(rows, dtype=np.float64)
+    matrix.flags.writeable = False
+    _RECENT_BATCHES.insert(0, (tuple(rows), matrix))
+    del _RECENT_BATCHES[2:]
+    return matrix
     matrix = np.array(rows, dtype=np.float64)
     matrix.flags.writeable = False
     _LAST_BATCH = (tuple(rows), matrix)
