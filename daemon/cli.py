@@ -22,33 +22,6 @@ def _load(path: str | None) -> Any:
         raise SystemExit(2) from None
 
 
-def build_alerter(settings: Any, on_outcome: Any = None) -> Any:
-    """The thin Slack route, if Slack is configured (replaced by playbooks later)."""
-    if not settings.slack.enabled:
-        return None
-    from playbooks.privacy import Pseudonymizer
-    from playbooks.slack import SlackAlerter
-
-    slack, privacy = settings.slack, settings.privacy
-    pseudonymizer = (
-        Pseudonymizer(privacy.key.get_secret_value().encode())
-        if privacy.pseudonymize and privacy.key is not None
-        else None
-    )
-    return SlackAlerter(
-        webhook_url=slack.webhook_url.get_secret_value() if slack.webhook_url else None,
-        bot_token=slack.bot_token.get_secret_value() if slack.bot_token else None,
-        channel=slack.channel,
-        api_base_url=slack.api_base_url,
-        min_severity=slack.min_severity,
-        timeout_s=slack.timeout_s,
-        max_retries=slack.max_retries,
-        queue_size=slack.queue_size,
-        pseudonymizer=pseudonymizer,
-        on_outcome=on_outcome,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import threading
 
@@ -63,13 +36,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from daemon.logs import configure_logging
     from daemon.metrics import Metrics
+    from daemon.response import build_response
     from daemon.runtime import Daemon
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     metrics = Metrics()
-    alerter = build_alerter(settings, lambda outcome, _f: metrics.alerts.labels(outcome).inc())
-    daemon = Daemon(settings, alerter=alerter, metrics=metrics, stopping=stopping)
+    response = build_response(settings, metrics)
+    daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
     return daemon.run()
 
 
@@ -78,8 +52,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     names = ", ".join(s.name for s in settings.detector_specs()) or "none"
     slack = "webhook" if settings.slack.webhook_url else "bot token" if settings.slack.bot_token \
         else "off"
+    routes = "off"
+    if settings.playbooks.enabled:
+        from playbooks.engine import playbook_warnings
+        from playbooks.model import load_playbooks
+
+        playbooks = load_playbooks(settings.playbooks.dir)  # validated by _load already
+        routes = f"{len(playbooks.routes)} routes from {settings.playbooks.dir}"
+        for line in playbook_warnings(playbooks, settings.playbooks,
+                                      slack_configured=settings.slack.enabled):
+            print(f"warning: playbooks: {line}", file=sys.stderr)
     print(f"config OK: kafka {settings.kafka.bootstrap_servers}, group {settings.kafka.group_id}, "
-          f"detectors: {names}; slack: {slack}")
+          f"detectors: {names}; slack: {slack}; playbooks: {routes}")
     return 0
 
 

@@ -21,6 +21,9 @@ __all__ = ["Health", "Metrics", "StatusServer"]
 
 log = structlog.get_logger("mlwatchd.metrics")
 
+#: Largest POST body accepted (Slack interactivity payloads are a few KiB).
+_MAX_POST_BYTES = 64 * 1024
+
 
 class Metrics:
     """The daemon's metrics, on a registry of its own (tests can make several)."""
@@ -55,8 +58,9 @@ class Metrics:
                                        registry=r)
         self.broker_reconnects = Counter("mlwatchd_broker_connect_failures_total",
                                          "Failed attempts to reach the Kafka cluster", registry=r)
-        self.alerts = Counter("mlwatchd_alerts_total", "Chat alerts by outcome", ["outcome"],
-                              registry=r)
+        self.playbook_events = Counter("mlwatchd_playbook_events_total",
+                                       "Response engine events (action_delivered, action_failed, "
+                                       "incident_opened, ...)", ["event"], registry=r)
         self.detector_gauge = Gauge("mlwatchd_detector_state", "Detector state gauges "
                                     "(entities tracked, evictions, ...)",
                                     ["detector", "stat"], registry=r)
@@ -100,6 +104,24 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n")
 
+    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        handler = self.server.post_routes.get(self.path.split("?", 1)[0])
+        if handler is None:
+            self._send(404, b"not found\n")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_POST_BYTES:
+            self._send(413, b"request too large\n")
+            return
+        body = self.rfile.read(length)
+        try:
+            code, answer = handler({k.lower(): v for k, v in self.headers.items()}, body)
+        except Exception as exc:  # never let a handler bug kill the status server
+            log.error("post_handler_failed", path=self.path, error=f"{type(exc).__name__}: {exc}")
+            code, answer = 500, b"internal error\n"
+        self._send(code, answer, "application/json" if answer[:1] in (b"{", b"[") else
+                   "text/plain; charset=utf-8")
+
     def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -115,15 +137,19 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     metrics: Metrics
     health: Health
+    post_routes: dict[str, Any]
 
 
 class StatusServer:
     """Serves metrics and health on ``host:port`` from a background thread."""
 
-    def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
+    def __init__(self, metrics: Metrics, health: Health, host: str, port: int,
+                 post_routes: dict[str, Any] | None = None) -> None:
+        """``post_routes``: path -> handler(headers, body) -> (status, body)."""
         self._server = _Server((host, port), _Handler)
         self._server.metrics = metrics
         self._server.health = health
+        self._server.post_routes = dict(post_routes or {})
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="mlwatchd-status", daemon=True)
 

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from detectors.findings import SEVERITIES
+from playbooks.config import PlaybookSettings
+from playbooks.model import PlaybookError, load_playbooks
 from detectors.pipeline import DetectorSpec
 from detectors.registry import REGISTRY, ParamsError, validate_params
 
@@ -118,13 +120,8 @@ class SlackSettings(_Section):
     bot_token: SecretStr | None = None
     channel: str | None = None
     api_base_url: str = "https://slack.com/api/"
-    #: Findings at or above this severity are posted.
-    min_severity: Literal["info", "low", "medium", "high", "critical"] = "high"
     timeout_s: float = Field(10.0, gt=0)
-    #: Retries on 429 (honouring Retry-After) and 5xx before an alert is reported failed.
-    max_retries: int = Field(5, ge=0)
-    #: Alerts waiting for Slack; past this, alerts are counted and logged as dropped.
-    queue_size: int = Field(10_000, ge=1)
+    #: Which findings go to Slack, retries and rate limits: see playbooks.
 
     @model_validator(mode="before")
     @classmethod
@@ -198,10 +195,13 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
-    detectors: dict[str, DetectorSettings] = Field(default_factory=dict)
+    #: Absent: every registered detector with its defaults; ``{}``: none.
+    detectors: dict[str, DetectorSettings] = Field(
+        default_factory=lambda: {name: DetectorSettings() for name in REGISTRY})
     slack: SlackSettings = Field(default_factory=SlackSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    playbooks: PlaybookSettings = Field(default_factory=PlaybookSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @classmethod
@@ -305,6 +305,11 @@ def load(path: str | Path | None) -> Settings:
             validate_params(name, cfg.params)
         except ParamsError as exc:
             problems.extend(f"detectors.{name}: {line}" for line in exc.problems)
+    if settings is not None and settings.playbooks.enabled:
+        try:
+            load_playbooks(settings.playbooks.dir)
+        except PlaybookError as exc:
+            problems.extend(f"playbooks: {line}" for line in exc.problems)
     if problems or settings is None:
         raise ConfigError(problems)
     return settings

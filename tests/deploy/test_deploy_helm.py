@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_helpers import CHART, by_kind, load_values, one, render
+from deploy_helpers import CHART, REPO, by_kind, load_values, one, render
 
 kv = pytest.importorskip(
     "kubernetes_validate",
@@ -176,10 +177,14 @@ def test_config_and_playbooks_mounted(rendered: Rendered) -> None:
     assert cfg["subPath"] == "mlwatchd.yaml"
     assert "mlwatchd.yaml" in cms[volumes[cfg["name"]]["configMap"]["name"]]["data"]
     playbook_dir = env_of(c)["MLWATCHD_PLAYBOOKS__DIR"]["value"]
-    pb = mounts[playbook_dir]
-    assert pb["readOnly"] is True
-    pb_cm = cms[volumes[pb["name"]]["configMap"]["name"]]
-    assert set(pb_cm["data"]) == set(merged_values(values)["playbooks"]["files"])
+    files = merged_values(values)["playbooks"]["files"]
+    if not files:  # the image's default playbooks stay visible: nothing mounted over them
+        assert playbook_dir not in mounts and "playbooks" not in volumes
+    else:
+        pb = mounts[playbook_dir]
+        assert pb["readOnly"] is True
+        pb_cm = cms[volumes[pb["name"]]["configMap"]["name"]]
+        assert set(pb_cm["data"]) == set(files)
     # config changes roll the pods
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert len(annotations["checksum/config"]) == 64
@@ -332,6 +337,23 @@ def _check_config_env(c: dict[str, Any], tmp: Path, merged: dict[str, Any]) -> d
     return env
 
 
+def _playbooks_as_in_the_pod(docs: list[dict[str, Any]], tmp: Path) -> Path:
+    """The playbook folder the pod reads: the mounted ConfigMap's files if the
+    chart mounts them, else the image's copy of config/playbooks (Dockerfile COPY)."""
+    folder = tmp / "playbooks"
+    folder.mkdir()
+    mounted = any(m["name"] == "playbooks" for m in container(docs).get("volumeMounts", []))
+    if mounted:
+        cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith(
+            "-playbooks"))
+        for name, text in (cm.get("data") or {}).items():
+            (folder / name).write_text(text, encoding="utf-8")
+    else:
+        for source in (REPO / "config" / "playbooks").glob("*.yaml"):
+            shutil.copy(source, folder / source.name)
+    return folder
+
+
 def test_shipped_config_passes_check_config(
         rendered: Rendered, tmp_path: Path) -> None:
     """The real CLI accepts the ConfigMap's config with the container's environment."""
@@ -340,6 +362,7 @@ def test_shipped_config_passes_check_config(
     config = tmp_path / "mlwatchd.yaml"
     config.write_text(cm["data"]["mlwatchd.yaml"], encoding="utf-8")
     env = _check_config_env(container(docs), tmp_path, merged_values(values))
+    env["MLWATCHD_PLAYBOOKS__DIR"] = str(_playbooks_as_in_the_pod(docs, tmp_path))
     proc = subprocess.run(
         [sys.executable, "-c", "import sys; from daemon.cli import main; sys.exit(main())",
          "check-config", "--config", str(config)],

@@ -111,8 +111,8 @@ def wait_for(predicate, timeout_s: float = 30.0, every_s: float = 0.2) -> bool:
 class DaemonThread:
     """Runs a Daemon in a background thread (in-process: same code as ``mlwatchd run``)."""
 
-    def __init__(self, settings: Settings, alerter: Any = None) -> None:
-        self.daemon = Daemon(settings, alerter=alerter)
+    def __init__(self, settings: Settings, alerter: Any = None, metrics: Any = None) -> None:
+        self.daemon = Daemon(settings, alerter=alerter, metrics=metrics)
         self.exit_code: int | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
