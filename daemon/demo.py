@@ -99,13 +99,21 @@ def _show_findings(findings: list[dict[str, Any]]) -> None:
 
 
 def _scorecard(findings: list[dict[str, Any]]) -> int:
-    _say("Injected attacks:")
+    _say("Injected attacks (caught: a finding of the right kind about the attacker; other: "
+         "flagged, but as another kind):")
     caught = 0
     for s in SCENARIOS:
-        hits = [f for f in findings if f["entity"]["id"] == s.entity_id and f["kind"] in s.kinds]
-        mark = "caught " if hits else "MISSED "
+        about = [f for f in findings if f["entity"]["id"] == s.entity_id]
+        hits = [f for f in about if f["kind"] in s.kinds]
         caught += bool(hits)
-        detectors = ", ".join(sorted({f["detector"] for f in hits})) or "-"
+        if hits:
+            mark, shown = "caught ", hits
+        elif about:  # flagged, but not for what it did
+            mark, shown = "other  ", about
+        else:
+            mark, shown = "MISSED ", []
+        detectors = ", ".join(sorted({f"{f['detector']} ({f['kind']})" if not hits else
+                                      f["detector"] for f in shown})) or "-"
         _say(f"  {mark} {s.name:<20} {s.description}  [{detectors}]")
     attack_entities = {s.entity_id for s in SCENARIOS}
     other = [f for f in findings if f["entity"]["id"] not in attack_entities]

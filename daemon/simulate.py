@@ -53,7 +53,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
              "principal", "dana.r", ("suspicious_access",), 8 * HOUR),
     Scenario("query_flood", "a regular API caller sends 2,500 queries in 3 minutes",
              "principal", "app-scraper", ("denial_of_service",), 10 * HOUR),
-    Scenario("model_extraction", "a partner sweeps the input space with synthetic queries",
+    Scenario("model_extraction", "a partner sweeps the input space with 5,000 synthetic queries",
              "principal", "partner-acme", ("model_extraction",), 11 * HOUR),
     Scenario("adversarial_probing", "boundary-search queries: near-duplicates, low margin",
              "principal", "eve-research", ("adversarial_probing",), 12 * HOUR),
@@ -243,26 +243,36 @@ def _attacks(b: _Builder, day0: float) -> None:
     for i in range(2500):
         b.inference(at["query_flood"] + i * 0.072, "app-scraper", "fraud-scorer",
                     b.benign_x("fraud-scorer"), scenario="query_flood")
-    # Extraction: uniform synthetic queries over the whole input box.
-    for i in range(1200):
+    # Extraction: synthetic queries over the whole input box, one a second for
+    # about 80 minutes (published extraction attacks use thousands to tens of
+    # thousands of queries).
+    for i in range(5000):
         x = [rng.uniform(-4, 4) for _ in range(8)]
-        b.inference(at["model_extraction"] + i * 2.0, "partner-acme", "fraud-scorer", x,
+        b.inference(at["model_extraction"] + i * 1.0, "partner-acme", "fraud-scorer", x,
                     scenario="model_extraction")
-    # Adversarial probing: a boundary search, then small steps along the boundary.
-    x0 = b.benign_x("fraud-scorer")
-    target = [-v for v in x0]
+    # Adversarial probing, HopSkipJump-like: binary search between the original
+    # input and an adversarial one, probes around the boundary point, then a
+    # step that brings the adversarial point closer to the original.
+    x_orig = b.benign_x("fraud-scorer")
+    cls = _score("fraud-scorer", x_orig)[0]
+    x_adv = [-v for v in x_orig]
     t = at["adversarial_probing"]
-    for step in range(40):
+    for _ in range(40):
         lo, hi = 0.0, 1.0
-        for _ in range(12):  # binary search for the boundary on the segment
+        for _ in range(10):
             mid = (lo + hi) / 2
-            x = [a + mid * (c - a) for a, c in zip(x0, target, strict=True)]
+            x = [a + mid * (c - a) for a, c in zip(x_orig, x_adv, strict=True)]
             b.inference(t, "eve-research", "fraud-scorer", x, scenario="adversarial_probing")
             t += 1.5
-            same = _score("fraud-scorer", x)[0] == _score("fraud-scorer", x0)[0]
-            lo, hi = (mid, hi) if same else (lo, mid)
-        x0 = [a + lo * (c - a) + rng.gauss(0, 0.05) for a, c in zip(x0, target, strict=True)]
-        target = [v + rng.gauss(0, 0.3) for v in target]
+            lo, hi = (mid, hi) if _score("fraud-scorer", x)[0] == cls else (lo, mid)
+        edge = [a + hi * (c - a) for a, c in zip(x_orig, x_adv, strict=True)]
+        for _ in range(4):  # gradient-estimation probes around the boundary point
+            probe = [v + rng.gauss(0, 0.05) for v in edge]
+            b.inference(t, "eve-research", "fraud-scorer", probe, scenario="adversarial_probing")
+            t += 1.5
+        closer = [e + 0.1 * (o - e) + rng.gauss(0, 0.02) for e, o in zip(edge, x_orig,
+                                                                        strict=True)]
+        x_adv = closer if _score("fraud-scorer", closer)[0] != cls else edge
     # Brute force, then success.
     for i in range(30):
         b.access(at["brute_force"] + i * 8, "admin-ops", "US", "failure", method="password",
