@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from detectors.findings import SEVERITIES
-from playbooks.config import PlaybookSettings
+from playbooks.config import PlaybookSettings, read_secret_file
 from playbooks.model import PlaybookError, load_playbooks
 from detectors.pipeline import DetectorSpec
 from detectors.registry import REGISTRY, ParamsError, validate_params
@@ -44,16 +44,9 @@ class _Section(BaseModel):
 
 
 def _read_secret_files(data: Any, names: tuple[str, ...]) -> Any:
-    """``<name>_file: PATH`` -> ``<name>: <file contents, stripped>``."""
-    if not isinstance(data, dict):
-        return data
+    """``<name>_file: PATH`` -> ``<name>: <file contents, stripped>``, for each name."""
     for name in names:
-        path = data.pop(f"{name}_file", None)
-        if path and not data.get(name):
-            try:
-                data[name] = Path(path).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+        data = read_secret_file(data, name)
     return data
 
 

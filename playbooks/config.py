@@ -37,6 +37,7 @@ __all__ = [
     "SlackConnection",
     "default_playbook_dir",
     "parse_duration",
+    "read_secret_file",
 ]
 
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -82,7 +83,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _read_secret_file(data: Any, name: str) -> Any:
+def read_secret_file(data: Any, name: str) -> Any:
+    """``<name>_file: PATH`` in a raw section -> ``<name>: <file contents, stripped>``."""
     if not isinstance(data, dict):
         return data
     path = data.pop(f"{name}_file", None)
@@ -111,7 +113,7 @@ class InteractivitySettings(_Section):
     @model_validator(mode="before")
     @classmethod
     def _secret_file(cls, data: Any) -> Any:
-        return _read_secret_file(dict(data) if isinstance(data, dict) else data, "signing_secret")
+        return read_secret_file(dict(data) if isinstance(data, dict) else data, "signing_secret")
 
     @model_validator(mode="after")
     def _secret_when_on(self) -> InteractivitySettings:
