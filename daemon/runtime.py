@@ -419,7 +419,7 @@ class Daemon:
         for (name, stat), value in totals.items():
             self.metrics.detector_gauge.labels(name, stat).set(value)
 
-    def _detector_error(self, detector: Detector, event: Event, exc: Exception) -> None:
+    def _detector_error(self, detector: Detector, event: Event | None, exc: Exception) -> None:
         self.metrics.detector_errors.labels(detector.name).inc()
         seen = self._errors_seen.get(detector.name, 0) + 1
         self._errors_seen[detector.name] = seen

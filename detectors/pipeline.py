@@ -54,7 +54,7 @@ class Pipeline:
     def __init__(
         self,
         specs: Sequence[DetectorSpec],
-        on_error: Callable[[Detector, Event, Exception], None] | None = None,
+        on_error: Callable[[Detector, Event | None, Exception], None] | None = None,
     ) -> None:
         self.specs = list(specs)
         for spec in self.specs:
@@ -79,22 +79,29 @@ class Pipeline:
     def process_many(
         self, kind: str, partition: int, items: Iterable[tuple[Event, Source]]
     ) -> list[Finding]:
-        """Findings of a run of events of one kind from one partition, in order."""
+        """Findings of a run of events of one kind from one partition.
+
+        Each detector takes the whole run at once (``process_batch``), in
+        order. A detector that raises is reported and skips the rest of the
+        run; the other detectors and the stream go on.
+        """
         detectors = self._set(partition).by_type[kind] + self._global.by_type[kind]
         findings: list[Finding] = []
         if not detectors:
+            for _ in items:  # still drain: the caller's generator dead-letters bad ones
+                pass
             return findings
-        for event, source in items:
-            for detector in detectors:
-                try:
-                    out = detector.process(event, source)
-                except Exception as exc:  # a detector bug must not stop the stream
-                    self.errors += 1
-                    if self._on_error is not None:
-                        self._on_error(detector, event, exc)
-                    continue
-                if out:
-                    findings.extend(out)
+        run = items if isinstance(items, list) else list(items)
+        for detector in detectors:
+            try:
+                out = detector.process_batch(run)
+            except Exception as exc:  # a detector bug must not stop the stream
+                self.errors += 1
+                if self._on_error is not None:
+                    self._on_error(detector, run[0][0] if run else None, exc)
+                continue
+            if out:
+                findings.extend(out)
         return findings
 
     def detectors(self) -> Iterator[tuple[int, Detector]]:

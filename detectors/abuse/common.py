@@ -14,7 +14,7 @@ ids evicts the least recently seen ones and is counted in ``stats()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from detectors.abuse.space import ModelSpace, stable_seed
@@ -115,6 +115,36 @@ class BatchedQueryDetector(Detector):
         found = self.judge(st, space, event, source)
         st.rows = []
         return found
+
+    def process_batch(self, items: Sequence[tuple[Event, Source]]) -> list[Finding]:
+        """:meth:`process` over a run of events, without a method call per event."""
+        out: list[Finding] = []
+        spaces, table, batch_size = self.spaces, self.table, self.batch_size
+        remember, new_state = self.remember, self.new_state
+        for event, source in items:
+            assert isinstance(event, InferenceEvent)
+            model = event.model_id
+            space = spaces.get(model)
+            if space is None:
+                found = self.process(event, source)  # first sight of a model: the slow path
+                if found:
+                    out.extend(found)
+                continue
+            row = space.row(event.features)
+            if space.centre is None:
+                space.observe(row)
+                continue
+            st = table.touch(f"{event.principal}\x1f{model}", new_state)
+            st.rows.append(row)
+            remember(st, event)
+            if len(st.rows) < batch_size:
+                continue
+            spaces.touch(model, lambda space=space: space)  # keep the model recently used
+            found = self.judge(st, space, event, source)
+            st.rows = []
+            if found:
+                out.extend(found)
+        return out
 
     def quiet(self, st: QueryState, ts: float) -> bool:
         return ts < st.quiet_until

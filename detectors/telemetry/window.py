@@ -401,6 +401,31 @@ class WindowedModelDetector(Detector):
             return None
         return self._close_block(st, event, source)
 
+    def process_batch(self, items: Sequence[tuple[Event, Source]]) -> list[Finding]:
+        """:meth:`process` over a run of events, without a method call per event."""
+        out: list[Finding] = []
+        hot = self._hot
+        step = self.step
+        needs_confidence = self.needs_confidence
+        for event, source in items:
+            if type(event) is not InferenceEvent:
+                continue
+            st = hot.get(event.model_id)
+            if st is None or st.version != event.model_version:
+                st = self._state_of(event)
+                hot = self._hot  # rebuilt when a model was evicted
+            if needs_confidence and event.confidence is None:
+                continue
+            buffered = st.items
+            if not buffered:
+                st.first_source = source
+            buffered.append(event)
+            if len(buffered) >= step:
+                found = self._close_block(st, event, source)
+                if found:
+                    out.extend(found)
+        return out
+
     # -- per block -----------------------------------------------------------------
 
     def _state_of(self, event: InferenceEvent) -> ModelState:

@@ -99,3 +99,26 @@ def test_stats_are_numbers(name):
     feed(detector, STREAM[:500])
     for key, value in detector.stats().items():
         assert isinstance(key, str) and isinstance(value, int | float)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_process_batch_equals_process_one_by_one(name):
+    """Batches of any size give the same findings, in the same order, as single events."""
+    import random
+
+    detector = build(name)
+    items = [(e, s) for e, s in sourced(STREAM) if event_type_of(e) in detector.event_types]
+    one_by_one = []
+    for event, source in items:
+        one_by_one.extend(detector.process(event, source) or ())
+    batched_detector = build(name)
+    batched = []
+    rng = random.Random(5)
+    i = 0
+    while i < len(items):
+        size = rng.choice((1, 7, 64, 500))
+        batched.extend(batched_detector.process_batch(items[i:i + size]))
+        i += size
+    assert _encoded(batched) == _encoded(one_by_one)
+    assert batched_detector.snapshot() == detector.snapshot() or \
+        _encoded(feed(batched_detector, STREAM[:300])) == _encoded(feed(detector, STREAM[:300]))
