@@ -106,6 +106,8 @@ class TopicSettings(_Section):
 class DetectorSettings(_Section):
     enabled: bool = True
     params: dict[str, Any] = Field(default_factory=dict)
+    #: Only these models' inference events (glob patterns on model_id); null: all.
+    models: list[str] | None = None
 
 
 class SlackSettings(_Section):
@@ -227,7 +229,8 @@ class Settings(BaseSettings):
 
     def detector_specs(self) -> list[DetectorSpec]:
         return [
-            DetectorSpec(name, dict(cfg.params))
+            DetectorSpec(name, dict(cfg.params),
+                         tuple(cfg.models) if cfg.models is not None else None)
             for name, cfg in self.detectors.items()
             if cfg.enabled
         ]

@@ -42,7 +42,8 @@ _FORMAT = 1
 
 def spec_fingerprint(spec: DetectorSpec) -> str:
     """Stable digest of a detector's name and params."""
-    canonical = orjson.dumps({"name": spec.name, "params": dict(spec.params)},
+    canonical = orjson.dumps({"name": spec.name, "params": dict(spec.params),
+                              "models": spec.models},
                              option=orjson.OPT_SORT_KEYS, default=str)
     return hashlib.sha256(canonical).hexdigest()[:16]
 

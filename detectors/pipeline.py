@@ -8,6 +8,8 @@ detectors get one instance per process.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +24,18 @@ __all__ = ["DetectorSpec", "Pipeline"]
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """A detector as config names it: registry name plus params."""
+    """A detector as config names it: registry name, params, and optionally the
+    models (glob patterns on ``model_id``) whose inference events it sees."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    models: tuple[str, ...] | None = None
+
+    def model_filter(self) -> Callable[[str], bool] | None:
+        if self.models is None:
+            return None
+        pattern = re.compile("|".join(fnmatch.translate(m) for m in self.models) or "(?!)")
+        return lambda model_id: pattern.match(model_id) is not None
 
     def build(self) -> Detector:
         return build(self.name, self.params)
@@ -59,6 +69,7 @@ class Pipeline:
         self.specs = list(specs)
         for spec in self.specs:
             build(spec.name, spec.params).prepare()  # validates: bad config fails at start
+        self._filters = {s.name: s.model_filter() for s in self.specs}
         self._partition_specs = [s for s in self.specs if REGISTRY[s.name].scope == "partition"]
         self._model_specs = [s for s in self.specs if REGISTRY[s.name].scope == "model"]
         self._sets: dict[int, _Set] = {}
@@ -93,8 +104,10 @@ class Pipeline:
             return findings
         run = items if isinstance(items, list) else list(items)
         for detector in detectors:
+            wanted = self._filters.get(detector.name) if kind == "inference" else None
+            mine = run if wanted is None else [it for it in run if wanted(it[0].model_id)]  # type: ignore[union-attr]
             try:
-                out = detector.process_batch(run)
+                out = detector.process_batch(mine)
             except Exception as exc:  # a detector bug must not stop the stream
                 self.errors += 1
                 if self._on_error is not None:

@@ -125,3 +125,29 @@ def test_misspelt_environment_variables_are_reported(monkeypatch):
         "MLWATCHD_SLAK__CHANNEL: no config section 'slak' (check the spelling)",
         "kafka.bootstrap_server: Extra inputs are not permitted (got 'typo:9092')",
     ]
+
+
+def test_a_detector_can_be_limited_to_some_models(tmp_path):
+    from detectors.events import InferenceEvent
+    from detectors.findings import Source
+    from detectors.pipeline import Pipeline
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("detectors: {volume.principal_rate: {models: ['fraud-*'], params: "
+                   "{warmup_buckets: 3, min_count: 30}}}\n")
+    pipeline = Pipeline(load(cfg).detector_specs())
+
+    def flood(model):
+        items = []
+        for i in range(60):
+            items.append((InferenceEvent(ts=T0 + i * 10, model_id=model, request_id=str(i),
+                                         principal="mallory", features=[1.0], prediction=0),
+                          Source("t", 0, i)))
+        for i in range(300):
+            items.append((InferenceEvent(ts=T0 + 600 + i * 0.1, model_id=model,
+                                         request_id=f"f{i}", principal="mallory",
+                                         features=[1.0], prediction=0), Source("t", 0, 60 + i)))
+        return pipeline.process_many("inference", 0, items)
+
+    assert flood("churn") == [], "churn is not in the detector's models"
+    assert [f.model_id for f in flood("fraud-scorer")] == ["fraud-scorer"]
