@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import build_finding
+from tests.slack.conftest import build_finding
 
 from detectors.findings import Entity
 from playbooks.privacy import Pseudonymizer
