@@ -103,6 +103,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      only=args.only)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from daemon.simulate import run_simulate
+
+    return run_simulate(args.out, bootstrap=args.bootstrap, seed=args.seed, days=args.days,
+                        scale=args.scale, art=args.art, config=args.config)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from daemon.evaluate import run_eval
+    from daemon.logs import configure_logging
+    from detectors.pipeline import Pipeline
+
+    settings = _load(args.config)
+    configure_logging(settings.observability.log_level, settings.observability.log_format)
+    return run_eval(Pipeline(settings.detector_specs()), args.files, html_out=args.html)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mlwatchd",
@@ -138,6 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--decode", action="store_true",
                    help="only compare event decoders (msgspec vs orjson+Python checks)")
+    p = verb("simulate", "Generate benign traffic with labelled attack scenarios as JSON Lines "
+             "or into Kafka.", cmd_simulate)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="FILE.jsonl", help="write JSON Lines here")
+    where.add_argument("--bootstrap", metavar="HOST:PORT",
+                       help="produce into the config's three input topics instead")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=8)
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply benign population and volume (default 1: ~60k events)")
+    p.add_argument("--art", action="store_true",
+                   help="add scenarios driven by IBM ART against a scikit-learn digits model")
+    p = verb("eval", "Run the detectors over a simulated stream and print a detection "
+             "scorecard.", cmd_eval)
+    p.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
     args = parser.parse_args(argv)
     return int(args.func(args))
 

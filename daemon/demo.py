@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from daemon.broker import EmbeddedBroker
+from daemon.evaluate import print_findings_scorecard
 from daemon.simulate import SCENARIOS, bad_messages, generate
 
 __all__ = ["run_demo"]
@@ -98,31 +99,6 @@ def _show_findings(findings: list[dict[str, Any]]) -> None:
             _say(f"        ATLAS {', '.join(f['atlas'])}")
 
 
-def _scorecard(findings: list[dict[str, Any]]) -> int:
-    _say("Injected attacks (caught: a finding of the right kind about the attacker; other: "
-         "flagged, but as another kind):")
-    caught = 0
-    for s in SCENARIOS:
-        about = [f for f in findings if f["entity"]["id"] == s.entity_id]
-        hits = [f for f in about if f["kind"] in s.kinds]
-        caught += bool(hits)
-        if hits:
-            mark, shown = "caught ", hits
-        elif about:  # flagged, but not for what it did
-            mark, shown = "other  ", about
-        else:
-            mark, shown = "MISSED ", []
-        detectors = ", ".join(sorted({f"{f['detector']} ({f['kind']})" if not hits else
-                                      f["detector"] for f in shown})) or "-"
-        _say(f"  {mark} {s.name:<20} {s.description}  [{detectors}]")
-    attack_entities = {s.entity_id for s in SCENARIOS}
-    other = [f for f in findings if f["entity"]["id"] not in attack_entities]
-    if other:
-        _say(f"Findings about entities no scenario targets: {len(other)} "
-             "(models the attacks' queries went to count here too)")
-    return caught
-
-
 def run_demo(events: int = 30_000, seed: int = 7, verbose: bool = False) -> int:
     """Run the demo; ``events`` is the number of benign inference events."""
     from daemon.logs import configure_logging
@@ -168,7 +144,7 @@ def run_demo(events: int = 30_000, seed: int = 7, verbose: bool = False) -> int:
         findings = [orjson.loads(m.value) for m in _read(broker.bootstrap, t.findings)]
         _show_findings(findings)
         _say()
-        caught = _scorecard(findings)
+        caught = print_findings_scorecard(findings)
         dead = _read(broker.bootstrap, t.dlq)
         reasons = Counter(dict(m.headers).get("mlwatchd.error.reason", b"?").decode()
                           for m in dead)

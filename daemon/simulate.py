@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["SCENARIOS", "Scenario", "SimEvent", "generate"]
+__all__ = ["ALL_SCENARIOS", "ART_SCENARIOS", "SCENARIOS", "Progress", "Scenario", "SimEvent",
+           "encode", "generate", "run_simulate", "simulate"]
 
 #: Monday 2 November 2026, 00:00 UTC.
 T0: Final = 1_793_577_600.0
@@ -69,6 +70,19 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("model_tampering", "a developer overwrites a registered model outside a pipeline",
              "principal", "dev-x", ("model_tampering", "data_poisoning"), 17 * HOUR),
 )
+
+#: Scenarios driven by real attack code (``--art``, :mod:`daemon.attacks`), same day.
+ART_SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario("art_hopskipjump", "HopSkipJump (IBM ART) evasion queries against digits-lr",
+             "principal", "mallory-hsj", ("adversarial_probing",), 18 * HOUR),
+    Scenario("art_boundary", "BoundaryAttack (IBM ART) evasion queries against digits-lr",
+             "principal", "mallory-boundary", ("adversarial_probing",), 19 * HOUR),
+    Scenario("art_knockoff", "knockoff thief: 2,000 natural digits at one a second",
+             "principal", "thief-knockoff", ("model_extraction",), 20 * HOUR),
+)
+
+#: Every scenario a simulated stream may be labelled with, by name.
+ALL_SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in SCENARIOS + ART_SCENARIOS}
 
 _PLACES: Final = {
     "DE": ("Berlin", 52.52, 13.40, 1.0, "198.18.1"),
@@ -221,9 +235,10 @@ def _benign_inference(b: _Builder, days: int, callers: int, total: int,
             t += rng.expovariate(rate / 60.0)
             if t >= end:
                 break
-            shift = 2.0 if (model == "churn" and drift_from is not None and t >= drift_from) \
-                else 0.0
-            b.inference(t, who, model, b.benign_x(model, shift), label=rng.random() < 0.1)
+            drifted = model == "churn" and drift_from is not None and t >= drift_from
+            b.inference(t, who, model, b.benign_x(model, 2.0 if drifted else 0.0),
+                        scenario="input_drift" if drifted else None,
+                        label=rng.random() < 0.1)
 
 
 def _attacks(b: _Builder, day0: float) -> None:
@@ -318,3 +333,127 @@ def bad_messages() -> Iterator[tuple[str, bytes | None, bytes]]:
         b'"action": "login", "outcome": "success"}'
     yield "inference", b"app-02", b'{"ts": 1793577600, "model_id": "churn", "request_id": ' \
         b'"x", "principal": "app-02", "features": "oops", "prediction": 1}'
+
+
+# -- mlwatchd simulate -------------------------------------------------------
+
+#: Where an event's ground truth goes: ``attributes`` is free-form in the
+#: contract, so the detectors ignore it and ``mlwatchd eval`` reads it.
+LABEL: Final = "sim_scenario"
+
+
+def encode(event: SimEvent) -> bytes:
+    """The event as one JSON object (no newline), its label in ``attributes``."""
+    import orjson
+
+    body = event.body
+    if event.scenario is not None:
+        body = {**body, "attributes": {**body.get("attributes", {}), LABEL: event.scenario}}
+    return orjson.dumps(body)
+
+
+class Progress:
+    """A one-line progress bar on stderr (a terminal only; silent otherwise)."""
+
+    def __init__(self, total: int, label: str, stream: Any = None) -> None:
+        import sys
+
+        self.total = max(total, 1)
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.shown = -1
+
+    def update(self, done: int) -> None:
+        if not self.live:
+            return
+        pct = min(100, done * 100 // self.total)
+        if pct == self.shown:
+            return
+        self.shown = pct
+        bar = "#" * (pct * 30 // 100)
+        self.stream.write(f"\r{self.label} [{bar:<30}] {pct:3d}% {done:,}/{self.total:,}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live and self.shown >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def simulate(seed: int = 7, days: int = 8, scale: float = 1.0,
+             art: bool = False) -> tuple[list[SimEvent], list[str]]:
+    """The scenario stream and notes (one line per skipped group of scenarios).
+
+    ``scale`` multiplies the benign population and volume (1.0: 45 people,
+    13 API callers, about 40,000 benign inference events over 8 days).
+    """
+    if days < 1 or scale <= 0:
+        raise ValueError("days must be >= 1 and scale > 0")
+    events = generate(seed=seed, days=days, people=max(1, round(40 * scale)),
+                      callers=max(1, round(12 * scale)),
+                      inference_events=max(100, round(40_000 * scale)))
+    notes: list[str] = []
+    if art:
+        from daemon import attacks
+
+        absent = attacks.missing()
+        if absent:
+            notes.append(f"skipped {', '.join(s.name for s in ART_SCENARIOS)}: "
+                         f"{' and '.join(absent)} not installed (pip install "
+                         "'mlwatchd[test]')")
+        else:
+            events = events + attacks.art_events(seed, days, scale)
+            events.sort(key=lambda e: e.ts)
+    return events, notes
+
+
+def _produce(events: list[SimEvent], bootstrap: str, config: str | None) -> None:
+    from kafka import KafkaProducer
+
+    from daemon.settings import load
+
+    t = load(config).topics
+    topics = {"inference": t.inference, "audit": t.audit, "access": t.access}
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    bar = Progress(len(events), "producing")
+    for i, event in enumerate(events, 1):
+        producer.send(topics[event.kind], key=event.key.encode(), value=encode(event))
+        if i % 1000 == 0:
+            bar.update(i)
+    producer.flush()
+    producer.close()
+    bar.update(len(events))
+    bar.close()
+
+
+def run_simulate(out: str | None, bootstrap: str | None = None, seed: int = 7, days: int = 8,
+                 scale: float = 1.0, art: bool = False, config: str | None = None) -> int:
+    """``mlwatchd simulate``: write JSON Lines to ``out`` or produce to ``bootstrap``."""
+    import sys
+
+    events, notes = simulate(seed=seed, days=days, scale=scale, art=art)
+    for note in notes:
+        print(f"mlwatchd simulate: {note}", file=sys.stderr)
+    labels: dict[str, int] = {}
+    for e in events:
+        if e.scenario is not None:
+            labels[e.scenario] = labels.get(e.scenario, 0) + 1
+    if bootstrap:
+        _produce(events, bootstrap, config)
+        where = f"Kafka at {bootstrap}"
+    else:
+        assert out is not None
+        bar = Progress(len(events), "writing")
+        with open(out, "wb") as handle:
+            for i, event in enumerate(events, 1):
+                handle.write(encode(event) + b"\n")
+                if i % 2000 == 0:
+                    bar.update(i)
+        bar.update(len(events))
+        bar.close()
+        where = out
+    print(f"mlwatchd simulate: {len(events):,} events (seed {seed}, {days} days, scale {scale:g}) "
+          f"to {where}; {len(labels)} scenarios, {sum(labels.values()):,} attack events",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,321 @@
+"""``mlwatchd eval``: run the detectors over a labelled stream and score them.
+
+The stream is JSON Lines as ``mlwatchd simulate`` writes it: an attack event
+carries its scenario's name in ``attributes.sim_scenario``. The detectors run
+through the same :class:`~detectors.pipeline.Pipeline` as ``run`` and
+``replay``. Definitions (all in event order, i.e. the file's line order):
+
+- A scenario is **detected** by a finding about its entity (type and id) with
+  one of its kinds, emitted at or after the scenario's first event. A finding
+  about the entity of another kind marks it "other" (flagged, not detected).
+- **Time to detect**: the scenario's events up to and including the one whose
+  processing emitted the first detecting finding, and the event-time seconds
+  from the scenario's first event to that event.
+- **False findings**: findings about an entity no scenario targets, plus
+  findings about a scenario's entity before that scenario began. Findings about
+  a model after attack queries reached it are counted apart (side effects).
+  Per million: false findings / events x 10^6.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from daemon.simulate import ALL_SCENARIOS, LABEL, Progress, Scenario
+
+__all__ = ["EventInfo", "Hit", "Scorecard", "evaluate_file", "format_scorecard",
+           "print_findings_scorecard", "score"]
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    """What the scorecard needs of one event."""
+
+    ts: float
+    scenario: str | None = None
+    model_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A finding, with the index of the event whose processing emitted it."""
+
+    index: int
+    detector: str
+    kind: str
+    entity_type: str
+    entity_id: str
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    events: int = 0
+    first_index: int | None = None
+    detected: bool = False
+    other: bool = False
+    detectors: list[str] = field(default_factory=list)
+    events_to_detect: int | None = None
+    seconds_to_detect: float | None = None
+
+
+@dataclass
+class DetectorCount:
+    total: int = 0
+    true: int = 0      # detecting a scenario
+    false: int = 0     # about benign entities
+    other: int = 0     # about attackers (other kind) or attacked models
+
+
+@dataclass
+class Scorecard:
+    events: int
+    attack_events: int
+    scenarios: list[ScenarioResult]
+    false_findings: int
+    side_effects: int
+    detectors: dict[str, DetectorCount]
+    unknown_labels: list[str]
+
+    @property
+    def false_per_million(self) -> float:
+        return self.false_findings * 1e6 / self.events if self.events else 0.0
+
+    @property
+    def detected(self) -> int:
+        return sum(r.detected for r in self.scenarios)
+
+
+def score(events: Sequence[EventInfo], hits: Iterable[Hit],
+          scenarios: Mapping[str, Scenario] = ALL_SCENARIOS) -> Scorecard:
+    """The scorecard of ``hits`` over labelled ``events`` (pure arithmetic)."""
+    results: dict[str, ScenarioResult] = {}
+    unknown: set[str] = set()
+    attacked_from: dict[str, int] = {}  # model id -> first attack event index
+    attack_events = 0
+    for i, e in enumerate(events):
+        if e.scenario is None:
+            continue
+        attack_events += 1
+        s = scenarios.get(e.scenario)
+        if s is None:
+            unknown.add(e.scenario)
+            continue
+        r = results.setdefault(e.scenario, ScenarioResult(s, first_index=i))
+        r.events += 1
+        if e.model_id is not None:
+            attacked_from.setdefault(e.model_id, i)
+    by_entity: dict[tuple[str, str], list[ScenarioResult]] = {}
+    for r in results.values():
+        by_entity.setdefault((r.scenario.entity_type, r.scenario.entity_id), []).append(r)
+
+    counts: dict[str, DetectorCount] = {}
+    false = side = 0
+    for h in sorted(hits, key=lambda h: h.index):
+        c = counts.setdefault(h.detector, DetectorCount())
+        c.total += 1
+        active = [r for r in by_entity.get((h.entity_type, h.entity_id), [])
+                  if r.first_index is not None and h.index >= r.first_index]
+        if active:
+            matched = False
+            for r in active:
+                if h.kind in r.scenario.kinds:
+                    matched = True
+                    if not r.detected:
+                        r.detected = True
+                        first = r.first_index
+                        assert first is not None
+                        r.events_to_detect = sum(
+                            1 for e in events[first:h.index + 1] if e.scenario == r.scenario.name)
+                        r.seconds_to_detect = events[h.index].ts - events[first].ts
+                    if h.detector not in r.detectors:
+                        r.detectors.append(h.detector)
+                else:
+                    r.other = True
+            if matched:
+                c.true += 1
+            else:
+                c.other += 1
+        elif h.entity_type == "model" and h.entity_id in attacked_from \
+                and h.index >= attacked_from[h.entity_id]:
+            side += 1
+            c.other += 1
+        else:
+            false += 1
+            c.false += 1
+    ordered = [results[n] for n in scenarios if n in results]
+    return Scorecard(len(events), attack_events, ordered, false, side, counts, sorted(unknown))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_scorecard(card: Scorecard) -> str:
+    lines = [f"Scorecard: {card.events:,} events, {card.attack_events:,} attack events, "
+             f"{len(card.scenarios)} scenarios; detected {card.detected} of "
+             f"{len(card.scenarios)}."]
+    lines.append(f"  {'scenario':<20} {'result':<9} {'events':>7} {'to detect':>18}  detectors")
+    for r in card.scenarios:
+        if r.detected:
+            mark = "detected"
+            ttd = f"{r.events_to_detect:,} ev / {_duration(r.seconds_to_detect or 0.0)}"
+        else:
+            mark, ttd = ("other" if r.other else "MISSED"), "-"
+        lines.append(f"  {r.scenario.name:<20} {mark:<9} {r.events:>7,} {ttd:>18}  "
+                     f"{', '.join(r.detectors) or '-'}")
+    lines.append(f"False findings on benign entities: {card.false_findings} "
+                 f"({card.false_per_million:,.1f} per million events); "
+                 f"findings about attacked models (side effects): {card.side_effects}.")
+    lines.append("Findings per detector (total = detecting + false + other):")
+    for name in sorted(card.detectors):
+        c = card.detectors[name]
+        lines.append(f"  {name:<28} {c.total:>5}  detecting {c.true:>4}  false {c.false:>4}  "
+                     f"other {c.other:>4}")
+    if not card.detectors:
+        lines.append("  (no findings)")
+    if card.unknown_labels:
+        lines.append(f"Labels of no known scenario (not scored): {', '.join(card.unknown_labels)}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Run:
+    """Everything an evaluation saw, for the scorecard and the HTML report."""
+
+    events: list[EventInfo]
+    hits: list[Hit]
+    bad_lines: int
+
+
+def evaluate_file(pipeline: Any, paths: Sequence[str | Path],
+                  findings_out: IO[bytes] | None = None) -> Run:
+    """Run ``pipeline`` over the files (as ``replay`` does), keeping labels and hit positions."""
+    from daemon.replay import ReplayStats, read_events
+    from detectors.events import event_type_of
+    from detectors.findings import encode_finding
+
+    lines = 0
+    for p in paths:
+        with open(p, "rb") as handle:
+            lines += sum(1 for _ in handle)
+    bar = Progress(lines, "evaluating")
+    stats = ReplayStats()
+    infos: list[EventInfo] = []
+    hits: list[Hit] = []
+    for event, source in read_events(paths, stats):
+        attrs = event.attributes or {}
+        label = attrs.get(LABEL)
+        infos.append(EventInfo(float(event.ts), label if isinstance(label, str) else None,
+                               getattr(event, "model_id", None)))
+        index = len(infos) - 1
+        for f in pipeline.process_many(event_type_of(event), 0, ((event, source),)):
+            hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id))
+            if findings_out is not None:
+                findings_out.write(encode_finding(f) + b"\n")
+        if index % 2000 == 0:
+            bar.update(index)
+    bar.update(lines)
+    bar.close()
+    return Run(infos, hits, stats.bad_lines)
+
+
+def print_findings_scorecard(findings: Sequence[Mapping[str, Any]]) -> int:
+    """The demo's short scorecard from findings alone (no event positions); caught count."""
+    from daemon.simulate import SCENARIOS
+
+    print("Injected attacks (caught: a finding of the right kind about the attacker; other: "
+          "flagged, but as another kind):", flush=True)
+    caught = 0
+    for s in SCENARIOS:
+        about = [f for f in findings if f["entity"]["id"] == s.entity_id]
+        hits = [f for f in about if f["kind"] in s.kinds]
+        caught += bool(hits)
+        if hits:
+            mark, shown = "caught ", hits
+        elif about:
+            mark, shown = "other  ", about
+        else:
+            mark, shown = "MISSED ", []
+        detectors = ", ".join(sorted({f"{f['detector']} ({f['kind']})" if not hits else
+                                      f["detector"] for f in shown})) or "-"
+        print(f"  {mark} {s.name:<20} {s.description}  [{detectors}]", flush=True)
+    attack_entities = {s.entity_id for s in SCENARIOS}
+    other = [f for f in findings if f["entity"]["id"] not in attack_entities]
+    if other:
+        print(f"Findings about entities no scenario targets: {len(other)} "
+              "(models the attacks' queries went to count here too)", flush=True)
+    return caught
+
+
+def render_html(run: Run, card: Scorecard) -> str:
+    """A self-contained HTML report: findings per detector over event time, scenario windows."""
+    if not run.events:
+        return "<!doctype html><title>mlwatchd eval</title><p>No events.</p>"
+    t_lo = min(e.ts for e in run.events)
+    t_hi = max(e.ts for e in run.events)
+    span = max(t_hi - t_lo, 1.0)
+    width, left, row_h = 1000, 220, 22
+    detectors = sorted(card.detectors)
+    height = 40 + row_h * max(1, len(detectors))
+
+    def x(ts: float) -> float:
+        return left + (width - left - 10) * (ts - t_lo) / span
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             'font-family="sans-serif" font-size="11">']
+    for r in card.scenarios:
+        ts = [e.ts for e in run.events if e.scenario == r.scenario.name]
+        x0, x1 = x(min(ts)), x(max(ts))
+        colour = "#c8f0c8" if r.detected else "#f6c6c6"
+        parts.append(f'<rect x="{x0:.1f}" y="20" width="{max(x1 - x0, 2):.1f}" '
+                     f'height="{height - 20}" fill="{colour}" opacity="0.7">'
+                     f'<title>{html.escape(r.scenario.name)}</title></rect>')
+        parts.append(f'<text x="{x0:.1f}" y="14" transform="rotate(-20 {x0:.1f} 14)">'
+                     f'{html.escape(r.scenario.name)}</text>')
+    for i, name in enumerate(detectors):
+        y = 30 + i * row_h
+        parts.append(f'<text x="4" y="{y + 4}">{html.escape(name)}</text>')
+        parts.append(f'<line x1="{left}" x2="{width - 10}" y1="{y}" y2="{y}" stroke="#ddd"/>')
+        for h in run.hits:
+            if h.detector == name:
+                colour = "#333"
+                parts.append(f'<circle cx="{x(run.events[h.index].ts):.1f}" cy="{y}" r="3" '
+                             f'fill="{colour}"><title>{html.escape(h.kind)} '
+                             f'{html.escape(h.entity_type)}:{html.escape(h.entity_id)}'
+                             '</title></circle>')
+    parts.append("</svg>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>mlwatchd eval</title>"
+            "</head><body><h1>mlwatchd eval</h1>"
+            "<p>Findings per detector over event time; scenario windows shaded "
+            "(green: detected, red: missed).</p>" + "".join(parts)
+            + "<pre>" + html.escape(format_scorecard(card)) + "</pre></body></html>")
+
+
+def run_eval(pipeline: Any, files: list[str], html_out: str | None = None) -> int:
+    missing = [p for p in files if not Path(p).is_file()]
+    if missing:
+        for p in missing:
+            print(f"mlwatchd eval: no such file: {p}", file=sys.stderr)
+        return 2
+    run = evaluate_file(pipeline, files)
+    card = score(run.events, run.hits)
+    print(format_scorecard(card), flush=True)
+    if run.bad_lines:
+        print(f"Skipped {run.bad_lines} malformed lines.", flush=True)
+    if not card.scenarios:
+        print("No labelled events (attributes.sim_scenario): nothing to score against.",
+              flush=True)
+    if html_out:
+        Path(html_out).write_text(render_html(run, card), encoding="utf-8")
+        print(f"HTML report: {html_out}", flush=True)
+    return 0
