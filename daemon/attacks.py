@@ -193,6 +193,12 @@ def _benign(days: int, callers: int, per_day: int, seed: int) -> list[SimEvent]:
 
 def art_events(seed: int, days: int, scale: float = 1.0) -> list[SimEvent]:
     """Benign ``digits-lr`` traffic for ``days`` plus the three ART scenarios on the last day."""
+    import warnings
+
+    with warnings.catch_warnings():  # ART's "PyTorch not found": irrelevant to a black box
+        warnings.simplefilter("ignore", UserWarning)
+        import art.attacks.evasion
+        import art.estimators.classification  # noqa: F401
     day0 = T0 + (days - 1) * DAY
     events = _benign(days, max(2, round(10 * scale)), max(10, round(100 * scale)), seed)
     events += _hopskipjump(day0 + _BY_NAME["art_hopskipjump"].start_offset_s, seed + 1)

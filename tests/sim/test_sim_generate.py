@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import orjson
+import pytest
 
 from daemon.simulate import SCENARIOS, Progress, encode, generate, run_simulate, simulate
 
@@ -60,3 +61,24 @@ def test_progress_bar_only_on_a_terminal() -> None:
     assert quiet.getvalue() == ""
     assert tty.getvalue().endswith("100% 200/200\n")
     assert tty.getvalue().count("\r") == 5
+
+
+def test_art_scenarios_repeat_per_seed() -> None:
+    pytest.importorskip("art")
+    pytest.importorskip("sklearn")
+    runs = [simulate(seed=3, days=2, scale=0.1, art=True) for _ in range(2)]
+    assert [encode(e) for e in runs[0][0]] == [encode(e) for e in runs[1][0]]
+    labels = {e.scenario for e in runs[0][0] if e.scenario}
+    assert {"art_hopskipjump", "art_boundary", "art_knockoff"} <= labels
+    assert runs[0][1] == []
+
+
+def test_without_art_the_rest_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daemon import attacks
+
+    monkeypatch.setattr(attacks, "missing", lambda: ["adversarial-robustness-toolbox"])
+    events, notes = simulate(seed=3, days=2, scale=0.1, art=True)
+    assert len(notes) == 1
+    assert notes[0].startswith("skipped art_hopskipjump, art_boundary, art_knockoff: "
+                               "adversarial-robustness-toolbox not installed")
+    assert {e.scenario for e in events if e.scenario} == {s.name for s in SCENARIOS}
