@@ -408,13 +408,10 @@ def simulate(seed: int = 7, days: int = 8, scale: float = 1.0,
     return events, notes
 
 
-def _produce(events: list[SimEvent], bootstrap: str, config: str | None) -> None:
+def produce(events: list[SimEvent], bootstrap: str, topics: dict[str, str]) -> None:
+    """Send ``events`` to ``topics`` (kind -> topic), keyed by principal/actor, in order."""
     from kafka import KafkaProducer
 
-    from daemon.settings import load
-
-    t = load(config).topics
-    topics = {"inference": t.inference, "audit": t.audit, "access": t.access}
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
     bar = Progress(len(events), "producing")
     for i, event in enumerate(events, 1):
@@ -440,7 +437,11 @@ def run_simulate(out: str | None, bootstrap: str | None = None, seed: int = 7, d
         if e.scenario is not None:
             labels[e.scenario] = labels.get(e.scenario, 0) + 1
     if bootstrap:
-        _produce(events, bootstrap, config)
+        from daemon.settings import load
+
+        t = load(config).topics
+        produce(events, bootstrap, {"inference": t.inference, "audit": t.audit,
+                                    "access": t.access})
         where = f"Kafka at {bootstrap}"
     else:
         assert out is not None
