@@ -7,8 +7,8 @@ import pytest
 
 from daemon.evaluate import EventInfo, Hit, score
 from daemon.settings import load
-from daemon.simulate import simulate
 from daemon.simulate import produce as produce_sim
+from daemon.simulate import simulate
 from tests.integration.kafka_helpers import DaemonThread, make_settings, read_all, wait_for
 
 pytestmark = pytest.mark.integration
