@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -116,7 +117,9 @@ def mlwatchd_rate(bootstrap: str, n: int, config: str | None) -> tuple[float, fl
         "MLWATCHD_OBSERVABILITY__LOG_LEVEL": "warning",
     })
     cmd = [sys.executable, "-m", "daemon.cli", "run"] + (["--config", config] if config else [])
-    log = tempfile.NamedTemporaryFile(prefix="mlwatchd-bench-", suffix=".log", delete=False)
+    # Kept open for the child's whole life, and kept afterwards to read on failure.
+    log = tempfile.NamedTemporaryFile(prefix="mlwatchd-bench-", suffix=".log",  # noqa: SIM115
+                                      delete=False)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -201,7 +204,7 @@ def decode_rates(n: int = 100_000) -> dict[str, float]:
         probabilities: list[float] | dict[str, float] | None = None
         latency_ms: float | None = None
 
-    ways = {
+    ways: dict[str, Callable[[bytes], Any]] = {
         "msgspec typed decode (mlwatchd)": lambda raw: decode_event(raw, "inference"),
         "orjson + per-field Python checks": naive,
         "pydantic model_validate_json": PydanticInference.model_validate_json,
@@ -229,9 +232,8 @@ def _restricted_config(config: str | None, only: list[str]) -> str:
                          if any(name.startswith(prefix) for prefix in only)}
     if not data["detectors"]:
         raise SystemExit(f"no detector in {source} starts with {only}")
-    out = tempfile.NamedTemporaryFile("w", prefix="mlwatchd-bench-", suffix=".yaml",
-                                      delete=False)
-    with out:
+    with tempfile.NamedTemporaryFile("w", prefix="mlwatchd-bench-", suffix=".yaml",
+                                     delete=False) as out:
         yaml.safe_dump(data, out)
     print(f"  detectors: {', '.join(sorted(data['detectors']))}")
     return out.name

@@ -6,6 +6,7 @@ only, so a restart starts empty. Bound to 127.0.0.1 on a free port.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -78,10 +79,8 @@ class EmbeddedBroker:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
         try:
             for name in names:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([NewTopic(name, partitions, 1)])
-                except TopicAlreadyExistsError:
-                    pass
         finally:
             admin.close()
 

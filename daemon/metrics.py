@@ -36,7 +36,8 @@ class Metrics:
         self.bad_events = Counter("mlwatchd_decode_errors_total",
                                   "Messages that were not valid events", ["topic", "reason"],
                                   registry=r)
-        self.dlq = Counter("mlwatchd_dlq_messages_total", "Messages written to the dead-letter topic",
+        self.dlq = Counter("mlwatchd_dlq_messages_total",
+                           "Messages written to the dead-letter topic",
                            registry=r)
         self.findings = Counter("mlwatchd_findings_total", "Findings emitted",
                                 ["detector", "severity"], registry=r)
@@ -91,7 +92,7 @@ class Health:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             self._send(200, self.server.metrics.render(), CONTENT_TYPE_LATEST)
@@ -104,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n")
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+    def do_POST(self) -> None:
         handler = self.server.post_routes.get(self.path.split("?", 1)[0])
         if handler is None:
             self._send(404, b"not found\n")
@@ -129,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes every few seconds would drown the log
 
 

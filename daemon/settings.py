@@ -9,9 +9,9 @@ per problem.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -20,11 +20,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from detectors.findings import SEVERITIES
-from playbooks.config import PlaybookSettings, read_secret_file
-from playbooks.model import PlaybookError, load_playbooks
 from detectors.pipeline import DetectorSpec
 from detectors.registry import REGISTRY, ParamsError, validate_params
+from playbooks.config import PlaybookSettings, read_secret_file
+from playbooks.model import PlaybookError, load_playbooks
 
 __all__ = ["ConfigError", "Settings", "default_config_path", "load"]
 
@@ -214,18 +213,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _detector_names(cls, data: Any) -> Any:
-        """Accept ``volume_principal_rate`` for ``volume.principal_rate`` (env var names)."""
-        if isinstance(data, dict) and isinstance(data.get("detectors"), dict):
-            by_env_name = {name.replace(".", "_"): name for name in REGISTRY}
-            merged: dict[str, Any] = {}
-            for key, value in data["detectors"].items():
-                name = by_env_name.get(key.lower(), key)
-                if name in merged and isinstance(merged[name], dict) and isinstance(value, dict):
-                    merged[name] = _deep_merge(merged[name], value)
-                else:
-                    merged[name] = value
-            data = {**data, "detectors": merged}
-        return data
+        return _normalise_detector_names(data)
 
     def detector_specs(self) -> list[DetectorSpec]:
         return [
@@ -234,6 +222,21 @@ class Settings(BaseSettings):
             for name, cfg in self.detectors.items()
             if cfg.enabled
         ]
+
+
+def _normalise_detector_names(data: Any) -> Any:
+    """Accept ``volume_principal_rate`` for ``volume.principal_rate`` (env var names)."""
+    if isinstance(data, dict) and isinstance(data.get("detectors"), dict):
+        by_env_name = {name.replace(".", "_"): name for name in REGISTRY}
+        merged: dict[str, Any] = {}
+        for key, value in data["detectors"].items():
+            name = by_env_name.get(key.lower(), key)
+            if name in merged and isinstance(merged[name], dict) and isinstance(value, dict):
+                merged[name] = _deep_merge(merged[name], value)
+            else:
+                merged[name] = value
+        data = {**data, "detectors": merged}
+    return data
 
 
 def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,7 +332,7 @@ def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
 
 def _raw_detectors(data: dict[str, Any]) -> dict[str, DetectorSettings]:
     """Detector sections that parse on their own, to report their params too."""
-    raw = Settings._detector_names({"detectors": data.get("detectors")}).get("detectors")
+    raw = _normalise_detector_names({"detectors": data.get("detectors")}).get("detectors")
     out: dict[str, DetectorSettings] = {}
     for name, cfg in (raw or {}).items() if isinstance(raw, dict) else ():
         try:

@@ -95,7 +95,7 @@ class LocalStateStore:
         except FileNotFoundError:
             return None
         try:
-            version, checkpoint = pickle.loads(raw)  # noqa: S301 (our own files)
+            version, checkpoint = pickle.loads(raw)
         except Exception as exc:
             raise ValueError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
         if version != _FORMAT or not isinstance(checkpoint, Checkpoint):

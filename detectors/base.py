@@ -59,7 +59,7 @@ class Detector(abc.ABC):
                 out.extend(found)
         return out
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (an optional hook, empty by default)
         """One-time process set-up before the first event (e.g. JIT compilation).
 
         The pipeline calls it once per configured detector at start, so that a
@@ -77,7 +77,7 @@ class Detector(abc.ABC):
     def restore(self, state: bytes) -> None:
         # Snapshots are written and read only by mlwatchd itself (local disk or
         # its own compacted topic); see README "State" for the trust boundary.
-        self.__dict__.update(pickle.loads(state))  # noqa: S301
+        self.__dict__.update(pickle.loads(state))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

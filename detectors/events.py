@@ -31,8 +31,8 @@ __all__ = [
     "BadEvent",
     "Event",
     "InferenceEvent",
-    "decode_event",
     "decode_any",
+    "decode_event",
     "event_type_of",
     "parse_ts",
 ]
@@ -194,7 +194,7 @@ def decode_event(raw: bytes, event_type: str) -> Event:
     it must match. Raises :class:`BadEvent` with a reason on any problem.
     """
     try:
-        return _DECODERS[event_type].decode(raw)  # type: ignore[no-any-return]
+        return _DECODERS[event_type].decode(raw)
     except msgspec.ValidationError as exc:
         raise BadEvent(_reason(exc), str(exc)) from None
     except msgspec.DecodeError as exc:

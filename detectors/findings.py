@@ -148,7 +148,8 @@ class Finding(msgspec.Struct, kw_only=True):
         if not sources:
             raise ValueError("a finding needs at least its triggering source")
         trigger = sources[0]
-        key = id_key if id_key is not None else f"{trigger.topic}:{trigger.partition}:{trigger.offset}"
+        key = (id_key if id_key is not None
+               else f"{trigger.topic}:{trigger.partition}:{trigger.offset}")
         digest = hashlib.sha256(
             "\x1f".join((detector, kind, entity.type, entity.id, model_id or "", key)).encode()
         ).hexdigest()[:32]

@@ -47,7 +47,7 @@ def params_model(cls: type[Detector]) -> type[pydantic.BaseModel]:
     for name, (_, default) in list(fields.items()):
         if name in hints:
             fields[name] = (hints[name], default)
-    return pydantic.create_model(  # type: ignore[call-overload,no-any-return]
+    return pydantic.create_model(
         f"{cls.__name__}Params",
         __config__=pydantic.ConfigDict(extra="forbid"),
         **fields,

@@ -67,7 +67,8 @@ def _swilk_coefficients(n: int) -> np.ndarray:
         a = m / math.sqrt(phi)
         a[-1], a[0] = an, -an
     a.flags.writeable = False
-    return a
+    result: np.ndarray = a
+    return result
 
 
 def shapiro_w(distances: np.ndarray, clip_sigma: float = 3.0) -> float:

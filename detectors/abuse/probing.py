@@ -71,7 +71,7 @@ def knn_mean_distances(batch: np.ndarray, buffer: np.ndarray, k: int) -> np.ndar
     if k > d.shape[1]:
         return np.full(bsz, np.nan)
     near = np.partition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else d
-    out = np.sqrt(near).mean(axis=1)
+    out: np.ndarray = np.sqrt(near).mean(axis=1)
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -227,7 +227,8 @@ def blacklight_fingerprints(
     n = min(top_n, hashes.shape[1])
     if n < hashes.shape[1]:
         hashes = np.partition(hashes, hashes.shape[1] - n, axis=1)[:, -n:]
-    return hashes
+    result: np.ndarray = hashes
+    return result
 
 
 class _BlacklightIndex:
@@ -300,8 +301,8 @@ def latest_holders(fps: np.ndarray, earlier: np.ndarray, base: int) -> np.ndarra
     repeat[1:] = (ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)
     inbatch = np.zeros(len(flat), dtype=np.int64)
     inbatch[order[1:][repeat[1:]]] = base + order[:-1][repeat[1:]] // width
-    inbatch = inbatch.reshape(rows, width)
-    return np.where(inbatch != 0, inbatch, earlier)
+    holders = inbatch.reshape(rows, width)
+    return np.where(holders != 0, holders, earlier)
 
 
 def most_common_per_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -607,7 +608,7 @@ class LowConfidenceProbingDetector(Detector):
     def _fire(
         self, st: _ConfState, m: _ModelConf, event: InferenceEvent, source: Source
     ) -> list[Finding] | None:
-        ts = float(event.ts)  # type: ignore[arg-type]
+        ts = float(event.ts)
         key = f"{event.principal}\x1f{event.model_id}"
         if m.seen < self.warmup_events or ts < self.quiet_until.get(key, -math.inf):
             return None

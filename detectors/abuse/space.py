@@ -61,7 +61,7 @@ def _number(value: Any) -> float:
 _RECENT_BATCHES: list[tuple[tuple[object, ...], np.ndarray]] = []
 
 
-def as_matrix(rows: Sequence[Sequence[float]]) -> np.ndarray:
+def as_matrix(rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     """``rows`` as a read-only float64 matrix (memoised for the last two batches).
 
     >>> a = [[1.0, 2.0], [3.0, 4.0]]
@@ -89,7 +89,7 @@ def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     >>> pairwise_sq_dists(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [0.0, 0.0]]))
     array([[25.,  0.]])
     """
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    d: np.ndarray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
     np.maximum(d, 0.0, out=d)
     return d
 
@@ -194,14 +194,14 @@ class ModelSpace:
         d = d[d > 0]
         self.spread = float(np.median(d)) if d.size else 1.0
 
-    def standardise(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
+    def standardise(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         """Rows centred and scaled (missing -> 0), not projected. Requires ``ready``."""
-        x = (as_matrix(rows) - self.centre) / self.scale
+        x: np.ndarray = (as_matrix(rows) - self.centre) / self.scale
         if not np.isfinite(x).all():
             np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return x
 
-    def embed(self, rows: Sequence[Sequence[float]]) -> np.ndarray:
+    def embed(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         """Standardised rows projected to at most ``max_dims`` dims (float32)."""
         if self._weights is not None:
             raw = as_matrix(rows)

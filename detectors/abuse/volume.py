@@ -251,7 +251,7 @@ class PeerRateDetector(Detector):
 
     def process(self, event: Event, source: Source) -> list[Finding] | None:
         assert isinstance(event, InferenceEvent)
-        ts = float(event.ts)  # type: ignore[arg-type]
+        ts = float(event.ts)
         bucket = int(ts // self.bucket_seconds)
         model = event.model_id
         m = self.models.get(model) or self.models.touch(model, _ModelRates)

@@ -40,7 +40,7 @@ def _env(settings) -> dict[str, str]:
 def _start(settings, stderr_path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", "run"],
-        env=_env(settings), stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),  # noqa: SIM115
+        env=_env(settings), stdout=subprocess.DEVNULL, stderr=open(stderr_path, "wb"),
     )
 
 

@@ -13,8 +13,13 @@ import pytest
 
 from daemon.metrics import Metrics
 from daemon.response import build_response
-from tests.integration.kafka_helpers import DaemonThread, inference, make_settings, produce, \
-    wait_for
+from tests.integration.kafka_helpers import (
+    DaemonThread,
+    inference,
+    make_settings,
+    produce,
+    wait_for,
+)
 from tests.slack.fake_slack import FakeSlack, Reply
 
 pytestmark = pytest.mark.integration

@@ -101,7 +101,7 @@ def test_kill_9_with_checkpoints_gives_the_same_finding_ids_as_a_clean_run(broke
     for step in (0.25, 0.6):  # kill -9 twice, mid-stream
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        assert wait_for(lambda: done() >= step * len(stream), 90)
+        assert wait_for(lambda step=step: done() >= step * len(stream), 90)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     log = tmp_path / "final.log"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.slack.conftest import build_finding
 
 from detectors.findings import Entity
 from playbooks.privacy import Pseudonymizer
 from playbooks.render import escape_mrkdwn, evidence_highlights, render_finding
+from tests.slack.conftest import build_finding
 
 KEY = Pseudonymizer(b"render-test-key-000")
 
