@@ -117,6 +117,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
+    if args.from_kafka:
+        from daemon.evaluate import run_eval_kafka
+
+        return run_eval_kafka(settings, args.files)
     return run_eval(Pipeline(settings.detector_specs()), args.files, html_out=args.html)
 
 
@@ -144,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
          config=False)
     p = verb("demo", "Start an embedded broker, stream built-in traffic with attacks through "
              "the daemon and show the findings.", cmd_demo, config=False)
-    p.add_argument("--events", type=int, default=30_000, help="benign inference events (default 30000)")
+    p.add_argument("--events", type=int, default=30_000,
+                   help="benign inference events (default 30000)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--verbose", action="store_true", help="show the daemon's logs")
     p = verb("bench", "Throughput: bare kafka-python consumer vs mlwatchd run, same topic.",
@@ -171,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              "scorecard.", cmd_eval)
     p.add_argument("files", nargs="+", metavar="FILE.jsonl")
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
+    p.add_argument("--from-kafka", action="store_true",
+                   help="score the findings a running daemon wrote to the config's findings "
+                        "topic (after `simulate --bootstrap`), instead of replaying the files")
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -401,7 +401,7 @@ def simulate(seed: int = 7, days: int = 8, scale: float = 1.0,
         if absent:
             notes.append(f"skipped {', '.join(s.name for s in ART_SCENARIOS)}: "
                          f"{' and '.join(absent)} not installed (pip install "
-                         "'mlwatchd[test]')")
+                         "'mlwatchd[sim]')")
         else:
             events = events + attacks.art_events(seed, days, scale)
             events.sort(key=lambda e: e.ts)
