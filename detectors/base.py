@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 
 from detectors.events import Event
 from detectors.findings import Finding, Source
+from detectors.state import EntityTable
 
 __all__ = ["Detector", "Scope"]
 
@@ -67,7 +68,14 @@ class Detector(abc.ABC):
         """
 
     def stats(self) -> dict[str, float]:
-        """Gauges for /metrics, e.g. ``{"entities": 120, "evicted_total": 3}``."""
+        """Gauges for /metrics, e.g. ``{"entities": 120, "evicted_total": 3}``.
+
+        By default, the size and evictions of ``self.table`` (the
+        :class:`~detectors.state.EntityTable` most detectors keep), if any.
+        """
+        table = getattr(self, "table", None)
+        if isinstance(table, EntityTable):
+            return {"entities": len(table), "evicted_total": table.evicted}
         return {}
 
     def snapshot(self) -> bytes:

@@ -646,5 +646,3 @@ class LowConfidenceProbingDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}

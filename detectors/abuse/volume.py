@@ -142,8 +142,6 @@ class PrincipalRateDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 class _PeerRate:
@@ -295,5 +293,3 @@ class PeerRateDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}

@@ -282,8 +282,6 @@ class ExfiltrationDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 def hour_mass(hist: list[float], hour: int, radius: int) -> float:
@@ -472,8 +470,6 @@ class UnusualHoursDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 def _hours_text(hours: list[int]) -> str:

@@ -242,8 +242,6 @@ class TrainingDataWriteDetector(Detector):
             id_key=f"volume:{event.resource}:{st.window}",
         )
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 _RUN_START: Final = frozenset({"start", "started", "running", "begin", "queued"})
@@ -403,8 +401,6 @@ class ModelChangeOutsidePipelineDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 class _Deleter:
@@ -566,5 +562,3 @@ class DeletionDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}

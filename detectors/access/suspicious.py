@@ -173,8 +173,6 @@ class ImpossibleTravelDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 class _Failures:
@@ -336,8 +334,6 @@ class AuthFailureBurstDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 #: Countries, networks and user agents remembered per principal at most.
@@ -553,8 +549,6 @@ class NewLocationDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
 
 
 class _Pairs:
@@ -873,5 +867,3 @@ class PrivilegeGrantDetector(Detector):
             )
         ]
 
-    def stats(self) -> dict[str, float]:
-        return {"entities": len(self.table), "evicted_total": self.table.evicted}
