@@ -1,4 +1,4 @@
-"""The ``mlwatchd`` command: run, check-config, replay, demo, bench, detectors."""
+"""The ``mlwatchd`` command: run, check-config, replay, demo, bench, detectors, soak."""
 
 from __future__ import annotations
 
@@ -124,6 +124,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(Pipeline(settings.detector_specs()), args.files, html_out=args.html)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from daemon.soak import SoakOptions, main_soak
+
+    opts = SoakOptions(
+        events=args.events, poison=args.poison, flood_principals=args.flood_principals,
+        replicas=args.replicas, kills=args.kills, partitions=args.partitions, seed=args.seed,
+        days=args.days, scale_out=not args.no_scale_out, slack_fault_s=args.slack_fault_seconds,
+        slack_fault_mode=args.slack_fault_mode, retry_after_s=args.retry_after,
+        state_store=args.state_store, outbox=args.outbox,
+        max_message_bytes=args.max_message_bytes, checkpoint_every_s=args.checkpoint_every,
+        memory_bound_mib=args.memory_bound_mib, timeout_s=args.timeout, config=args.config,
+        workdir=args.workdir, clean=not args.no_clean,
+    )
+    return main_soak(opts, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mlwatchd",
@@ -179,6 +195,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--from-kafka", action="store_true",
                    help="score the findings a running daemon wrote to the config's findings "
                         "topic (after `simulate --bootstrap`), instead of replaying the files")
+    p = verb("soak", "Proof under faults on an embedded broker: a clean single-replica run, "
+             "then replicas killed, added and removed while Slack fails; prints what was "
+             "lost, duplicated or different (exit 1 if an invariant fails).", cmd_soak)
+    p.add_argument("--events", type=int, default=1_000_000,
+                   help="simulated events with attacks, approximately (default 1000000; "
+                        "the attack scenarios alone are ~8,200)")
+    p.add_argument("--poison", type=int, default=10_000, help="malformed messages (10000)")
+    p.add_argument("--flood-principals", type=int, default=1_000_000,
+                   help="inference events each from a new principal (1000000)")
+    p.add_argument("--replicas", type=int, default=3, help="replicas in the faulty run (3)")
+    p.add_argument("--kills", type=int, default=20, help="kill -9 and restart (20)")
+    p.add_argument("--partitions", type=int, default=6, help="partitions per input topic (6)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=int, default=8, help="simulated days (8)")
+    p.add_argument("--no-scale-out", action="store_true",
+                   help="do not add a 4th replica and remove one mid-run")
+    p.add_argument("--slack-fault-seconds", type=float, default=180.0,
+                   help="how long Slack answers 429/5xx mid-run (180)")
+    p.add_argument("--slack-fault-mode", choices=["rate_limit", "server_error", "mixed"],
+                   default="mixed")
+    p.add_argument("--retry-after", type=float, default=5.0,
+                   help="Retry-After seconds of the 429s (5)")
+    p.add_argument("--state-store", choices=["local", "kafka"], default="local",
+                   help="local: a state dir shared by the replicas; kafka: "
+                        "MLWATCHD_STATE__STORE=kafka with a signing key")
+    p.add_argument("--outbox", choices=["shared", "per-replica"], default="shared",
+                   help="shared: the outbox in the shared state dir (the default config's "
+                        "behaviour); per-replica: one file per replica slot")
+    p.add_argument("--max-message-bytes", type=int, default=16_384,
+                   help="kafka.max_message_bytes of both runs; oversized poison exceeds it")
+    p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
+                   help="state.checkpoint_every_s of the faulty run (default: the config's)")
+    p.add_argument("--memory-bound-mib", type=float, default=2048.0,
+                   help="peak RSS per replica to compare against (reported) (2048)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds (3600)")
+    p.add_argument("--workdir", metavar="DIR", help="logs, state and report.json (default: a "
+                   "new temp dir, kept)")
+    p.add_argument("--no-clean", action="store_true", help="skip the clean reference run")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     return int(args.func(args))
 
