@@ -2,9 +2,10 @@
 
 :class:`BatchedQueryDetector` keeps, per (principal, model), the rows of the
 principal's latest queries in the model's layout (:class:`ModelSpace`) and
-hands them to :meth:`BatchedQueryDetector.judge` ``batch_size`` at a time, so
-the numpy work (distances, hashing, tests) is paid once per batch and the
-per-event cost stays a few dictionary operations. Detection is therefore
+hands them to :meth:`BatchedQueryDetector.judge_run` ``batch_size`` at a time,
+all the batches a polled run filled at once, so the numpy work (distances,
+hashing, tests) is paid once per run and model and the per-event cost stays a
+few dictionary operations. Detection is therefore
 delayed by at most ``batch_size - 1`` queries. A principal that has fired is
 quiet for ``cooldown_seconds`` of event time: one finding per incident.
 
@@ -28,7 +29,9 @@ __all__ = [
     "ATLAS_PROBING",
     "ATLAS_VOLUME",
     "BatchedQueryDetector",
+    "Judgement",
     "QueryState",
+    "by_model",
 ]
 
 ATLAS_EXTRACTION: Final = ["AML.T0024.002", "AML.T0005.001", "AML.T0040"]
@@ -48,8 +51,44 @@ class QueryState:
         self.quiet_until = float("-inf")
 
 
+class Judgement:
+    """One principal's full batch of rows, due for judging.
+
+    ``taken`` is what :meth:`BatchedQueryDetector.take` moved out of the state
+    with the rows (e.g. the batch's predictions).
+    """
+
+    __slots__ = ("event", "rows", "source", "space", "st", "taken")
+
+    def __init__(
+        self,
+        st: QueryState,
+        space: ModelSpace,
+        event: InferenceEvent,
+        source: Source,
+        rows: list[Any],
+        taken: Any,
+    ) -> None:
+        self.st = st
+        self.space = space
+        self.event = event
+        self.source = source
+        self.rows = rows
+        self.taken = taken
+
+
 class BatchedQueryDetector(Detector):
-    """Base of the abuse detectors that judge feature vectors in batches."""
+    """Base of the abuse detectors that judge feature vectors in batches.
+
+    A polled run of events is first sorted into per-principal batches (a few
+    dictionary operations per event); the batches that fill up are then judged
+    together by :meth:`judge_run`, which does the numpy work once per run and
+    model instead of once per principal (one feature matrix, one embedding,
+    stacked distance products). :meth:`process` is the same code with a run of
+    one event, so both give identical results: each computation a batch's
+    result depends on has the same shape whether it is judged alone or with
+    others (stacked matrix products compute each slice as a lone product would).
+    """
 
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
     kind: ClassVar[str]
@@ -82,69 +121,102 @@ class BatchedQueryDetector(Detector):
     def remember(self, st: QueryState, event: InferenceEvent) -> None:
         """Per-event extra bookkeeping (e.g. the prediction); keep it O(1)."""
 
-    def judge(
-        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
-    ) -> list[Finding] | None:
+    def take(self, st: QueryState) -> Any:
+        """Move the per-batch extras kept by :meth:`remember` out of ``st``."""
+        return None
+
+    def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
+        """Findings of each judgement of ``run`` (in event order, one per principal).
+
+        Judgements are in the order their batches filled; no principal appears
+        twice, so per-principal work may be done in any order, while state
+        shared by principals (a model's index) must see them in order.
+        """
         raise NotImplementedError
 
     def process(self, event: Event, source: Source) -> list[Finding] | None:
-        assert isinstance(event, InferenceEvent)
+        return self.process_batch(((event, source),)) or None
+
+    def _space(self, event: InferenceEvent) -> ModelSpace:
         model = event.model_id
-        space = self.spaces.get(model)
-        if space is None:
-            space = self.spaces.touch(
-                model,
-                lambda: ModelSpace(
-                    event.features,
-                    calibration_rows=self.calibration_rows,
-                    max_dims=self.max_dims,
-                    seed=stable_seed(self.seed, model),
-                ),
-            )
-        row = space.row(event.features)
-        if space.centre is None:
-            # Calibration: the model's first rows fix its scale; not judged.
-            space.observe(row)
-            return None
-        st = self.table.touch(f"{event.principal}\x1f{model}", self.new_state)
-        st.rows.append(row)
-        self.remember(st, event)
-        if len(st.rows) < self.batch_size:
-            return None
-        self.spaces.touch(model, lambda: space)  # keep the model recently used
-        found = self.judge(st, space, event, source)
-        st.rows = []
-        return found
+        return self.spaces.touch(
+            model,
+            lambda: ModelSpace(
+                event.features,
+                calibration_rows=self.calibration_rows,
+                max_dims=self.max_dims,
+                seed=stable_seed(self.seed, model),
+            ),
+        )
 
     def process_batch(self, items: Sequence[tuple[Event, Source]]) -> list[Finding]:
-        """:meth:`process` over a run of events, without a method call per event."""
-        out: list[Finding] = []
-        spaces, table, batch_size = self.spaces, self.table, self.batch_size
-        remember, new_state = self.remember, self.new_state
+        """Findings of a polled run of events, in order (see the class docstring)."""
+        spaces, batch_size = self.spaces, self.batch_size
+        table = self.table
+        items_of, capacity = table._items, table.capacity  # EntityTable.touch, inlined
+        remember, new_state, take = self.remember, self.new_state, self.take
+        plain_remember = type(self).remember is BatchedQueryDetector.remember
+        known: dict[str, tuple[ModelSpace, str, int]] = {}  # model -> (space, key suffix, dim)
+        due: list[Judgement] = []
         for event, source in items:
-            assert isinstance(event, InferenceEvent)
+            if type(event) is not InferenceEvent:
+                raise TypeError(f"{self.name} takes inference events only")
             model = event.model_id
-            space = spaces.get(model)
-            if space is None:
-                found = self.process(event, source)  # first sight of a model: the slow path
-                if found:
-                    out.extend(found)
-                continue
-            row = space.row(event.features)
+            entry = known.get(model)
+            if entry is None:
+                space = spaces.get(model)
+                if space is None:
+                    if len(spaces) >= spaces.capacity:
+                        known.clear()  # a model space is evicted: cached ones may be stale
+                    space = self._space(event)
+                dim = space.dim if space.names is None else -1  # -1: always space.row
+                entry = known[model] = (space, "\x1f" + model, dim)
+            space, suffix, dim = entry
+            features = event.features
+            row: Sequence[float]
+            if type(features) is list and len(features) == dim:
+                row = features
+            else:
+                row = space.row(features)
             if space.centre is None:
+                # Calibration: the model's first rows fix its scale; not judged.
                 space.observe(row)
                 continue
-            st = table.touch(f"{event.principal}\x1f{model}", new_state)
-            st.rows.append(row)
-            remember(st, event)
-            if len(st.rows) < batch_size:
+            key = event.principal + suffix
+            st = items_of.pop(key, None)
+            if st is None:
+                st = new_state()
+                if len(items_of) >= capacity:
+                    del items_of[next(iter(items_of))]
+                    table.evicted += 1
+            items_of[key] = st
+            rows = st.rows
+            rows.append(row)
+            if not plain_remember:
+                remember(st, event)
+            if len(rows) < batch_size:
                 continue
             spaces.touch(model, lambda: space)  # noqa: B023 (called at once, if at all)
-            found = self.judge(st, space, event, source)
+            due.append(Judgement(st, space, event, source, rows, take(st)))
             st.rows = []
-            if found:
-                out.extend(found)
+        return self._judge_due(due) if due else []
+
+    def _judge_due(self, due: list[Judgement]) -> list[Finding]:
+        """Judge ``due`` in runs without a repeated principal, findings in order."""
+        out: list[Finding] = []
+        run: list[Judgement] = []
+        seen: set[int] = set()
+        for j in due:
+            if id(j.st) in seen:
+                out.extend(self._judged(run))
+                run, seen = [], set()
+            run.append(j)
+            seen.add(id(j.st))
+        out.extend(self._judged(run))
         return out
+
+    def _judged(self, run: list[Judgement]) -> list[Finding]:
+        return [f for found in self.judge_run(run) if found for f in found]
 
     def quiet(self, st: QueryState, ts: float) -> bool:
         return ts < st.quiet_until
@@ -203,3 +275,17 @@ def window_push(bits: int, flag: bool, width: int) -> int:
     (5, 2)
     """
     return ((bits << 1) | flag) & ((1 << width) - 1)
+
+
+def by_model(run: list[Judgement]) -> list[list[int]]:
+    """Positions of ``run``'s judgements grouped by model space, in order.
+
+    >>> class J:
+    ...     def __init__(self, space): self.space = space
+    >>> by_model([J("a"), J("b"), J("a")])
+    [[0, 2], [1]]
+    """
+    groups: dict[int, list[int]] = {}
+    for i, j in enumerate(run):
+        groups.setdefault(id(j.space), []).append(i)
+    return list(groups.values())

@@ -30,10 +30,16 @@ from typing import Any, ClassVar, Final
 
 import numpy as np
 
-from detectors.abuse.common import ATLAS_EXTRACTION, BatchedQueryDetector, QueryState
-from detectors.abuse.space import ModelSpace, pairwise_sq_dists
+from detectors.abuse.common import (
+    ATLAS_EXTRACTION,
+    BatchedQueryDetector,
+    Judgement,
+    QueryState,
+    by_model,
+)
+from detectors.abuse.space import ModelSpace, stacked_sq_dists
 from detectors.events import InferenceEvent
-from detectors.findings import Finding, Source
+from detectors.findings import Finding
 from detectors.state import EntityTable
 
 __all__ = [
@@ -194,12 +200,12 @@ class PradaExtractionDetector(BatchedQueryDetector):
     def remember(self, st: QueryState, event: InferenceEvent) -> None:
         st.preds.append(event.prediction)  # type: ignore[attr-defined]
 
-    def judge(
-        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
-    ) -> list[Finding] | None:
-        assert isinstance(st, _PradaState)
-        x = space.embed(st.rows)
-        preds, st.preds = st.preds, []
+    def take(self, st: QueryState) -> Any:
+        preds, st.preds = st.preds, []  # type: ignore[attr-defined]
+        return preds
+
+    def _class_ids(self, st: _PradaState, preds: list[Any], dims: int) -> np.ndarray:
+        """Class ids of the batch's predictions; (re)creates G when needed."""
         ids = st.class_ids
         if len(ids) > 4 * self.max_growing:  # a regression output: start over, bounded
             ids.clear()
@@ -208,30 +214,64 @@ class PradaExtractionDetector(BatchedQueryDetector):
             st.growing = 0
             st.g_cls[:] = -1
         pc = np.fromiter((ids.setdefault(c, len(ids)) for c in preds), np.int32, len(preds))
-        if st.g_rows is None or st.g_rows.shape[1] != x.shape[1]:
-            st.g_rows = np.zeros((min(32, self.max_growing), x.shape[1]), dtype=np.float32)
+        if st.g_rows is None or st.g_rows.shape[1] != dims:
+            st.g_rows = np.zeros((min(32, self.max_growing), dims), dtype=np.float32)
             st.g_cls = np.full(len(st.g_rows), -1, dtype=np.int32)
             st.growing = 0
-        filled = min(st.growing, self.max_growing)
-        if filled:  # min distance to G of the query's class, for the whole batch at once
-            sq = pairwise_sq_dists(x, st.g_rows[:filled])
-            sq[st.g_cls[None, :filled] != pc[:, None]] = np.inf
-            first = np.sqrt(sq.min(axis=1)).tolist()
-        else:
-            first = [math.inf] * len(preds)
-        within: list[list[float]] | None = None
+        return pc
+
+    def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
+        out: list[list[Finding] | None] = [None] * len(run)
+        for at in by_model(run):
+            x = run[at[0]].space.embed_stack(
+                [r for i in at for r in run[i].rows], self.batch_size
+            )
+            states = [run[i].st for i in at]
+            pcs = [
+                self._class_ids(st, run[i].taken, x.shape[2])  # type: ignore[arg-type]
+                for st, i in zip(states, at, strict=True)
+            ]
+            within = np.sqrt(stacked_sq_dists(x, x))
+            # Min distance to G of the query's class, batches with equal G stacked.
+            first = np.full(x.shape[:2], np.inf)
+            same: dict[int, list[int]] = {}
+            for b, st in enumerate(states):
+                filled = min(st.growing, self.max_growing)  # type: ignore[attr-defined]
+                if filled:
+                    same.setdefault(filled, []).append(b)
+            for filled, blocks in same.items():
+                g = np.stack([states[b].g_rows[:filled] for b in blocks])  # type: ignore[attr-defined]
+                cls = np.stack([states[b].g_cls[:filled] for b in blocks])  # type: ignore[attr-defined]
+                sq = stacked_sq_dists(x[blocks], g)
+                pc = np.stack([pcs[b] for b in blocks])
+                sq[cls[:, None, :] != pc[:, :, None]] = np.inf
+                first[blocks] = np.sqrt(sq.min(axis=2))
+            for b, i in enumerate(at):
+                out[i] = self._judged_batch(
+                    run[i], x[b], pcs[b], first[b].tolist(), within[b].tolist()
+                )
+        return out
+
+    def _judged_batch(
+        self,
+        j: Judgement,
+        x: np.ndarray,
+        pc: np.ndarray,
+        first: list[float],
+        within: list[list[float]],
+    ) -> list[Finding] | None:
+        st, event, source = j.st, j.event, j.source
+        assert isinstance(st, _PradaState)
         added: list[tuple[int, int]] = []  # batch rows that joined G in this batch
         dists: list[float] = []  # recorded in this batch
         thresholds, g_stats = st.thresholds, st.g_stats
         for i, c in enumerate(pc.tolist()):
             d = first[i]
             if added:
-                if within is None:
-                    within = np.sqrt(pairwise_sq_dists(x, x)).tolist()
                 row = within[i]
-                for j, cj in added:
-                    if cj == c and row[j] < d:
-                        d = row[j]
+                for k, ck in added:
+                    if ck == c and row[k] < d:
+                        d = row[k]
             if d < _DUPLICATE:
                 continue
             if d == math.inf:  # first query of this class: it seeds G_c
@@ -255,7 +295,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
             at = (st.n_dists + np.arange(len(dists))) % self.max_distances
             st.dists[at] = dists
             st.n_dists += len(dists)
-        st.examined += len(preds)
+        st.examined += len(pc)
         held = min(st.n_dists, self.max_distances)
         if held < self.min_distances or st.examined - st.last_test < self.test_every:
             return None
@@ -443,28 +483,35 @@ class CoverageExtractionDetector(BatchedQueryDetector):
 
     def cells(self, space: ModelSpace, rows: list[Any]) -> np.ndarray:
         """Hashed grid cells of ``rows`` (one 64-bit int per row)."""
-        e = space.embed(rows)
-        key = (e.shape[1], space.seed)
+        e = space.embed_stack(rows, self.batch_size)
+        key = (e.shape[2], space.seed)
         rotation = self.rotations.get(key)
         if rotation is None:
             # A seeded random orthonormal map to grid_dims axes: every input
             # feature counts, and each axis keeps the embedding's scale.
-            g = np.random.default_rng(space.seed).normal(size=(e.shape[1], e.shape[1]))
+            g = np.random.default_rng(space.seed).normal(size=(e.shape[2], e.shape[2]))
             rotation = np.linalg.qr(g)[0][:, : self.grid_dims].astype(np.float32)
             if len(self.rotations) >= 1024:
                 self.rotations.clear()
             self.rotations[key] = rotation
-        z = (e @ rotation) / (self.bin_width * space.spread)
+        z = np.matmul(e, rotation).reshape(len(rows), -1) / (self.bin_width * space.spread)
         half = self.grid_levels // 2
         bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
         ids = (bins * self.place[: bins.shape[1]]).sum(axis=1)
         return _mix64(ids)
 
-    def judge(
-        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
-    ) -> list[Finding] | None:
+    def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
+        out: list[list[Finding] | None] = [None] * len(run)
+        bs = self.batch_size
+        for at in by_model(run):
+            hashes = self.cells(run[at[0]].space, [r for i in at for r in run[i].rows])
+            for b, i in enumerate(at):
+                out[i] = self._judged_batch(run[i], hashes[b * bs : (b + 1) * bs])
+        return out
+
+    def _judged_batch(self, j: Judgement, hashes: np.ndarray) -> list[Finding] | None:
+        st, event, source = j.st, j.event, j.source
         assert isinstance(st, _CoverageState)
-        hashes = self.cells(space, st.rows)
         k = self.sketch_k
         st.kmv = kmv_update(st.kmv, hashes, k)
         peers = self.peers.touch(event.model_id, lambda: _Peers(self.max_peers))

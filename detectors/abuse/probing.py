@@ -30,9 +30,11 @@ import numpy as np
 from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
+    Judgement,
     QueryState,
+    by_model,
 )
-from detectors.abuse.space import ModelSpace, pairwise_sq_dists
+from detectors.abuse.space import stacked_sq_dists
 from detectors.base import Detector
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Source
@@ -57,21 +59,26 @@ def knn_mean_distances(batch: np.ndarray, buffer: np.ndarray, k: int) -> np.ndar
 
     Earlier rows are the ``buffer`` and the batch rows before it; exact
     duplicates are ignored. NaN where fewer than ``k`` neighbours exist.
+    Stacks work too: ``batch`` (m, n, d) and ``buffer`` (m, l, d), each slice
+    computed as it would be alone.
 
     >>> b = np.array([[0.0], [1.0], [1.5]])
     >>> knn_mean_distances(b, np.array([[0.0], [3.0]]), k=2).round(2).tolist()
     [nan, 1.0, 1.0]
     """
-    pool = np.concatenate([buffer, batch]) if len(buffer) else batch
-    d = pairwise_sq_dists(batch, pool)
-    n = len(buffer)
-    bsz = len(batch)
-    later = np.arange(len(pool))[None, :] >= (n + np.arange(bsz))[:, None]
-    d[later | (d < _DUPLICATE)] = np.inf
-    if k > d.shape[1]:
-        return np.full(bsz, np.nan)
-    near = np.partition(d, k - 1, axis=1)[:, :k] if k < d.shape[1] else d
-    out: np.ndarray = np.sqrt(near).mean(axis=1)
+    if batch.ndim == 2:
+        out2: np.ndarray = knn_mean_distances(batch[None], buffer[None], k)[0]
+        return out2
+    pool = np.concatenate([buffer, batch], axis=1) if buffer.shape[1] else batch
+    d = stacked_sq_dists(batch, pool)
+    n = buffer.shape[1]
+    bsz = batch.shape[1]
+    later = np.arange(pool.shape[1])[None, :] >= (n + np.arange(bsz))[:, None]
+    d[(later[None] | (d < _DUPLICATE))] = np.inf
+    if k > d.shape[2]:
+        return np.full(batch.shape[:2], np.nan)
+    near = np.partition(d, k - 1, axis=2)[..., :k] if k < d.shape[2] else d
+    out: np.ndarray = np.sqrt(near).mean(axis=2)
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -152,15 +159,35 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     def new_state(self) -> QueryState:
         return _KnnState()
 
-    def judge(
-        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
-    ) -> list[Finding] | None:
+    def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
+        out: list[list[Finding] | None] = [None] * len(run)
+        for at in by_model(run):
+            space = run[at[0]].space
+            x = space.embed_stack([r for i in at for r in run[i].rows], self.batch_size)
+            # Stack the batches whose buffers have the same length (most are full).
+            same: dict[int, list[int]] = {}
+            for b, i in enumerate(at):
+                buf = run[i].st.buffer  # type: ignore[attr-defined]
+                same.setdefault(len(buf) if buf.shape[1:] == x.shape[2:] else 0, []).append(b)
+            for length, blocks in same.items():
+                xs = x[blocks]
+                bufs = (
+                    np.stack([run[at[b]].st.buffer for b in blocks])  # type: ignore[attr-defined]
+                    if length
+                    else xs[:, :0]
+                )
+                ratios = knn_mean_distances(xs, bufs, self.k) / space.spread
+                pools = np.concatenate([bufs, xs], axis=1)[:, -self.buffer_size :]
+                for n, b in enumerate(blocks):
+                    j = run[at[b]]
+                    j.st.buffer = pools[n].copy()  # type: ignore[attr-defined]
+                    out[at[b]] = self._judged_batch(j, ratios[n])
+        return out
+
+    def _judged_batch(self, j: Judgement, ratios: np.ndarray) -> list[Finding] | None:
+        st, space, event, source = j.st, j.space, j.event, j.source
         assert isinstance(st, _KnnState)
-        x = space.embed(st.rows)
-        buf = st.buffer if st.buffer.shape[1:] == x.shape[1:] else x[:0]
-        ratios = knn_mean_distances(x, buf, self.k) / space.spread
-        st.buffer = np.concatenate([buf, x])[-self.buffer_size :]
-        st.examined += len(x)
+        st.examined += len(ratios)
         flags, mask, limit = st.flags, (1 << self.window) - 1, self.distance_ratio
         for r in ratios.tolist():
             if r == r:  # not NaN: enough neighbours to judge
@@ -260,8 +287,8 @@ class _BlacklightIndex:
         pos = fps & (len(self.keys) - 1)
         return np.where((self.keys[pos] == fps) & (fps != 0), self.qids[pos], 0)
 
-    def add(self, fps: np.ndarray, principal: str, digests: np.ndarray) -> int:
-        """Insert a batch of one principal's fingerprints (ids from ``next_id`` on)."""
+    def add(self, fps: np.ndarray) -> int:
+        """Insert a batch of fingerprints (ids from ``next_id`` on); see :meth:`own`."""
         base = self.next_id
         ids = np.arange(base, base + len(fps), dtype=np.int64)
         valid = fps != 0
@@ -269,15 +296,20 @@ class _BlacklightIndex:
         self.filled += int((self.keys[pos] == 0).sum())
         self.keys[pos] = fps[valid]
         self.qids[pos] = np.broadcast_to(ids[:, None], fps.shape)[valid]
-        ring = ids % self.owners_size
-        self.digests[ring] = digests
-        for r in ring.tolist():
-            self.owners[r] = principal
         self.next_id += len(fps)
         return base
 
-    def owner(self, qid: int) -> tuple[str | None, int]:
-        if qid <= self.next_id - self.owners_size:
+    def own(self, base: int, principals: list[str], digests: np.ndarray) -> None:
+        """Record the owners and digests of the queries ``base``, ``base + 1``, ..."""
+        ring = np.arange(base, base + len(principals), dtype=np.int64) % self.owners_size
+        self.digests[ring] = digests
+        owners = self.owners
+        for r, who in zip(ring.tolist(), principals, strict=True):
+            owners[r] = who
+
+    def owner(self, qid: int, next_id: int | None = None) -> tuple[str | None, int]:
+        """Principal and digest of query ``qid``, as of when ``next_id`` was next."""
+        if qid <= (self.next_id if next_id is None else next_id) - self.owners_size:
             return None, 0  # too old: its owner slot was reused
         r = qid % self.owners_size
         return self.owners[r], int(self.digests[r])
@@ -421,35 +453,65 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     def new_state(self) -> QueryState:
         return _BlacklightState()
 
-    def judge(
-        self, st: QueryState, space: ModelSpace, event: InferenceEvent, source: Source
+    def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
+        out: list[list[Finding] | None] = [None] * len(run)
+        bs = self.batch_size
+        for at in by_model(run):
+            space = run[at[0]].space
+            rows = [r for i in at for r in run[i].rows]
+            # Row-wise work for the whole run at once: quantise, hash, fingerprint.
+            q = np.floor(space.standardise(rows) / self.quantum + 0.5).astype(np.int64)
+            fps = _dedupe_rows(
+                blacklight_fingerprints(q, self.hash_window, self.top_n, self.multipliers)
+            )
+            with np.errstate(over="ignore"):
+                digests = q @ self.multipliers[np.arange(q.shape[1]) % len(self.multipliers)]
+            need = np.maximum(np.ceil(self.match_fraction * (fps != 0).sum(axis=1)), 1)
+            model = run[at[0]].event.model_id
+            index = self.indexes.touch(model, lambda: _BlacklightIndex(self.max_index))
+            # The index in event order: each batch sees the batches before it.
+            first = index.next_id
+            holder = np.empty_like(fps)
+            for b in range(len(at)):
+                part = fps[b * bs : (b + 1) * bs]
+                holder[b * bs : (b + 1) * bs] = latest_holders(
+                    part, index.lookup(part), index.next_id
+                )
+                index.add(part)
+            best_qid, best_n = most_common_per_row(holder)
+            hits = np.flatnonzero(best_n >= need).tolist()
+            qids, ds = best_qid.tolist(), digests.tolist()
+            principals = [run[i].event.principal for i in at for _ in range(bs)]
+            matched: dict[int, str] = {}  # row -> owner of the earlier query it matches
+            for r in hits:
+                qid, next_id = qids[r], first + (r // bs + 1) * bs
+                if qid <= next_id - index.owners_size:
+                    continue  # too old: its owner slot was reused
+                if qid >= first:  # a query of this run
+                    who, digest = principals[qid - first], ds[qid - first]
+                else:  # owners of this run are not written yet: the ring is as it was
+                    who, digest = index.owner(qid, next_id)
+                if who is not None and digest != ds[r]:  # an exact repeat is no probe
+                    matched[r] = who
+            index.own(first, principals, digests)
+            for b, i in enumerate(at):
+                out[i] = self._judged_batch(run[i], matched, b * bs)
+        return out
+
+    def _judged_batch(
+        self, j: Judgement, matched: dict[int, str], offset: int
     ) -> list[Finding] | None:
+        st, event, source = j.st, j.event, j.source
         assert isinstance(st, _BlacklightState)
-        q = np.floor(space.standardise(st.rows) / self.quantum + 0.5).astype(np.int64)
-        fps = _dedupe_rows(
-            blacklight_fingerprints(q, self.hash_window, self.top_n, self.multipliers)
-        )
-        index = self.indexes.touch(event.model_id, lambda: _BlacklightIndex(self.max_index))
-        with np.errstate(over="ignore"):
-            digests = q @ self.multipliers[np.arange(q.shape[1]) % len(self.multipliers)]
-        need = np.ceil(self.match_fraction * (fps != 0).sum(axis=1)).astype(np.int64)
-        need = np.maximum(need, 1)
-        holder = latest_holders(fps, index.lookup(fps), index.next_id)
-        best_qid, best_n = most_common_per_row(holder)
         principal = event.principal
-        index.add(fps, principal, digests)
         flags, mask = st.flags, (1 << self.window) - 1
-        for i, (qid, n) in enumerate(zip(best_qid.tolist(), best_n.tolist(), strict=True)):
-            hit = False
-            if n >= need[i]:
-                who, digest = index.owner(qid)
-                if who is not None and digest != digests[i]:  # an exact repeat is no probe
-                    hit = True
-                    if who != principal and len(st.partners) < 16:
-                        st.partners[who] = st.partners.get(who, 0) + 1
-            flags = ((flags << 1) | hit) & mask
+        for r in range(offset, offset + self.batch_size):
+            who = matched.get(r)
+            if who is not None and who != principal and len(st.partners) < 16:
+                st.partners[who] = st.partners.get(who, 0) + 1
+            flags = ((flags << 1) | (who is not None)) & mask
         st.flags = flags
-        st.examined += len(q)
+        st.examined += self.batch_size
         flagged = flags.bit_count()
         if flagged < self.min_flagged or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None

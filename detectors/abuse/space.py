@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["ModelSpace", "as_matrix", "pairwise_sq_dists", "stable_seed"]
+__all__ = ["ModelSpace", "as_matrix", "pairwise_sq_dists", "stable_seed", "stacked_sq_dists"]
 
 _NAN: Final = float("nan")
 
@@ -77,10 +77,6 @@ def as_matrix(rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     _RECENT_BATCHES.insert(0, (tuple(rows), matrix))
     del _RECENT_BATCHES[2:]
     return matrix
-    matrix = np.array(rows, dtype=np.float64)
-    matrix.flags.writeable = False
-    _LAST_BATCH = (tuple(rows), matrix)
-    return matrix
 
 
 def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -90,6 +86,26 @@ def pairwise_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     array([[25.,  0.]])
     """
     d: np.ndarray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    np.maximum(d, 0.0, out=d)
+    return d
+
+
+def stacked_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`pairwise_sq_dists` for stacks: ``a`` (m, n, d), ``b`` (m, l, d) -> (m, n, l).
+
+    Each slice is computed exactly as the lone pair would be (numpy multiplies
+    stacked matrices slice by slice), so a batch judged with others gives the
+    same distances as judged alone.
+
+    >>> a = np.array([[[0.0, 0.0]], [[1.0, 1.0]]])
+    >>> stacked_sq_dists(a, np.array([[[3.0, 4.0]], [[1.0, 1.0]]])).ravel().tolist()
+    [25.0, 0.0]
+    """
+    d: np.ndarray = (
+        (a * a).sum(-1)[..., :, None]
+        + (b * b).sum(-1)[..., None, :]
+        - 2.0 * np.matmul(a, b.transpose(0, 2, 1))
+    )
     np.maximum(d, 0.0, out=d)
     return d
 
@@ -203,13 +219,34 @@ class ModelSpace:
 
     def embed(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         """Standardised rows projected to at most ``max_dims`` dims (float32)."""
-        if self._weights is not None:
-            raw = as_matrix(rows)
-            if np.isfinite(raw.sum()):  # no missing values: the one-product path
-                z: np.ndarray = raw.astype(np.float32) @ self._weights
-                z -= self._offset
-                return z
-        x = self.standardise(rows)
-        if self.proj is not None:
-            x = x @ self.proj
-        return x.astype(np.float32)
+        one: np.ndarray = self.embed_stack(rows, len(rows))[0]
+        return one
+
+    def embed_stack(self, rows: Sequence[Sequence[float]] | np.ndarray, block: int) -> np.ndarray:
+        """:meth:`embed` of consecutive blocks of ``block`` rows, shape (blocks, block, dims).
+
+        Each block is projected by its own (stacked) product, so its result does
+        not depend on which other blocks were embedded with it.
+        """
+        if self._weights is None:
+            x = self.standardise(rows)
+            flat: np.ndarray = x.reshape(-1, block, x.shape[1]).astype(np.float32)
+            return flat
+        raw = as_matrix(rows).reshape(-1, block, self.dim)
+        # Blocks without missing values: standardise and project in one product.
+        fast = np.isfinite(raw.reshape(len(raw), -1).sum(axis=1))
+        if fast.all():
+            return self._project_raw(raw)
+        out = np.empty((len(raw), block, self._weights.shape[1]), dtype=np.float32)
+        out[fast] = self._project_raw(raw[fast])
+        slow = raw[~fast]
+        x = self.standardise(slow.reshape(-1, self.dim)).reshape(slow.shape)
+        assert self.proj is not None
+        out[~fast] = np.matmul(x, self.proj)
+        return out
+
+    def _project_raw(self, raw: np.ndarray) -> np.ndarray:
+        assert self._weights is not None
+        z: np.ndarray = np.matmul(raw.astype(np.float32), self._weights)
+        z -= self._offset
+        return z

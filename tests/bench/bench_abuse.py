@@ -1,7 +1,7 @@
 """Per-query cost and memory of the inference-abuse detectors.
 
 Run: ``python tests/bench/bench_abuse.py [--dims 64] [--principals 1000]
-[--history 10000 1000000] [--dict]``.
+[--history 10000 1000000] [--dict] [--poll 2000]``.
 
 A synthetic natural stream (10 class clusters in ``--dims`` dimensions, class
 probabilities, ``--principals`` callers at a steady pace) is generated in
@@ -14,6 +14,10 @@ chunks outside the timed region. Two measurements:
    events (what the daemon does: every detector sees every event, so the
    vector detectors share one list-to-array conversion per batch), then each
    detector alone over another ``--window`` events.
+
+Events are fed as the daemon feeds them: ``process_batch`` over polled runs of
+``--poll`` events (the default config's ``max_poll_records``); ``--poll 1``
+calls ``process`` per event instead.
 
 Times are CPU time of this process (``time.process_time``) so other work on a
 shared machine inflates them less; the best of ``--repeat`` passes for (1).
@@ -81,18 +85,26 @@ class Stream:
         return out
 
 
+def feed(det, items, poll: int) -> None:
+    """``items`` through ``det`` as the pipeline does: one call per polled run."""
+    if poll <= 1:
+        for ev, src in items:
+            det.process(ev, src)
+        return
+    for i in range(0, len(items), poll):
+        det.process_batch(items[i : i + poll])
+
+
 def alone(cls, args) -> float:
     best = float("inf")
     for _ in range(args.repeat):
         stream = Stream(args.dims, args.principals, args.dict)
         det = cls()
-        for ev, src in stream.chunk(10_000):
-            det.process(ev, src)
+        feed(det, stream.chunk(10_000), args.poll)
         timed = stream.chunk(args.alone)
         gc.collect()
         start = time.process_time()
-        for ev, src in timed:
-            det.process(ev, src)
+        feed(det, timed, args.poll)
         best = min(best, (time.process_time() - start) / len(timed) * 1e6)
     return best
 
@@ -111,16 +123,17 @@ def family(args) -> None:
     done = 0
     for target in sorted(args.history):
         while done < target:
-            for ev, src in stream.chunk(min(20_000, target - done)):
+            chunk = stream.chunk(min(20_000, target - done))
+            for i in range(0, len(chunk), max(args.poll, 1)):
                 for det in dets:
-                    det.process(ev, src)
+                    feed(det, chunk[i : i + max(args.poll, 1)], args.poll)
             done = stream.n
         timed = stream.chunk(args.window)
         gc.collect()
         start = clock()
-        for ev, src in timed:
+        for i in range(0, len(timed), max(args.poll, 1)):
             for det in dets:
-                det.process(ev, src)
+                feed(det, timed[i : i + max(args.poll, 1)], args.poll)
         total = (clock() - start) / len(timed) * 1e6
         # Each detector on its own over the next window (same history): no
         # shared conversion, so these add up to more than the family total.
@@ -129,8 +142,7 @@ def family(args) -> None:
         for det in dets:
             gc.collect()
             start = clock()
-            for ev, src in timed:
-                det.process(ev, src)
+            feed(det, timed, args.poll)
             costs.append((clock() - start) / len(timed) * 1e6)
         done = stream.n
         print(
@@ -163,10 +175,13 @@ def main() -> None:
     ap.add_argument("--alone", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--dict", action="store_true", help="dict features instead of lists")
+    ap.add_argument("--poll", type=int, default=2000,
+                    help="events per process_batch call (1: process per event)")
     args = ap.parse_args()
     print(
         f"each detector alone ({args.dims} dims, {'dict' if args.dict else 'list'} features, "
-        f"after 10k events of history, best of {args.repeat}):"
+        f"after 10k events of history, best of {args.repeat}, "
+        f"{'per event' if args.poll <= 1 else f'polls of {args.poll}'}):"
     )
     for cls in DETECTORS:
         print(f"  {cls.name:24s} {alone(cls, args):8.2f} us/event")
