@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -21,6 +22,7 @@ __all__ = [
     "client_config",
     "connect",
     "dlq_record",
+    "ensure_topics",
     "new_consumer",
     "new_producer",
     "send_all",
@@ -56,6 +58,35 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
         if getattr(kafka, name):
             config[name] = getattr(kafka, name)
     return config
+
+
+def ensure_topics(kafka: KafkaSettings, wanted: dict[str, tuple[int, dict[str, str]]]) -> bool:
+    """Create each missing topic with (partitions, configs); existing ones are left as they are.
+
+    The replication factor is the broker's default (``-1``), falling back to 1
+    on brokers that do not accept that.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(**client_config(kafka), bootstrap_timeout_ms=5_000)
+    try:
+        existing = set(admin.list_topics())
+        for name, (partitions, configs) in wanted.items():
+            if name in existing:
+                continue
+            # TopicAlreadyExists: another replica was quicker.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                try:
+                    admin.create_topics([NewTopic(name, partitions, -1, topic_configs=configs)])
+                except KafkaError as exc:
+                    if isinstance(exc, TopicAlreadyExistsError):
+                        raise
+                    admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+            log.info("topic_created", topic=name, partitions=partitions, configs=configs)
+    finally:
+        admin.close()
+    return True
 
 
 def new_consumer(kafka: KafkaSettings) -> KafkaConsumer:

@@ -54,6 +54,12 @@ class Metrics:
         self.lag = Gauge("mlwatchd_consumer_lag", "Highwater minus committed position",
                          ["topic", "partition"], registry=r)
         self.assigned = Gauge("mlwatchd_assigned_partitions", "Partitions assigned", registry=r)
+        self.repartitioned = Counter("mlwatchd_repartitioned_total",
+                                     "Inference events forwarded to the repartition topic",
+                                     registry=r)
+        self.repartition_duplicates = Counter(
+            "mlwatchd_repartition_duplicates_total",
+            "Repartitioned copies skipped because the model stage had seen them", registry=r)
         self.produce_retries = Counter("mlwatchd_produce_retries_total",
                                        "Retries of findings/DLQ produce after a broker error",
                                        registry=r)

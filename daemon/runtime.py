@@ -6,6 +6,17 @@ and dead letters, waits until the broker has acknowledged all of them, and
 only then commits the batch's offsets. A crash therefore loses nothing: the
 uncommitted batch is redelivered, and its findings come again with the same
 ``finding_id``.
+
+With ``state.model_routing`` ``repartition`` (the default with the Kafka state
+store) each valid inference event is also forwarded, unchanged, to the
+internal repartition topic keyed by its ``model_id``, in the same acknowledged
+batch as the findings. The same consumer group consumes that topic, and the
+model-scoped detectors run on it, one set per repartition partition: every
+model is watched by exactly one replica, with state that is checkpointed and
+handed over like any partition's. A forwarder that crashes before its commit
+forwards some events again; each copy names its source partition and offset,
+and the model stage skips what it has already seen (the high-water offsets
+are part of its checkpointed state).
 """
 
 from __future__ import annotations
@@ -26,17 +37,25 @@ from daemon.kafka_io import (
     ProduceFailed,
     connect,
     dlq_record,
+    ensure_topics,
     new_consumer,
     new_producer,
     send_all,
 )
 from daemon.metrics import Health, Metrics, StatusServer
 from daemon.settings import Settings
-from daemon.state import Checkpoint, LocalStateStore, snapshot_detectors, spec_fingerprint
+from daemon.state import (
+    Checkpoint,
+    KafkaStateStore,
+    LocalStateStore,
+    StateStore,
+    snapshot_detectors,
+    spec_fingerprint,
+)
 from detectors.base import Detector
 from detectors.events import BadEvent, Event, decode_event
 from detectors.findings import Finding, Source, encode_finding
-from detectors.pipeline import GLOBAL, Pipeline
+from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
 
 __all__ = ["Daemon"]
 
@@ -46,6 +65,8 @@ log = structlog.get_logger("mlwatchd.runtime")
 _GAUGE_EVERY_S: Final = 10.0
 #: How long one produce attempt may wait for acknowledgements.
 _ACK_TIMEOUT_S: Final = 30.0
+#: Header on repartitioned copies: "topic:partition:offset" of the original.
+SOURCE_HEADER: Final = "mlwatchd.source"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -73,7 +94,12 @@ class Daemon:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.pipeline = pipeline or Pipeline(settings.detector_specs(),
-                                             on_error=self._detector_error)
+                                             on_error=self._detector_error,
+                                             repartitioned=settings.state.repartitioned)
+        #: The repartition topic, when model-scoped detectors consume it.
+        self._rtopic = (settings.topics.repartition
+                        if self.pipeline.repartitioned and self.pipeline.has_model_scope()
+                        else None)
         self.alerter = alerter
         self.health = Health(settings.observability.stall_after_s)
         self.stopping = stopping or threading.Event()
@@ -89,9 +115,12 @@ class Daemon:
         #: Next offset to process per input partition (what the state reflects).
         self._positions: dict[TopicPartition, int] = {}
         self._restored: set[int] = set()
+        #: Model partitions: source "topic:partition" -> last source offset seen.
+        self._seen: dict[int, dict[str, int]] = {}
         self._fingerprints = {s.name: spec_fingerprint(s) for s in self.pipeline.specs}
-        self.store = (LocalStateStore(settings.state.dir, settings.kafka.group_id)
-                      if settings.state.dir else None)
+        self.store: StateStore | None = None
+        if settings.state.store == "local" and settings.state.dir:
+            self.store = LocalStateStore(settings.state.dir, settings.kafka.group_id)
         self._checkpoint_at = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------
@@ -137,7 +166,40 @@ class Daemon:
                                  kafka.reconnect_backoff_max_s, fail)
         if self._consumer is None:
             return False
-        self._consumer.subscribe(topics=sorted(self._inputs), listener=_Rebalance(self))
+        if not self._internal_topics():
+            return False
+        topics = sorted(self._inputs) + ([self._rtopic] if self._rtopic else [])
+        self._consumer.subscribe(topics=topics, listener=_Rebalance(self))
+        return True
+
+    def _internal_topics(self) -> bool:
+        """Create the repartition and state topics if needed; open the Kafka store."""
+        state = self.settings.state
+        if self._rtopic is None and state.store != "kafka":
+            return True
+        assert self._consumer is not None
+        counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self._inputs]
+        inference = counts[list(self._inputs.values()).index("inference")]
+        wanted: dict[str, tuple[int, dict[str, str]]] = {}
+        if self._rtopic is not None:
+            wanted[self._rtopic] = (inference or max(counts) or 1, {})
+        if state.store == "kafka":
+            wanted[state.topic] = (2 * (max(counts) or 1), {"cleanup.policy": "compact"})
+        ensured = connect(lambda: ensure_topics(self.settings.kafka, wanted), "admin",
+                          self.stopping, self.settings.kafka.reconnect_backoff_max_s,
+                          self.metrics.broker_reconnects.inc)
+        if ensured is None:
+            return False
+        if state.store == "kafka":
+            assert state.signing_key is not None
+            key = state.signing_key.get_secret_value().encode()
+            self.store = connect(
+                lambda: KafkaStateStore(self.settings.kafka, state.topic,
+                                        self.settings.kafka.group_id, key, state.chunk_bytes),
+                "state store", self.stopping, self.settings.kafka.reconnect_backoff_max_s,
+                self.metrics.broker_reconnects.inc)
+            if self.store is None:
+                return False
         return True
 
     def _shutdown(self) -> None:
@@ -156,6 +218,8 @@ class Daemon:
                 producer.close(timeout=10)
             except Exception as exc:
                 log.warning("producer_close_failed", error=str(exc))
+        if self.store is not None:
+            self.store.close()
         if self.alerter is not None:
             undelivered = self.alerter.stop(timeout=10.0)
             if undelivered:
@@ -194,12 +258,21 @@ class Daemon:
         dead: list[OutRecord] = []
         count = 0
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        forward: list[OutRecord] | None = [] if self._rtopic is not None else None
         for tp, messages in batch.items():
-            kind = self._inputs.get(tp.topic)
-            if kind is None or not messages:
+            if not messages:
                 continue
-            found = self.pipeline.process_many(kind, tp.partition,
-                                               self._decoded(tp, kind, messages, dead))
+            if tp.topic == self._rtopic:
+                kind, partition = "inference", model_partition(tp.partition)
+                events = self._unseen(partition, _origins(messages),
+                                      self._decoded(tp, kind, messages, dead))
+            else:
+                kind, partition = self._inputs.get(tp.topic, ""), tp.partition
+                if not kind:
+                    continue
+                events = self._decoded(tp, kind, messages, dead,
+                                       forward if kind == "inference" else None)
+            found = self.pipeline.process_many(kind, partition, events)
             findings.extend(found)
             self.metrics.events.labels(tp.topic).inc(len(messages))
             count += len(messages)
@@ -209,6 +282,9 @@ class Daemon:
             for f in findings
         ]
         records.extend(dead)
+        if forward:
+            records.extend(forward)
+            self.metrics.repartitioned.inc(len(forward))
         if records and not self._deliver(records):
             return  # stopping while the broker refuses: do not commit; redelivered later
         for finding in findings:
@@ -234,11 +310,18 @@ class Daemon:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _decoded(
-        self, tp: TopicPartition, kind: str, messages: list[Any], dead: list[OutRecord]
+        self, tp: TopicPartition, kind: str, messages: list[Any], dead: list[OutRecord],
+        forward: list[OutRecord] | None = None,
     ) -> Iterator[tuple[Event, Source]]:
-        """Valid events of a partition's messages; the others become dead letters."""
+        """Valid events of a partition's messages; the others become dead letters.
+
+        With ``forward``, valid inference events that a model-scoped detector
+        wants are also copied there, keyed by model, for the repartition topic.
+        """
         limit = self.settings.kafka.max_message_bytes
         topic, partition = tp.topic, tp.partition
+        wants = self.pipeline.model_scope_wants
+        rtopic = self._rtopic
         for message in messages:
             value = message.value
             try:
@@ -256,7 +339,39 @@ class Daemon:
                 log.warning("dead_letter", topic=topic, partition=partition,
                             offset=message.offset, reason=exc.reason, detail=exc.detail[:200])
                 continue
+            if forward is not None and wants(event.model_id):  # type: ignore[union-attr]
+                origin = f"{topic}:{partition}:{message.offset}".encode()
+                # An event's own copy of our header is dropped: a producer must
+                # not be able to make the model stage skip events.
+                headers = [h for h in message.headers or () if h[0] != SOURCE_HEADER]
+                forward.append((rtopic, event.model_id.encode(),  # type: ignore[union-attr,arg-type]
+                                value, [*headers, (SOURCE_HEADER, origin)]))
             yield event, Source(topic, partition, message.offset)
+
+    def _unseen(
+        self, partition: int, origins: dict[int, tuple[str, int]],
+        items: Iterator[tuple[Event, Source]],
+    ) -> Iterator[tuple[Event, Source]]:
+        """Repartitioned events not yet seen, with their original source.
+
+        Copies from one source partition arrive in offset order (one
+        idempotent producer per batch), except that a forwarder which crashed
+        before committing forwards a stretch again: anything at or below the
+        source's high-water offset is such a copy.
+        """
+        seen = self._seen.setdefault(partition, {})
+        for event, source in items:
+            origin = origins.get(source.offset)
+            if origin is None:
+                yield event, source
+                continue
+            key, offset = origin
+            if offset <= seen.get(key, -1):
+                self.metrics.repartition_duplicates.inc()
+                continue
+            seen[key] = offset
+            topic, _, number = key.rpartition(":")
+            yield event, Source(topic, int(number), offset)
 
     def _deliver(self, records: list[OutRecord]) -> bool:
         """Send until every record is acknowledged; False if asked to stop first."""
@@ -325,12 +440,15 @@ class Daemon:
             for p in partitions:
                 if p == GLOBAL:
                     continue
-                offsets = {tp.topic: off for tp, off in positions.items() if tp.partition == p}
+                offsets = {tp.topic: off for tp, off in positions.items()
+                           if self._state_partition(tp) == p}
                 size += self.store.save(Checkpoint(
-                    p, offsets, snapshot_detectors(self.pipeline, p, self._fingerprints)))
-            size += self.store.save(Checkpoint(
-                GLOBAL, {f"{tp.topic}:{tp.partition}": off for tp, off in positions.items()},
-                snapshot_detectors(self.pipeline, GLOBAL, self._fingerprints)))
+                    p, offsets, snapshot_detectors(self.pipeline, p, self._fingerprints),
+                    sources=dict(self._seen.get(p, {}))))
+            if not self.pipeline.repartitioned:
+                size += self.store.save(Checkpoint(
+                    GLOBAL, {f"{tp.topic}:{tp.partition}": off for tp, off in positions.items()},
+                    snapshot_detectors(self.pipeline, GLOBAL, self._fingerprints)))
         except OSError as exc:
             log.error("checkpoint_failed", error=str(exc))
             return
@@ -353,12 +471,18 @@ class Daemon:
         if stale:
             log.warning("checkpoint_config_changed", partition=partition, relearning=stale)
         self.pipeline.restore(partition, usable)
+        if is_model_partition(partition):
+            self._seen[partition] = dict(getattr(checkpoint, "sources", {}))
         return checkpoint
+
+    def _state_partition(self, tp: TopicPartition) -> int:
+        """Input partitions share their number; repartition partitions are model partitions."""
+        return model_partition(tp.partition) if tp.topic == self._rtopic else tp.partition
 
     # -- rebalance and gauges ------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        lost = sorted({tp.partition for tp in revoked} & self._restored)
+        lost = sorted({self._state_partition(tp) for tp in revoked} & self._restored)
         if self.store is not None and lost:
             # Saved, so whoever gets the partition next (maybe us) restores it.
             self._checkpoint(lost)
@@ -367,6 +491,7 @@ class Daemon:
             for partition in lost:
                 self.pipeline.drop(partition)
                 self._restored.discard(partition)
+                self._seen.pop(partition, None)
         for tp in revoked:
             self._positions.pop(tp, None)
         log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
@@ -374,12 +499,12 @@ class Daemon:
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self.metrics.assigned.set(len(assigned))
         log.info("partitions_assigned", partitions=[f"{t.topic}:{t.partition}" for t in assigned])
-        gained = sorted({tp.partition for tp in assigned} - self._restored)
+        gained = sorted({self._state_partition(tp) for tp in assigned} - self._restored)
         # Checkpoint before the first commit of newly gained partitions: no
         # commit may ever run ahead of saved state.
         self._checkpoint_at = -math.inf
         if self.store is not None:
-            if GLOBAL not in self._restored:
+            if GLOBAL not in self._restored and not self.pipeline.repartitioned:
                 self._restore(GLOBAL)
                 self._restored.add(GLOBAL)
             for partition in gained:
@@ -388,7 +513,7 @@ class Daemon:
                     continue
                 for tp in assigned:
                     offset = checkpoint.offsets.get(tp.topic)
-                    if tp.partition == partition and offset is not None:
+                    if self._state_partition(tp) == partition and offset is not None:
                         # Resume where the state was saved: anything committed
                         # after it is processed again, so state == never stopped.
                         assert self._consumer is not None
@@ -426,3 +551,15 @@ class Daemon:
         if seen & (seen - 1) == 0:  # 1st, 2nd, 4th, 8th...: visible, but no log flood
             log.error("detector_failed", detector=detector.name, occurrences=seen,
                       error=f"{type(exc).__name__}: {exc}")
+
+
+def _origins(messages: list[Any]) -> dict[int, tuple[str, int]]:
+    """Repartition offset -> ("topic:partition", offset) of the original event."""
+    out: dict[int, tuple[str, int]] = {}
+    for message in messages:
+        for name, value in message.headers or ():
+            if name == SOURCE_HEADER:
+                key, _, offset = value.decode("ascii", "replace").rpartition(":")
+                if key and offset.isdigit():
+                    out[message.offset] = (key, int(offset))
+    return out

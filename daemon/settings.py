@@ -96,6 +96,11 @@ class TopicSettings(_Section):
     access: str = "ml.access"
     findings: str = "mlwatchd.findings"
     dlq: str = "mlwatchd.dlq"
+    #: Internal: inference events re-keyed by ``model_id`` so that each model's
+    #: model-scoped detectors (drift, confidence, performance, integrity) see
+    #: all its traffic on one replica. Used when ``state.model_routing`` is
+    #: ``repartition``; created if missing (as many partitions as inference).
+    repartition: str = "mlwatchd.repartition"
 
     def inputs(self) -> dict[str, str]:
         """Input topic -> event type it carries."""
@@ -169,12 +174,49 @@ class ObservabilitySettings(_Section):
 
 
 class StateSettings(_Section):
-    #: Where detector checkpoints live (one file per partition); null: baselines
-    #: are relearned after every restart.
+    #: ``local``: checkpoints as files under ``dir`` (one process, or replicas
+    #: sharing a volume). ``kafka``: checkpoints in the compacted ``topic``, so
+    #: replicas on different hosts hand state over (needs ``signing_key``).
+    store: Literal["local", "kafka"] = "local"
+    #: Where detector checkpoints live (store ``local``; one file per partition)
+    #: and the response outbox; null with store ``local``: baselines are
+    #: relearned after every restart.
     dir: str | None = None
     #: Checkpoint at most this often (and always on revocation and shutdown); a
     #: crash replays at most this much traffic to rebuild state.
     checkpoint_every_s: float = Field(60.0, gt=0)
+    #: Store ``kafka``: the compacted state topic (created if missing).
+    topic: str = "mlwatchd.state"
+    #: Store ``kafka``: HMAC-SHA256 key authenticating checkpoints (or
+    #: ``signing_key_file``); a checkpoint that fails the check is not loaded.
+    signing_key: SecretStr | None = None
+    #: Store ``kafka``: checkpoints are split into messages of at most this size.
+    chunk_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024)
+    #: How model-scoped detectors see a model's traffic. ``local``: each process
+    #: sees what it consumes (right for one replica). ``repartition``: inference
+    #: events are re-keyed by model through ``topics.repartition``, so each
+    #: model is watched by one replica whatever the partitioning (right for
+    #: several). ``auto``: ``repartition`` with store ``kafka``, else ``local``.
+    model_routing: Literal["auto", "local", "repartition"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _read_secret_files(data, ("signing_key",))
+
+    @model_validator(mode="after")
+    def _key_with_kafka(self) -> StateSettings:
+        if self.store == "kafka" and (self.signing_key is None
+                                      or len(self.signing_key.get_secret_value()) < 16):
+            raise ValueError("store kafka needs signing_key (at least 16 characters)")
+        return self
+
+    @property
+    def repartitioned(self) -> bool:
+        """True when model-scoped detectors consume the repartition topic."""
+        if self.model_routing == "auto":
+            return self.store == "kafka"
+        return self.model_routing == "repartition"
 
 
 class Settings(BaseSettings):

@@ -3,7 +3,10 @@
 Partition-scoped detectors get one instance per *state partition* (the Kafka
 partition number: input topics are co-partitioned by principal, see README),
 so their state can move with the partition between replicas. Model-scoped
-detectors get one instance per process.
+detectors get either one instance per process (``GLOBAL``: right for a single
+replica), or, when the daemon repartitions inference events by model, one
+instance per partition of the repartition topic (state partition
+``model_partition(r)``), which moves between replicas like any other.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source
 from detectors.registry import REGISTRY, build
 
-__all__ = ["DetectorSpec", "Pipeline"]
+__all__ = ["GLOBAL", "DetectorSpec", "Pipeline", "is_model_partition", "model_partition",
+           "repartition_of"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,25 @@ class DetectorSpec:
         return build(self.name, self.params)
 
 
-#: Key of the model-scoped detector set in snapshots.
+#: Key of the model-scoped detector set in snapshots (without repartitioning).
 GLOBAL = -1
+
+
+def model_partition(repartition: int) -> int:
+    """State partition of the model-scoped detectors fed by repartition partition r.
+
+    >>> model_partition(0), repartition_of(model_partition(5)), is_model_partition(-2)
+    (-2, 5, True)
+    """
+    return -2 - repartition
+
+
+def repartition_of(partition: int) -> int:
+    return -2 - partition
+
+
+def is_model_partition(partition: int) -> bool:
+    return partition <= -2
 
 
 class _Set:
@@ -65,6 +86,7 @@ class Pipeline:
         self,
         specs: Sequence[DetectorSpec],
         on_error: Callable[[Detector, Event | None, Exception], None] | None = None,
+        repartitioned: bool = False,
     ) -> None:
         self.specs = list(specs)
         for spec in self.specs:
@@ -73,15 +95,30 @@ class Pipeline:
         self._partition_specs = [s for s in self.specs if REGISTRY[s.name].scope == "partition"]
         self._model_specs = [s for s in self.specs if REGISTRY[s.name].scope == "model"]
         self._sets: dict[int, _Set] = {}
-        self._global = _Set([s.build() for s in self._model_specs])
+        #: Repartitioned: model-scoped detectors live in model partitions instead.
+        self.repartitioned = repartitioned
+        self._global = _Set([] if repartitioned else [s.build() for s in self._model_specs])
         self._on_error = on_error
         self.errors = 0
 
     def _set(self, partition: int) -> _Set:
         found = self._sets.get(partition)
         if found is None:
-            found = self._sets[partition] = _Set([s.build() for s in self._partition_specs])
+            specs = self._model_specs if is_model_partition(partition) else self._partition_specs
+            found = self._sets[partition] = _Set([s.build() for s in specs])
         return found
+
+    def has_model_scope(self) -> bool:
+        """True if some model-scoped detector is configured."""
+        return bool(self._model_specs)
+
+    def model_scope_wants(self, model_id: str) -> bool:
+        """True if some model-scoped detector takes this model's inference events."""
+        for spec in self._model_specs:
+            wanted = self._filters.get(spec.name)
+            if wanted is None or wanted(model_id):
+                return True
+        return False
 
     def process(self, event: Event, source: Source) -> list[Finding]:
         """Findings triggered by ``event``; a detector that raises is reported, not fatal."""

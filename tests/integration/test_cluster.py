@@ -1,0 +1,234 @@
+"""Replicas: state handed over through Kafka, and model-scoped detectors routed by model."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from daemon.state import Checkpoint, KafkaStateStore
+from detectors.findings import decode_finding
+from detectors.pipeline import model_partition
+from tests.integration.kafka_helpers import (
+    DaemonThread,
+    committed,
+    make_settings,
+    produce,
+    read_all,
+    unique,
+    wait_for,
+)
+from tests.integration.test_process import _env
+
+pytestmark = pytest.mark.integration
+
+KEY = "0123456789abcdef-state-key"
+T0 = 1_767_225_600.0
+
+
+@pytest.fixture
+def store_settings(broker):
+    settings = make_settings(broker)
+    topic = unique("state")
+    broker.create_topics([topic], partitions=2)
+    return settings, topic
+
+
+def _store(settings, topic, key=KEY, chunk=1024):
+    return KafkaStateStore(settings.kafka, topic, settings.kafka.group_id, key.encode(), chunk)
+
+
+def _checkpoint(partition, size, tag):
+    return Checkpoint(partition, {"ml.inference": size},
+                      {"det": ("fp", bytes([tag]) * size)}, sources={"ml.inference:0": tag})
+
+
+def test_chunked_checkpoints_round_trip_and_the_newest_wins(store_settings):
+    settings, topic = store_settings
+    store = _store(settings, topic)
+    try:
+        assert store.load(3) is None
+        store.save(_checkpoint(3, 10_000, 1))  # ten chunks of 1 KiB
+        store.save(_checkpoint(model_partition(0), 500, 7))
+        store.save(_checkpoint(3, 5_000, 2))
+    finally:
+        store.close()
+    other = _store(settings, topic)  # another replica: nothing shared but Kafka
+    try:
+        got = other.load(3)
+        assert got is not None and got.offsets == {"ml.inference": 5_000}
+        assert got.detectors["det"] == ("fp", bytes([2]) * 5_000)
+        model = other.load(model_partition(0))
+        assert model is not None and model.sources == {"ml.inference:0": 7}
+    finally:
+        other.close()
+
+
+def test_an_unfinished_write_leaves_the_last_checkpoint_usable(store_settings):
+    settings, topic = store_settings
+    store = _store(settings, topic)
+    try:
+        store.save(_checkpoint(1, 4_000, 1))
+        tp = store._topic_partition(store._manifest_key(1))
+        # A replica killed mid-write: chunks of generation 2 (slot 0), no manifest.
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        for i in range(4):
+            producer.send(topic, key=f"{store._manifest_key(1)}/0/{i}".encode(),
+                          value=b"\x00" * 1024, headers=[("mlwatchd.gen", b"2")],
+                          partition=tp.partition).get(10)
+        producer.close()
+        got = _store(settings, topic).load(1)
+        assert got is not None and got.detectors["det"][1] == bytes([1]) * 4_000
+    finally:
+        store.close()
+
+
+def test_a_checkpoint_not_signed_with_our_key_is_refused(store_settings):
+    settings, topic = store_settings
+    writer = _store(settings, topic, key="another-key-of-16-chars")
+    writer.save(_checkpoint(0, 100, 1))
+    writer.close()
+    reader = _store(settings, topic)
+    try:
+        with pytest.raises(ValueError, match="signature does not verify"):
+            reader.load(0)
+    finally:
+        reader.close()
+
+
+# -- model-scoped detectors across replicas ------------------------------------------
+
+def _drift_stream(n_models=2, principals=12, per_model=6_000, shift_from=4_000):
+    """Inference of a few models from many principals; each model's inputs shift late."""
+    rng = np.random.default_rng(7)
+    stream = []
+    for i in range(per_model):
+        for m in range(n_models):
+            who = f"caller-{rng.integers(principals)}"
+            x = rng.normal(0.0, 1.0, 4) + (1.5 if i >= shift_from else 0.0)
+            stream.append((who.encode(), orjson.dumps({
+                "ts": T0 + i, "model_id": f"model-{m}", "request_id": f"{m}-{i}",
+                "principal": who, "features": [round(float(v), 4) for v in x],
+                "prediction": int(x[0] > 0), "confidence": 0.9})))
+    return stream
+
+
+_DRIFT = {"drift.features": {"params": {"reference_size": 1000, "window": 500, "step": 250}}}
+
+
+def _run_replicas(broker, settings, stream, replicas):
+    produce(broker, settings.topics.inference, stream)
+    group, topic = settings.kafka.group_id, settings.topics.inference
+    threads = [DaemonThread(settings) for _ in range(replicas)]
+    for thread in threads:
+        thread.__enter__()
+    try:
+        assert wait_for(lambda: sum(v for (t, _), v in committed(broker, group).items()
+                                    if t == topic) == len(stream), 120)
+        # the model stage is done when the repartition topic is committed too
+        if settings.state.repartitioned:
+            rtopic = settings.topics.repartition
+            assert wait_for(lambda: sum(v for (t, _), v in committed(broker, group).items()
+                                        if t == rtopic) >= len(stream), 60)
+    finally:
+        for thread in threads:
+            thread.stop()
+    return threads
+
+
+def _model_counts(threads):
+    """model key -> events seen, for each model-scoped detector instance holding it."""
+    seen: dict[str, list[int]] = {}
+    for thread in threads:
+        for _, det in thread.daemon.pipeline.detectors():
+            if det.name == "drift.features":
+                for key, st in det.table.items():
+                    seen.setdefault(key, []).append(st.seen)
+    return seen
+
+
+@pytest.mark.parametrize("routing", ["repartition", "local"])
+def test_each_model_is_watched_by_one_replica_with_its_whole_traffic(broker, routing):
+    stream = _drift_stream()
+    settings = make_settings(broker, partitions=4, detectors=_DRIFT,
+                             state={"model_routing": routing})
+    settings.topics.repartition = unique("ml.repartition")
+    broker.create_topics([settings.topics.repartition], partitions=4)
+    threads = _run_replicas(broker, settings, stream, replicas=2)
+    seen = _model_counts(threads)
+    assert sorted(seen) == ["model-0", "model-1"]
+    if routing == "repartition":
+        # each model's 6,000 events went to one detector instance, each once
+        assert all(counts == [6_000] for counts in seen.values()), seen
+        flagged = {decode_finding(m.value).model_id for m in
+                   read_all(broker, settings.topics.findings, expect=2, timeout_s=10)}
+        assert flagged == {"model-0", "model-1"}
+    else:
+        # the counter-example: two replicas each watch part of every model
+        assert any(len(counts) > 1 or counts[0] < 6_000 for counts in seen.values()), seen
+
+
+def test_kill_9_with_kafka_state_and_no_local_disk_gives_the_same_finding_ids(broker, tmp_path):
+    stream = []
+    for minute in range(120):
+        for p in range(20):
+            stream.append((f"p{p}".encode(), orjson.dumps({
+                "ts": T0 + minute * 60 + p, "model_id": "fraud",
+                "request_id": f"p{p}-{minute}", "principal": f"p{p}",
+                "features": [0.1 * (minute % 7), 1.0], "prediction": 0})))
+        if minute % 20 == 19:
+            victim = f"p{minute // 20}"
+            stream += [(victim.encode(), orjson.dumps({
+                "ts": T0 + minute * 60 + 30 + i * 0.1, "model_id": "fraud",
+                "request_id": f"{victim}-f{minute}-{i}", "principal": victim,
+                "features": [0.5, 1.0], "prediction": 1})) for i in range(200)]
+    clean = make_settings(broker, partitions=3)
+    produce(broker, clean.topics.inference, stream)
+    with DaemonThread(clean) as run:
+        assert wait_for(lambda: run.daemon.processed >= len(stream), 120)
+    expected = sorted(decode_finding(m.value).finding_id
+                      for m in read_all(broker, clean.topics.findings, expect=1))
+    assert len(expected) >= 4
+
+    crashy = make_settings(broker, partitions=3)
+    cuts = [0, len(stream) * 35 // 100, len(stream) * 70 // 100, len(stream)]
+    env = _env(crashy)
+    config = tmp_path / "detectors.yaml"
+    config.write_text(orjson.dumps({"detectors": {
+        name: {"params": cfg.params} for name, cfg in crashy.detectors.items()}}).decode())
+    cmd = [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)]
+    env.update({"MLWATCHD_STATE__STORE": "kafka", "MLWATCHD_STATE__SIGNING_KEY": KEY,
+                "MLWATCHD_STATE__TOPIC": unique("state"),
+                "MLWATCHD_STATE__CHECKPOINT_EVERY_S": "0.3",
+                "MLWATCHD_KAFKA__MAX_POLL_RECORDS": "200"})
+    group, topic = crashy.kafka.group_id, crashy.topics.inference
+
+    def done():
+        return sum(v for (t, _), v in committed(broker, group).items() if t == topic)
+
+    for part in (1, 2):  # kill -9 twice; each new process starts on new traffic
+        produce(broker, topic, stream[cuts[part - 1]:cuts[part]])
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        assert wait_for(lambda part=part: done() >= cuts[part], 90)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    produce(broker, topic, stream[cuts[2]:])
+    log = tmp_path / "final.log"
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "wb"))  # noqa: SIM115
+    try:
+        assert wait_for(lambda: '"daemon_starting"' in log.read_text(), 30)
+        assert wait_for(lambda: done() == len(stream), 120)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert '"checkpoint_restored"' in log.read_text()
+    got = sorted(decode_finding(m.value).finding_id
+                 for m in read_all(broker, crashy.topics.findings, expect=len(expected)))
+    assert sorted(set(got)) == expected
