@@ -390,3 +390,15 @@ def test_check_config_is_not_a_rubber_stamp(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "heartbeat_interval_ms" in proc.stderr
+
+
+def test_kafka_state_store_needs_a_signing_key_reference() -> None:
+    values = {"config": {"state": {"store": "kafka"}}}
+    with pytest.raises(Exception, match="state.signing_key"):
+        render(values)
+    docs = render({**values, "secrets": {"existingSecret": "s",
+                                         "keys": {"state.signing_key": "state-key"}}})
+    env = {e["name"]: e for e in one(docs, "Deployment")["spec"]["template"]["spec"]
+           ["containers"][0]["env"]}
+    assert env["MLWATCHD_STATE__SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == \
+        {"name": "s", "key": "state-key"}

@@ -62,6 +62,10 @@ one member only, so the surplus replicas sit idle (and unready).
 {{- if and (not .Values.keda.enabled) (gt (int .Values.replicaCount) $partitions) -}}
 {{- fail (printf "replicaCount %d exceeds kafkaPartitions %d: extra consumers would get no partitions" (int .Values.replicaCount) $partitions) -}}
 {{- end -}}
+{{- $state := .Values.config.state | default dict -}}
+{{- if and (eq ($state.store | default "local") "kafka") (not (and .Values.secrets.existingSecret (index .Values.secrets.keys "state.signing_key"))) -}}
+{{- fail "config.state.store kafka needs secrets.existingSecret and secrets.keys[\"state.signing_key\"]: checkpoints in Kafka are signed" -}}
+{{- end -}}
 {{- if and .Values.keda.enabled (gt (int .Values.keda.maxReplicaCount) $partitions) -}}
 {{- fail (printf "keda.maxReplicaCount %d exceeds kafkaPartitions %d: extra consumers would get no partitions" (int .Values.keda.maxReplicaCount) $partitions) -}}
 {{- end -}}
