@@ -37,9 +37,10 @@ from detectors.abuse.common import (
     QueryState,
     by_model,
 )
-from detectors.abuse.space import ModelSpace, stacked_sq_dists
+from detectors.abuse.probing import binomial_critical_count
+from detectors.abuse.space import ModelSpace, stable_seed, stacked_sq_dists
 from detectors.events import InferenceEvent
-from detectors.findings import Finding
+from detectors.findings import Finding, Source
 from detectors.state import EntityTable
 
 __all__ = [
@@ -380,20 +381,56 @@ _EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)
 
 
 class _CoverageState(QueryState):
-    __slots__ = ("kmv",)
+    __slots__ = ("block_n", "block_novel", "kmv")
 
     def __init__(self) -> None:
         super().__init__()
         self.kmv = _EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
+        self.block_n = 0  # queries in the current novelty block
+        self.block_novel = 0  # of which landed in cells no other principal visited
+
+
+class _Population:
+    """Which coarse cells of a model's input space its callers have visited.
+
+    A fixed open-addressing table (a cell hashes to one slot): the cell, the
+    first principal seen there, and whether another principal has been there
+    too. A cell shared by two principals is never overwritten, so a flood of
+    new cells from one caller cannot erase the population's map.
+    """
+
+    __slots__ = ("cells", "closed", "first", "p0", "shared", "shares")
+
+    def __init__(self, size: int, peers: int) -> None:
+        self.cells = np.zeros(size, dtype=np.uint64)
+        self.first = np.zeros(size, dtype=np.int64)
+        self.shared = np.zeros(size, dtype=bool)
+        #: Each principal's novel share in its latest unflagged block.
+        self.shares: EntityTable[list[float]] = EntityTable(peers)
+        self.closed = 0  # blocks closed
+        self.p0 = math.nan  # the peer quantile, refreshed every few blocks
+
+    def visit(self, cells: np.ndarray, who: int) -> int:
+        """Visit ``cells`` as principal ``who``; how many were new to the others."""
+        slots = (cells & np.uint64(len(self.cells) - 1)).astype(np.intp)
+        known = self.cells[slots] == cells
+        first = self.first[slots]
+        familiar = known & (self.shared[slots] | (first != who))
+        self.shared[slots[known & (first != who)]] = True
+        free = ~known & ~self.shared[slots]  # empty, or held by one other principal
+        self.cells[slots[free]] = cells[free]
+        self.first[slots[free]] = who
+        return int(len(cells) - familiar.sum())
 
 
 class _Peers:
     """Latest coverage of the model's principals and their robust summary."""
 
-    __slots__ = ("kmv", "limit", "median", "p90", "updates", "values")
+    __slots__ = ("kmv", "limit", "median", "p90", "population", "updates", "values")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, population: _Population) -> None:
         self.values: EntityTable[list[float]] = EntityTable(capacity)
+        self.population = population
         self.updates = 0
         self.median = math.nan
         self.p90 = math.nan
@@ -404,19 +441,48 @@ class _Peers:
 class CoverageExtractionDetector(BatchedQueryDetector):
     """A principal exploring far more of the model's input space than its peers.
 
-    Each query falls in a cell of a grid over ``grid_dims`` random orthonormal
-    axes of the standardised input (``grid_levels`` bins per projection, bin edges at
-    multiples of ``bin_width`` model spreads). Distinct cells per
-    (principal, model) are counted with a K-minimum-values sketch of ``sketch_k``
-    hashes (exact up to ``sketch_k``, about 1/sqrt(k) relative error above):
-    8 bytes per hash, whatever the volume. Every ``peer_refresh`` batches, the
-    model's peer summary is recomputed from the latest coverage of up to
-    ``max_peers`` principals. A principal is reported when its coverage exceeds
-    ``min_cells`` and ``peer_ratio`` times the peers' 90th percentile (needs
-    ``min_peers`` peers). Principals listed in ``exempt_principals`` (batch
-    scoring services that legitimately sweep the input space) are not reported.
-    The evidence gives the share of all cells the model's callers have explored
-    that this principal covered.
+    Two signals, both judged against the model's other callers:
+
+    **Breadth** (catches natural-data "knockoff" thieves, whose single queries
+    look like anybody's): each query falls in a cell of a grid over
+    ``grid_dims`` random orthonormal axes of the standardised input
+    (``grid_levels`` bins per projection, bin edges at multiples of
+    ``bin_width`` model spreads). Distinct cells per (principal, model) are
+    counted with a K-minimum-values sketch of ``sketch_k`` hashes (exact up to
+    ``sketch_k``, about 1/sqrt(k) relative error above): 8 bytes per hash,
+    whatever the volume. Every ``peer_refresh`` batches, the model's peer
+    summary is recomputed from the latest coverage of up to ``max_peers``
+    principals. A principal is reported when its coverage exceeds ``min_cells``
+    and ``peer_ratio`` times the peers' 90th percentile (needs ``min_peers``
+    peers). On natural data nearly every query is a new fine cell, so this is
+    breadth of exploration at volume: a benign caller as busy as the thief
+    covers as much (a limit no per-query signal can lift).
+
+    **Novelty** (volume-robust; catches synthetic exploration such as uniform
+    sweeps of the input box or Jacobian augmentation): a coarse grid over the
+    first ``novelty_dims`` of those axes, cells ``novelty_width`` typical
+    per-axis deviations wide and unbounded, and per model a fixed table of the
+    cells its callers visited (``population_slots`` slots; a cell visited by two
+    principals is kept for good). A query is *novel* when no other principal
+    has visited its cell. Per principal, queries are counted in blocks of
+    ``novelty_block``; the model keeps each principal's novel share in its
+    latest unflagged block. Calibration: with p0 the ``novelty_quantile``
+    quantile of those per-principal shares (refreshed every 16 blocks), a block
+    is reported when its novel count reaches the binomial critical value at
+    false-alarm probability ``novelty_alpha`` per block (a caller as novel as
+    the 90th-percentile peer fires on about ``novelty_alpha`` of its blocks) and
+    at least ``min_novel_share`` of the block. Nothing is judged before
+    ``min_peers`` principals have a share; one value per principal, so a single
+    account cannot move the 90th percentile of 20 or more peers (a Sybil group
+    of more than a tenth of the callers could), and flagged blocks are never
+    recorded, so an attacker cannot raise its own bar. Limit: a few random axes
+    see a sweep that leaves the population's region (the simulator's uniform
+    queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
+    images project onto the natural digits' region and look familiar.
+
+    Principals listed in ``exempt_principals`` (batch scoring services that
+    legitimately sweep the input space) are not reported. The evidence gives the
+    statistic, its threshold and the queries examined.
 
     >>> from detectors.testing import feed
     >>> rng = np.random.default_rng(2)
@@ -444,10 +510,17 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         sketch_k: int = 512,
         min_cells: int = 400,
         peer_ratio: float = 3.0,
-        min_peers: int = 10,
+        min_peers: int = 20,
         max_peers: int = 4096,
         peer_refresh: int = 64,
         exempt_principals: tuple[str, ...] = (),
+        novelty_dims: int = 4,
+        novelty_width: float = 1.5,
+        novelty_block: int = 64,
+        novelty_alpha: float = 1e-6,
+        novelty_quantile: float = 0.9,
+        min_novel_share: float = 0.5,
+        population_slots: int = 1 << 16,
         batch_size: int = 16,
         cooldown_seconds: float = 86_400.0,
         calibration_rows: int = 256,
@@ -456,6 +529,17 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     ) -> None:
         if grid_levels < 2 or grid_dims < 1 or sketch_k < 16 or min_cells < 1:
             raise ValueError("grid_levels >= 2, grid_dims >= 1, sketch_k >= 16, min_cells >= 1")
+        if not 1 <= novelty_dims <= grid_dims or novelty_width <= 0 or novelty_block < 5:
+            raise ValueError("novelty_dims in [1, grid_dims], novelty_width > 0, novelty_block > 4")
+        if not 0 < novelty_alpha < 1 or not 0 < novelty_quantile < 1:
+            raise ValueError("novelty_alpha and novelty_quantile in (0, 1)")
+        self.novelty_dims = novelty_dims
+        self.novelty_width = novelty_width
+        self.novelty_block = novelty_block
+        self.novelty_alpha = novelty_alpha
+        self.novelty_quantile = novelty_quantile
+        self.min_novel_share = min_novel_share
+        self.population_slots = 1 << max(int(population_slots - 1).bit_length(), 4)
         self.grid_dims = grid_dims
         self.grid_levels = grid_levels
         self.bin_width = bin_width
@@ -476,13 +560,15 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         )
         self.peers: EntityTable[_Peers] = EntityTable(1024)
         self.place = (grid_levels ** np.arange(grid_dims)).astype(np.uint64)
+        rng = np.random.default_rng(stable_seed(seed, "novelty"))
+        self.novelty_mult = rng.integers(1, 2**62, size=novelty_dims, dtype=np.int64) | 1
         self.rotations: dict[tuple[int, int], np.ndarray] = {}
 
     def new_state(self) -> QueryState:
         return _CoverageState()
 
-    def cells(self, space: ModelSpace, rows: list[Any]) -> np.ndarray:
-        """Hashed grid cells of ``rows`` (one 64-bit int per row)."""
+    def cells(self, space: ModelSpace, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Hashed fine (breadth) and coarse (novelty) grid cells of ``rows``, one per row."""
         e = space.embed_stack(rows, self.batch_size)
         key = (e.shape[2], space.seed)
         rotation = self.rotations.get(key)
@@ -494,27 +580,42 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             if len(self.rotations) >= 1024:
                 self.rotations.clear()
             self.rotations[key] = rotation
-        z = np.matmul(e, rotation).reshape(len(rows), -1) / (self.bin_width * space.spread)
+        axes = np.matmul(e, rotation).reshape(len(rows), -1)
+        z = axes / (self.bin_width * space.spread)
         half = self.grid_levels // 2
         bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
-        ids = (bins * self.place[: bins.shape[1]]).sum(axis=1)
-        return _mix64(ids)
+        fine = _mix64((bins * self.place[: bins.shape[1]]).sum(axis=1))
+        # Coarse cells in units of a typical per-axis deviation: two inputs of the
+        # embedding are about ``spread`` apart, sqrt(2 * dims) deviations.
+        axis_sd = space.spread / math.sqrt(2.0 * e.shape[2])
+        n = min(self.novelty_dims, axes.shape[1])
+        coarse = np.floor(axes[:, :n] / (self.novelty_width * axis_sd)).astype(np.int64)
+        with np.errstate(over="ignore"):
+            ids = (coarse * self.novelty_mult[:n]).sum(axis=1)
+        return fine, _mix64(ids.view(np.uint64))
 
     def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
         out: list[list[Finding] | None] = [None] * len(run)
         bs = self.batch_size
         for at in by_model(run):
-            hashes = self.cells(run[at[0]].space, [r for i in at for r in run[i].rows])
+            fine, coarse = self.cells(run[at[0]].space, [r for i in at for r in run[i].rows])
             for b, i in enumerate(at):
-                out[i] = self._judged_batch(run[i], hashes[b * bs : (b + 1) * bs])
+                part = slice(b * bs, (b + 1) * bs)
+                out[i] = self._judged_batch(run[i], fine[part], coarse[part])
         return out
 
-    def _judged_batch(self, j: Judgement, hashes: np.ndarray) -> list[Finding] | None:
+    def _judged_batch(
+        self, j: Judgement, hashes: np.ndarray, coarse: np.ndarray
+    ) -> list[Finding] | None:
         st, event, source = j.st, j.event, j.source
         assert isinstance(st, _CoverageState)
+        peers = self.peers.touch(
+            event.model_id,
+            lambda: _Peers(self.max_peers, _Population(self.population_slots, self.max_peers)),
+        )
+        novel = self._novelty(st, peers.population, coarse, event)
         k = self.sketch_k
         st.kmv = kmv_update(st.kmv, hashes, k)
-        peers = self.peers.touch(event.model_id, lambda: _Peers(self.max_peers))
         peers.kmv = kmv_update(peers.kmv, hashes, 4 * k)
         st.examined += len(hashes)
         covered = distinct_estimate(st.kmv, k)
@@ -522,10 +623,10 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         peers.updates += 1
         if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
             self._refresh(peers)
-        if covered < peers.limit or event.principal in self.exempt_principals:
+        if event.principal in self.exempt_principals or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
-        if self.quiet(st, event.ts):  # type: ignore[arg-type]
-            return None
+        if covered < peers.limit:
+            return self._novelty_finding(st, event, source, novel) if novel else None
         model_cells = max(distinct_estimate(peers.kmv, 4 * k), covered)
         ratio = covered / max(peers.p90, 1.0)
         return self.finding(
@@ -548,6 +649,64 @@ class CoverageExtractionDetector(BatchedQueryDetector):
                 "share_of_explored_space": round(covered / model_cells, 4),
                 "queries_examined": st.examined,
                 "cells_per_query": round(covered / st.examined, 4),
+            },
+        )
+
+    def _novelty(
+        self, st: _CoverageState, pop: _Population, coarse: np.ndarray, event: InferenceEvent
+    ) -> tuple[int, int, float, int] | None:
+        """Count the batch's novel queries; at a block's end, (novel, queries, p0,
+        critical count) if the block is beyond its threshold, else None."""
+        st.block_novel += pop.visit(coarse, stable_seed(event.principal))
+        st.block_n += len(coarse)
+        if st.block_n < self.novelty_block:
+            return None
+        novel, n = st.block_novel, st.block_n
+        st.block_novel = st.block_n = 0
+        pop.closed += 1
+        if len(pop.shares) >= self.min_peers and (pop.closed % 16 == 1 or math.isnan(pop.p0)):
+            values = np.fromiter((v[0] for _, v in pop.shares.items()), dtype=np.float64)
+            pop.p0 = float(np.quantile(values, self.novelty_quantile))
+        if not math.isnan(pop.p0):
+            critical = max(
+                binomial_critical_count(n, round(pop.p0 * 1000), self.novelty_alpha),
+                math.ceil(self.min_novel_share * n),
+            )
+            if novel >= critical:
+                return novel, n, pop.p0, critical
+        pop.shares.touch(event.principal, list)[:] = [novel / n]
+        return None
+
+    def _novelty_finding(
+        self,
+        st: _CoverageState,
+        event: InferenceEvent,
+        source: Source,
+        novel: tuple[int, int, float, int],
+    ) -> list[Finding]:
+        count, n, p0, critical = novel
+        share = count / n
+        return self.finding(
+            st,
+            event,
+            source,
+            severity="high" if share >= 0.8 else "medium",
+            summary=(
+                f"{count} of the principal's last {n} queries fell in regions of the input "
+                f"space no other caller of the model has visited ({share:.0%}, against "
+                f"{p0:.0%} for the model's callers): synthetic exploration as in model "
+                f"extraction; review its purpose and rate-limit it."
+            ),
+            evidence={
+                "statistic": "share of queries in coarse input-space cells no other caller visited",
+                "observed_novel": count,
+                "block_queries": n,
+                "observed_share": round(share, 4),
+                "peer_share_quantile": self.novelty_quantile,
+                "baseline_share": round(p0, 4),
+                "threshold_count": critical,
+                "alpha": self.novelty_alpha,
+                "queries_examined": st.examined,
             },
         )
 

@@ -14,6 +14,7 @@ import math
 import warnings
 
 import msgspec
+import numpy as np
 import pytest
 import traffic as T
 
@@ -124,6 +125,40 @@ def test_slow_knockoff_thief_evades_rate_but_not_coverage_within_600_queries(str
     events = T.interleave(streams["benign"], slow)
     assert first_alarm(run(PeerRateDetector(), events), "thief-knockoff") == math.inf
     assert first_alarm(run(CoverageExtractionDetector(), events), "thief-knockoff") <= 600
+
+
+def _tabular(seed: int, principals: int = 40, per: int = 500, sweep: int = 0):
+    """A tabular model's traffic (8 standard-normal features), busy benign callers,
+    and optionally a partner sweeping the input box [-4, 4]^8 at one query a second."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for p in range(principals):
+        ts = np.sort(rng.uniform(0, 86_400, per))
+        for i, x in enumerate(rng.normal(size=(per, 8))):
+            events.append((ts[i], f"app-{p}", x))
+    for i, x in enumerate(rng.uniform(-4, 4, (sweep, 8))):
+        events.append((40_000 + i, "partner-sweep", x))
+    events.sort(key=lambda e: e[0])
+    return [
+        InferenceEvent(ts=T.T0 + t, model_id="fraud", request_id=f"r{n}", principal=who,
+                       features=x.tolist(), prediction=int(x[0] > 0))
+        for n, (t, who, x) in enumerate(events)
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uniform_sweep_of_a_tabular_model_found_by_coverage_novelty_within_128_queries(seed):
+    # Benign callers send 500 queries each, the sweep 1,000 at 1/s: breadth
+    # (distinct fine cells) cannot tell them apart, novelty does.
+    found = run(CoverageExtractionDetector(), _tabular(seed, sweep=1000))
+    assert {f.entity.id for f, _ in found} == {"partner-sweep"}
+    finding, n = found[0]
+    assert n <= 128 and finding.kind == "model_extraction"
+    assert finding.evidence["observed_share"] > finding.evidence["baseline_share"]
+
+
+def test_busy_tabular_callers_produce_no_coverage_finding():
+    assert run(CoverageExtractionDetector(), _tabular(2, per=800)) == []
 
 
 def test_one_finding_per_incident(findings):
