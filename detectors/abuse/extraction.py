@@ -399,7 +399,7 @@ class _Population:
     new cells from one caller cannot erase the population's map.
     """
 
-    __slots__ = ("cells", "closed", "first", "p0", "shared", "shares")
+    __slots__ = ("cells", "first", "p0", "shared", "shares")
 
     def __init__(self, size: int, peers: int) -> None:
         self.cells = np.zeros(size, dtype=np.uint64)
@@ -407,8 +407,7 @@ class _Population:
         self.shared = np.zeros(size, dtype=bool)
         #: Each principal's novel share in its latest unflagged block.
         self.shares: EntityTable[list[float]] = EntityTable(peers)
-        self.closed = 0  # blocks closed
-        self.p0 = math.nan  # the peer quantile, refreshed every few blocks
+        self.p0 = math.nan  # the peer quantile at the latest block's end
 
     def visit(self, cells: np.ndarray, who: int) -> int:
         """Visit ``cells`` as principal ``who``; how many were new to the others."""
@@ -467,15 +466,16 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     has visited its cell. Per principal, queries are counted in blocks of
     ``novelty_block``; the model keeps each principal's novel share in its
     latest unflagged block. Calibration: with p0 the ``novelty_quantile``
-    quantile of those per-principal shares (refreshed every 16 blocks), a block
-    is reported when its novel count reaches the binomial critical value at
-    false-alarm probability ``novelty_alpha`` per block (a caller as novel as
-    the 90th-percentile peer fires on about ``novelty_alpha`` of its blocks) and
-    at least ``min_novel_share`` of the block. Nothing is judged before
-    ``min_peers`` principals have a share; one value per principal, so a single
-    account cannot move the 90th percentile of 20 or more peers (a Sybil group
-    of more than a tenth of the callers could), and flagged blocks are never
-    recorded, so an attacker cannot raise its own bar. Limit: a few random axes
+    quantile of the other principals' shares, a block is reported when its
+    novel count reaches the binomial critical value at false-alarm probability
+    ``novelty_alpha`` per block (a caller as novel as the 90th-percentile peer
+    fires on about ``novelty_alpha`` of its blocks) and at least
+    ``min_novel_share`` of the block. Nothing is judged before
+    ``novelty_min_peers`` other principals have a share (with few peers the
+    quantile is near their maximum: conservative); one value per principal and
+    never the judged one's own, so one account cannot raise the bar (a Sybil
+    group of more than a tenth of the callers could), and flagged blocks are
+    never recorded. Limit: a few random axes
     see a sweep that leaves the population's region (the simulator's uniform
     queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
     images project onto the natural digits' region and look familiar.
@@ -510,7 +510,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         sketch_k: int = 512,
         min_cells: int = 400,
         peer_ratio: float = 3.0,
-        min_peers: int = 20,
+        min_peers: int = 10,
         max_peers: int = 4096,
         peer_refresh: int = 64,
         exempt_principals: tuple[str, ...] = (),
@@ -520,6 +520,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         novelty_alpha: float = 1e-6,
         novelty_quantile: float = 0.9,
         min_novel_share: float = 0.5,
+        novelty_min_peers: int = 5,
         population_slots: int = 1 << 16,
         batch_size: int = 16,
         cooldown_seconds: float = 86_400.0,
@@ -539,6 +540,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         self.novelty_alpha = novelty_alpha
         self.novelty_quantile = novelty_quantile
         self.min_novel_share = min_novel_share
+        self.novelty_min_peers = novelty_min_peers
         self.population_slots = 1 << max(int(population_slots - 1).bit_length(), 4)
         self.grid_dims = grid_dims
         self.grid_levels = grid_levels
@@ -663,9 +665,10 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             return None
         novel, n = st.block_novel, st.block_n
         st.block_novel = st.block_n = 0
-        pop.closed += 1
-        if len(pop.shares) >= self.min_peers and (pop.closed % 16 == 1 or math.isnan(pop.p0)):
-            values = np.fromiter((v[0] for _, v in pop.shares.items()), dtype=np.float64)
+        me = event.principal
+        values = [v[0] for who, v in pop.shares.items() if who != me]
+        pop.p0 = math.nan
+        if len(values) >= self.novelty_min_peers:
             pop.p0 = float(np.quantile(values, self.novelty_quantile))
         if not math.isnan(pop.p0):
             critical = max(
