@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(VENV)/.installed-test
 ## make bench: throughput of mlwatchd run against a bare kafka-python consumer
 bench: $(VENV)/.installed-run
 	$(BIN)/mlwatchd bench
+
+## make soak: proof under faults (1M events, 1M flood principals, 10k poison, 3 replicas,
+## 20 kill -9, scale-out/in, Slack 429/5xx); long. Smaller: make soak SOAK_ARGS="--events 50000"
+SOAK_ARGS ?=
+soak: $(VENV)/.installed-run
+	$(BIN)/mlwatchd soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -134,7 +134,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
         slack_fault_mode=args.slack_fault_mode, retry_after_s=args.retry_after,
         state_store=args.state_store, outbox=args.outbox,
         max_message_bytes=args.max_message_bytes, checkpoint_every_s=args.checkpoint_every,
-        memory_bound_mib=args.memory_bound_mib, timeout_s=args.timeout, config=args.config,
+        memory_bound_mib=args.memory_bound_mib, timeout_s=args.timeout,
+        stall_s=args.stall_timeout, config=args.config,
         workdir=args.workdir, clean=not args.no_clean,
     )
     return main_soak(opts, as_json=args.json)
@@ -230,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--memory-bound-mib", type=float, default=2048.0,
                    help="peak RSS per replica to compare against (reported) (2048)")
     p.add_argument("--timeout", type=float, default=3600.0, help="per run, seconds (3600)")
+    p.add_argument("--stall-timeout", type=float, default=180.0,
+                   help="stop when committed offsets stay short of the end this long after "
+                        "the last fault (reported as a stall) (180)")
     p.add_argument("--workdir", metavar="DIR", help="logs, state and report.json (default: a "
                    "new temp dir, kept)")
     p.add_argument("--no-clean", action="store_true", help="skip the clean reference run")

@@ -19,8 +19,10 @@ then:
    (:mod:`daemon.fake_slack`); ``kills`` times a random replica gets
    ``kill -9`` and is restarted, one replica is added and one removed
    (SIGTERM) mid-run, and Slack answers 429 with ``Retry-After`` and 5xx for
-   ``slack_fault_s`` seconds, from the first post after a quarter of the input. Ends when the committed offsets reach the end
-   of every input partition and the response outbox has drained.
+   ``slack_fault_s`` seconds from a quarter of the input on (and at least
+   until it has refused one request). Ends when the committed offsets reach the end of every input
+   partition and the response outbox has drained (or nothing moves for
+   ``stall_s`` once every fault was injected: reported as a stall).
 4. **Report.** Events not processed, duplicate chat posts, finding ids of the
    faulty run against the clean run (by detector), DLQ count, peak memory per
    replica (VmHWM), wall times, rebalances. Non-zero exit when an invariant
@@ -101,6 +103,9 @@ class SoakOptions:
     restart_delay_s: float = 1.0
     min_kill_gap_s: float = 3.0
     settle_s: float = 10.0
+    #: Stop waiting when the committed offsets have not moved for this long
+    #: after every fault was injected (reported as a stall).
+    stall_s: float = 180.0
     timeout_s: float = 3_600.0
     config: str | None = None
     workdir: str | None = None
@@ -304,7 +309,7 @@ def _hwm_kib(pid: int) -> int | None:
 def _scrape(port: int) -> dict[str, float]:
     """A few counters from a replica's /metrics (empty when it does not answer)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as resp:
             text = resp.read().decode()
     except OSError:
         return {}
@@ -637,6 +642,16 @@ def _clean_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], workd
     replica = Replica("clean", env, workdir, opts.config)
     started = time.monotonic()
     replica.start()
+    try:
+        return _clean_wait(opts, ends, admin, replica, started)
+    finally:
+        if replica.alive and replica.proc is not None:
+            replica.proc.kill()
+            replica.proc.wait()
+
+
+def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica: Replica,
+                started: float) -> dict[str, Any]:
     total = sum(ends.values())
     deadline = started + opts.timeout_s
     last_note = 0.0
@@ -705,6 +720,19 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
         return Replica(slot, slot_env, workdir, opts.config)
 
     slots = [replica(f"r{i + 1}") for i in range(opts.replicas)]
+    try:
+        return _chaos(opts, ends, admin, slack, group, rng, state_dir, slots, replica,
+                      outboxes)
+    finally:
+        for r in slots:  # after an error or an interrupt: leave no daemon behind
+            if r.alive and r.proc is not None:
+                r.proc.kill()
+                r.proc.wait()
+
+
+def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, group: str,
+           rng: random.Random, state_dir: Path, slots: list[Replica], replica: Any,
+           outboxes: list[Path]) -> dict[str, Any]:
     total = sum(ends.values())
     kill_at = sorted(rng.uniform(0.05, 0.85) for _ in range(opts.kills))
     add_at, remove_at, fault_at = 0.35, 0.6, 0.25
@@ -723,7 +751,9 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
     last_scrape = last_note = 0.0
     left = total
     outbox: dict[str, int] = {}
-    timed_out = False
+    timed_out = stalled = False
+    last_committed: dict[str, int] = {}
+    moved_at = started
 
     def log_action(what: str, **fields: Any) -> None:
         entry = {"t_s": round(time.monotonic() - started, 1), "progress": round(best, 3),
@@ -736,7 +766,7 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
         if now > deadline:
             timed_out = True
             break
-        scrape = now - last_scrape > 2.0
+        scrape = now - last_scrape > 10.0
         if scrape:
             last_scrape = now
         for r in slots:
@@ -755,6 +785,13 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
         committed = _committed(admin, group)
         left = _unprocessed(ends, committed)
         best = max(best, (total - left) / total if total else 1.0)
+        if committed != last_committed:
+            last_committed, moved_at = committed, now
+        faults_done = not kill_at and added and removed and fault_ended is not None
+        if left > 0 and faults_done and now - max(moved_at, last_change) > opts.stall_s:
+            stalled = True
+            log_action("stalled", unprocessed=left, seconds=opts.stall_s)
+            break
         live = [r for r in slots if r.alive and not r.retired]
         if kill_at and best >= kill_at[0] and now - last_kill >= opts.min_kill_gap_s and live:
             victim = rng.choice(live)
@@ -777,21 +814,21 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
             removed, last_change = True, now
             log_action("remove replica (SIGTERM)", slot=leaving.slot,
                        exit_code=leaving.current.exit_code)
-        # Slack fails while the daemons are talking to it: from the first request
-        # after a quarter of the input (or at the end, if nothing was posted).
-        if fault_started is None and best >= fault_at and (slack.requests or left == 0):
+        # Slack fails from a quarter of the input on, for slack_fault_s, and at
+        # least until it has refused one request (unless nothing is left to post).
+        if fault_started is None and best >= fault_at:
             slack.set_fault(opts.slack_fault_mode, retry_after=opts.retry_after_s)
             fault_started = now
             log_action("slack fault on", mode=opts.slack_fault_mode,
                        seconds=opts.slack_fault_s)
         if fault_started is not None and fault_ended is None and \
-                now - fault_started >= opts.slack_fault_s:
+                now - fault_started >= opts.slack_fault_s and \
+                (slack.faults_answered > 0 or (left == 0 and outbox.get("due", 0) == 0)):
             slack.set_fault(None)
             fault_ended = now
             log_action("slack fault off", answered=slack.faults_answered)
         outbox = _outbox_status(outboxes)
-        finished = (left == 0 and not kill_at and added and removed
-                    and fault_ended is not None and outbox.get("due", 0) == 0
+        finished = (left == 0 and faults_done and outbox.get("due", 0) == 0
                     and all(r.alive or r.retired for r in slots)
                     and now - last_change >= opts.settle_s)
         if finished:
@@ -814,6 +851,9 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
     for r in slots:
         r.wait(90)
     final_committed = _committed(admin, group)
+    lagging = {name: {"committed": final_committed.get(name, 0), "end": end,
+                      "checkpoint": _checkpoint_offset(state_dir, group, name)}
+               for name, end in ends.items() if final_committed.get(name, 0) < end}
     lives = [life for r in slots for life in r.lives]
     per_slot = {}
     for r in slots:
@@ -826,6 +866,8 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
     return {
         "wall_s": round(wall, 1),
         "timed_out": timed_out,
+        "stalled": stalled,
+        "lagging_partitions": lagging,
         "unprocessed": _unprocessed(ends, final_committed),
         "unprocessed_at_stop_decision": left,
         "events_consumed_metric": int(consumed),
@@ -837,6 +879,18 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
         "logs": _log_summary(lives),
         "exit_codes": [life.exit_code for life in lives],
     }
+
+
+def _checkpoint_offset(state_dir: Path, group: str, name: str) -> int | None:
+    """The offset the local state store's checkpoint of ``name``'s partition reflects."""
+    try:
+        from daemon.state import LocalStateStore
+
+        topic, partition = name.rsplit(":", 1)
+        checkpoint = LocalStateStore(state_dir, group).load(int(partition))
+        return None if checkpoint is None else checkpoint.offsets.get(topic)
+    except Exception:
+        return None
 
 
 def run_soak(opts: SoakOptions) -> dict[str, Any]:
@@ -959,6 +1013,11 @@ def _print_report(r: Mapping[str, Any]) -> None:
         f"kills {faulty['kills_done']}, rebalance rounds {faulty['logs']['rebalance_rounds']} "
         f"(assignments logged {faulty['logs']['events']['partitions_assigned']}, checkpoints "
         f"restored {faulty['logs']['events']['checkpoint_restored']})")
+    if faulty.get("stalled"):
+        out(f"  STALLED: committed offsets did not move for {r['options']['stall_s']:g}s")
+    for name, row in faulty.get("lagging_partitions", {}).items():
+        out(f"    not committed to the end: {name} committed {row['committed']:,}, end "
+            f"{row['end']:,}, state checkpoint at {row['checkpoint']}")
     out(f"  events not processed (end offsets - committed): {faulty['unprocessed']:,}; "
         f"events consumed per replica metrics (redeliveries included, killed replicas as "
         f"last scraped): {faulty['events_consumed_metric']:,}")
@@ -994,6 +1053,10 @@ def _print_report(r: Mapping[str, Any]) -> None:
 
 def main_soak(opts: SoakOptions, as_json: bool = False) -> int:
     """``mlwatchd soak``: run, print, exit 0 when every invariant holds, else 1."""
+    def interrupted(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)  # clean up the broker and daemons on SIGTERM
     report = run_soak(opts)
     if as_json:
         print(json.dumps(report, indent=2, default=str))
