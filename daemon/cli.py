@@ -134,6 +134,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
         slack_fault_mode=args.slack_fault_mode, retry_after_s=args.retry_after,
         state_store=args.state_store, outbox=args.outbox,
         max_message_bytes=args.max_message_bytes, checkpoint_every_s=args.checkpoint_every,
+        session_timeout_ms=args.session_timeout_ms,
         memory_bound_mib=args.memory_bound_mib, timeout_s=args.timeout,
         stall_s=args.stall_timeout, config=args.config,
         workdir=args.workdir, clean=not args.no_clean,
@@ -226,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "behaviour); per-replica: one file per replica slot")
     p.add_argument("--max-message-bytes", type=int, default=16_384,
                    help="kafka.max_message_bytes of both runs; oversized poison exceeds it")
+    p.add_argument("--session-timeout-ms", type=int, default=6000,
+                   help="kafka.session_timeout_ms of every daemon (heartbeat: a sixth) (6000)")
     p.add_argument("--checkpoint-every", type=float, default=None, metavar="SECONDS",
                    help="state.checkpoint_every_s of the faulty run (default: the config's)")
     p.add_argument("--memory-bound-mib", type=float, default=2048.0,

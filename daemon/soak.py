@@ -63,12 +63,9 @@ __all__ = ["SoakOptions", "build_input", "main_soak", "run_soak"]
 
 INPUTS: Final = {"inference": "ml.inference", "audit": "ml.audit", "access": "ml.access"}
 #: Tansu answers a fetch only after fetch_max_wait_ms when a fetched partition
-#: is empty; short group timeouts make rebalances after a kill -9 quick.
-_KAFKA_ENV: Final = {
-    "MLWATCHD_KAFKA__FETCH_MAX_WAIT_MS": "20",
-    "MLWATCHD_KAFKA__SESSION_TIMEOUT_MS": "6000",
-    "MLWATCHD_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-}
+#: is empty. The group's session timeout is a flag (short: quick rebalances
+#: after a kill -9); the heartbeat interval is a sixth of it.
+_KAFKA_ENV: Final = {"MLWATCHD_KAFKA__FETCH_MAX_WAIT_MS": "20"}
 #: Attack events of the simulation (fixed) and benign events per unit of scale,
 #: measured on seed 7 over 8 days: events ~= 8,200 + 41,800 x scale.
 _SIM_FIXED: Final = 8_200
@@ -98,6 +95,7 @@ class SoakOptions:
     #: with a shared state dir); ``per-replica``: one outbox file per replica slot.
     outbox: str = "shared"
     max_message_bytes: int = 16_384
+    session_timeout_ms: int = 6_000
     checkpoint_every_s: float | None = None
     memory_bound_mib: float = 2_048.0
     restart_delay_s: float = 1.0
@@ -295,6 +293,32 @@ def _mlwatchd_cmd() -> list[str]:
     return [sys.executable, "-m", "daemon.cli", "run"]
 
 
+_ports_given: set[int] = set()
+
+
+def _status_port() -> int:
+    """A free port below the ephemeral range, never handed out twice in this process.
+
+    ``free_port()`` returns an ephemeral port, which an outgoing Kafka
+    connection may take before the daemon binds it (seen: "Address already in
+    use" at start).
+    """
+    import socket
+
+    low = 20_000 + random.randrange(5_000)
+    for port in range(low, 32_000):
+        if port in _ports_given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    return free_port()
+
+
 def _hwm_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -366,7 +390,7 @@ class Replica:
         return self.lives[-1]
 
     def start(self) -> None:
-        port = free_port()
+        port = _status_port()
         number = len(self.lives) + 1
         log = self.logdir / f"{self.slot}.{number}.log"
         env = {**self.env, "MLWATCHD_OBSERVABILITY__HTTP_PORT": str(port)}
@@ -429,9 +453,11 @@ class Replica:
 
 
 def _base_env(bootstrap: str, group: str, findings: str, dlq: str,
-              max_message_bytes: int) -> dict[str, str]:
+              max_message_bytes: int, session_timeout_ms: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("MLWATCHD_")}
     env.update(_KAFKA_ENV)
+    env["MLWATCHD_KAFKA__SESSION_TIMEOUT_MS"] = str(session_timeout_ms)
+    env["MLWATCHD_KAFKA__HEARTBEAT_INTERVAL_MS"] = str(max(100, session_timeout_ms // 6))
     env.update({
         "MLWATCHD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
         "MLWATCHD_KAFKA__GROUP_ID": group,
@@ -637,7 +663,7 @@ def _say(text: str) -> None:
 def _clean_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], workdir: Path,
                admin: Any) -> dict[str, Any]:
     env = _base_env(bootstrap, "soak-clean", "soak.findings.clean", "soak.dlq.clean",
-                    opts.max_message_bytes)
+                    opts.max_message_bytes, opts.session_timeout_ms)
     env["MLWATCHD_PLAYBOOKS__ENABLED"] = "false"
     replica = Replica("clean", env, workdir, opts.config)
     started = time.monotonic()
@@ -686,7 +712,7 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
     state_dir = workdir / "state"
     state_dir.mkdir(exist_ok=True)
     env = _base_env(bootstrap, group, "soak.findings.faulty", "soak.dlq.faulty",
-                    opts.max_message_bytes)
+                    opts.max_message_bytes, opts.session_timeout_ms)
     env.update({
         "MLWATCHD_STATE__DIR": str(state_dir),
         "MLWATCHD_SLACK__BOT_TOKEN": slack.token,
@@ -1010,6 +1036,7 @@ def _print_report(r: Mapping[str, Any]) -> None:
         out(f"  clean run: 1 replica, {c['wall_s']}s, {c['findings']['distinct']:,} findings, "
             f"DLQ {c['dlq']['distinct_sources']:,}, peak RSS {c['peak_rss_mib']} MiB")
     out(f"  faulty run: {faulty['wall_s']}s{' (TIMED OUT)' if faulty['timed_out'] else ''}, "
+        f"session timeout {r['options']['session_timeout_ms']} ms, "
         f"kills {faulty['kills_done']}, rebalance rounds {faulty['logs']['rebalance_rounds']} "
         f"(assignments logged {faulty['logs']['events']['partitions_assigned']}, checkpoints "
         f"restored {faulty['logs']['events']['checkpoint_restored']})")
