@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from detectors.abuse.calibration import TailCalibration, TailRule
 from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
@@ -98,13 +99,28 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
 
     Per (principal, model) the last ``buffer_size`` queries are kept
     (standardised, projected to ``max_dims`` float32 dims). Each new query's
-    mean distance to its ``k`` nearest buffered neighbours, divided by the
-    model's median distance between two calibration inputs, is flagged when
-    below ``distance_ratio``. A finding needs ``min_flagged`` flagged queries
-    among the principal's last ``window`` judged ones, which makes a benign
-    principal's occasional close pair (about 0.1% of queries by the paper's
-    threshold choice) irrelevant: the chance of 10 such in 50 is negligible.
+    statistic is its mean distance to its ``k`` nearest buffered neighbours,
+    divided by the model's median distance between two calibration inputs; a
+    query is marked when the ratio is below a threshold, and a principal is
+    reported when enough of its last ``window`` judged queries are marked.
     Cost per query is bounded by the buffer, never by history.
+
+    Both numbers are calibrated per model (:mod:`detectors.abuse.calibration`):
+    the ratios of the model's first ``calibration_queries`` queries judged
+    against a full buffer (from at least ``calibration_principals``
+    principals; with a partial buffer the ratios are larger, so the threshold
+    is conservative for them) set the threshold at
+    their ``quantile`` (0.1%, Chen et al.'s choice: about 0.1% of benign
+    queries are marked by construction), and the count rule is the binomial
+    critical count of ``window`` queries at that marking rate (upper 95%
+    bound) and false-alarm probability ``alpha`` per window; the rule is
+    recomputed from every following sample of the same size. Why: distances
+    between natural inputs differ by model and data (a digits model's benign
+    queries sit at 0.55-1.0 of its spread, a tabular model's elsewhere), so a
+    fixed ratio is either blind or noisy somewhere; a stated false-alarm budget
+    is not. Until a model is calibrated, the fixed ``distance_ratio`` and
+    ``min_flagged`` apply (conservative values: attacks that begin before
+    calibration, or models with too few callers to calibrate, are still seen).
 
     >>> import random
     >>> from detectors.testing import feed
@@ -133,6 +149,10 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         distance_ratio: float = 0.1,
         window: int = 50,
         min_flagged: int = 20,
+        quantile: float = 0.001,
+        alpha: float = 1e-6,
+        calibration_queries: int = 500,
+        calibration_principals: int = 10,
         batch_size: int = 32,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
@@ -142,11 +162,18 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     ) -> None:
         if not 1 <= k < buffer_size or not 1 <= min_flagged <= window:
             raise ValueError("need 1 <= k < buffer_size and 1 <= min_flagged <= window")
+        if not 0 < quantile < 1 or not 0 < alpha < 1 or calibration_principals < 1:
+            raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
         self.k = k
         self.buffer_size = buffer_size
         self.distance_ratio = distance_ratio
         self.window = window
         self.min_flagged = min_flagged
+        self.quantile = quantile
+        self.alpha = alpha
+        self.calibration_queries = calibration_queries
+        self.calibration_principals = calibration_principals
+        self.calibrations: EntityTable[TailCalibration] = EntityTable(1024)
         self._setup(
             batch_size=batch_size,
             cooldown_seconds=cooldown_seconds,
@@ -166,6 +193,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
             x = space.embed_stack([r for i in at for r in run[i].rows], self.batch_size)
             # Stack the batches whose buffers have the same length (most are full).
             same: dict[int, list[int]] = {}
+            by_block: dict[int, tuple[np.ndarray, int]] = {}
             for b, i in enumerate(at):
                 buf = run[i].st.buffer  # type: ignore[attr-defined]
                 same.setdefault(len(buf) if buf.shape[1:] == x.shape[2:] else 0, []).append(b)
@@ -179,49 +207,85 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
                 ratios = knn_mean_distances(xs, bufs, self.k) / space.spread
                 pools = np.concatenate([bufs, xs], axis=1)[:, -self.buffer_size :]
                 for n, b in enumerate(blocks):
-                    j = run[at[b]]
-                    j.st.buffer = pools[n].copy()  # type: ignore[attr-defined]
-                    out[at[b]] = self._judged_batch(j, ratios[n])
+                    run[at[b]].st.buffer = pools[n].copy()  # type: ignore[attr-defined]
+                    by_block[b] = ratios[n], length
+            # The model's calibration is shared by its principals: judge in run order.
+            cal = self.calibrations.touch(run[at[0]].event.model_id, TailCalibration)
+            for b, i in enumerate(at):
+                out[i] = self._judged_batch(run[i], *by_block[b], cal)
         return out
 
-    def _judged_batch(self, j: Judgement, ratios: np.ndarray) -> list[Finding] | None:
+    def _judged_batch(
+        self, j: Judgement, ratios: np.ndarray, filled: int, cal: TailCalibration
+    ) -> list[Finding] | None:
+        """Mark and count the batch's queries; ``filled``: its buffer's length before it."""
         st, space, event, source = j.st, j.space, j.event, j.source
         assert isinstance(st, _KnnState)
         st.examined += len(ratios)
-        flags, mask, limit = st.flags, (1 << self.window) - 1, self.distance_ratio
-        for r in ratios.tolist():
-            if r == r:  # not NaN: enough neighbours to judge
-                flags = ((flags << 1) | (r < limit)) & mask
-                st.judged += 1
+        rule = cal.rule
+        limit, need = (
+            (rule.threshold, rule.min_flagged)
+            if rule is not None
+            else (self.distance_ratio, self.min_flagged)
+        )
+        flags, mask = st.flags, (1 << self.window) - 1
+        judged = ratios[~np.isnan(ratios)]  # NaN: too few neighbours to judge
+        for r in judged.tolist():
+            flags = ((flags << 1) | (r < limit)) & mask
+        st.judged += len(judged)
         st.flags = flags
+        # Calibrate on queries judged against a full buffer: with fewer earlier
+        # queries the nearest ones are farther, so the threshold that marks q of
+        # those marks fewer of the rest (conservative), not more.
+        full = ratios[max(self.buffer_size - filled, 0) :]
+        full = full[~np.isnan(full)]
+        if full.size and cal.add(
+            event.principal,
+            full.tolist(),
+            target=self.calibration_queries,
+            min_principals=self.calibration_principals,
+        ):
+            cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=True)
         flagged = flags.bit_count()
-        if flagged < self.min_flagged or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        if flagged < need or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
-        judged = ratios[np.isfinite(ratios)]
         median = float(np.median(judged)) if judged.size else None
         return self.finding(
             st,
             event,
             source,
-            severity="high" if flagged >= 2 * self.min_flagged else "medium",
+            severity="high" if flagged >= 2 * need else "medium",
             summary=(
                 f"Principal sent {flagged} of its last {min(st.judged, self.window)} queries "
-                f"within {self.distance_ratio:g}x the model's typical input distance of its "
+                f"within {limit:.3g}x the model's typical input distance of its "
                 f"own earlier queries: an iterative black-box attack is likely; review and "
                 f"throttle this caller."
             ),
             evidence={
                 "statistic": "mean distance to k nearest earlier queries / model spread",
                 "observed_median_ratio": median,
-                "threshold_ratio": self.distance_ratio,
+                "threshold_ratio": round(limit, 6),
                 "flagged_queries": flagged,
                 "window_queries": min(st.judged, self.window),
-                "min_flagged": self.min_flagged,
+                "min_flagged": need,
+                **_calibration_evidence(rule),
                 "k": self.k,
                 "queries_examined": st.examined,
                 "model_spread": round(space.spread, 6),
             },
         )
+
+
+def _calibration_evidence(rule: TailRule | None) -> dict[str, Any]:
+    """How the thresholds of a finding were set (calibrated per model, or not yet)."""
+    if rule is None:
+        return {"calibrated": False}
+    return {
+        "calibrated": True,
+        "benign_mark_rate_bound": round(rule.p0, 6),
+        "calibration_queries": rule.queries,
+        "calibration_principals": rule.principals,
+    }
 
 
 def blacklight_fingerprints(
@@ -380,10 +444,20 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ``top_n`` largest hashes. An inverted index per model (hash -> latest
     query, a fixed table of at least ``max_index`` slots where a new hash
     overwrites the slot's old one) finds the earlier query sharing the most
-    hashes; sharing at least ``match_fraction``
-    of the fingerprint marks the query as part of an attack. A finding needs
-    ``min_flagged`` marked queries among the principal's last ``window`` (benign
-    digits callers in the tests reach at most 5 of 50: natural near-duplicates).
+    hashes. The statistic is the share of the query's fingerprint that query
+    holds (0 for an exact repeat); a query is marked when the share reaches a
+    threshold, and a principal is reported when enough of its last ``window``
+    queries are marked. Both are calibrated per model
+    (:mod:`detectors.abuse.calibration`): the shares of each sample of
+    ``calibration_queries`` queries (from at least ``calibration_principals``
+    principals) set the threshold at their upper ``quantile`` (at most 0.1% of
+    them marked, or the least share above which that holds), and the count
+    rule is the binomial critical count of ``window`` queries at that marking
+    rate (upper 95% bound) and false-alarm probability ``alpha``. Why: natural
+    near-duplicates (the same record resent slightly changed, shifted images)
+    are common in some models and absent in others, and their rate grows as
+    the index fills, so the sample is renewed continually. Before a model's
+    first calibration, ``match_fraction`` and ``min_flagged`` apply.
     Batching delays when a query enters the index, so interleaved Sybil accounts
     see only part of each other's queries: each account is still found on its
     own run, and the evidence names the accounts it matched. Its
@@ -422,6 +496,10 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         match_fraction: float = 0.5,
         window: int = 50,
         min_flagged: int = 12,
+        quantile: float = 0.001,
+        alpha: float = 1e-6,
+        calibration_queries: int = 500,
+        calibration_principals: int = 10,
         max_index: int = 200_000,
         batch_size: int = 16,
         cooldown_seconds: float = 3600.0,
@@ -431,6 +509,13 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ) -> None:
         if quantum <= 0 or not 0 < match_fraction <= 1 or not 1 <= min_flagged <= window:
             raise ValueError("quantum > 0, match_fraction in (0, 1], 1 <= min_flagged <= window")
+        if not 0 < quantile < 1 or not 0 < alpha < 1 or calibration_principals < 1:
+            raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
+        self.quantile = quantile
+        self.alpha = alpha
+        self.calibration_queries = calibration_queries
+        self.calibration_principals = calibration_principals
+        self.calibrations: EntityTable[TailCalibration] = EntityTable(1024)
         self.quantum = quantum
         self.hash_window = hash_window
         self.top_n = top_n
@@ -466,7 +551,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
             )
             with np.errstate(over="ignore"):
                 digests = q @ self.multipliers[np.arange(q.shape[1]) % len(self.multipliers)]
-            need = np.maximum(np.ceil(self.match_fraction * (fps != 0).sum(axis=1)), 1)
+            hashes = np.maximum((fps != 0).sum(axis=1), 1)
             model = run[at[0]].event.model_id
             index = self.indexes.touch(model, lambda: _BlacklightIndex(self.max_index))
             # The index in event order: each batch sees the batches before it.
@@ -479,41 +564,67 @@ class BlacklightProbingDetector(BatchedQueryDetector):
                 )
                 index.add(part)
             best_qid, best_n = most_common_per_row(holder)
-            hits = np.flatnonzero(best_n >= need).tolist()
-            qids, ds = best_qid.tolist(), digests.tolist()
+            # The statistic: the share of a query's fingerprint held by one earlier
+            # query, 0 when that query is too old to name (its owner slot was
+            # reused) or is the same query repeated (a retry is no probe).
+            nxt = first + (np.arange(len(fps)) // bs + 1) * bs
+            inrun = best_qid >= first
+            theirs = np.where(
+                inrun,
+                digests[np.clip(best_qid - first, 0, len(fps) - 1)],
+                index.digests[best_qid % index.owners_size],
+            )
+            valid = (best_n > 0) & (best_qid > nxt - index.owners_size) & (theirs != digests)
+            share = np.where(valid, best_n / hashes, 0.0)
             principals = [run[i].event.principal for i in at for _ in range(bs)]
-            matched: dict[int, str] = {}  # row -> owner of the earlier query it matches
-            for r in hits:
-                qid, next_id = qids[r], first + (r // bs + 1) * bs
-                if qid <= next_id - index.owners_size:
-                    continue  # too old: its owner slot was reused
-                if qid >= first:  # a query of this run
-                    who, digest = principals[qid - first], ds[qid - first]
-                else:  # owners of this run are not written yet: the ring is as it was
-                    who, digest = index.owner(qid, next_id)
-                if who is not None and digest != ds[r]:  # an exact repeat is no probe
-                    matched[r] = who
-            index.own(first, principals, digests)
+            cal = self.calibrations.touch(model, TailCalibration)
             for b, i in enumerate(at):
-                out[i] = self._judged_batch(run[i], matched, b * bs)
+                rows_b = slice(b * bs, (b + 1) * bs)
+                out[i] = self._judged_batch(
+                    run[i], share[rows_b], best_qid[rows_b], (index, principals, first), cal
+                )
+            index.own(first, principals, digests)
         return out
 
     def _judged_batch(
-        self, j: Judgement, matched: dict[int, str], offset: int
+        self,
+        j: Judgement,
+        share: np.ndarray,
+        qids: np.ndarray,
+        owners: tuple[_BlacklightIndex, list[str], int],
+        cal: TailCalibration,
     ) -> list[Finding] | None:
+        """Mark and count one batch; ``owners``: the index, the run's principals, its first id."""
         st, event, source = j.st, j.event, j.source
         assert isinstance(st, _BlacklightState)
         principal = event.principal
+        rule = cal.rule
+        limit, need = (
+            (rule.threshold, rule.min_flagged)
+            if rule is not None
+            else (self.match_fraction, self.min_flagged)
+        )
+        marked = share >= limit
         flags, mask = st.flags, (1 << self.window) - 1
-        for r in range(offset, offset + self.batch_size):
-            who = matched.get(r)
-            if who is not None and who != principal and len(st.partners) < 16:
-                st.partners[who] = st.partners.get(who, 0) + 1
-            flags = ((flags << 1) | (who is not None)) & mask
+        index, principals, first = owners
+        for m, qid in zip(marked.tolist(), qids.tolist(), strict=True):
+            if m:  # a marked query's match is recent enough to have its owner in the ring
+                ring = index.owners[qid % index.owners_size]
+                who = principals[qid - first] if qid >= first else ring
+                if who is not None and who != principal and len(st.partners) < 16:
+                    st.partners[who] = st.partners.get(who, 0) + 1
+            flags = ((flags << 1) | m) & mask
         st.flags = flags
         st.examined += self.batch_size
+        if cal.add(
+            principal,
+            share.tolist(),
+            target=self.calibration_queries,
+            min_principals=self.calibration_principals,
+        ):
+            cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=False)
         flagged = flags.bit_count()
-        if flagged < self.min_flagged or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        if flagged < need or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         partners = sorted(st.partners, key=st.partners.__getitem__, reverse=True)[:5]
         shared_with = f" (also matching {len(st.partners)} other principals)" if partners else ""
@@ -521,10 +632,10 @@ class BlacklightProbingDetector(BatchedQueryDetector):
             st,
             event,
             source,
-            severity="high" if partners or flagged >= 2 * self.min_flagged else "medium",
+            severity="high" if partners or flagged >= 2 * need else "medium",
             summary=(
                 f"{flagged} of the principal's last {min(st.examined, self.window)} queries "
-                f"share at least {self.match_fraction:.0%} of their fingerprint with an earlier "
+                f"share at least {limit:.0%} of their fingerprint with an earlier "
                 f"query{shared_with}: a query-based black-box attack is likely; block and "
                 f"review the accounts."
             ),
@@ -532,8 +643,9 @@ class BlacklightProbingDetector(BatchedQueryDetector):
                 "statistic": "queries whose quantised-window fingerprint matches an earlier one",
                 "flagged_queries": flagged,
                 "window_queries": min(st.examined, self.window),
-                "min_flagged": self.min_flagged,
-                "match_fraction_threshold": self.match_fraction,
+                "min_flagged": need,
+                "match_fraction_threshold": round(limit, 6),
+                **_calibration_evidence(rule),
                 "fingerprint_hashes": self.top_n,
                 "queries_examined": st.examined,
                 "other_principals_matched": partners,

@@ -1,0 +1,237 @@
+"""Per-model calibration of a per-query statistic and of a count-in-window rule.
+
+The probing detectors mark single queries (too close to the principal's own
+earlier queries; sharing a fingerprint with an earlier query) and report a
+principal when enough of its last ``window`` queries are marked. Both numbers
+are set per model from the model's own traffic, not by hand:
+
+1. **Per-query threshold.** The statistic of the model's first ``target``
+   judged queries is collected, across principals (each
+   principal contributes at most ``target / min_principals`` of them, so one
+   busy caller cannot stand for the model's traffic). The threshold is the
+   ``q`` quantile of that sample on the suspicious side: only a share ``q`` of
+   the calibration queries would be marked (Chen et al. 2020 set the stateful
+   kNN threshold at the 0.1th percentile of benign traffic). With a discrete
+   statistic the nearest achievable share may be above ``q``; then it is the
+   one used below.
+2. **Per-query false-alarm rate.** ``p0`` is the one-sided 95% Clopper-Pearson
+   upper bound of the share of calibration queries the threshold marks
+   (never below ``q``): the estimate's own uncertainty is paid for, e.g. about
+   3/n when none of n queries is marked.
+3. **Count rule.** ``min_flagged`` is the smallest count k with
+   P(Binomial(window, p0) >= k) <= alpha: a benign principal whose queries are
+   marked independently at rate ``p0`` is reported on at most ``alpha`` of its
+   windows.
+
+The rule is recomputed from each following sample of ``target`` queries, so
+it follows the model's traffic. Calibration queries are assumed benign, as
+the model-space calibration is.
+Against attackers active during calibration: the first rule is computed from
+the less suspicious half of the principals (by their median statistic); any
+principal a rule would itself report on its calibration queries (a binomial
+test at ``alpha`` over its own sample) is left out and the rule recomputed from
+all the others, until none is. This holds while attackers are fewer than half
+of the calibrating principals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Final
+
+import numpy as np
+
+__all__ = ["TailCalibration", "TailRule", "binomial_critical", "calibrate_tail"]
+
+#: Confidence of the upper bound on the per-query false-alarm rate.
+CONFIDENCE: Final = 0.95
+
+
+class TailRule:
+    """A calibrated marking threshold and count-in-window rule (see the module doc)."""
+
+    __slots__ = ("excluded", "min_flagged", "p0", "principals", "queries", "threshold")
+
+    def __init__(
+        self,
+        threshold: float,
+        p0: float,
+        min_flagged: int,
+        queries: int,
+        principals: int,
+        excluded: tuple[str, ...],
+    ) -> None:
+        self.threshold = threshold
+        self.p0 = p0
+        self.min_flagged = min_flagged
+        self.queries = queries
+        self.principals = principals
+        self.excluded = excluded
+
+    def __repr__(self) -> str:
+        return (
+            f"TailRule(threshold={self.threshold:.4g}, p0={self.p0:.4g}, "
+            f"min_flagged={self.min_flagged}, queries={self.queries}, "
+            f"principals={self.principals}, excluded={list(self.excluded)})"
+        )
+
+
+@lru_cache(maxsize=4096)
+def binomial_critical(n: int, p0: float, alpha: float) -> int:
+    """Smallest k >= 1 with P(X >= k) <= alpha for X ~ Binomial(n, p0).
+
+    >>> binomial_critical(50, 0.001, 1e-6), binomial_critical(50, 0.1, 1e-6)
+    (4, 18)
+    """
+    from scipy.stats import binom
+
+    return max(int(binom.isf(alpha, n, min(max(p0, 1e-12), 1.0 - 1e-12))) + 1, 1)
+
+
+def _upper_bound(marked: int, n: int) -> float:
+    """One-sided Clopper-Pearson upper bound of a binomial share at CONFIDENCE."""
+    if marked >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(CONFIDENCE, marked + 1, n - marked))
+
+
+def _threshold(values: np.ndarray, q: float, low: bool) -> float:
+    """The ``q`` quantile threshold on the suspicious side of sorted ``values``."""
+    n = len(values)
+    if low:  # mark v < t: the largest t marking at most q*n values
+        return float(values[min(math.floor(q * n), n - 1)])
+    # mark v >= t: the smallest sample value marking at most q*n values, else the top
+    levels = np.unique(values)
+    marked = n - np.searchsorted(values, levels, side="left")
+    ok = np.flatnonzero(marked <= q * n)
+    return float(levels[ok[0]]) if ok.size else float(levels[-1])
+
+
+def calibrate_tail(
+    samples: Mapping[str, Sequence[float]],
+    *,
+    q: float,
+    alpha: float,
+    window: int,
+    low: bool,
+    floor: float | None = None,
+) -> TailRule | None:
+    """The rule for a statistic whose ``low`` (or high) values are suspicious.
+
+    ``samples`` maps each calibrating principal to its statistics. ``floor``
+    bounds the threshold on the lenient side (for ``low``, the threshold is at
+    least ``floor``; otherwise at most). None if no sample is left.
+
+    >>> rng = np.random.default_rng(0)
+    >>> benign = {f"u{i}": rng.normal(1.0, 0.1, 50).tolist() for i in range(20)}
+    >>> rule = calibrate_tail(benign, q=0.001, alpha=1e-6, window=50, low=True)
+    >>> round(rule.threshold, 2), rule.min_flagged, rule.queries
+    (0.62, 6, 1000)
+    >>> poisoned = {**benign, "eve": [0.01] * 50}
+    >>> rule = calibrate_tail(poisoned, q=0.001, alpha=1e-6, window=50, low=True)
+    >>> round(rule.threshold, 2), rule.excluded
+    (0.62, ('eve',))
+    """
+    every = {p: np.asarray(v, dtype=np.float64) for p, v in samples.items() if len(v)}
+    if not every:
+        return None
+    # A clean start: the rule of the less suspicious half of the principals
+    # (by their median statistic), so attackers, if fewer than half, do not set it.
+    sign = 1.0 if low else -1.0
+    medians = {p: sign * float(np.median(v)) for p, v in every.items()}
+    middle = float(np.median(list(medians.values())))
+    core = {p: v for p, v in every.items() if medians[p] >= middle}
+    rule = _rule(core, q, alpha, window, low, floor)
+    keep = dict(every)
+    excluded: list[str] = []
+    while True:
+        worst = [p for p, v in keep.items() if _reports(rule, v, alpha, low)]
+        for p in worst:
+            del keep[p]
+        excluded.extend(sorted(worst))
+        if not keep:
+            return None
+        rule = _rule(keep, q, alpha, window, low, floor)
+        if not worst:
+            rule.excluded = tuple(excluded)
+            return rule
+
+
+def _reports(rule: TailRule, v: np.ndarray, alpha: float, low: bool) -> bool:
+    """Would ``rule`` report a principal whose calibration statistics are ``v``?"""
+    marked = int(((v < rule.threshold) if low else (v >= rule.threshold)).sum())
+    return marked >= binomial_critical(len(v), rule.p0, alpha)
+
+
+def _rule(
+    samples: Mapping[str, np.ndarray],
+    q: float,
+    alpha: float,
+    window: int,
+    low: bool,
+    floor: float | None,
+) -> TailRule:
+    values = np.sort(np.concatenate(list(samples.values())))
+    t = _threshold(values, q, low)
+    if floor is not None:
+        t = max(t, floor) if low else min(t, floor)
+    n = len(values)
+    marked = int(np.searchsorted(values, t, side="left"))
+    if not low:
+        marked = n - marked
+    p0 = max(q, _upper_bound(marked, n))
+    k = binomial_critical(window, p0, alpha)
+    return TailRule(t, p0, k, n, len(samples), ())
+
+
+class TailCalibration:
+    """One model's calibration: a sample of statistics, and the latest :class:`TailRule`.
+
+    Sampling never stops: each time ``target`` statistics are collected the
+    rule is recomputed from them (so it follows a model whose traffic, or whose
+    detector's own state such as an index filling up, changes) and a new sample
+    starts. A sample from which no rule can be made keeps the previous rule.
+
+    >>> cal = TailCalibration()
+    >>> for i in range(10):
+    ...     done = cal.add(f"u{i}", [1 + j / 100 for j in range(60)], target=500, min_principals=10)
+    >>> done, cal.queries
+    (True, 500)
+    >>> rule = cal.finish(q=0.001, alpha=1e-6, window=50, low=True)
+    >>> rule.threshold, rule.min_flagged, cal.queries
+    (1.0, 6, 0)
+    """
+
+    __slots__ = ("queries", "rule", "samples")
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self.queries = 0
+        self.rule: TailRule | None = None
+
+    def add(
+        self, principal: str, values: Sequence[float], *, target: int, min_principals: int
+    ) -> bool:
+        """Collect ``values`` (at most ``target / min_principals`` per principal).
+
+        True when the sample has reached ``target`` queries (call :meth:`finish`).
+        """
+        own = self.samples.setdefault(principal, [])
+        room = min(math.ceil(target / min_principals) - len(own), target - self.queries)
+        if room > 0:
+            own.extend(values[:room])
+            self.queries += min(room, len(values))
+        return self.queries >= target
+
+    def finish(
+        self, *, q: float, alpha: float, window: int, low: bool, floor: float | None = None
+    ) -> TailRule | None:
+        """Recompute the rule from the sample and start a new sample."""
+        rule = calibrate_tail(self.samples, q=q, alpha=alpha, window=window, low=low, floor=floor)
+        self.rule = rule or self.rule
+        self.samples, self.queries = {}, 0
+        return self.rule
