@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from daemon.kafka_io import new_producer
+from daemon.kafka_io import client_config, new_producer
 from daemon.settings import Settings
 from detectors.findings import Finding
 from playbooks.engine import ResponseEngine, playbook_warnings
 from playbooks.model import PlaybookSet, load_playbooks
 from playbooks.privacy import Pseudonymizer
 
-__all__ = ["KafkaPublisher", "ResponseRoute", "outbox_path"]
+__all__ = ["KafkaPublisher", "PeerSeen", "ResponseRoute", "outbox_path"]
 
 log = structlog.get_logger("mlwatchd.response")
 
@@ -68,6 +70,102 @@ class KafkaPublisher:
             producer.close(timeout=10)
 
 
+class PeerSeen:
+    """Shares "this finding was taken" between replicas through the audit topic.
+
+    Each replica's response engine keeps its outbox, incidents and seen
+    finding ids in a local SQLite file. When a partition moves (a crash, a
+    rebalance), the new owner replays from the last checkpoint and re-emits
+    some findings with the same ids; its engine has not seen them and would
+    alert again. Every engine audits ``finding_received`` (route, finding id)
+    to the audit topic; this thread reads that topic from every partition,
+    starting ``horizon_s`` back, and marks those ids seen in the local engine,
+    so a re-emitted finding is recognised as a duplicate. Used with the Kafka
+    state store (replicas on several hosts); replicas sharing a state
+    directory share the SQLite file instead.
+    """
+
+    def __init__(self, settings: Settings, engine: ResponseEngine,
+                 horizon_s: float | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._topic = settings.playbooks.audit_topic
+        self._horizon_s = horizon_s if horizon_s is not None else settings.playbooks.retention
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peer-seen", daemon=True)
+        self.marked = 0
+        #: Set once the audit topic was read up to its end at least once.
+        self.caught_up = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._thread.join(timeout)
+
+    def _consumer(self) -> KafkaConsumer:
+        return KafkaConsumer(**client_config(self._settings.kafka), group_id=None,
+                             enable_auto_commit=False, fetch_max_wait_ms=200,
+                             bootstrap_timeout_ms=5_000)
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        assigned: set[TopicPartition] = set()
+        ends: dict[TopicPartition, int] = {}
+        while not self._stopping.is_set():
+            try:
+                if consumer is None:
+                    consumer = self._consumer()
+                parts = consumer.partitions_for_topic(self._topic) or set()
+                wanted = {TopicPartition(self._topic, p) for p in parts}
+                if not wanted:
+                    self.caught_up.set()  # nothing audited yet
+                    self._stopping.wait(2.0)
+                    continue
+                if wanted != assigned:
+                    self._assign(consumer, wanted, assigned)
+                    assigned = wanted
+                    ends = consumer.end_offsets(list(wanted))
+                for records in consumer.poll(timeout_ms=500).values():
+                    for record in records:
+                        self._take(record.value)
+                if not self.caught_up.is_set() and all(
+                        consumer.position(tp) >= end for tp, end in ends.items()):
+                    self.caught_up.set()
+            except Exception as exc:  # keep trying: this only narrows duplicates
+                log.warning("peer_seen_failed", error=f"{type(exc).__name__}: {exc}")
+                if consumer is not None:
+                    consumer.close()
+                consumer, assigned = None, set()
+                self._stopping.wait(2.0)
+        if consumer is not None:
+            consumer.close()
+
+    def _assign(self, consumer: KafkaConsumer, wanted: set[TopicPartition],
+                had: set[TopicPartition]) -> None:
+        consumer.assign(list(wanted))
+        since = int((time.time() - self._horizon_s) * 1000)
+        new = [tp for tp in wanted if tp not in had]
+        found = consumer.offsets_for_times({tp: since for tp in new})
+        ends = consumer.end_offsets(new)
+        for tp in new:
+            at = found.get(tp)
+            consumer.seek(tp, at.offset if at is not None else ends[tp])
+
+    def _take(self, value: bytes | None) -> None:
+        try:
+            record = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(record, dict) or record.get("event") != "finding_received":
+            return
+        route, finding_id = record.get("route"), record.get("finding_id")
+        if isinstance(route, str) and isinstance(finding_id, str) and \
+                self._engine.mark_seen(route, finding_id, time.time()):
+            self.marked += 1
+
+
 def outbox_path(settings: Settings) -> Path:
     """An absolute ``playbooks.outbox_path`` as given; a relative one under ``state.dir``.
 
@@ -107,9 +205,12 @@ class ResponseRoute:
         for line in playbook_warnings(playbooks, settings.playbooks,
                                       slack_configured=settings.slack.enabled):
             log.warning("playbook_warning", detail=line)
+        self.peers = PeerSeen(settings, self.engine) if settings.state.store == "kafka" else None
 
     def start(self) -> None:
         self.engine.start()
+        if self.peers is not None:
+            self.peers.start()
 
     def submit(self, finding: Finding) -> None:
         self.engine.submit(finding)
@@ -118,6 +219,8 @@ class ResponseRoute:
         return self.engine.handle_slack_interaction(headers, body)
 
     def stop(self, timeout: float = 10.0) -> int:
+        if self.peers is not None:
+            self.peers.stop()
         try:
             return self.engine.stop(timeout)
         finally:

@@ -275,6 +275,9 @@ class ResponseEngine:
                       (route.name, fid, now)).rowcount == 0:
             self._event("finding_duplicate", finding_id=fid, route=route.name)
             return
+        # Other replicas read this from the audit topic (daemon.response.PeerSeen):
+        # a finding re-emitted elsewhere after a partition moved is not re-alerted.
+        self._audit(db, "finding_received", now, finding_id=fid, route=route.name)
         call = ActionCall("alert", route.name, "", finding, "")
         key = spec.dedup.key.render(call.context(None, outside=False))
         row = db.execute("SELECT * FROM incidents WHERE route = ? AND dedup_key = ? AND "
@@ -312,6 +315,13 @@ class ResponseEngine:
         db.execute("UPDATE incidents SET count = ?, last_seen = ?, "
                    "pending_repeats = pending_repeats + 1 WHERE id = ?",
                    (count, now, row["id"]))
+
+    def mark_seen(self, route: str, finding_id: str, at: float) -> bool:
+        """Record that another replica took ``finding_id`` on ``route``; True if new here."""
+        with self.outbox.tx() as db:
+            return bool(db.execute(
+                "INSERT OR IGNORE INTO seen (route, finding_id, at) VALUES (?, ?, ?)",
+                (route, finding_id, at)).rowcount)
 
     def _run_route(self, db: Any, route: Route, phase: str, finding: Finding, encoded: bytes,
                    incident_id: str, now: float, *, count: int, first_seen: float,

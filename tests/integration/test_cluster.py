@@ -11,8 +11,10 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from daemon.metrics import Metrics
+from daemon.response import build_response
 from daemon.state import Checkpoint, KafkaStateStore
-from detectors.findings import decode_finding
+from detectors.findings import Entity, Finding, Source, decode_finding
 from detectors.pipeline import model_partition
 from tests.integration.kafka_helpers import (
     DaemonThread,
@@ -24,6 +26,7 @@ from tests.integration.kafka_helpers import (
     wait_for,
 )
 from tests.integration.test_process import _env
+from tests.slack.fake_slack import FakeSlack
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +235,63 @@ def test_kill_9_with_kafka_state_and_no_local_disk_gives_the_same_finding_ids(br
     got = sorted(decode_finding(m.value).finding_id
                  for m in read_all(broker, crashy.topics.findings, expect=len(expected)))
     assert sorted(set(got)) == expected
+
+
+# -- chat dedup across replicas --------------------------------------------------------
+
+_CHAT_PLAYBOOK = """
+actions:
+  chat: {type: slack, params: {}}
+routes:
+  - name: floods
+    match: {kinds: [denial_of_service]}
+    actions: [chat]
+    dedup: {key: "{finding_id}", window: 30m}
+"""
+
+
+def _finding(i):
+    return Finding.build(detector="volume.principal_rate", kind="denial_of_service",
+                         severity="high", entity=Entity("principal", f"caller-{i}"),
+                         model_id="fraud", summary="flood", evidence={"count": 100 + i},
+                         atlas=["AML.T0029"], event_ts=T0 + i,
+                         sources=[Source("ml.inference", 0, i)])
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["audit-shared", "no-sharing"])
+def test_a_finding_re_emitted_on_another_replica_is_not_posted_again(broker, tmp_path, shared):
+    (tmp_path / "pb").mkdir()
+    (tmp_path / "pb" / "chat.yaml").write_text(_CHAT_PLAYBOOK)
+    audit = unique("audit")
+    broker.create_topics([audit], partitions=2)
+    with FakeSlack() as slack:
+        routes = []
+        for name in ("a", "b"):  # two replicas on two hosts: separate state dirs
+            state = {"dir": str(tmp_path / name)}
+            if shared:
+                state.update(store="kafka", signing_key=KEY)
+            settings = make_settings(
+                broker, state=state,
+                slack={"bot_token": slack.token, "channel": "#ml-sec",
+                       "api_base_url": slack.api_base_url},
+                playbooks={"dir": str(tmp_path / "pb"), "audit_topic": audit})
+            routes.append(build_response(settings, Metrics()))
+        a, b = routes
+        for route in routes:
+            route.start()
+        try:
+            a.submit(_finding(1))
+            assert len(slack.wait_for_delivered(1, timeout=20)) == 1
+            if shared:
+                assert wait_for(lambda: b.peers.marked >= 1, 20), "b read a's audit"
+            # the partition moved to b, which replays and re-emits the same finding
+            b.submit(_finding(1))
+            b.submit(_finding(2))  # a new one is posted as usual
+            slack.wait_for_delivered(2, timeout=20)
+            wait_for(lambda: len(slack.delivered) >= 3, 3)
+        finally:
+            for route in routes:
+                route.stop(5)
+    texts = [r.text_of_everything() for r in slack.delivered]
+    assert sum("caller-1" in t for t in texts) == (1 if shared else 2), texts
+    assert sum("caller-2" in t for t in texts) == 1

@@ -101,10 +101,10 @@ def test_action_message_then_revert_after_ttl_even_across_a_restart(
     assert revert["target"] == message["target"]
     engine2.stop(timeout=2.0)
 
-    audit = [json.loads(r.value) for r in read(broker, topics["audit"], 5)]
+    audit = [json.loads(r.value) for r in read(broker, topics["audit"], 6)]
     events_seen = sorted(a["event"] for a in audit)
     assert events_seen == ["action_attempt", "action_attempt", "action_delivered",
-                           "action_delivered", "incident_opened"]
+                           "action_delivered", "finding_received", "incident_opened"]
     assert events_seen.count("action_delivered") == 2
     assert "action_attempt" in events_seen and "incident_opened" in events_seen
     assert all(a["schema"] == "mlwatchd.audit/v1" for a in audit)
