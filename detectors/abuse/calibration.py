@@ -136,46 +136,58 @@ def calibrate_tail(
     >>> round(rule.threshold, 2), rule.excluded
     (0.62, ('eve',))
     """
-    every = {p: np.asarray(v, dtype=np.float64) for p, v in samples.items() if len(v)}
-    if not every:
+    names = [p for p, v in samples.items() if len(v)]
+    if not names:
         return None
+    # One flat array with a principal code per value: a sample has hundreds of
+    # principals with a few values each, so per-principal arrays would cost more.
+    lengths = np.array([len(samples[p]) for p in names])
+    who = np.repeat(np.arange(len(names)), lengths)
+    values = np.fromiter(
+        (x for p in names for x in samples[p]), dtype=np.float64, count=int(lengths.sum())
+    )
     # A clean start: the rule of the less suspicious half of the principals
     # (by their median statistic), so attackers, if fewer than half, do not set it.
-    sign = 1.0 if low else -1.0
-    medians = {p: sign * float(np.median(v)) for p, v in every.items()}
-    middle = float(np.median(list(medians.values())))
-    core = {p: v for p, v in every.items() if medians[p] >= middle}
-    rule = _rule(core, q, alpha, window, low, floor)
-    keep = dict(every)
+    medians = _group_medians(values if low else -values, who, lengths)
+    keep = np.ones(len(names), dtype=bool)
+    rule = _rule(values[(medians >= np.median(medians))[who]], q, alpha, window, low, floor)
     excluded: list[str] = []
     while True:
-        worst = [p for p, v in keep.items() if _reports(rule, v, alpha, low)]
-        for p in worst:
-            del keep[p]
-        excluded.extend(sorted(worst))
-        if not keep:
+        marked = values < rule.threshold if low else values >= rule.threshold
+        counts = np.bincount(who, weights=marked, minlength=len(names))
+        crit = {n: binomial_critical(n, rule.p0, alpha) for n in set(lengths[keep].tolist())}
+        worst = keep & (counts >= np.array([crit.get(n, 1 << 30) for n in lengths.tolist()]))
+        keep &= ~worst
+        excluded.extend(sorted(names[i] for i in np.flatnonzero(worst).tolist()))
+        if not keep.any():
             return None
-        rule = _rule(keep, q, alpha, window, low, floor)
-        if not worst:
+        rule = _rule(values[keep[who]], q, alpha, window, low, floor)
+        if not worst.any():
+            rule.principals = int(keep.sum())
             rule.excluded = tuple(excluded)
             return rule
 
 
-def _reports(rule: TailRule, v: np.ndarray, alpha: float, low: bool) -> bool:
-    """Would ``rule`` report a principal whose calibration statistics are ``v``?"""
-    marked = int(((v < rule.threshold) if low else (v >= rule.threshold)).sum())
-    return marked >= binomial_critical(len(v), rule.p0, alpha)
+def _group_medians(values: np.ndarray, who: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Median of ``values`` per group code ``who`` (codes 0.., ``lengths`` values each)."""
+    order = np.lexsort((values, who))
+    ordered = values[order]
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    lo = ordered[starts + (lengths - 1) // 2]
+    hi = ordered[starts + lengths // 2]
+    out: np.ndarray = (lo + hi) / 2
+    return out
 
 
 def _rule(
-    samples: Mapping[str, np.ndarray],
+    values: np.ndarray,
     q: float,
     alpha: float,
     window: int,
     low: bool,
     floor: float | None,
 ) -> TailRule:
-    values = np.sort(np.concatenate(list(samples.values())))
+    values = np.sort(values)
     t = _threshold(values, q, low)
     if floor is not None:
         t = max(t, floor) if low else min(t, floor)
@@ -185,7 +197,7 @@ def _rule(
         marked = n - marked
     p0 = max(q, _upper_bound(marked, n))
     k = binomial_critical(window, p0, alpha)
-    return TailRule(t, p0, k, n, len(samples), ())
+    return TailRule(t, p0, k, n, 0, ())
 
 
 class TailCalibration:
