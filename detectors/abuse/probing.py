@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.abuse.calibration import TailCalibration, TailRule
+from detectors.abuse.calibration import TailCalibration, TailRule, binomial_critical
 from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
@@ -666,10 +666,7 @@ def binomial_critical_count(n: int, p0_permille: int, alpha: float) -> int:
     >>> binomial_critical_count(50, 100, 1e-6)
     18
     """
-    from scipy.stats import binom
-
-    p0 = min(max(p0_permille, 1), 999) / 1000.0
-    return int(binom.isf(alpha, n, p0)) + 1
+    return binomial_critical(n, min(max(p0_permille, 1), 999) / 1000.0, alpha)
 
 
 class _ConfState:
