@@ -131,7 +131,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
         events=args.events, poison=args.poison, flood_principals=args.flood_principals,
         replicas=args.replicas, kills=args.kills, partitions=args.partitions, seed=args.seed,
         days=args.days, scale_out=not args.no_scale_out, slack_fault_s=args.slack_fault_seconds,
-        slack_fault_mode=args.slack_fault_mode, retry_after_s=args.retry_after,
+        slack_fault_mode=args.slack_fault_mode, slack_fault_at=args.slack_fault_at,
+        retry_after_s=args.retry_after,
         state_store=args.state_store, outbox=args.outbox,
         max_message_bytes=args.max_message_bytes, checkpoint_every_s=args.checkpoint_every,
         session_timeout_ms=args.session_timeout_ms,
@@ -215,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="do not add a 4th replica and remove one mid-run")
     p.add_argument("--slack-fault-seconds", type=float, default=180.0,
                    help="how long Slack answers 429/5xx mid-run (180)")
+    p.add_argument("--slack-fault-at", type=float, default=0.25, metavar="SHARE",
+                   help="share of the input committed when Slack starts failing (0.25)")
     p.add_argument("--slack-fault-mode", choices=["rate_limit", "server_error", "mixed"],
                    default="mixed")
     p.add_argument("--retry-after", type=float, default=5.0,

@@ -19,9 +19,10 @@ then:
    (:mod:`daemon.fake_slack`); ``kills`` times a random replica gets
    ``kill -9`` and is restarted, one replica is added and one removed
    (SIGTERM) mid-run, and Slack answers 429 with ``Retry-After`` and 5xx for
-   ``slack_fault_s`` seconds from a quarter of the input on (and at least
-   until it has refused one request). Ends when the committed offsets reach the end of every input
-   partition and the response outbox has drained (or nothing moves for
+   ``slack_fault_s`` seconds (switched on at a quarter of the input; the
+   time counts from its first refused request). Ends when the committed
+   offsets reach the end of every input partition and the response outbox
+   has drained (or nothing moves for
    ``stall_s`` once every fault was injected: reported as a stall).
 4. **Report.** Events not processed, duplicate chat posts, finding ids of the
    faulty run against the clean run (by detector), DLQ count, peak memory per
@@ -89,6 +90,8 @@ class SoakOptions:
     scale_out: bool = True
     slack_fault_s: float = 180.0
     slack_fault_mode: str = "mixed"
+    #: Share of the input committed when Slack starts failing.
+    slack_fault_at: float = 0.25
     retry_after_s: float = 5.0
     state_store: str = "local"
     #: ``shared``: every replica uses state.dir's outbox (the daemon's default
@@ -761,7 +764,7 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
            outboxes: list[Path]) -> dict[str, Any]:
     total = sum(ends.values())
     kill_at = sorted(rng.uniform(0.05, 0.85) for _ in range(opts.kills))
-    add_at, remove_at, fault_at = 0.35, 0.6, 0.25
+    add_at, remove_at, fault_at = 0.35, 0.6, opts.slack_fault_at
     actions: list[dict[str, Any]] = []
     started = time.monotonic()
     for r in slots:
@@ -771,6 +774,7 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
     last_kill = -math.inf
     last_change = started
     fault_started: float | None = None
+    first_refusal: float | None = None
     fault_ended: float | None = None
     added = removed = not opts.scale_out
     done_since: float | None = None
@@ -840,16 +844,21 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
             removed, last_change = True, now
             log_action("remove replica (SIGTERM)", slot=leaving.slot,
                        exit_code=leaving.current.exit_code)
-        # Slack fails from a quarter of the input on, for slack_fault_s, and at
-        # least until it has refused one request (unless nothing is left to post).
+        # Slack fails from a quarter of the input on, until slack_fault_s after
+        # it refused its first request: the daemons post mostly in bursts (the
+        # attack day comes last), so the outage is timed from when it bites.
         if fault_started is None and best >= fault_at:
             slack.set_fault(opts.slack_fault_mode, retry_after=opts.retry_after_s)
             fault_started = now
             log_action("slack fault on", mode=opts.slack_fault_mode,
                        seconds=opts.slack_fault_s)
-        if fault_started is not None and fault_ended is None and \
-                now - fault_started >= opts.slack_fault_s and \
-                (slack.faults_answered > 0 or (left == 0 and outbox.get("due", 0) == 0)):
+        if fault_started is not None and first_refusal is None and slack.faults_answered:
+            first_refusal = now
+            log_action("slack refused its first request")
+        if fault_started is not None and fault_ended is None and (
+                (first_refusal is not None and now - first_refusal >= opts.slack_fault_s)
+                or (first_refusal is None and left == 0 and outbox.get("due", 0) == 0
+                    and now - fault_started >= opts.slack_fault_s)):
             slack.set_fault(None)
             fault_ended = now
             log_action("slack fault off", answered=slack.faults_answered)

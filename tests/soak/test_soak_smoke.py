@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_soak_small_run_keeps_every_invariant(tmp_path):
+    # At this size the posts come in one burst: Slack fails from the start to catch it.
     opts = SoakOptions(events=3_000, poison=100, flood_principals=1_000, replicas=2, kills=2,
-                       slack_fault_s=4.0, retry_after_s=1.0, settle_s=5.0, timeout_s=240.0,
-                       workdir=str(tmp_path))
+                       slack_fault_s=4.0, slack_fault_at=0.0, retry_after_s=1.0, settle_s=5.0,
+                       timeout_s=240.0, workdir=str(tmp_path))
     report = run_soak(opts)
     faulty = report["faulty"]
     assert report["input"]["poison"] == 100
