@@ -21,7 +21,6 @@ are part of its checkpointed state).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -115,6 +114,14 @@ class Daemon:
         #: Next offset to process per input partition (what the state reflects).
         self._positions: dict[TopicPartition, int] = {}
         self._restored: set[int] = set()
+        #: Revoked partitions whose state is kept until the next assignment: an
+        #: eager rebalance revokes everything and usually gives most of it back.
+        self._parked: dict[int, dict[TopicPartition, int]] = {}
+        #: Gained partitions paused until the loop has restored their state
+        #: (outside the rebalance callback, which must stay short).
+        self._to_restore: dict[int, list[TopicPartition]] = {}
+        #: State partitions with no checkpoint yet: saved before their first commit.
+        self._unsaved: set[int] = set()
         #: Model partitions: source "topic:partition" -> last source offset seen.
         self._seen: dict[int, dict[str, int]] = {}
         self._fingerprints = {s.name: spec_fingerprint(s) for s in self.pipeline.specs}
@@ -245,6 +252,8 @@ class Daemon:
                 continue
             if not self.health.ready:
                 self.health.ready, self.health.reason = True, "consuming"
+            if self._to_restore:
+                self._restore_gained()
             if batch:
                 self._process(batch)
             now = time.monotonic()
@@ -297,12 +306,15 @@ class Daemon:
                 # ignores a redelivered finding), so a crash in between loses nothing.
                 self.alerter.submit(finding)
         self._positions.update((tp, meta.offset) for tp, meta in offsets.items())
-        if self.store is not None and \
-                time.monotonic() - self._checkpoint_at >= self.settings.state.checkpoint_every_s:
+        if self.store is not None:
             # State and the offsets it reflects are saved *before* the commit: a
             # restore seeks to the checkpoint's offsets, so it is consistent
-            # whether the crash came before or after the commit.
-            self._checkpoint(sorted(self._restored))
+            # whether the crash came before or after the commit. A partition
+            # with no checkpoint at all is saved before its first commit.
+            if time.monotonic() - self._checkpoint_at >= self.settings.state.checkpoint_every_s:
+                self._checkpoint(sorted(self._restored))
+            elif self._unsaved:
+                self._checkpoint(sorted(self._unsaved))
         self._pending.update(offsets)
         self._commit()
         self.processed += count
@@ -452,7 +464,9 @@ class Daemon:
         except OSError as exc:
             log.error("checkpoint_failed", error=str(exc))
             return
-        self._checkpoint_at = time.monotonic()
+        self._unsaved.difference_update(partitions)
+        if set(partitions) >= self._restored - {GLOBAL}:
+            self._checkpoint_at = time.monotonic()
         log.debug("checkpoint_saved", partitions=partitions, bytes=size,
                  seconds=round(time.perf_counter() - started, 3))
 
@@ -482,16 +496,24 @@ class Daemon:
     # -- rebalance and gauges ------------------------------------------------
 
     def _on_revoked(self, revoked: list[TopicPartition]) -> None:
-        lost = sorted({self._state_partition(tp) for tp in revoked} & self._restored)
-        if self.store is not None and lost:
-            # Saved, so whoever gets the partition next (maybe us) restores it.
-            self._checkpoint(lost)
+        """Commit what is acknowledged and park the state; nothing slow in here.
+
+        The callback runs inside the group protocol: restoring or saving a
+        large checkpoint here delays the rejoin, and with it the whole group
+        (a soak with 35 MB partitions livelocked this way). The state is
+        consistent with its own positions, so it is parked: if the
+        partition comes back in the next assignment it simply continues;
+        otherwise it is dropped, and the new owner restores the last
+        checkpoint and replays from its offsets.
+        """
         self._commit()
-        if self.store is not None and lost:
-            for partition in lost:
-                self.pipeline.drop(partition)
-                self._restored.discard(partition)
-                self._seen.pop(partition, None)
+        lost = {self._state_partition(tp) for tp in revoked}
+        for partition in sorted(lost & self._restored):
+            self._parked[partition] = {tp: off for tp, off in self._positions.items()
+                                       if self._state_partition(tp) == partition}
+            self._restored.discard(partition)
+        for partition in lost:
+            self._to_restore.pop(partition, None)
         for tp in revoked:
             self._positions.pop(tp, None)
         log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
@@ -499,29 +521,77 @@ class Daemon:
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
         self.metrics.assigned.set(len(assigned))
         log.info("partitions_assigned", partitions=[f"{t.topic}:{t.partition}" for t in assigned])
-        gained = sorted({self._state_partition(tp) for tp in assigned} - self._restored)
-        # Checkpoint before the first commit of newly gained partitions: no
-        # commit may ever run ahead of saved state.
-        self._checkpoint_at = -math.inf
-        if self.store is not None:
-            if GLOBAL not in self._restored and not self.pipeline.repartitioned:
-                self._restore(GLOBAL)
-                self._restored.add(GLOBAL)
-            for partition in gained:
-                checkpoint = self._restore(partition)
-                if checkpoint is None:
-                    continue
-                for tp in assigned:
+        assert self._consumer is not None
+        by_partition: dict[int, list[TopicPartition]] = {}
+        for tp in assigned:
+            by_partition.setdefault(self._state_partition(tp), []).append(tp)
+        parked, self._parked = self._parked, {}
+        for partition, tps in sorted(by_partition.items()):
+            if partition in self._restored:
+                continue
+            kept = parked.pop(partition, None)
+            if kept is not None:
+                # Ours again: the state in memory continues where it stopped.
+                for tp in tps:
+                    if tp in kept:
+                        self._consumer.seek(tp, kept[tp])
+                        self._positions[tp] = kept[tp]
+                self._restored.add(partition)
+            elif self.store is not None:
+                self._consumer.pause(*tps)  # until the loop restored its state
+                self._to_restore[partition] = tps
+            else:
+                self._restored.add(partition)
+        for partition in parked:  # went to another replica
+            self.pipeline.drop(partition)
+            self._seen.pop(partition, None)
+            self._unsaved.discard(partition)
+        if self.store is not None and GLOBAL not in self._restored \
+                and not self.pipeline.repartitioned:
+            self._to_restore[GLOBAL] = []
+
+    def _restore_gained(self) -> None:
+        """Restore the state of newly gained partitions, seek, and resume them."""
+        assert self._consumer is not None
+        todo, self._to_restore = self._to_restore, {}
+        for partition, tps in sorted(todo.items()):
+            checkpoint = self._restore(partition)
+            self._restored.add(partition)
+            if partition == GLOBAL:
+                continue
+            if checkpoint is None:
+                self._unsaved.add(partition)
+            else:
+                committed = self._committed(tps)
+                for tp in tps:
                     offset = checkpoint.offsets.get(tp.topic)
-                    if self._state_partition(tp) == partition and offset is not None:
-                        # Resume where the state was saved: anything committed
-                        # after it is processed again, so state == never stopped.
-                        assert self._consumer is not None
-                        self._consumer.seek(tp, offset)
-                        self._positions[tp] = offset
+                    if offset is None:
+                        continue
+                    # Resume where the state was saved: anything committed after
+                    # it is processed again, so state == never stopped.
+                    self._consumer.seek(tp, offset)
+                    self._positions[tp] = offset
+                    if offset > committed.get(tp, -1):
+                        # The last owner saved this far but could not commit:
+                        # commit it now, or the lag stays even with nothing to read.
+                        self._pending[tp] = OffsetAndMetadata(offset, None, -1)
                 log.info("checkpoint_restored", partition=partition,
                          offsets=checkpoint.offsets, saved_at=checkpoint.saved_at)
-        self._restored.update(gained)
+            self._consumer.resume(*tps)
+        self._commit()
+
+    def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self._consumer is not None
+        out: dict[TopicPartition, int] = {}
+        for tp in tps:
+            try:
+                offset = self._consumer.committed(tp)
+            except KafkaError as exc:
+                log.warning("committed_offset_unknown", partition=str(tp), error=str(exc))
+                continue
+            if offset is not None:
+                out[tp] = offset
+        return out
 
     def _update_gauges(self) -> None:
         consumer = self._consumer

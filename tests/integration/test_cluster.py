@@ -295,3 +295,27 @@ def test_a_finding_re_emitted_on_another_replica_is_not_posted_again(broker, tmp
     texts = [r.text_of_everything() for r in slack.delivered]
     assert sum("caller-1" in t for t in texts) == (1 if shared else 2), texts
     assert sum("caller-2" in t for t in texts) == 1
+
+
+def test_a_checkpoint_ahead_of_the_commit_is_committed_on_restore(broker, tmp_path):
+    # The last owner checkpointed, then its commit failed (a rebalance): the new
+    # owner restores and seeks ahead of the commit. With nothing more to read it
+    # must still commit there, or the lag never drains.
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    settings = make_settings(broker, state={"dir": str(tmp_path / "state")})
+    group, topic = settings.kafka.group_id, settings.topics.inference
+    stream = [(b"alice", orjson.dumps({
+        "ts": T0 + i, "model_id": "m", "request_id": str(i), "principal": "alice",
+        "features": [1.0], "prediction": 0})) for i in range(300)]
+    produce(broker, topic, stream)
+    with DaemonThread(settings):
+        assert wait_for(lambda: committed(broker, group).get((topic, 0), 0) == 300)
+    rewind = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group,
+                           enable_auto_commit=False)
+    rewind.commit({TopicPartition(topic, 0): OffsetAndMetadata(120, None, -1)})
+    rewind.close()
+    assert committed(broker, group)[(topic, 0)] == 120
+    with DaemonThread(settings):
+        assert wait_for(lambda: committed(broker, group).get((topic, 0), 0) == 300, 30)
