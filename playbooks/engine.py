@@ -592,6 +592,10 @@ class ResponseEngine:
         """Run due timers once: repeats, resolves, escalations, approval expiry, purge."""
         now = self._clock() if now is None else now
         queued = False
+        if self.outbox.recover_running(include_own=False):
+            # a replica sharing this outbox died mid-delivery
+            log.warning("playbook_jobs_recovered", detail="left running by a process that is gone")
+            queued = True
         with self.outbox.tx() as db:
             for row in db.execute("SELECT * FROM incidents WHERE status = 'open'").fetchall():
                 route = self.playbooks.route(row["route"])

@@ -25,6 +25,7 @@ survives a process crash (not a power cut) without an fsync per commit.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -126,6 +127,12 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:  # outboxes written before the column existed
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner INTEGER NOT NULL DEFAULT 0")
+        #: Which process claimed a running job. Replicas on one host may share
+        #: the file (a shared state.dir); only a dead owner's jobs are recovered.
+        self.owner = os.getpid()
         self._depth = 0
 
     @contextmanager
@@ -182,8 +189,8 @@ class Outbox:
                 "ORDER BY next_at, id LIMIT 1", (now, *paused)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET status = 'running', updated_at = ? WHERE id = ?",
-                       (now, row["id"]))
+            db.execute("UPDATE jobs SET status = 'running', updated_at = ?, owner = ? "
+                       "WHERE id = ?", (now, self.owner, row["id"]))
             claimed: sqlite3.Row = row
             return claimed
 
@@ -204,11 +211,24 @@ class Outbox:
                 "last_error = ?, updated_at = ? WHERE id = ?",
                 (attempts, next_at, error, now, job_id))
 
-    def recover_running(self) -> int:
-        """Jobs left ``running`` by a crashed process go back to pending (at least once)."""
+    def recover_running(self, include_own: bool = True) -> int:
+        """Jobs left ``running`` by a process that is gone go back to pending (at least once).
+
+        A job claimed by another live process sharing this file (a replica on
+        the same host) is left alone: resetting it would post it twice. At
+        start ``include_own`` also takes jobs of an earlier process that had
+        our pid (a container's pid 1); while running, pass False.
+        """
         with self.tx() as db:
-            return db.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'"
-                              ).rowcount
+            owners = [r[0] for r in db.execute(
+                "SELECT DISTINCT owner FROM jobs WHERE status = 'running'")]
+            dead = [o for o in owners
+                    if (include_own if o == self.owner else not _alive(o))]
+            if not dead:
+                return 0
+            marks = ",".join("?" for _ in dead)
+            return db.execute(f"UPDATE jobs SET status = 'pending' WHERE status = 'running' "
+                              f"AND owner IN ({marks})", dead).rowcount
 
     def count(self, where: str, *args: Any) -> int:
         with self.tx() as db:
@@ -262,3 +282,16 @@ class Outbox:
             db.execute("DELETE FROM seen WHERE at < ?", (before,))
             db.execute("DELETE FROM approvals WHERE status != 'pending' AND decided_at < ?",
                        (before,))
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with this id runs on this host (0: unknown owner, not alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
