@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-
 import numpy as np
 import orjson
 import pytest
@@ -25,7 +21,6 @@ from tests.integration.kafka_helpers import (
     unique,
     wait_for,
 )
-from tests.integration.test_process import _env
 from tests.slack.fake_slack import FakeSlack
 
 pytestmark = pytest.mark.integration
@@ -174,67 +169,6 @@ def test_each_model_is_watched_by_one_replica_with_its_whole_traffic(broker, rou
     else:
         # the counter-example: two replicas each watch part of every model
         assert any(len(counts) > 1 or counts[0] < 6_000 for counts in seen.values()), seen
-
-
-def test_kill_9_with_kafka_state_and_no_local_disk_gives_the_same_finding_ids(broker, tmp_path):
-    stream = []
-    for minute in range(120):
-        for p in range(20):
-            stream.append((f"p{p}".encode(), orjson.dumps({
-                "ts": T0 + minute * 60 + p, "model_id": "fraud",
-                "request_id": f"p{p}-{minute}", "principal": f"p{p}",
-                "features": [0.1 * (minute % 7), 1.0], "prediction": 0})))
-        if minute % 20 == 19:
-            victim = f"p{minute // 20}"
-            stream += [(victim.encode(), orjson.dumps({
-                "ts": T0 + minute * 60 + 30 + i * 0.1, "model_id": "fraud",
-                "request_id": f"{victim}-f{minute}-{i}", "principal": victim,
-                "features": [0.5, 1.0], "prediction": 1})) for i in range(200)]
-    clean = make_settings(broker, partitions=3)
-    produce(broker, clean.topics.inference, stream)
-    with DaemonThread(clean) as run:
-        assert wait_for(lambda: run.daemon.processed >= len(stream), 120)
-    expected = sorted(decode_finding(m.value).finding_id
-                      for m in read_all(broker, clean.topics.findings, expect=1))
-    assert len(expected) >= 4
-
-    crashy = make_settings(broker, partitions=3)
-    cuts = [0, len(stream) * 35 // 100, len(stream) * 70 // 100, len(stream)]
-    env = _env(crashy)
-    config = tmp_path / "detectors.yaml"
-    config.write_text(orjson.dumps({"detectors": {
-        name: {"params": cfg.params} for name, cfg in crashy.detectors.items()}}).decode())
-    cmd = [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)]
-    env.update({"MLWATCHD_STATE__STORE": "kafka", "MLWATCHD_STATE__SIGNING_KEY": KEY,
-                "MLWATCHD_STATE__TOPIC": unique("state"),
-                "MLWATCHD_STATE__CHECKPOINT_EVERY_S": "0.3",
-                "MLWATCHD_KAFKA__MAX_POLL_RECORDS": "200"})
-    group, topic = crashy.kafka.group_id, crashy.topics.inference
-
-    def done():
-        return sum(v for (t, _), v in committed(broker, group).items() if t == topic)
-
-    for part in (1, 2):  # kill -9 twice; each new process starts on new traffic
-        produce(broker, topic, stream[cuts[part - 1]:cuts[part]])
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        assert wait_for(lambda part=part: done() >= cuts[part], 90)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    produce(broker, topic, stream[cuts[2]:])
-    log = tmp_path / "final.log"
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=open(log, "wb"))  # noqa: SIM115
-    try:
-        assert wait_for(lambda: '"daemon_starting"' in log.read_text(), 30)
-        assert wait_for(lambda: done() == len(stream), 120)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    assert '"checkpoint_restored"' in log.read_text()
-    got = sorted(decode_finding(m.value).finding_id
-                 for m in read_all(broker, crashy.topics.findings, expect=len(expected)))
-    assert sorted(set(got)) == expected
 
 
 # -- chat dedup across replicas --------------------------------------------------------
