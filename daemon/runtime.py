@@ -122,6 +122,8 @@ class Daemon:
         self._to_restore: dict[int, list[TopicPartition]] = {}
         #: State partitions with no checkpoint yet: saved before their first commit.
         self._unsaved: set[int] = set()
+        #: Re-gained input partitions whose start offset is still to be recorded.
+        self._to_record: list[TopicPartition] = []
         #: Model partitions: source "topic:partition" -> last source offset seen.
         self._seen: dict[int, dict[str, int]] = {}
         self._fingerprints = {s.name: spec_fingerprint(s) for s in self.pipeline.specs}
@@ -254,6 +256,9 @@ class Daemon:
                 self.health.ready, self.health.reason = True, "consuming"
             if self._to_restore:
                 self._restore_gained()
+            if self._to_record:
+                todo, self._to_record = self._to_record, []
+                self._record_start(todo)
             if batch:
                 self._process(batch)
             now = time.monotonic()
@@ -516,6 +521,7 @@ class Daemon:
             self._to_restore.pop(partition, None)
         for tp in revoked:
             self._positions.pop(tp, None)
+        self._to_record = [tp for tp in self._to_record if tp not in set(revoked)]
         log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
 
     def _on_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -537,6 +543,7 @@ class Daemon:
                         self._consumer.seek(tp, kept[tp])
                         self._positions[tp] = kept[tp]
                 self._restored.add(partition)
+                self._to_record.extend(tp for tp in tps if tp not in kept)
             elif self.store is not None:
                 self._consumer.pause(*tps)  # until the loop restored its state
                 self._to_restore[partition] = tps
@@ -566,7 +573,7 @@ class Daemon:
                 for tp in tps:
                     offset = checkpoint.offsets.get(tp.topic)
                     if offset is None:
-                        continue
+                        continue  # its state has not seen this topic: see below
                     # Resume where the state was saved: anything committed after
                     # it is processed again, so state == never stopped.
                     self._consumer.seek(tp, offset)
@@ -577,8 +584,27 @@ class Daemon:
                         self._pending[tp] = OffsetAndMetadata(offset, None, -1)
                 log.info("checkpoint_restored", partition=partition,
                          offsets=checkpoint.offsets, saved_at=checkpoint.saved_at)
+            self._record_start(tps)
             self._consumer.resume(*tps)
         self._commit()
+
+    def _record_start(self, tps: list[TopicPartition]) -> None:
+        """Record where the state starts on topics it has not consumed yet.
+
+        A checkpoint must name an offset for *every* topic of its partition:
+        one written after only the access events were processed, restored
+        after the inference events were processed and committed, would
+        otherwise resume inference at the commit and never feed those events
+        to the state (the soak caught this as findings that differed from a
+        clean run).
+        """
+        assert self._consumer is not None
+        for tp in tps:
+            if tp not in self._positions:
+                try:
+                    self._positions[tp] = self._consumer.position(tp)
+                except KafkaError as exc:
+                    log.warning("position_unknown", partition=str(tp), error=str(exc))
 
     def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         assert self._consumer is not None

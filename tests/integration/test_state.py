@@ -130,3 +130,44 @@ def test_kill_9_with_checkpoints_gives_the_same_finding_ids_as_a_clean_run(
     got = _finding_ids(broker, crashy, expect=len(expected))
     # Redelivery may repeat a finding, never change or lose one.
     assert sorted(set(got)) == expected
+
+
+def test_a_topic_the_checkpoint_had_not_seen_is_replayed_from_where_the_state_began(
+        broker, tmp_path):
+    """The first checkpoint of a partition came after access events only; the
+    inference history was then processed and committed, and the process was
+    killed before the next checkpoint. The restart must feed that history to
+    the state again (it resumed at the commit before, and missed the flood)."""
+    settings = make_settings(broker)
+    env = _env(settings)
+    env.update({"MLWATCHD_STATE__DIR": str(tmp_path / "state"),
+                "MLWATCHD_STATE__CHECKPOINT_EVERY_S": "3600"})
+    config = tmp_path / "detectors.yaml"
+    config.write_text(orjson.dumps({"detectors": {
+        name: {"params": cfg.params} for name, cfg in settings.detectors.items()}}).decode())
+    cmd = [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)]
+    group, inf, acc = settings.kafka.group_id, settings.topics.inference, settings.topics.access
+    produce(broker, acc, [(b"alice", orjson.dumps({
+        "ts": T0, "principal": "alice", "action": "login", "outcome": "success"}))])
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: committed(broker, group).get((acc, 0), 0) == 1, 60)
+        history = _history(60)
+        produce(broker, inf, history)
+        assert wait_for(lambda: committed(broker, group).get((inf, 0), 0) == len(history), 60)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    flood = _flood(3700)
+    produce(broker, inf, flood)
+    second = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: committed(broker, group).get((inf, 0), 0)
+                        == len(history) + len(flood), 60)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 0
+    found = [decode_finding(m.value) for m in
+             read_all(broker, settings.topics.findings, expect=1, timeout_s=10)]
+    assert "mallory" in {f.entity.id for f in found}, "the history reached the baseline"
