@@ -43,7 +43,8 @@ from typing import Final
 
 import numpy as np
 
-__all__ = ["TailCalibration", "TailRule", "binomial_critical", "calibrate_tail"]
+__all__ = ["TailCalibration", "TailRule", "binomial_critical", "calibrate_tail",
+           "check_calibration"]
 
 #: Confidence of the upper bound on the per-query false-alarm rate.
 CONFIDENCE: Final = 0.95
@@ -79,6 +80,12 @@ class TailRule:
 
 
 @lru_cache(maxsize=4096)
+def check_calibration(quantile: float, alpha: float, principals: int) -> None:
+    """Reject calibration params no rule can come from (a config error at start)."""
+    if not 0 < quantile < 1 or not 0 < alpha < 1 or principals < 1:
+        raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
+
+
 def binomial_critical(n: int, p0: float, alpha: float) -> int:
     """Smallest k >= 1 with P(X >= k) <= alpha for X ~ Binomial(n, p0).
 

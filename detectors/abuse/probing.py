@@ -27,7 +27,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from detectors.abuse.calibration import TailCalibration, TailRule, binomial_critical
+from detectors.abuse.calibration import (
+    TailCalibration,
+    TailRule,
+    binomial_critical,
+    check_calibration,
+)
 from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
@@ -162,8 +167,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     ) -> None:
         if not 1 <= k < buffer_size or not 1 <= min_flagged <= window:
             raise ValueError("need 1 <= k < buffer_size and 1 <= min_flagged <= window")
-        if not 0 < quantile < 1 or not 0 < alpha < 1 or calibration_principals < 1:
-            raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
+        check_calibration(quantile, alpha, calibration_principals)
         self.k = k
         self.buffer_size = buffer_size
         self.distance_ratio = distance_ratio
@@ -509,8 +513,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ) -> None:
         if quantum <= 0 or not 0 < match_fraction <= 1 or not 1 <= min_flagged <= window:
             raise ValueError("quantum > 0, match_fraction in (0, 1], 1 <= min_flagged <= window")
-        if not 0 < quantile < 1 or not 0 < alpha < 1 or calibration_principals < 1:
-            raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
+        check_calibration(quantile, alpha, calibration_principals)
         self.quantile = quantile
         self.alpha = alpha
         self.calibration_queries = calibration_queries
