@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -145,6 +146,19 @@ class _Server(ThreadingHTTPServer):
     metrics: Metrics
     health: Health
     post_routes: dict[str, Any]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line instead of socketserver's traceback on stderr.
+
+        A scraper that gives up mid-answer (a timeout on a busy replica)
+        breaks the pipe; that is the client's business, not an error here.
+        """
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            log.debug("status_client_gone", client=str(client_address[0]))
+            return
+        log.warning("status_request_failed", client=str(client_address[0]),
+                    error=f"{type(exc).__name__}: {exc}")
 
 
 class StatusServer:

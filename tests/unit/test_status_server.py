@@ -38,3 +38,14 @@ def test_metrics_health_and_readiness():
         assert _get(server.port, "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_a_scraper_that_hangs_up_is_not_a_traceback(capsys):
+    server = StatusServer(Metrics(), Health(60.0), "127.0.0.1", 0)
+    try:
+        raise BrokenPipeError(32, "Broken pipe")
+    except BrokenPipeError:
+        server._server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server._server.server_close()
+    assert "Traceback" not in capsys.readouterr().err
