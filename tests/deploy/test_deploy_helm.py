@@ -394,7 +394,7 @@ def test_check_config_is_not_a_rubber_stamp(tmp_path: Path) -> None:
 
 def test_kafka_state_store_needs_a_signing_key_reference() -> None:
     values = {"config": {"state": {"store": "kafka"}}}
-    with pytest.raises(Exception, match="state.signing_key"):
+    with pytest.raises(Exception, match=r"state\.signing_key"):
         render(values)
     docs = render({**values, "secrets": {"existingSecret": "s",
                                          "keys": {"state.signing_key": "state-key"}}})
