@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from daemon.simulate import ART_SCENARIOS, DAY, HOUR, T0, SimEvent
 
-__all__ = ["MODEL", "art_events", "missing"]
+__all__ = ["MODEL", "art_events", "digits_victim", "missing"]
 
 MODEL = "digits-lr"
 _BY_NAME = {s.name: s for s in ART_SCENARIOS}
@@ -50,7 +50,13 @@ class _Victim(NamedTuple):
 
 
 @cache
-def _victim() -> _Victim:
+def digits_victim() -> tuple[Any, Any, Any, tuple[int, int, int]]:
+    """The model under attack, deterministic: (model, x, y, (a, b, c)).
+
+    ``x``/``y`` are load_digits shuffled with seed 0; the model (scaled
+    LogisticRegression) is trained on ``x[:a]``. The simulation and the
+    abuse tests split the rest at ``b`` and ``c`` into their pools.
+    """
     import numpy as np
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
@@ -63,6 +69,11 @@ def _victim() -> _Victim:
     a, b, c = 900, 1350, 1600
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=1000))
     model.fit(x[:a], y[:a])
+    return model, x, y, (a, b, c)
+
+
+def _victim() -> _Victim:
+    model, x, _y, (a, b, c) = digits_victim()
     return _Victim(model, x[a:b], x[b:c], x[c:])
 
 

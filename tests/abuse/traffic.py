@@ -20,11 +20,11 @@ Attacks:
 from __future__ import annotations
 
 import random
-from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 
+from daemon.attacks import digits_victim
 from detectors.events import Event, InferenceEvent
 
 __all__ = [
@@ -53,20 +53,9 @@ class Victim(NamedTuple):
     y_test: np.ndarray
 
 
-@cache
 def victim() -> Victim:
     """The digits model under attack and the data pools (deterministic)."""
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(x))
-    x, y = x[order].astype(np.float64), y[order]
-    a, b, c = 900, 1350, 1600
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=1000))
-    model.fit(x[:a], y[:a])
+    model, x, y, (a, b, c) = digits_victim()
     return Victim(model, x[:a], y[:a], x[a:b], x[b:c], x[c:], y[c:])
 
 
