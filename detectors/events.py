@@ -204,7 +204,7 @@ def decode_event(raw: bytes, event_type: str) -> Event:
 def decode_any(raw: bytes) -> Event:
     """Decode an event whose ``event_type`` field names its kind (JSON Lines files)."""
     try:
-        return _ANY_DECODER.decode(raw)  # type: ignore[no-any-return]
+        return _ANY_DECODER.decode(raw)
     except msgspec.ValidationError as exc:
         text = str(exc)
         if "missing required field `event_type`" in text:

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from daemon.broker import EmbeddedBroker
+from daemon.lab.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

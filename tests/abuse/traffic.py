@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from daemon.attacks import digits_victim
+from daemon.lab.attacks import digits_victim
 from detectors.events import Event, InferenceEvent
 
 __all__ = [

@@ -7,6 +7,7 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from daemon.lab.fake_slack import FakeSlack
 from daemon.metrics import Metrics
 from daemon.response import build_response
 from daemon.state import Checkpoint, KafkaStateStore
@@ -21,7 +22,6 @@ from tests.integration.kafka_helpers import (
     unique,
     wait_for,
 )
-from tests.slack.fake_slack import FakeSlack
 
 pytestmark = pytest.mark.integration
 

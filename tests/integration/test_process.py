@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from daemon.broker import EmbeddedBroker, free_port
 from daemon.kafka_io import DLQ_HEADERS
+from daemon.lab.broker import EmbeddedBroker, free_port
 from tests.integration.kafka_helpers import committed, make_settings, produce, read_all, wait_for
 
 pytestmark = pytest.mark.integration

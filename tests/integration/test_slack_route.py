@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from daemon.lab.fake_slack import FakeSlack, Reply
 from daemon.metrics import Metrics
 from daemon.response import build_response
 from tests.integration.kafka_helpers import (
@@ -20,7 +21,6 @@ from tests.integration.kafka_helpers import (
     produce,
     wait_for,
 )
-from tests.slack.fake_slack import FakeSlack, Reply
 
 pytestmark = pytest.mark.integration
 

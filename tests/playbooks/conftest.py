@@ -1,6 +1,6 @@
 """Fixtures for the response engine: engines on temp outboxes, receivers, recorders.
 
-The fake Slack is the one in tests/slack (real slack-sdk clients talk to it
+The fake Slack is the lab's (``daemon.lab.fake_slack``; real slack-sdk clients talk to it
 over HTTP); helpers (findings, recorders, a webhook receiver that also serves
 ``POST /slack/interactions`` like the daemon will) are in ``pb_helpers``.
 """
@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slack"))
 
-from fake_slack import FakeSlack
 from pb_helpers import (
     PSEUDO_KEY,
     SIGNING_SECRET,
@@ -26,6 +24,7 @@ from pb_helpers import (
     write_playbooks,
 )
 
+from daemon.lab.fake_slack import FakeSlack
 from playbooks.config import PlaybookSettings, SlackConnection
 from playbooks.engine import ResponseEngine
 from playbooks.privacy import Pseudonymizer

@@ -1,6 +1,6 @@
 """Helpers for the response engine tests: findings, recorders, receivers, waits.
 
-The fake Slack is the one in tests/slack (real slack-sdk clients talk to it
+The fake Slack is the lab's (``daemon.lab.fake_slack``; real slack-sdk clients talk to it
 over HTTP); a small webhook receiver and an interactivity endpoint (what the
 daemon's HTTP server does for ``POST /slack/interactions``) live here.
 """
@@ -8,7 +8,6 @@ daemon's HTTP server does for ``POST /slack/interactions``) live here.
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import threading
 import time
@@ -17,9 +16,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "slack"))
-
 
 from detectors.findings import Entity, Finding, Source
 from playbooks.model import PlaybookSet, load_playbooks

@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any
 
-from fake_slack import Reply
 from pb_helpers import PSEUDO_KEY, build_finding, wait_until
 
+from daemon.lab.fake_slack import Reply
 from detectors.findings import Entity
 from playbooks.privacy import Pseudonymizer
 

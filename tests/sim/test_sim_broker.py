@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.evaluate import hits_from_kafka, score
+from daemon.lab.evaluate import hits_from_kafka, score
+from daemon.lab.simulate import encode, simulate
+from daemon.lab.simulate import produce as produce_sim
 from daemon.settings import load
-from daemon.simulate import encode, simulate
-from daemon.simulate import produce as produce_sim
 from tests.integration.kafka_helpers import DaemonThread, committed, make_settings, wait_for
 
 pytestmark = pytest.mark.integration

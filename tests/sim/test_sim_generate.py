@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from daemon.simulate import SCENARIOS, Progress, encode, generate, run_simulate, simulate
+from daemon.lab.simulate import SCENARIOS, Progress, encode, generate, run_simulate, simulate
 
 
 def _write(tmp_path: Path, name: str, seed: int) -> bytes:

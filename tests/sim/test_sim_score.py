@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.evaluate import EventInfo, Hit, format_scorecard, score
-from daemon.simulate import Scenario
+from daemon.lab.evaluate import EventInfo, Hit, format_scorecard, score
+from daemon.lab.simulate import Scenario
 
 SC = {
     "flood": Scenario("flood", "", "principal", "bad", ("denial_of_service",), 0.0),

@@ -1,7 +1,7 @@
 """Fixtures for Slack tests: a running :class:`FakeSlack` and a finding builder.
 
-Other test folders can reuse them with ``pytest_plugins`` or by importing
-``fake_slack`` (see the module docstring there).
+The fake Slack itself is :mod:`daemon.lab.fake_slack` (see its module
+docstring); other test folders import it from there.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fake_slack import FakeSlack
 
+from daemon.lab.fake_slack import FakeSlack
 from detectors.findings import Entity, Finding, Source
 
 __all__ = ["build_finding", "fake_slack", "make_finding"]

@@ -8,10 +8,11 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from fake_slack import FakeSlack, Reply
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
+
+from daemon.lab.fake_slack import FakeSlack, Reply
 
 
 def _post(url: str, data: bytes, content_type: str, headers: dict[str, str] | None = None):

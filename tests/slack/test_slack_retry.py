@@ -5,10 +5,10 @@ from __future__ import annotations
 import email.utils
 
 import pytest
-from fake_slack import Reply
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from daemon.lab.fake_slack import Reply
 from playbooks.slack_retry import retry_after_seconds
 
 

@@ -6,7 +6,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from daemon.fake_slack import FakeSlack
+from daemon.lab.fake_slack import FakeSlack
 
 
 def _status(client: WebClient) -> tuple[int, str | None]:
@@ -36,7 +36,7 @@ def test_fault_mode_answers_every_request_until_switched_off(mode, expected):
 
 
 def test_scripted_replies_still_come_first():
-    from daemon.fake_slack import Reply
+    from daemon.lab.fake_slack import Reply
 
     with FakeSlack() as slack:
         client = WebClient(token=slack.token, base_url=slack.api_base_url, retry_handlers=[])

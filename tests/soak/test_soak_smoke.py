@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from daemon.soak import SoakOptions, run_soak
+from daemon.lab.soak import SoakOptions, run_soak
 
 pytestmark = pytest.mark.integration
 

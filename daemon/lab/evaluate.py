@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import orjson
 
-from daemon.simulate import ALL_SCENARIOS, LABEL, Progress, Scenario
+from daemon.lab.simulate import ALL_SCENARIOS, LABEL, Progress, Scenario
 
 __all__ = ["EventInfo", "Hit", "Scorecard", "evaluate_file", "format_scorecard",
            "print_findings_scorecard", "score"]
@@ -234,7 +234,7 @@ def evaluate_file(pipeline: Any, paths: Sequence[str | Path],
 
 def print_findings_scorecard(findings: Sequence[Mapping[str, Any]]) -> int:
     """The demo's short scorecard from findings alone (no event positions); caught count."""
-    from daemon.simulate import SCENARIOS
+    from daemon.lab.simulate import SCENARIOS
 
     print("Injected attacks (caught: a finding of the right kind about the attacker; other: "
           "flagged, but as another kind):", flush=True)

@@ -3,7 +3,7 @@
 One embedded Tansu broker (never restarted: it keeps data in memory only),
 then:
 
-1. **Input.** The labelled simulation of :mod:`daemon.simulate`, scaled up to
+1. **Input.** The labelled simulation of :mod:`daemon.lab.simulate`, scaled up to
    about ``events`` events (the attack scenarios included), merged in event
    time with a flood of ``flood_principals`` inference events each from a new
    principal, with ``poison`` malformed messages interleaved (not JSON, not an
@@ -16,7 +16,7 @@ then:
    of every input partition.
 3. **Faulty run.** ``replicas`` ``mlwatchd run`` processes in one group with
    a shared state store and the playbook engine posting to a fake Slack
-   (:mod:`daemon.fake_slack`); ``kills`` times a random replica gets
+   (:mod:`daemon.lab.fake_slack`); ``kills`` times a random replica gets
    ``kill -9`` and is restarted, one replica is added and one removed
    (SIGTERM) mid-run, and Slack answers 429 with ``Retry-After`` and 5xx for
    ``slack_fault_s`` seconds (switched on at a quarter of the input; the
@@ -58,7 +58,7 @@ from typing import Any, Final
 
 import orjson
 
-from daemon.broker import EmbeddedBroker, free_port
+from daemon.lab.broker import EmbeddedBroker, free_port
 
 __all__ = ["SoakOptions", "build_input", "main_soak", "run_soak"]
 
@@ -211,7 +211,8 @@ def _check_poison(kinds: list[tuple[str, str, Any]], limit: int) -> dict[str, st
 def build_input(opts: SoakOptions) -> tuple[list[tuple[str, bytes | None, bytes | None]],
                                              InputStats]:
     """(topic, key, value) in produce order, and what they are. Deterministic per seed."""
-    from daemon.simulate import DAY, T0, encode, simulate
+    from daemon.lab.scenarios import DAY, T0
+    from daemon.lab.simulate import encode, simulate
 
     stats = InputStats()
     stats.scale = _sim_scale(opts.events)
@@ -932,7 +933,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     """Everything above; returns the report (see :func:`main_soak` for printing)."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from daemon.fake_slack import FakeSlack
+    from daemon.lab.fake_slack import FakeSlack
 
     if opts.replicas < 2 and opts.scale_out:
         raise ValueError("the scale-in needs at least 2 replicas (or --no-scale-out)")

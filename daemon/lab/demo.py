@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
-from daemon.broker import EmbeddedBroker
-from daemon.evaluate import print_findings_scorecard
-from daemon.simulate import SCENARIOS, bad_messages, generate
+from daemon.lab.broker import EmbeddedBroker
+from daemon.lab.evaluate import print_findings_scorecard
+from daemon.lab.simulate import SCENARIOS, bad_messages, generate
 
 __all__ = ["run_demo"]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from daemon.broker import EmbeddedBroker
+from daemon.lab.broker import EmbeddedBroker
 
 __all__ = ["run_bench"]
 

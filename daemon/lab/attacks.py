@@ -16,7 +16,7 @@ streams are what the attack code really sent, not lists made by hand.
 Benign callers of ``digits-lr`` score held-out natural digits during their
 working hours every day, so the detectors have a reference for the model.
 
-Needs ``adversarial-robustness-toolbox`` and ``scikit-learn`` (the ``test``
+Needs ``adversarial-robustness-toolbox`` and ``scikit-learn`` (the ``lab``
 extra); :func:`missing` says which is absent.
 """
 
@@ -27,7 +27,7 @@ import random
 from functools import cache
 from typing import Any, NamedTuple
 
-from daemon.simulate import ART_SCENARIOS, DAY, HOUR, T0, SimEvent
+from daemon.lab.scenarios import ART_SCENARIOS, DAY, HOUR, T0, SimEvent
 
 __all__ = ["MODEL", "art_events", "digits_victim", "missing"]
 
