@@ -74,7 +74,7 @@ def test_art_scenarios_repeat_per_seed() -> None:
 
 
 def test_without_art_the_rest_still_works(monkeypatch: pytest.MonkeyPatch) -> None:
-    from daemon import attacks
+    from daemon.lab import attacks
 
     monkeypatch.setattr(attacks, "missing", lambda: ["adversarial-robustness-toolbox"])
     events, notes = simulate(seed=3, days=2, scale=0.1, art=True)
