@@ -5,36 +5,44 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench soak clean
+.PHONY: demo test lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# The lab (daemon/lab/: demo, soak, bench, embedded broker, ART) is the `lab`
+# extra; `test` includes it plus pytest, ruff and mypy.
+$(VENV)/.installed-lab: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[lab]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@ $(VENV)/.installed-run
+	touch $@ $(VENV)/.installed-lab
 
 ## make demo: embedded broker + built-in traffic with attacks + the daemon; prints findings
-demo: $(VENV)/.installed-run
+demo: $(VENV)/.installed-lab
 	$(BIN)/mlwatchd demo
 
-## make test: the whole test suite (unit, conformance, detector families, real-broker integration)
-test: $(VENV)/.installed-test
+## make lint: ruff on the three packages and tests/, mypy --strict on the three packages
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check daemon detectors playbooks tests
+	$(BIN)/mypy --strict daemon detectors playbooks
+
+## make test: lint, then the whole test suite (unit, layering, conformance, detector
+## families, real-broker integration)
+test: lint
 	$(BIN)/python -m pytest
 
 ## make bench: throughput of mlwatchd run against a bare kafka-python consumer
-bench: $(VENV)/.installed-run
+bench: $(VENV)/.installed-lab
 	$(BIN)/mlwatchd bench
 
 ## make soak: proof under faults (1M events, 1M flood principals, 10k poison, 3 replicas,
 ## 20 kill -9, scale-out/in, Slack 429/5xx); long. Smaller: make soak SOAK_ARGS="--events 50000"
 SOAK_ARGS ?=
-soak: $(VENV)/.installed-run
+soak: $(VENV)/.installed-lab
 	$(BIN)/mlwatchd soak $(SOAK_ARGS)
 
 clean:
