@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import pickle
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import ClassVar, Literal, TypeAlias
 
 from detectors.events import Event
 from detectors.findings import Finding, Source
@@ -89,6 +89,3 @@ class Detector(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
-
-
-StateDict: TypeAlias = dict[str, Any]

@@ -160,11 +160,6 @@ class RouteSpec(_Strict):
         return ids
 
 
-class PlaybookFile(_Strict):
-    actions: dict[str, ActionSpec] = Field(default_factory=dict)
-    routes: list[RouteSpec] = Field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class BoundAction:
     """A named action with its validated params and flags."""

@@ -244,7 +244,6 @@ class TrainingDataWriteDetector(Detector):
 
 
 
-_RUN_START: Final = frozenset({"start", "started", "running", "begin", "queued"})
 _RUN_END: Final = frozenset(
     {"end", "ended", "finished", "completed", "succeeded", "success", "failed", "done"}
 )
