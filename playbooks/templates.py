@@ -123,10 +123,6 @@ class Template:
             parts.append("".join(literal))
         return cls(source, tuple(parts))
 
-    @property
-    def variables(self) -> list[str]:
-        return [p[0] for p in self.parts if isinstance(p, tuple)]
-
     def render(self, context: TemplateContext) -> str:
         return "".join(p if isinstance(p, str) else _text(context.get(p[0])) for p in self.parts)
 

@@ -265,18 +265,6 @@ class BatchedQueryDetector(Detector):
         }
 
 
-def window_push(bits: int, flag: bool, width: int) -> int:
-    """The last ``width`` flags as the bits of an int, newest in bit 0.
-
-    >>> b = 0
-    >>> for f in (1, 1, 0, 1):
-    ...     b = window_push(b, bool(f), 3)
-    >>> b, b.bit_count()
-    (5, 2)
-    """
-    return ((bits << 1) | flag) & ((1 << width) - 1)
-
-
 def by_model(run: list[Judgement]) -> list[list[int]]:
     """Positions of ``run``'s judgements grouped by model space, in order.
 
