@@ -42,7 +42,7 @@ def _mlwatchd_without_lab(*args: str, cwd: Path = REPO) -> subprocess.CompletedP
 
 @pytest.mark.parametrize("argv", [
     ["demo"], ["bench"], ["simulate", "--out", "x.jsonl"], ["eval", "x.jsonl"], ["soak"],
-])
+], ids=lambda argv: argv[0])
 def test_lab_verbs_without_the_extra_say_in_one_line_what_to_install(
         argv: list[str], tmp_path: Path) -> None:
     run = _mlwatchd_without_lab(*argv, cwd=tmp_path)
