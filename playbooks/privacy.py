@@ -28,7 +28,7 @@ import msgspec
 from detectors.findings import Entity, Finding
 
 __all__ = ["PSEUDONYM_PREFIX", "Pseudonymizer", "is_identity_key", "looks_like_ip",
-           "pseudonymize_finding"]
+           "pseudonymize_evidence", "pseudonymize_finding"]
 
 #: Marks a pseudonym in a message, so nobody mistakes it for a real account name.
 PSEUDONYM_PREFIX: Final = "p-"
@@ -144,6 +144,13 @@ class _Pseudonymisation:
             return p.pseudonym(token) if looks_like_ip(token) else token
 
         return _IPV6.sub(swap, _IPV4.sub(swap, text))
+
+
+def pseudonymize_evidence(evidence: Mapping[str, Any],
+                          pseudonymizer: Pseudonymizer) -> dict[str, Any]:
+    """Evidence alone, as :func:`pseudonymize_finding` masks it."""
+    masked: dict[str, Any] = _Pseudonymisation(pseudonymizer).value(evidence, identity=False)
+    return masked
 
 
 def pseudonymize_finding(finding: Finding, pseudonymizer: Pseudonymizer) -> Finding:

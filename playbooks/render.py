@@ -35,7 +35,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from detectors.findings import Finding
-from playbooks.privacy import Pseudonymizer, is_identity_key, pseudonymize_finding
+from playbooks.privacy import (
+    Pseudonymizer,
+    is_identity_key,
+    pseudonymize_evidence,
+    pseudonymize_finding,
+)
 
 __all__ = [
     "SlackMessage",
@@ -219,18 +224,22 @@ def _highlights(evidence: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def evidence_highlights(evidence: Mapping[str, Any]) -> list[tuple[str, str]]:
+def evidence_highlights(
+    evidence: Mapping[str, Any], pseudonymizer: Pseudonymizer | None = None
+) -> list[tuple[str, str]]:
     """Up to 8 ``(key, shown value)`` pairs of statistics, mrkdwn-safe.
 
     Numbers are shown with 4 significant digits; short strings, lists of short
     names and name -> number maps are shown capped; raw-data keys, lists of
-    numbers and long strings are left out. Identities are not masked here:
-    pseudonymise the finding first (:func:`playbooks.privacy.pseudonymize_finding`).
+    numbers and long strings are left out. With ``pseudonymizer``, identities
+    are masked as :func:`playbooks.privacy.pseudonymize_finding` masks them.
 
     >>> evidence_highlights({"psi": {"age": 0.02, "amount": 0.4}, "payload": "x",
     ...                      "window": "5m", "values": [1, 2]})
     [('psi', '`amount`=0.4, `age`=0.02'), ('window', '`5m`')]
     """
+    if pseudonymizer is not None:
+        evidence = pseudonymize_evidence(evidence, pseudonymizer)
     return _highlights(evidence)
 
 

@@ -61,5 +61,5 @@ def test_interactivity_needs_a_signing_secret_and_its_own_port() -> None:
     values = load_values("values-scaled.yaml")
     values["interactivity"]["port"] = 9308
     values.setdefault("metrics", {})["port"] = 9308
-    with pytest.raises(Exception, match="must differ from metrics.port"):
+    with pytest.raises(Exception, match=r"must differ from metrics\.port"):
         render(values)
