@@ -90,6 +90,10 @@ _RAW_WORDS: Final = frozenset(
 _ATLAS_ID: Final = re.compile(r"AML\.T\d{4}(?:\.\d{3})?")
 _BROADCAST: Final = re.compile(r"@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
 _WHITESPACE: Final = re.compile(r"\s+")
+#: mrkdwn markers with no escape: replaced by look-alikes.
+_FORMATTING: Final = str.maketrans({"*": "\u2217", "~": "\u223c", "`": "\u02cb"})
+#: An underscore that is not between two word characters can open or close italics.
+_EDGE_UNDERSCORE: Final = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 
 
 class SlackMessage(NamedTuple):
@@ -103,25 +107,48 @@ def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def escape_mrkdwn(value: object, limit: int | None = None) -> str:
-    """``value`` as inert mrkdwn: one line, capped, ``& < >`` escaped, no broadcasts.
+def _visible(text: str) -> str:
+    """Unicode categories C* and Z* other than the space (bidi controls, zero-width
+    characters, NUL ...) shown as U+FFFD: a name must not read as something it is not."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
-    Capping happens before escaping so an entity like ``&amp;`` is never cut.
 
-    >>> escape_mrkdwn("<!here> & <http://evil.example|click> @channel")
-    '&lt;!here&gt; &amp; &lt;http://evil.example|click&gt; @\\u200bchannel'
-    """
+def _inert(value: object, limit: int | None) -> str:
+    """One line, invisible and direction-changing characters shown, capped, ``& < >``
+    escaped, no broadcasts: safe in mrkdwn and inside a code span."""
     text = _WHITESPACE.sub(" ", str(value)).strip()
     if limit is not None:
         text = _cap(text, limit)
+    text = _visible(text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     # Bare @channel is only live with link_names, but cost nothing to defuse.
     return _BROADCAST.sub("@\u200b", text)
 
 
+def escape_mrkdwn(value: object, limit: int | None = None) -> str:
+    """``value`` as inert mrkdwn: one line, capped, ``& < >`` escaped, no broadcasts,
+    no formatting, no invisible or bidi-control characters.
+
+    Capping happens before escaping so an entity like ``&amp;`` is never cut.
+    mrkdwn has no escape character: ``*``, ``~`` and backticks become
+    look-alikes (U+2217, U+223C, U+02CB), as does ``_`` where it could open or
+    close italics (not inside a word such as ``top_features``).
+
+    >>> escape_mrkdwn("<!here> & <http://evil.example|click> @channel")
+    '&lt;!here&gt; &amp; &lt;http://evil.example|click&gt; @\\u200bchannel'
+    >>> escape_mrkdwn("*urgent* _now_ ~ok~ `x` top_features")
+    '\u2217urgent\u2217 \u02cdnow\u02cd \u223cok\u223c \u02cbx\u02cb top_features'
+    """
+    text = str(value).translate(_FORMATTING)
+    text = _EDGE_UNDERSCORE.sub("\u02cd", text)
+    return _inert(text, limit)
+
+
 def _code(value: object, limit: int = _ID_MAX) -> str:
-    """An inline code span: Slack resolves no links or mentions inside it."""
-    text = escape_mrkdwn(str(value).replace("`", "\u02cb"), limit)
+    """An inline code span: Slack resolves no links, mentions or formatting inside it."""
+    text = _inert(str(value).replace("`", "\u02cb"), limit)
     return f"`{text}`" if text else "\u2014"
 
 
@@ -494,7 +521,7 @@ def render_approval(
     if approval_id:
         confirm = {
             "title": {"type": "plain_text", "text": "Run this action?"},
-            "text": {"type": "plain_text", "text": _cap(f"{action}: {what}", 300)},
+            "text": {"type": "plain_text", "text": _visible(_cap(f"{action}: {what}", 300))},
             "confirm": {"type": "plain_text", "text": "Run it"},
             "deny": {"type": "plain_text", "text": "Cancel"},
         }
