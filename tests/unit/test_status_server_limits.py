@@ -208,3 +208,43 @@ def test_run_with_a_taken_status_port_exits_2_with_one_line(
     assert lines[-1] == (f"mlwatchd: status port 127.0.0.1:{server.port} is already in use "
                          "(another mlwatchd on this host? give each its own port, or 0 for any)")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_daemon_serves_slack_callbacks_on_their_own_listener(tmp_path: Path) -> None:
+    """observability.interactivity_port: callbacks there only, metrics and health not there."""
+    import threading
+
+    from daemon.response import build_response
+    from daemon.runtime import Daemon
+    from daemon.settings import load
+
+    config = tmp_path / "mlwatchd.yaml"
+    config.write_text(
+        "kafka: {bootstrap_servers: '127.0.0.1:1', reconnect_backoff_max_s: 0.2}\n"
+        "observability: {http_port: 0, interactivity_port: 0}\n"
+        f"playbooks: {{outbox_path: '{tmp_path / 'outbox.sqlite3'}', interactivity: "
+        "{enabled: true, signing_secret: 'sign-me-0123456789'}}\n")
+    settings = load(config)
+    metrics = Metrics()
+    daemon = Daemon(settings, alerter=build_response(settings, metrics), metrics=metrics)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (daemon.status is None or daemon.interactions is None) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert daemon.status is not None and daemon.interactions is not None
+        status, inter = daemon.status.port, daemon.interactions.port
+        assert status != inter
+        post = _post("Content-Length: 9\r\nX-Slack-Signature: v0=00\r\n"
+                     "X-Slack-Request-Timestamp: 1\r\n", b"payload=x")
+        assert _status(_request(inter, post)) == 401  # reached the engine: bad signature
+        assert _status(_request(status, post)) == 404
+        metrics_get = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert _status(_request(inter, metrics_get)) == 404
+        assert _status(_request(status, metrics_get)) == 200
+    finally:
+        daemon.request_stop()
+        runner.join(timeout=20)
+    assert not runner.is_alive()
