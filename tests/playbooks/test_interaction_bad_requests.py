@@ -6,6 +6,7 @@ Served by a real started StatusServer (the daemon's listener), raw sockets.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 import structlog
@@ -26,7 +27,7 @@ def test_a_malformed_timestamp_fails_verification(stamp: str) -> None:
     assert verify_signature(SIGNING_SECRET.encode(), headers, body, now=NOW) is False
 
 
-def test_a_huge_timestamp_gets_401_and_no_error_log(engine_factory) -> None:  # type: ignore[no-untyped-def]
+def test_a_huge_timestamp_gets_401_and_no_error_log(engine_factory: Any) -> None:
     engine, events = engine_factory("routes: []\n", slack_route=None)
     server = StatusServer(Metrics(), Health(60.0), "127.0.0.1", 0,
                           {"/slack/interactions": engine.handle_slack_interaction},

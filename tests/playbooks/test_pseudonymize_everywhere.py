@@ -9,11 +9,13 @@ deep inside nested rows.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
-from pb_helpers import PSEUDO_KEY, build_finding
+from pb_helpers import PSEUDO_KEY, Receiver, build_finding
 
-from detectors.findings import Entity
+from daemon.fake_slack import FakeSlack
+from detectors.findings import Entity, Finding
 from detectors.telemetry.window import scope_phrase
 from playbooks.privacy import Pseudonymizer, pseudonymize_finding
 from playbooks.render import outside_view, render_alert
@@ -22,12 +24,12 @@ REAL = ("mallory.ops", "trudy", "oscar", "eve-admin", "walter", "10.9.8.7", "192
         "2001:db8::17", "peggy")
 
 
-def _attributed_finding():  # type: ignore[no-untyped-def]
-    attribution = {"scope": "single_principal", "principal": "mallory.ops",
+def _attributed_finding() -> Finding:
+    attribution: dict[str, Any] = {"scope": "single_principal", "principal": "mallory.ops",
                    "principals_in_window": 4,
                    "top_principals": [{"principal": "mallory.ops", "share": 0.61},
                                       {"principal": "trudy", "share": 0.2}]}
-    evidence = {f"stat_{i}": i / 10 for i in range(9)}  # eight fields and more first
+    evidence: dict[str, Any] = {f"stat_{i}": i / 10 for i in range(9)}  # eight fields and more first
     evidence.update({
         "actor": "eve-admin",
         "per_user": {"oscar": 14, "walter": 3},
@@ -111,7 +113,7 @@ def _pd_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_no_real_identity_reaches_slack_webhook_or_pagerduty(
-        engine_factory, fake_slack, receiver) -> None:  # type: ignore[no-untyped-def]
+        engine_factory: Any, fake_slack: FakeSlack, receiver: Receiver) -> None:
     engine, events = engine_factory(_playbook(receiver.url))
     engine.submit(_attributed_finding())
     events.wait_for("action_delivered", 3)

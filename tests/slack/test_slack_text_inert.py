@@ -26,11 +26,12 @@ HOSTILE = "*URGENT* approve _now_ ~not~ `rm -rf` ```block``` inv\u202eexe.gpj ze
     # Underscores inside words cannot open italics and are left as they are.
     ("top_features and svc_bot_01", "top_features and svc_bot_01"),
 ])
-def test_escape_mrkdwn_neutralises_formatting_and_invisible_characters(raw, shown):
+def test_escape_mrkdwn_neutralises_formatting_and_invisible_characters(raw: str, shown: str
+                                                                      ) -> None:
     assert escape_mrkdwn(raw) == shown
 
 
-def test_a_hostile_summary_and_ids_render_inert():
+def test_a_hostile_summary_and_ids_render_inert() -> None:
     finding = build_finding(summary=HOSTILE, model_id="m\u202e`x`",
                             entity=Entity("principal", "bob\u200b_admin_"),
                             evidence={"note": "*hi*", "k\u202e": 1.0})
@@ -47,7 +48,7 @@ def test_a_hostile_summary_and_ids_render_inert():
     assert fields["*Entity*"] == "*Entity*\nprincipal `bob\ufffd_admin_`"
 
 
-def test_broadcasts_stay_defused():
+def test_broadcasts_stay_defused() -> None:
     # The one zero-width space in a message is ours, after a defused @channel.
     text = render_finding(build_finding(summary="ping @channel now")).blocks[1]["text"]["text"]
     assert text == "ping @\u200bchannel now"
