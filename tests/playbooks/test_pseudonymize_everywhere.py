@@ -29,7 +29,7 @@ def _attributed_finding() -> Finding:
                    "principals_in_window": 4,
                    "top_principals": [{"principal": "mallory.ops", "share": 0.61},
                                       {"principal": "trudy", "share": 0.2}]}
-    evidence: dict[str, Any] = {f"stat_{i}": i / 10 for i in range(9)}  # eight fields and more first
+    evidence: dict[str, Any] = {f"stat_{i}": i / 10 for i in range(9)}  # nine fields first
     evidence.update({
         "actor": "eve-admin",
         "per_user": {"oscar": 14, "walter": 3},
