@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
 
     from daemon.logs import configure_logging
-    from daemon.metrics import Metrics
+    from daemon.metrics import Metrics, StatusPortInUse
     from daemon.response import build_response
     from daemon.runtime import Daemon
 
@@ -47,7 +47,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     response = build_response(settings, metrics)
     daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
-    return daemon.run()
+    try:
+        return daemon.run()
+    except StatusPortInUse as exc:  # a start-up problem like a config error: one line, exit 2
+        print(f"mlwatchd: {exc.strerror}", file=sys.stderr)
+        return 2
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -103,6 +103,7 @@ class Daemon:
         self.health = Health(settings.observability.stall_after_s)
         self.stopping = stopping or threading.Event()
         self.status: StatusServer | None = None
+        self.interactions: StatusServer | None = None
         self._inputs = settings.topics.inputs()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -141,15 +142,25 @@ class Daemon:
     def run(self) -> int:
         """Consume until stopped. Returns the process exit code."""
         obs = self.settings.observability
-        if obs.http_port is not None:
+        routes = {}
+        interactivity = self.settings.playbooks.interactivity
+        handler = getattr(self.alerter, "handle_slack_interaction", None)
+        if interactivity.enabled and handler is not None:
+            routes[interactivity.path] = handler
+        cap, timeout = obs.http_max_connections, obs.http_request_timeout_s
+        if obs.interactivity_port is not None and routes:
+            self.interactions = StatusServer(
+                self.metrics, self.health, obs.interactivity_host or obs.http_host,
+                obs.interactivity_port, routes, status_pages=False, name="interactivity",
+                max_connections=cap, max_per_client=max(1, cap // 4), request_timeout_s=timeout)
             routes = {}
-            interactivity = self.settings.playbooks.interactivity
-            handler = getattr(self.alerter, "handle_slack_interaction", None)
-            if interactivity.enabled and handler is not None:
-                routes[interactivity.path] = handler
+        if obs.http_port is not None:
             self.status = StatusServer(self.metrics, self.health, obs.http_host, obs.http_port,
-                                       routes)
+                                       routes, max_connections=cap,
+                                       max_per_client=max(1, cap // 4), request_timeout_s=timeout)
             self.status.start()
+        if self.interactions is not None:
+            self.interactions.start()
         if self.alerter is not None:
             self.alerter.start()
         log.info("daemon_starting", bootstrap=self.settings.kafka.bootstrap_servers,
@@ -235,6 +246,8 @@ class Daemon:
                 log.error("alerts_undelivered_at_exit", count=undelivered)
         if self.status is not None:
             self.status.stop()
+        if self.interactions is not None:
+            self.interactions.stop()
         log.info("daemon_stopped", processed=self.processed)
 
     # -- the loop -----------------------------------------------------------

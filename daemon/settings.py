@@ -159,12 +159,22 @@ class ObservabilitySettings(_Section):
     #: Serves /metrics, /healthz and /readyz; port 0 picks a free one, null disables.
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(9308, ge=0, le=65535)
+    #: Slack's interactivity POSTs (playbooks.interactivity) on a listener of
+    #: their own, so the port exposed to Slack serves nothing else and metrics
+    #: and health stay internal; null: they are served on ``http_port``.
+    interactivity_host: str | None = None  # null: http_host
+    interactivity_port: int | None = Field(None, ge=0, le=65535)
+    #: Requests handled at once per listener (more get a 503 at once), and at
+    #: most a quarter of them from one client address.
+    http_max_connections: int = Field(32, ge=4, le=1024)
+    #: A request (line, headers and body) must arrive within this many seconds.
+    http_request_timeout_s: float = Field(10.0, gt=0, le=300)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     #: /healthz fails when the consumer loop has not turned for this long.
     stall_after_s: float = Field(120.0, gt=0)
 
-    @field_validator("http_port", mode="before")
+    @field_validator("http_port", "interactivity_port", mode="before")
     @classmethod
     def _off(cls, value: Any) -> Any:
         """``null``/``off`` from an environment variable disables the server."""

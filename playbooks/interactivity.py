@@ -64,10 +64,12 @@ def verify_signature(secret: bytes, headers: Mapping[str, str], body: bytes, *, 
     signature = _header(headers, "x-slack-signature")
     if not stamp or not signature or not secret:
         return False
-    try:
-        ts = int(stamp.strip())
-    except ValueError:
+    stamp = stamp.strip()
+    # Seconds since the epoch: ten digits for centuries. Anything else (a sign,
+    # "1e9", 400 digits that overflow a float) is a bad request, not an error.
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
         return False
+    ts = int(stamp)
     if abs(now - ts) > max_age_s:
         return False
     expected = sign_request(secret, body, timestamp=ts)["X-Slack-Signature"]

@@ -29,14 +29,18 @@ API-key label, a feature name):
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from detectors.findings import Finding
-from playbooks.privacy import Pseudonymizer
+from playbooks.privacy import (
+    Pseudonymizer,
+    is_identity_key,
+    pseudonymize_evidence,
+    pseudonymize_finding,
+)
 
 __all__ = [
     "SlackMessage",
@@ -83,17 +87,13 @@ _RAW_WORDS: Final = frozenset(
     {"raw", "payload", "payloads", "sample", "samples", "example", "examples",
      "embedding", "embeddings"}
 )
-#: Words marking a key whose values identify a person or a host.
-_IDENTITY_WORDS: Final = frozenset(
-    {"principal", "principals", "ip", "ips", "actor", "actors", "user", "users",
-     "caller", "callers", "account", "accounts", "addr", "address", "addresses"}
-)
-
 _ATLAS_ID: Final = re.compile(r"AML\.T\d{4}(?:\.\d{3})?")
 _BROADCAST: Final = re.compile(r"@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
 _WHITESPACE: Final = re.compile(r"\s+")
-_IPV4: Final = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
-_IPV6: Final = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
+#: mrkdwn markers with no escape: replaced by look-alikes.
+_FORMATTING: Final = str.maketrans({"*": "\u2217", "~": "\u223c", "`": "\u02cb"})
+#: An underscore that is not between two word characters can open or close italics.
+_EDGE_UNDERSCORE: Final = re.compile(r"(?<![^\W_])_|_(?![^\W_])")
 
 
 class SlackMessage(NamedTuple):
@@ -107,25 +107,48 @@ def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
-def escape_mrkdwn(value: object, limit: int | None = None) -> str:
-    """``value`` as inert mrkdwn: one line, capped, ``& < >`` escaped, no broadcasts.
+def _visible(text: str) -> str:
+    """Unicode categories C* and Z* other than the space (bidi controls, zero-width
+    characters, NUL ...) shown as U+FFFD: a name must not read as something it is not."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
-    Capping happens before escaping so an entity like ``&amp;`` is never cut.
 
-    >>> escape_mrkdwn("<!here> & <http://evil.example|click> @channel")
-    '&lt;!here&gt; &amp; &lt;http://evil.example|click&gt; @\\u200bchannel'
-    """
+def _inert(value: object, limit: int | None) -> str:
+    """One line, invisible and direction-changing characters shown, capped, ``& < >``
+    escaped, no broadcasts: safe in mrkdwn and inside a code span."""
     text = _WHITESPACE.sub(" ", str(value)).strip()
     if limit is not None:
         text = _cap(text, limit)
+    text = _visible(text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     # Bare @channel is only live with link_names, but cost nothing to defuse.
     return _BROADCAST.sub("@\u200b", text)
 
 
+def escape_mrkdwn(value: object, limit: int | None = None) -> str:
+    """``value`` as inert mrkdwn: one line, capped, ``& < >`` escaped, no broadcasts,
+    no formatting, no invisible or bidi-control characters.
+
+    Capping happens before escaping so an entity like ``&amp;`` is never cut.
+    mrkdwn has no escape character: ``*``, ``~`` and backticks become
+    look-alikes (U+2217, U+223C, U+02CB), as does ``_`` where it could open or
+    close italics (not inside a word such as ``top_features``).
+
+    >>> escape_mrkdwn("<!here> & <http://evil.example|click> @channel")
+    '&lt;!here&gt; &amp; &lt;http://evil.example|click&gt; @\\u200bchannel'
+    >>> escape_mrkdwn("*urgent* _now_ ~ok~ `x` top_features")
+    '\u2217urgent\u2217 \u02cdnow\u02cd \u223cok\u223c \u02cbx\u02cb top_features'
+    """
+    text = str(value).translate(_FORMATTING)
+    text = _EDGE_UNDERSCORE.sub("\u02cd", text)
+    return _inert(text, limit)
+
+
 def _code(value: object, limit: int = _ID_MAX) -> str:
-    """An inline code span: Slack resolves no links or mentions inside it."""
-    text = escape_mrkdwn(str(value).replace("`", "\u02cb"), limit)
+    """An inline code span: Slack resolves no links, mentions or formatting inside it."""
+    text = _inert(str(value).replace("`", "\u02cb"), limit)
     return f"`{text}`" if text else "\u2014"
 
 
@@ -137,46 +160,9 @@ def _is_raw_key(key: str) -> bool:
     return key.lower() in _RAW_KEYS or bool(_words(key) & _RAW_WORDS)
 
 
-def _is_identity_key(key: str) -> bool:
-    words = _words(key)
-    return bool(words & _IDENTITY_WORDS) or key.lower() in {"source_ip", "src_ip", "client_ip"}
-
-
-def _looks_like_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-class _Masker:
-    """Replaces principals and IPs by pseudonyms; the identity when no pseudonymizer."""
-
-    def __init__(self, pseudonymizer: Pseudonymizer | None) -> None:
-        self._p = pseudonymizer
-        self.replaced: set[str] = set()
-
-    def ident(self, value: str, *, identity: bool) -> str:
-        if self._p is None or not (identity or _looks_like_ip(value)):
-            return value
-        self.replaced.add(value)
-        return self._p.pseudonym(value)
-
-    def text(self, text: str) -> str:
-        """Free text with every known id and every IP-looking token replaced."""
-        if self._p is None:
-            return text
-        p = self._p
-        for real in sorted(self.replaced, key=len, reverse=True):
-            pattern = rf"(?<![\w.@-]){re.escape(real)}(?![\w@-]|\.\w)"
-            text = re.sub(pattern, p.pseudonym(real), text)  # "p-<hex>": no escapes
-
-        def swap(match: re.Match[str]) -> str:
-            token = match.group(0)
-            return p.pseudonym(token) if _looks_like_ip(token) else token
-
-        return _IPV6.sub(swap, _IPV4.sub(swap, text))
+def _private(finding: Finding, pseudonymizer: Pseudonymizer | None) -> Finding:
+    """The finding as it may leave: identities pseudonymised on the structure, if asked."""
+    return finding if pseudonymizer is None else pseudonymize_finding(finding, pseudonymizer)
 
 
 def _number(value: float) -> str:
@@ -191,21 +177,18 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float)
 
 
-def _short_name(value: object, masker: _Masker, *, identity: bool) -> str | None:
+def _short_name(value: object) -> str | None:
     """A short string as a code span, or None when it is too long to be a name."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > _STRING_MAX:
         return None
-    shown = masker.ident(value, identity=identity)  # a pseudonym is always short
-    if shown == value and len(value) > _STRING_MAX:
-        return None
-    return _code(shown, _STRING_MAX)
+    return _code(value, _STRING_MAX)
 
 
 def _more(shown: int, total: int) -> str:
     return f" (+{total - shown} more)" if total > shown else ""
 
 
-def _row(row: Mapping[str, Any], masker: _Masker) -> str | None:
+def _row(row: Mapping[str, Any]) -> str | None:
     """One ``{"principal": "x", "count": 5}`` row as ``principal=`x` count=5``."""
     parts = []
     for key, value in list(row.items())[:_LIST_MAX]:
@@ -214,31 +197,30 @@ def _row(row: Mapping[str, Any], masker: _Masker) -> str | None:
         if _is_number(value):
             shown: str | None = _number(value)
         else:
-            shown = _short_name(value, masker, identity=_is_identity_key(key))
+            shown = _short_name(value)
         if shown is not None:
             parts.append(f"{escape_mrkdwn(key, _KEY_MAX)}={shown}")
     return " ".join(parts) or None
 
 
-def _render_value(key: str, value: Any, masker: _Masker) -> str | None:
-    identity = _is_identity_key(key)
+def _render_value(value: Any) -> str | None:
     if value is None:
         return None
     if _is_number(value):
         return _number(value)
     if isinstance(value, str):
-        return _short_name(value, masker, identity=identity)
+        return _short_name(value)
     if isinstance(value, Sequence):
         items = list(value)
         if not items or all(_is_number(v) for v in items):
             return None  # a list of numbers is raw values, not a statistic
         if all(isinstance(v, str) for v in items):
-            names = [_short_name(v, masker, identity=identity) for v in items[:_LIST_MAX]]
+            names = [_short_name(v) for v in items[:_LIST_MAX]]
             if any(n is None for n in names):
                 return None
             return ", ".join(n for n in names if n) + _more(_LIST_MAX, len(items))
         if all(isinstance(v, Mapping) for v in items):
-            rows = [r for r in (_row(v, masker) for v in items[:_ROWS_MAX]) if r]
+            rows = [r for r in (_row(v) for v in items[:_ROWS_MAX]) if r]
             return "; ".join(rows) + _more(_ROWS_MAX, len(items)) if rows else None
         return None
     if isinstance(value, Mapping):
@@ -250,20 +232,20 @@ def _render_value(key: str, value: Any, masker: _Masker) -> str | None:
                      reverse=True)
         parts = []
         for name, number in numeric[:_LIST_MAX]:
-            shown = _short_name(name, masker, identity=identity) or _code(name, _STRING_MAX)
+            shown = _short_name(name) or _code(name, _STRING_MAX)
             parts.append(f"{shown}={_number(number)}")
         return ", ".join(parts) + _more(_LIST_MAX, len(numeric))
     return None
 
 
-def _highlights(evidence: Mapping[str, Any], masker: _Masker) -> list[tuple[str, str]]:
+def _highlights(evidence: Mapping[str, Any]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for key, value in evidence.items():
         if len(out) >= _EVIDENCE_MAX:
             break
         if _is_raw_key(str(key)):
             continue
-        shown = _render_value(str(key), value, masker)
+        shown = _render_value(value)
         if shown is not None:
             out.append((escape_mrkdwn(key, _KEY_MAX), _cap(shown, _VALUE_MAX)))
     return out
@@ -276,13 +258,16 @@ def evidence_highlights(
 
     Numbers are shown with 4 significant digits; short strings, lists of short
     names and name -> number maps are shown capped; raw-data keys, lists of
-    numbers and long strings are left out.
+    numbers and long strings are left out. With ``pseudonymizer``, identities
+    are masked as :func:`playbooks.privacy.pseudonymize_finding` masks them.
 
     >>> evidence_highlights({"psi": {"age": 0.02, "amount": 0.4}, "payload": "x",
     ...                      "window": "5m", "values": [1, 2]})
     [('psi', '`amount`=0.4, `age`=0.02'), ('window', '`5m`')]
     """
-    return _highlights(evidence, _Masker(pseudonymizer))
+    if pseudonymizer is not None:
+        evidence = pseudonymize_evidence(evidence, pseudonymizer)
+    return _highlights(evidence)
 
 
 def _atlas(ids: Iterable[str]) -> str:
@@ -308,12 +293,11 @@ def render_finding(
     finding: Finding, pseudonymizer: Pseudonymizer | None = None
 ) -> SlackMessage:
     """The Slack message for ``finding``; principals and IPs pseudonymised if asked."""
-    masker = _Masker(pseudonymizer)
+    finding = _private(finding, pseudonymizer)
     entity = finding.entity
-    entity_id = masker.ident(entity.id, identity=entity.type in ("principal", "ip"))
-    # Evidence first: it teaches the masker which ids to hide in the summary.
-    highlights = _highlights(finding.evidence, masker)
-    summary = masker.text(finding.summary)
+    entity_id = entity.id
+    highlights = _highlights(finding.evidence)
+    summary = finding.summary
     severity = finding.severity
     kind = _plain(finding.kind)
 
@@ -381,38 +365,35 @@ def outside_view(
     >>> outside_view(f)["evidence"]
     {'psi': 0.3, 'top': {'a': 1}}
     """
-    masker = _Masker(pseudonymizer)
+    finding = _private(finding, pseudonymizer)
     entity = finding.entity
-    entity_id = masker.ident(entity.id, identity=entity.type in ("principal", "ip"))
     evidence: dict[str, Any] = {}
     for key, value in finding.evidence.items():
         if len(evidence) >= _EVIDENCE_MAX:
             break
         key = str(key)
-        if _is_raw_key(key) or _is_identity_key(key):
+        if _is_raw_key(key) or is_identity_key(key):
             continue
         if _is_number(value) and not isinstance(value, bool):
             evidence[_cap(key, _KEY_MAX)] = value
         elif isinstance(value, Mapping):
             numeric = {
-                _cap(masker.ident(str(k), identity=False), _KEY_MAX): v
+                _cap(str(k), _KEY_MAX): v
                 for k, v in list(value.items())[:_LIST_MAX]
                 if _is_number(v) and not isinstance(v, bool)
                 and (len(str(k)) <= _STRING_MAX)
             }
             if numeric:
                 evidence[_cap(key, _KEY_MAX)] = numeric
-    # Identity-keyed evidence teaches the masker the ids to hide in the summary.
-    _highlights(finding.evidence, masker)
     return {
         "finding_id": finding.finding_id,
         "ts": finding.ts,
         "detector": finding.detector,
         "kind": finding.kind,
         "severity": finding.severity,
-        "summary": _cap(masker.text(finding.summary), _SUMMARY_MAX),
+        "summary": _cap(finding.summary, _SUMMARY_MAX),
         "entity.type": entity.type,
-        "entity.id": entity_id,
+        "entity.id": entity.id,
         "model_id": finding.model_id or "",
         "atlas": [a for a in finding.atlas if _ATLAS_ID.fullmatch(a)],
         "evidence": evidence,
@@ -500,9 +481,9 @@ def render_notice(
     ``headline`` and ``detail`` are the engine's own words (numbers, durations,
     route names); they are escaped all the same.
     """
-    masker = _Masker(pseudonymizer)
+    finding = _private(finding, pseudonymizer)
     entity = finding.entity
-    entity_id = masker.ident(entity.id, identity=entity.type in ("principal", "ip"))
+    entity_id = entity.id
     kind = _plain(finding.kind)
     head = escape_mrkdwn(headline, _TEXT_MAX)
     text = f"{head}: {kind} on {_plain(entity.type)} {_code(entity_id)}"
@@ -540,7 +521,7 @@ def render_approval(
     if approval_id:
         confirm = {
             "title": {"type": "plain_text", "text": "Run this action?"},
-            "text": {"type": "plain_text", "text": _cap(f"{action}: {what}", 300)},
+            "text": {"type": "plain_text", "text": _visible(_cap(f"{action}: {what}", 300))},
             "confirm": {"type": "plain_text", "text": "Run it"},
             "deny": {"type": "plain_text", "text": "Cancel"},
         }

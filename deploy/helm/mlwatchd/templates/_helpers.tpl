@@ -66,6 +66,12 @@ one member only, so the surplus replicas sit idle (and unready).
 {{- if and (eq ($state.store | default "local") "kafka") (not (and .Values.secrets.existingSecret (index .Values.secrets.keys "state.signing_key"))) -}}
 {{- fail "config.state.store kafka needs secrets.existingSecret and secrets.keys[\"state.signing_key\"]: checkpoints in Kafka are signed" -}}
 {{- end -}}
+{{- if and .Values.interactivity.enabled (not (and .Values.secrets.existingSecret (index .Values.secrets.keys "playbooks.interactivity.signing_secret"))) -}}
+{{- fail "interactivity.enabled needs secrets.existingSecret and secrets.keys[\"playbooks.interactivity.signing_secret\"]: Slack's callbacks are verified with it" -}}
+{{- end -}}
+{{- if and .Values.interactivity.enabled (eq (int .Values.interactivity.port) (int .Values.metrics.port)) -}}
+{{- fail "interactivity.port must differ from metrics.port: exposing Slack's callbacks must not expose metrics and health" -}}
+{{- end -}}
 {{- if and .Values.keda.enabled (gt (int .Values.keda.maxReplicaCount) $partitions) -}}
 {{- fail (printf "keda.maxReplicaCount %d exceeds kafkaPartitions %d: extra consumers would get no partitions" (int .Values.keda.maxReplicaCount) $partitions) -}}
 {{- end -}}
