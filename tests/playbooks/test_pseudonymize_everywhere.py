@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pb_helpers import PSEUDO_KEY, Receiver, build_finding
 
-from daemon.fake_slack import FakeSlack
+from daemon.lab.fake_slack import FakeSlack
 from detectors.findings import Entity, Finding
 from detectors.telemetry.window import scope_phrase
 from playbooks.privacy import Pseudonymizer, pseudonymize_finding
