@@ -259,7 +259,8 @@ def test_forged_audit_records_do_not_suppress_alerts(broker, tmp_path):
         try:
             a.submit(_finding(1))
             assert len(slack.wait_for_delivered(1, timeout=20)) == 1
-            assert wait_for(lambda: b.peers.marked >= 1 and b.peers.rejected >= 2, 20)
+            assert b.peers.caught_up.wait(20), "b read the audit topic up to its end"
+            assert wait_for(lambda: b.peers.marked >= 1, 20), "b read a's signed record"
             b.submit(_finding(1))  # re-emitted after a move: a's signed record suppresses it
             b.submit(_finding(2))  # the forged claim does not
             slack.wait_for_delivered(2, timeout=20)
@@ -275,3 +276,32 @@ def test_forged_audit_records_do_not_suppress_alerts(broker, tmp_path):
                   {"record": "audit", "reason": "unsigned"}) == 1
     assert sample("mlwatchd_internal_records_rejected_total",
                   {"record": "audit", "reason": "bad_mac"}) == 1
+
+
+def test_a_daemon_refuses_a_local_checkpoint_copied_from_another_partition(broker, tmp_path):
+    # Partition 1 is far ahead of partition 0. Its checkpoint copied over
+    # partition 0's would seek partition 0 past events never processed.
+    settings = make_settings(broker, partitions=2,
+                             state={"dir": str(tmp_path / "state"), "signing_key": KEY})
+    group, topic = settings.kafka.group_id, settings.topics.inference
+
+    def events(partition, start, n):
+        return [(b"alice", inference(T0 + start + i, "alice", start + i), [])
+                for i in range(n)]
+
+    _write(broker, topic, 0, events(0, 0, 50))
+    _write(broker, topic, 1, events(1, 1_000, 300))
+    with DaemonThread(settings):
+        assert wait_for(lambda: committed(broker, group).get((topic, 0)) == 50
+                        and committed(broker, group).get((topic, 1)) == 300, 60)
+    where = tmp_path / "state" / group
+    (where / "p0.ckpt").write_bytes((where / "p1.ckpt").read_bytes())
+    _write(broker, topic, 0, events(0, 50, 20))
+    metrics = Metrics()
+    with DaemonThread(settings, metrics=metrics) as running:
+        assert wait_for(lambda: committed(broker, group).get((topic, 0)) == 70, 60)
+        assert wait_for(lambda: running.daemon.processed >= 20, 10)
+    assert running.daemon.processed == 20, "partition 0 resumed at its own commit"
+    assert metrics.registry.get_sample_value(
+        "mlwatchd_internal_records_rejected_total",
+        {"record": "checkpoint", "reason": "bad_mac"}) == 1
