@@ -142,3 +142,49 @@ def test_a_signing_key_shorter_than_16_bytes_is_refused(tmp_path):
     with pytest.raises(ValidationError, match="at least 16"):
         Settings(state={"dir": str(tmp_path), "signing_key": "short"})
     assert Settings(state={"dir": str(tmp_path), "signing_key": "x" * 16}).state.signing_key
+
+
+class _Engine:
+    """The one engine method PeerSeen calls: records what was marked seen."""
+
+    def __init__(self) -> None:
+        self.marked: list[tuple[str, str]] = []
+
+    def mark_seen(self, route: str, finding_id: str, now: float) -> bool:
+        self.marked.append((route, finding_id))
+        return True
+
+
+def _peer_settings(group: str = "g", topic: str = "mlwatchd.audit") -> Settings:
+    return Settings(kafka={"group_id": group}, playbooks={"audit_topic": topic},
+                    state={"store": "kafka", "signing_key": KEY.decode()})
+
+
+def test_peers_take_only_audit_records_signed_for_their_group_and_topic():
+    from daemon.integrity import MAC_HEADER
+    from daemon.response import PeerSeen, audit_context
+
+    claim = b'{"event":"finding_received","route":"floods","finding_id":"f1"}'
+    engine, rejected = _Engine(), _Rejections()
+    peers = PeerSeen(_peer_settings(), engine, on_reject=rejected)  # type: ignore[arg-type]
+
+    def signed(settings: Settings) -> list[tuple[str, bytes]]:
+        return [(MAC_HEADER, record_mac(KEY, audit_context(settings), claim).encode())]
+
+    peers._take(claim, None)
+    peers._take(claim, [(MAC_HEADER, b"0" * 64)])
+    peers._take(claim, signed(_peer_settings(group="other")))
+    peers._take(claim, signed(_peer_settings(topic="other.audit")))
+    peers._take(claim, signed(_peer_settings()) * 2)  # ambiguous: two MAC headers
+    assert engine.marked == []
+    assert rejected.seen == [("audit", "unsigned"), ("audit", "bad_mac"), ("audit", "bad_mac"),
+                             ("audit", "bad_mac"), ("audit", "unsigned")]
+    peers._take(claim, signed(_peer_settings()))
+    assert engine.marked == [("floods", "f1")] and peers.marked == 1
+
+
+def test_peers_need_the_signing_key():
+    from daemon.response import PeerSeen
+
+    with pytest.raises(ValueError, match="signing_key"):
+        PeerSeen(Settings(), _Engine())  # type: ignore[arg-type]
