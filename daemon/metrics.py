@@ -72,6 +72,10 @@ class Metrics:
         self.playbook_events = Counter("mlwatchd_playbook_events_total",
                                        "Response engine events (action_delivered, action_failed, "
                                        "incident_opened, ...)", ["event"], registry=r)
+        self.internal_rejected = Counter(
+            "mlwatchd_internal_records_rejected_total",
+            "Internal records (checkpoints, state manifests, audit records) refused: "
+            "unsigned, bad MAC, malformed, rolled back", ["record", "reason"], registry=r)
         self.detector_gauge = Gauge("mlwatchd_detector_state", "Detector state gauges "
                                     "(entities tracked, evictions, ...)",
                                     ["detector", "stat"], registry=r)

@@ -19,6 +19,7 @@ import orjson
 import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from daemon.integrity import MAC_HEADER, RejectHook, header, record_mac, verify_mac
 from daemon.kafka_io import client_config, new_producer
 from daemon.settings import Settings
 from detectors.findings import Finding
@@ -26,7 +27,7 @@ from playbooks.engine import ResponseEngine, playbook_warnings
 from playbooks.model import PlaybookSet, load_playbooks
 from playbooks.privacy import Pseudonymizer
 
-__all__ = ["KafkaPublisher", "PeerSeen", "ResponseRoute", "outbox_path"]
+__all__ = ["KafkaPublisher", "PeerSeen", "ResponseRoute", "audit_context", "outbox_path"]
 
 log = structlog.get_logger("mlwatchd.response")
 
@@ -34,21 +35,39 @@ log = structlog.get_logger("mlwatchd.response")
 _PUBLISH_TIMEOUT_S = 10.0
 
 
+def audit_context(settings: Settings) -> list[str]:
+    """What an audit record's MAC is bound to: its kind, consumer group and topic."""
+    return ["audit/1", settings.kafka.group_id, settings.playbooks.audit_topic]
+
+
+def _signing_key(settings: Settings) -> bytes | None:
+    key = settings.state.signing_key
+    return key.get_secret_value().encode() if key is not None else None
+
+
 class KafkaPublisher:
     """``publish(topic, key, value, headers)``: raises unless the broker acknowledged.
 
     The producer is created on first use (and again after a failure), so an
     unreachable broker delays actions, which wait in the outbox, instead of
-    failing the daemon's start.
+    failing the daemon's start. With ``state.signing_key`` set, records for
+    the audit topic get a ``mlwatchd-mac`` header (HMAC-SHA256 of the value,
+    bound to group and topic) that :class:`PeerSeen` checks.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._kafka = settings.kafka
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        self._audit_topic = settings.playbooks.audit_topic
+        self._audit_key = _signing_key(settings)
+        self._audit_context = audit_context(settings)
 
     def __call__(self, topic: str, key: bytes | None, value: bytes,
                  headers: list[tuple[str, bytes]]) -> None:
+        if topic == self._audit_topic and self._audit_key is not None:
+            mac = record_mac(self._audit_key, self._audit_context, value)
+            headers = [*(h for h in headers if h[0] != MAC_HEADER), (MAC_HEADER, mac.encode())]
         with self._lock:
             if self._producer is None:
                 self._producer = new_producer(self._kafka)
@@ -83,12 +102,24 @@ class PeerSeen:
     so a re-emitted finding is recognised as a duplicate. Used with the Kafka
     state store (replicas on several hosts); replicas sharing a state
     directory share the SQLite file instead.
+
+    Marking a finding seen suppresses its alert, so only records signed with
+    ``state.signing_key`` for this group and topic are taken (verified before
+    they are parsed); anything else on the topic is ignored and counted.
     """
 
     def __init__(self, settings: Settings, engine: ResponseEngine,
-                 horizon_s: float | None = None) -> None:
+                 horizon_s: float | None = None, on_reject: RejectHook | None = None) -> None:
+        key = _signing_key(settings)
+        if key is None:
+            raise ValueError("sharing seen findings needs state.signing_key")
         self._settings = settings
         self._engine = engine
+        self._key = key
+        self._context = audit_context(settings)
+        self._on_reject = on_reject
+        #: Audit records ignored because they were unsigned or did not verify.
+        self.rejected = 0
         self._topic = settings.playbooks.audit_topic
         self._horizon_s = horizon_s if horizon_s is not None else settings.playbooks.retention
         self._stopping = threading.Event()
@@ -129,7 +160,7 @@ class PeerSeen:
                     ends = consumer.end_offsets(list(wanted))
                 for records in consumer.poll(timeout_ms=500).values():
                     for record in records:
-                        self._take(record.value)
+                        self._take(record.value, record.headers)
                 if not self.caught_up.is_set() and all(
                         consumer.position(tp) >= end for tp, end in ends.items()):
                     self.caught_up.set()
@@ -153,7 +184,16 @@ class PeerSeen:
             at = found.get(tp)
             consumer.seek(tp, at.offset if at is not None else ends[tp])
 
-    def _take(self, value: bytes | None) -> None:
+    def _take(self, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        tag = header(headers, MAC_HEADER)
+        if tag is None or not verify_mac(self._key, self._context, value or b"", tag):
+            self.rejected += 1
+            if self._on_reject is not None:
+                self._on_reject("audit", "unsigned" if tag is None else "bad_mac")
+            if self.rejected & (self.rejected - 1) == 0:  # 1st, 2nd, 4th...: no log flood
+                log.warning("audit_record_rejected", topic=self._topic, rejected=self.rejected,
+                            reason="unsigned" if tag is None else "bad_mac")
+            return
         try:
             record = orjson.loads(value or b"")
         except orjson.JSONDecodeError:
@@ -192,7 +232,8 @@ def _pseudonymizer(settings: Settings) -> Pseudonymizer | None:
 class ResponseRoute:
     """The playbook engine with its publisher, started and stopped together."""
 
-    def __init__(self, settings: Settings, playbooks: PlaybookSet, on_event: Any = None) -> None:
+    def __init__(self, settings: Settings, playbooks: PlaybookSet, on_event: Any = None,
+                 on_reject: RejectHook | None = None) -> None:
         self.publisher = KafkaPublisher(settings)
         pb_settings = settings.playbooks.model_copy(update={"outbox_path": outbox_path(settings)})
         self.engine = ResponseEngine(
@@ -205,7 +246,8 @@ class ResponseRoute:
         for line in playbook_warnings(playbooks, settings.playbooks,
                                       slack_configured=settings.slack.enabled):
             log.warning("playbook_warning", detail=line)
-        self.peers = PeerSeen(settings, self.engine) if settings.state.store == "kafka" else None
+        self.peers = (PeerSeen(settings, self.engine, on_reject=on_reject)
+                      if settings.state.store == "kafka" else None)
 
     def start(self) -> None:
         self.engine.start()
@@ -235,4 +277,5 @@ def build_response(settings: Settings, metrics: Any) -> ResponseRoute | None:
     return ResponseRoute(
         settings, playbooks,
         on_event=lambda name, _fields: metrics.playbook_events.labels(name).inc(),
+        on_reject=lambda record, reason: metrics.internal_rejected.labels(record, reason).inc(),
     )

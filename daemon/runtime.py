@@ -130,7 +130,11 @@ class Daemon:
         self._fingerprints = {s.name: spec_fingerprint(s) for s in self.pipeline.specs}
         self.store: StateStore | None = None
         if settings.state.store == "local" and settings.state.dir:
-            self.store = LocalStateStore(settings.state.dir, settings.kafka.group_id)
+            key = settings.state.signing_key
+            self.store = LocalStateStore(
+                settings.state.dir, settings.kafka.group_id,
+                key.get_secret_value().encode() if key is not None else None,
+                on_reject=self._rejected)
         self._checkpoint_at = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------
@@ -215,7 +219,8 @@ class Daemon:
             key = state.signing_key.get_secret_value().encode()
             self.store = connect(
                 lambda: KafkaStateStore(self.settings.kafka, state.topic,
-                                        self.settings.kafka.group_id, key, state.chunk_bytes),
+                                        self.settings.kafka.group_id, key, state.chunk_bytes,
+                                        on_reject=self._rejected),
                 "state store", self.stopping, self.settings.kafka.reconnect_backoff_max_s,
                 self.metrics.broker_reconnects.inc)
             if self.store is None:
@@ -487,6 +492,10 @@ class Daemon:
             self._checkpoint_at = time.monotonic()
         log.debug("checkpoint_saved", partitions=partitions, bytes=size,
                  seconds=round(time.perf_counter() - started, 3))
+
+    def _rejected(self, record: str, reason: str) -> None:
+        """An internal record failed authentication or validation (stores call this)."""
+        self.metrics.internal_rejected.labels(record, reason).inc()
 
     def _restore(self, partition: int) -> Checkpoint | None:
         assert self.store is not None

@@ -197,8 +197,10 @@ class StateSettings(_Section):
     checkpoint_every_s: float = Field(60.0, gt=0)
     #: Store ``kafka``: the compacted state topic (created if missing).
     topic: str = "mlwatchd.state"
-    #: Store ``kafka``: HMAC-SHA256 key authenticating checkpoints (or
-    #: ``signing_key_file``); a checkpoint that fails the check is not loaded.
+    #: HMAC-SHA256 key (or ``signing_key_file``), at least 16 characters,
+    #: authenticating checkpoints (required with store ``kafka``; with store
+    #: ``local`` the files are signed when it is set) and the audit records
+    #: replicas read from each other. What fails the check is not loaded.
     signing_key: SecretStr | None = None
     #: Store ``kafka``: checkpoints are split into messages of at most this size.
     chunk_bytes: int = Field(512 * 1024, ge=1024, le=16 * 1024 * 1024)
@@ -216,9 +218,10 @@ class StateSettings(_Section):
 
     @model_validator(mode="after")
     def _key_with_kafka(self) -> StateSettings:
-        if self.store == "kafka" and (self.signing_key is None
-                                      or len(self.signing_key.get_secret_value()) < 16):
+        if self.store == "kafka" and self.signing_key is None:
             raise ValueError("store kafka needs signing_key (at least 16 characters)")
+        if self.signing_key is not None and len(self.signing_key.get_secret_value()) < 16:
+            raise ValueError("signing_key must have at least 16 characters")
         return self
 
     @property

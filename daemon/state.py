@@ -17,25 +17,36 @@ inheriting old thresholds.
 Two stores keep checkpoints:
 
 - :class:`LocalStateStore` writes files on local disk (the single-process
-  default, or replicas sharing a volume). Files are pickles written and read
-  only by mlwatchd: protect the directory as you would the daemon's config.
+  default, or replicas sharing a volume). Files hold pickles: with
+  ``state.signing_key`` set they are signed (HMAC-SHA256) and a file that
+  does not verify is refused before it is unpickled; without a key they only
+  carry a SHA-256, so protect the directory as you would the daemon's config.
 - :class:`KafkaStateStore` writes them to a compacted Kafka topic, the Kafka
   Streams changelog pattern, so a replica on another host restores the state
   of the partitions it gains. A checkpoint is split into chunks (a week of a
   busy model's state is several MB; Kafka's default message limit is 1 MB)
-  followed by a manifest that names the chunks, their SHA-256 and an
-  HMAC-SHA256 made with ``state.signing_key``: a checkpoint that was not
-  written by a holder of the key is refused before it is unpickled. Chunks
-  alternate between two key slots, so a crash in the middle of a write never
-  damages the checkpoint the last manifest points to, even after compaction.
+  followed by a manifest that names the chunks and their SHA-256, signed with
+  ``state.signing_key`` in a ``mlwatchd-mac`` header. The manifest's raw
+  bytes are verified before they are parsed: a record that was not written
+  by a holder of the key is skipped (and counted), never parsed or
+  unpickled. Chunks alternate between two key slots, so a crash in the
+  middle of a write never damages the checkpoint the last manifest points
+  to, even after compaction.
+
+Every signature is bound to where the checkpoint belongs (consumer group,
+store or topic, state partition) and covers its generation, a number that
+grows with every save: a checkpoint copied to another partition's place does
+not verify, and one older than a generation this process has already seen
+is refused (rollback). Checkpoints written by mlwatchd before this format
+are refused too: their state is relearnt once after an upgrade.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import pickle
+import struct
 import tempfile
 import time
 import zlib
@@ -47,13 +58,19 @@ from typing import Any, Protocol
 import orjson
 import structlog
 
+from daemon.integrity import MAC_HEADER, MIN_KEY_BYTES, RejectHook, header, record_mac, verify_mac
 from detectors.pipeline import GLOBAL, DetectorSpec, is_model_partition, repartition_of
 
 __all__ = ["Checkpoint", "KafkaStateStore", "LocalStateStore", "StateStore", "spec_fingerprint"]
 
 log = structlog.get_logger("mlwatchd.state")
 
+#: Version of the pickled payload.
 _FORMAT = 1
+#: Version of the signed envelope (local files and Kafka manifests).
+_ENVELOPE = 2
+#: A generation above this is not a real one (8-byte field, room to count).
+_MAX_GEN = 2**62
 
 
 def spec_fingerprint(spec: DetectorSpec) -> str:
@@ -108,49 +125,135 @@ def _encode(checkpoint: Checkpoint) -> bytes:
     return pickle.dumps((_FORMAT, checkpoint), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _decode(raw: bytes, where: str) -> Checkpoint:
+def _decode(raw: bytes, where: str, partition: int) -> Checkpoint:
+    """Unpickle an *authenticated* payload; only ever called after its MAC or digest checked."""
     try:
         version, checkpoint = pickle.loads(raw)
     except Exception as exc:
         raise ValueError(f"{where}: unreadable checkpoint ({type(exc).__name__})") from None
     if version != _FORMAT or not isinstance(checkpoint, Checkpoint):
         raise ValueError(f"{where}: checkpoint format {version!r} is not {_FORMAT}")
+    if checkpoint.partition != partition:
+        raise ValueError(f"{where}: holds partition {checkpoint.partition}, not {partition}")
     return checkpoint
 
 
-class LocalStateStore:
-    """Checkpoints as one file per state partition in ``directory`` (atomic replace)."""
+def _check_key(signing_key: bytes | None) -> None:
+    if signing_key is not None and len(signing_key) < MIN_KEY_BYTES:
+        raise ValueError(f"state signing key must have at least {MIN_KEY_BYTES} bytes")
 
-    def __init__(self, directory: str | os.PathLike[str], group_id: str) -> None:
+
+def _refuse(on_reject: RejectHook | None, record: str, reason: str) -> None:
+    if on_reject is not None:
+        on_reject(record, reason)
+
+
+class LocalStateStore:
+    """Checkpoints as one file per state partition in ``directory`` (atomic replace).
+
+    A file is ``MAGIC`` (says signed or not), a 64-hex-digit tag, then the body:
+    the generation (8 bytes, big endian) and the pickled checkpoint. The tag
+    is the HMAC of the body bound to (group, directory, partition) when
+    ``signing_key`` is given, else the body's SHA-256 (integrity only).
+    """
+
+    _SIGNED = b"mlwatchd-checkpoint/2 hmac-sha256\n"
+    _UNSIGNED = b"mlwatchd-checkpoint/2 sha256\n"
+
+    def __init__(self, directory: str | os.PathLike[str], group_id: str,
+                 signing_key: bytes | None = None,
+                 on_reject: RejectHook | None = None) -> None:
+        _check_key(signing_key)
         self.directory = Path(directory) / _safe(group_id)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.group = group_id
+        self._key = signing_key
+        self._on_reject = on_reject
+        #: partition -> highest generation seen (loaded or saved) by this process
+        self._generations: dict[int, int] = {}
 
     def _path(self, partition: int) -> Path:
         return self.directory / f"{partition_name(partition)}.ckpt"
 
+    def _context(self, partition: int) -> list[str]:
+        return [f"checkpoint/{_ENVELOPE}", self.group, "local", partition_name(partition)]
+
+    def _tag(self, partition: int, body: bytes) -> bytes:
+        if self._key is None:
+            return hashlib.sha256(body).hexdigest().encode()
+        return record_mac(self._key, self._context(partition), body).encode()
+
     def save(self, checkpoint: Checkpoint) -> int:
         """Write ``checkpoint``; returns its size in bytes."""
-        payload = _encode(checkpoint)
+        partition = checkpoint.partition
+        gen = max(self._generations.get(partition, 0), self._file_generation(partition)) + 1
+        body = struct.pack(">Q", gen) + _encode(checkpoint)
+        magic = self._UNSIGNED if self._key is None else self._SIGNED
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".ckpt-")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
+                handle.write(magic + self._tag(partition, body) + body)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, self._path(checkpoint.partition))
+            os.replace(tmp, self._path(partition))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return len(payload)
+        self._generations[partition] = gen
+        return len(body)
+
+    def _file_generation(self, partition: int) -> int:
+        """The generation the current file claims (unverified: used to number, not to trust)."""
+        try:
+            with self._path(partition).open("rb") as handle:
+                head = handle.read(len(self._SIGNED) + 64 + 8)
+        except FileNotFoundError:
+            return 0
+        for magic in (self._SIGNED, self._UNSIGNED):
+            if head.startswith(magic) and len(head) >= len(magic) + 72:
+                gen = int(struct.unpack(">Q", head[len(magic) + 64:len(magic) + 72])[0])
+                return gen if gen < _MAX_GEN else 0
+        return 0
 
     def load(self, partition: int) -> Checkpoint | None:
-        """The last checkpoint of ``partition``, or None (also for an unreadable file)."""
+        """The last checkpoint of ``partition``, or None; ValueError if it cannot be used."""
         path = self._path(partition)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        return _decode(raw, str(path))
+        body = self._verified_body(raw, partition, str(path))
+        gen = int(struct.unpack(">Q", body[:8])[0])
+        if gen < self._generations.get(partition, 0):
+            _refuse(self._on_reject, "checkpoint", "rollback")
+            raise ValueError(f"{path}: generation {gen} is older than generation "
+                             f"{self._generations[partition]} already seen (rolled back?)")
+        checkpoint = _decode(body[8:], str(path), partition)
+        self._generations[partition] = gen
+        return checkpoint
+
+    def _verified_body(self, raw: bytes, partition: int, where: str) -> bytes:
+        expected = self._UNSIGNED if self._key is None else self._SIGNED
+        other = self._SIGNED if self._key is None else self._UNSIGNED
+        if raw.startswith(expected):
+            start = len(expected)
+            tag, body = raw[start:start + 64], raw[start + 64:]
+            if len(body) >= 8 and (verify_mac(self._key, self._context(partition), body, tag)
+                                   if self._key is not None
+                                   else tag == hashlib.sha256(body).hexdigest().encode()):
+                return body
+            _refuse(self._on_reject, "checkpoint", "bad_mac")
+            raise ValueError(f"{where}: checkpoint does not verify (written with another "
+                             "state.signing_key, for another partition or group, or "
+                             "tampered with)")
+        if raw.startswith(other):
+            reason = "unsigned" if self._key is not None else "signed"
+            _refuse(self._on_reject, "checkpoint", reason)
+            raise ValueError(f"{where}: checkpoint is {reason} but state.signing_key is "
+                             f"{'set' if self._key is not None else 'not set'}")
+        _refuse(self._on_reject, "checkpoint", "format")
+        raise ValueError(f"{where}: not a checkpoint of format {_ENVELOPE} (written by an "
+                         "older mlwatchd?): state is relearnt")
 
     def close(self) -> None:
         pass
@@ -164,27 +267,30 @@ class KafkaStateStore:
     - chunks keyed ``g/p3/<slot>/<i>`` (slot = generation % 2), each at most
       ``chunk_bytes``, with a ``mlwatchd.gen`` header;
     - then a manifest keyed ``g/p3``: JSON with generation, slot, chunk count,
-      offset of the first chunk, SHA-256 of the whole payload and an
-      HMAC-SHA256 over all of that.
+      offset of the first chunk, SHA-256 of the whole payload and of each
+      chunk, and a ``mlwatchd-mac`` header: the HMAC-SHA256 of the manifest's
+      raw bytes bound to (group, state topic, state partition).
 
     Every message of one state partition goes to the same topic partition
     (CRC32 of the manifest key), so loading reads one partition: backwards
-    from its end to the newest manifest, then forwards from the first chunk.
-    Compaction keeps the newest manifest and the newest chunk of each key;
-    the two slots mean the chunks that manifest names are never overwritten
-    by a newer, unfinished write.
+    from its end to the newest manifest that verifies (the highest
+    generation among the first window of verified manifests), then forwards
+    from the first chunk. Compaction keeps the newest manifest and the
+    newest chunk of each key; the two slots mean the chunks that manifest
+    names are never overwritten by a newer, unfinished write.
     """
 
     def __init__(self, kafka: Any, topic: str, group_id: str, signing_key: bytes,
-                 chunk_bytes: int = 512 * 1024, timeout_s: float = 30.0) -> None:
+                 chunk_bytes: int = 512 * 1024, timeout_s: float = 30.0,
+                 on_reject: RejectHook | None = None) -> None:
         from kafka import KafkaConsumer, KafkaProducer
 
         from daemon.kafka_io import client_config
 
-        if len(signing_key) < 16:
-            raise ValueError("state signing key must have at least 16 bytes")
+        _check_key(signing_key)
         self.topic, self.group = topic, group_id
         self._key = signing_key
+        self._on_reject = on_reject
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
         common = client_config(kafka)
@@ -195,13 +301,17 @@ class KafkaStateStore:
                                      max_partition_fetch_bytes=chunk_bytes + 64 * 1024,
                                      fetch_max_bytes=max(chunk_bytes * 4, 50 * 1024 * 1024),
                                      fetch_max_wait_ms=100, bootstrap_timeout_ms=5_000)
-        #: manifest key -> generation of the newest manifest we know of
+        #: manifest key -> highest generation this process has seen (loaded or saved);
+        #: a manifest below it is a rollback and refused.
         self._generations: dict[str, int] = {}
 
     # -- layout ----------------------------------------------------------
 
     def _manifest_key(self, partition: int) -> str:
         return f"{self.group}/{partition_name(partition)}"
+
+    def _context(self, partition: int) -> list[str]:
+        return [f"manifest/{_ENVELOPE}", self.group, self.topic, partition_name(partition)]
 
     def _topic_partition(self, key: str) -> Any:
         from kafka import TopicPartition
@@ -211,19 +321,15 @@ class KafkaStateStore:
             raise OSError(f"state topic {self.topic!r} does not exist")
         return TopicPartition(self.topic, zlib.crc32(key.encode()) % len(parts))
 
-    def _mac(self, manifest: dict[str, Any]) -> str:
-        fields = {k: v for k, v in manifest.items() if k != "mac"}
-        body = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
-
     # -- save --------------------------------------------------------------
 
     def save(self, checkpoint: Checkpoint) -> int:
         payload = _encode(checkpoint)
-        key = self._manifest_key(checkpoint.partition)
+        partition = checkpoint.partition
+        key = self._manifest_key(partition)
         tp = self._topic_partition(key)
         if key not in self._generations:
-            found = self._newest_manifest(tp, key)
+            found = self._newest_manifest(tp, partition)
             self._generations[key] = found[0]["gen"] if found else 0
         gen = self._generations[key] + 1
         slot = gen % 2
@@ -241,14 +347,16 @@ class KafkaStateStore:
         except Exception as exc:
             raise OSError(f"state chunks not acknowledged: {type(exc).__name__}: {exc}") \
                 from None
-        manifest: dict[str, Any] = {
-            "v": _FORMAT, "key": key, "gen": gen, "slot": slot, "chunks": len(pieces),
+        manifest = orjson.dumps({
+            "v": _ENVELOPE, "key": key, "gen": gen, "slot": slot, "chunks": len(pieces),
             "first": first, "bytes": len(payload),
             "sha256": hashlib.sha256(payload).hexdigest(),
-        }
-        manifest["mac"] = self._mac(manifest)
+            "chunk_sha256": [hashlib.sha256(piece).hexdigest() for piece in pieces],
+        })
+        mac = record_mac(self._key, self._context(partition), manifest).encode()
         try:
-            self._producer.send(self.topic, key=key.encode(), value=orjson.dumps(manifest),
+            self._producer.send(self.topic, key=key.encode(), value=manifest,
+                                headers=[(MAC_HEADER, mac)],
                                 partition=tp.partition).get(timeout=self.timeout_s)
         except Exception as exc:
             raise OSError(f"state manifest not acknowledged: {type(exc).__name__}: {exc}") \
@@ -261,24 +369,31 @@ class KafkaStateStore:
     def load(self, partition: int) -> Checkpoint | None:
         key = self._manifest_key(partition)
         tp = self._topic_partition(key)
-        found = self._newest_manifest(tp, key)
+        found = self._newest_manifest(tp, partition)
         if found is None:
-            self._generations[key] = 0
+            self._generations.setdefault(key, 0)
             return None
         manifest, end = found
-        self._generations[key] = manifest["gen"]
-        where = f"{self.topic}[{tp.partition}] {key} gen {manifest['gen']}"
-        if not hmac.compare_digest(str(manifest.get("mac", "")), self._mac(manifest)):
-            raise ValueError(f"{where}: manifest signature does not verify "
-                             "(written without state.signing_key, or tampered with)")
-        wanted = {f"{key}/{manifest['slot']}/{i}".encode(): i
-                  for i in range(manifest["chunks"])}
-        gen = str(manifest["gen"]).encode()
+        gen = manifest["gen"]
+        where = f"{self.topic}[{tp.partition}] {key} gen {gen}"
+        floor = self._generations.get(key, 0)
+        if gen < floor:
+            _refuse(self._on_reject, "manifest", "rollback")
+            raise ValueError(f"{where}: older than generation {floor} already seen "
+                             "(rolled back?)")
+        self._generations[key] = gen
+        digests: list[str] = manifest["chunk_sha256"]
+        wanted = {f"{key}/{manifest['slot']}/{i}".encode(): i for i in range(len(digests))}
+        gen_header = str(gen).encode()
         pieces: dict[int, bytes] = {}
         for message in self._read(tp, manifest["first"], end):
             index = wanted.get(message.key)
-            if index is not None and dict(message.headers or ()).get("mlwatchd.gen") == gen:
-                pieces[index] = message.value or b""
+            if index is None or index in pieces \
+                    or header(message.headers, "mlwatchd.gen") != gen_header:
+                continue
+            value = message.value or b""
+            if hashlib.sha256(value).hexdigest() == digests[index]:  # else: not ours, skip
+                pieces[index] = value
                 if len(pieces) == len(wanted):
                     break
         if len(pieces) != len(wanted):
@@ -287,27 +402,67 @@ class KafkaStateStore:
         payload = b"".join(pieces[i] for i in range(len(wanted)))
         if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
             raise ValueError(f"{where}: chunks do not match the manifest's SHA-256")
-        return _decode(payload, where)
+        return _decode(payload, where, partition)
 
-    def _newest_manifest(self, tp: Any, key: str) -> tuple[dict[str, Any], int] | None:
-        """The newest manifest of ``key`` in ``tp`` and the offset after it."""
+    def _verified_manifest(self, message: Any, partition: int) -> dict[str, Any] | str:
+        """The manifest in ``message`` if it verifies and is well formed, else the reason."""
+        value = message.value or b""
+        tag = header(message.headers, MAC_HEADER)
+        if tag is None:
+            return "unsigned"
+        if not verify_mac(self._key, self._context(partition), value, tag):
+            return "bad_mac"
+        try:  # signed by a holder of the key: parsed, and still checked field by field
+            manifest = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return "malformed"
+        if not isinstance(manifest, dict):
+            return "malformed"
+        ints = ("v", "gen", "slot", "first", "bytes")
+        digests = manifest.get("chunk_sha256")
+        if not all(type(manifest.get(k)) is int and manifest[k] >= 0 for k in ints) \
+                or manifest["v"] != _ENVELOPE or manifest.get("key") != message.key.decode() \
+                or not 0 < manifest["gen"] < _MAX_GEN or manifest["slot"] != manifest["gen"] % 2 \
+                or not isinstance(manifest.get("sha256"), str) \
+                or not isinstance(digests, list) or not digests \
+                or not all(isinstance(d, str) for d in digests):
+            return "malformed"
+        return manifest
+
+    def _newest_manifest(self, tp: Any, partition: int) -> tuple[dict[str, Any], int] | None:
+        """The newest verified manifest of ``partition`` in ``tp`` and the offset after it.
+
+        Records under the manifest key that do not verify are skipped and
+        counted. Among the verified manifests of the first window that holds
+        any, the highest generation wins (a replayed old manifest appended
+        after the real one does not roll the state back).
+        """
+        key = self._manifest_key(partition)
         begin = self._reader.beginning_offsets([tp])[tp]
         end = self._reader.end_offsets([tp])[tp]
         want = key.encode()
         stop, window = end, 64
-        while stop > begin:
-            start = max(begin, stop - window)
-            newest: tuple[dict[str, Any], int] | None = None
-            for message in self._read(tp, start, stop):
-                if message.key == want:
-                    try:
-                        newest = (orjson.loads(message.value), message.offset)
-                    except orjson.JSONDecodeError:
-                        log.warning("state_manifest_unreadable", key=key, offset=message.offset)
-            if newest is not None:
-                return newest
-            stop, window = start, window * 4
-        return None
+        rejected: dict[str, int] = {}
+        try:
+            while stop > begin:
+                start = max(begin, stop - window)
+                newest: tuple[dict[str, Any], int] | None = None
+                for message in self._read(tp, start, stop):
+                    if message.key != want:
+                        continue
+                    got = self._verified_manifest(message, partition)
+                    if isinstance(got, str):
+                        rejected[got] = rejected.get(got, 0) + 1
+                        _refuse(self._on_reject, "manifest", got)
+                    elif newest is None or got["gen"] >= newest[0]["gen"]:
+                        newest = (got, message.offset)
+                if newest is not None:
+                    return newest
+                stop, window = start, window * 4
+            return None
+        finally:
+            if rejected:
+                log.warning("state_records_rejected", key=key, record="manifest", **rejected)
 
     def _read(self, tp: Any, start: int, stop: int) -> Iterator[Any]:
         """Messages of ``tp`` with offsets in [start, stop)."""

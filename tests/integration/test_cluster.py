@@ -93,8 +93,7 @@ def test_a_checkpoint_not_signed_with_our_key_is_refused(store_settings):
     writer.close()
     reader = _store(settings, topic)
     try:
-        with pytest.raises(ValueError, match="signature does not verify"):
-            reader.load(0)
+        assert reader.load(0) is None  # skipped (and counted): as if there were none
     finally:
         reader.close()
 
@@ -200,12 +199,13 @@ def test_a_finding_re_emitted_on_another_replica_is_not_posted_again(broker, tmp
     broker.create_topics([audit], partitions=2)
     with FakeSlack() as slack:
         routes = []
+        group = unique("group")  # replicas of one deployment share the consumer group
         for name in ("a", "b"):  # two replicas on two hosts: separate state dirs
             state = {"dir": str(tmp_path / name)}
             if shared:
                 state.update(store="kafka", signing_key=KEY)
             settings = make_settings(
-                broker, state=state,
+                broker, kafka={"group_id": group}, state=state,
                 slack={"bot_token": slack.token, "channel": "#ml-sec",
                        "api_base_url": slack.api_base_url},
                 playbooks={"dir": str(tmp_path / "pb"), "audit_topic": audit})
