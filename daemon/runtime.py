@@ -52,7 +52,7 @@ from daemon.state import (
     spec_fingerprint,
 )
 from detectors.base import Detector
-from detectors.events import BadEvent, Event, decode_event
+from detectors.events import BadEvent, Event, check_ts_window, decode_event
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
 
@@ -336,6 +336,8 @@ class Daemon:
         wants are also copied there, keyed by model, for the repartition topic.
         """
         limit = self.settings.kafka.max_message_bytes
+        future_skew, max_age = self.settings.input.max_future_skew_s, self.settings.input.max_age_s
+        now = time.time()
         topic, partition = tp.topic, tp.partition
         wants = self.pipeline.model_scope_wants
         rtopic = self._rtopic
@@ -344,10 +346,13 @@ class Daemon:
             try:
                 if value is None:
                     raise BadEvent("empty", "message has no value")
-                if len(value) > limit:
-                    raise BadEvent("too_large", f"{len(value)} bytes > limit {limit}")
-                event = decode_event(value, kind)
-            except BadEvent as exc:
+                event = decode_event(value, kind, limit)
+                check_ts_window(event.ts, now, future_skew, max_age)  # type: ignore[arg-type]
+            except Exception as exc:
+                # decode_event raises BadEvent only; anything else is a bug that
+                # must still cost this one message, not the partition.
+                if not isinstance(exc, BadEvent):
+                    exc = BadEvent("undecodable", f"{type(exc).__name__}: {exc}")
                 dead.append(dlq_record(self.settings.topics.dlq, topic, partition,
                                        message.offset, message.key, value,
                                        message.headers, exc.reason, exc.detail))
