@@ -34,6 +34,7 @@ from kafka.structs import OffsetAndMetadata
 from daemon.kafka_io import (
     OutRecord,
     ProduceFailed,
+    Refusal,
     connect,
     dlq_record,
     ensure_topics,
@@ -402,12 +403,13 @@ class Daemon:
         while True:
             assert self._producer is not None
             try:
-                send_all(self._producer, pending, _ACK_TIMEOUT_S)
+                self._report_refused(send_all(self._producer, pending, _ACK_TIMEOUT_S))
                 if delay > 0.5:
                     self.health.ready, self.health.reason = True, "consuming"
                     log.info("produce_recovered")
                 return True
             except ProduceFailed as exc:
+                self._report_refused(exc.refused)
                 pending = exc.failed
                 error = exc.error
             except KafkaError as exc:
@@ -429,6 +431,16 @@ class Daemon:
                                          self.metrics.broker_reconnects.inc)
                 if self._producer is None:
                     return False
+
+    def _report_refused(self, refusals: list[Refusal]) -> None:
+        """Records refused for good are not retried (that would stall the partition)."""
+        for refusal in refusals:
+            topic, key, value, _ = refusal.record
+            outcome = "truncated" if refusal.truncated else "dropped"
+            self.metrics.refused.labels(topic, outcome).inc()
+            log.error("record_refused", topic=topic, outcome=outcome,
+                      key_bytes=len(key or b""), value_bytes=len(value or b""),
+                      error=f"{type(refusal.error).__name__}: {refusal.error}"[:300])
 
     def _commit(self) -> bool:
         """Commit acknowledged work; True when everything processed is committed."""
