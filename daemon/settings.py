@@ -49,6 +49,10 @@ def _read_secret_files(data: Any, names: tuple[str, ...]) -> Any:
     return data
 
 
+#: Room for a record's key, headers and framing above its value.
+_RECORD_OVERHEAD: Final = 4096
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "mlwatchd"
@@ -91,6 +95,16 @@ class KafkaSettings(_Section):
     def _heartbeat_below_session(self) -> KafkaSettings:
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
+        return self
+
+    @model_validator(mode="after")
+    def _request_above_message(self) -> KafkaSettings:
+        # A valid event is forwarded whole to the repartition topic, with headers.
+        if self.max_request_size is not None \
+                and self.max_request_size < self.max_message_bytes + _RECORD_OVERHEAD:
+            raise ValueError(f"max_request_size must exceed max_message_bytes by at least "
+                             f"{_RECORD_OVERHEAD} bytes (lower max_message_bytes to match "
+                             f"the brokers' message.max.bytes)")
         return self
 
     @property

@@ -307,10 +307,11 @@ def decode_event(raw: bytes, event_type: str, max_bytes: int | None = None) -> E
     it must match. Raises :class:`BadEvent` with a reason on any problem, and
     nothing else; ``max_bytes`` refuses larger input unread (``too_large``).
     """
+    decoder = _DECODERS[event_type]  # a KeyError here is the caller's bug, not the input's
     try:
         if max_bytes is not None and len(raw) > max_bytes:
             raise BadEvent("too_large", f"{len(raw)} bytes > limit {max_bytes}")
-        return _DECODERS[event_type].decode(raw)
+        return decoder.decode(raw)
     except Exception as exc:
         raise _bad_event(exc) from None
 

@@ -192,10 +192,17 @@ def test_input_settings_defaults_env_off_and_bad_values(
     assert sum("input." in line for line in caught.value.problems) == 2, caught.value.problems
 
 
-def test_max_request_size_setting_and_its_default() -> None:
+def test_max_request_size_setting_and_its_default(tmp_path: Path) -> None:
     assert Settings().kafka.producer_max_request_size == 1_048_576 + 64 * 1024
-    assert Settings(kafka={"max_request_size": 100_000}).kafka.producer_max_request_size \
-        == 100_000
+    kafka = {"max_request_size": 100_000, "max_message_bytes": 90_000}
+    assert Settings(kafka=kafka).kafka.producer_max_request_size == 100_000
+    config = tmp_path / "c.yaml"
+    config.write_text("kafka:\n  max_request_size: 1048576\n")  # max_message_bytes as large
+    with pytest.raises(ConfigError) as caught:
+        load(config)
+    assert caught.value.problems == ["kafka: max_request_size must exceed max_message_bytes by "
+                                     "at least 4096 bytes (lower max_message_bytes to match the "
+                                     "brokers' message.max.bytes)"]
 
 
 # -- the daemon's decode step -------------------------------------------------
