@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(VENV)/.installed-lab
 SOAK_ARGS ?=
 soak: $(VENV)/.installed-lab
 	$(BIN)/mlwatchd soak $(SOAK_ARGS)
+
+## make fuzz: the decoder fuzzer, 1M seeded inputs (the suite runs 20,000); FUZZ_ARGS="--seed 3"
+FUZZ_ARGS ?=
+fuzz: $(VENV)/.installed-run
+	$(BIN)/python tests/fuzz/fuzz_decoder.py --inputs 1000000 $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -81,7 +81,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
-    return main_replay(Pipeline(settings.detector_specs()), args.files)
+    return main_replay(Pipeline(settings.detector_specs()), args.files,
+                       settings.kafka.max_message_bytes)
 
 
 def cmd_detectors(args: argparse.Namespace) -> int:

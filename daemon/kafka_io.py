@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import (
+    InvalidRecordError,
+    InvalidTimestampError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 
 from daemon.settings import KafkaSettings
 
 __all__ = [
     "DLQ_HEADERS",
+    "TRUNCATED_HEADERS",
     "OutRecord",
     "ProduceFailed",
+    "Refusal",
     "client_config",
     "connect",
     "dlq_record",
@@ -26,6 +35,7 @@ __all__ = [
     "new_consumer",
     "new_producer",
     "send_all",
+    "truncated_dead_letter",
 ]
 
 log = structlog.get_logger("mlwatchd.kafka")
@@ -39,6 +49,20 @@ DLQ_HEADERS: Final = (
     "mlwatchd.error.reason",
     "mlwatchd.error.detail",
 )
+#: Extra headers on a dead letter sent cut down: size and SHA-256 (hex) of the
+#: original value, so the message can be matched to the source offset's bytes.
+TRUNCATED_HEADERS: Final = ("mlwatchd.original.size", "mlwatchd.original.sha256")
+#: What a cut-down dead letter keeps of the value and of the key; the message's
+#: own headers are dropped if together they are larger than the value's share.
+_KEEP_VALUE_BYTES: Final = 8 * 1024
+_KEEP_KEY_BYTES: Final = 1024
+#: Errors about one record that no retry can fix (kafka-python raises the first
+#: from ``send`` itself when a record exceeds ``max_request_size``; brokers
+#: answer with them for a record above their ``message.max.bytes``). Other
+#: non-retriable errors (authorisation, ...) are about the cluster: those are
+#: retried, since dropping would lose every finding until an operator fixes it.
+_RECORD_ERRORS: Final = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
+                         InvalidTimestampError)
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -111,7 +135,7 @@ def new_producer(kafka: KafkaSettings) -> KafkaProducer:
         acks="all",
         linger_ms=kafka.linger_ms,
         batch_size=256 * 1024,
-        max_request_size=max(kafka.max_message_bytes + 64 * 1024, 1_048_576),
+        max_request_size=kafka.producer_max_request_size,
         bootstrap_timeout_ms=5_000,
     )
 
@@ -152,33 +176,125 @@ def connect(
 OutRecord = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 
-class ProduceFailed(Exception):
-    """Some records were not acknowledged; ``failed`` can be sent again."""
+class Refusal(NamedTuple):
+    """A record refused for good; ``truncated``: a cut-down dead letter went instead."""
 
-    def __init__(self, failed: list[OutRecord], error: BaseException) -> None:
+    record: OutRecord
+    error: BaseException
+    truncated: bool
+
+
+class ProduceFailed(Exception):
+    """Some records were not acknowledged; ``failed`` can be sent again.
+
+    ``refused`` are the records of the same call refused for good (not retried).
+    """
+
+    def __init__(self, failed: list[OutRecord], error: BaseException,
+                 refused: list[Refusal] | None = None) -> None:
         super().__init__(f"{len(failed)} records not acknowledged: {error}")
         self.failed = failed
         self.error = error
+        self.refused = refused or []
 
 
-def send_all(producer: KafkaProducer, records: Sequence[OutRecord], timeout_s: float) -> None:
-    """Send ``records`` and wait until the broker acknowledged every one of them."""
-    futures = [
-        (rec, producer.send(rec[0], key=rec[1], value=rec[2], headers=rec[3]))
-        for rec in records
-    ]
-    producer.flush(timeout=timeout_s)
+def send_all(
+    producer: KafkaProducer, records: Sequence[OutRecord], timeout_s: float
+) -> list[Refusal]:
+    """Send ``records`` and wait until the broker acknowledged every one of them.
+
+    A record refused for good (too large, invalid) is not retried: a refused
+    dead letter is sent again cut down (:func:`truncated_dead_letter`), so the
+    partition it came from moves on; any other is dropped. Returns those
+    refusals; raises :class:`ProduceFailed` (holding them too) if some records
+    are worth sending again.
+    """
+    deadline = time.monotonic() + timeout_s
+    failed, error, refused = _send_round(producer, records, timeout_s)
+    refusals: list[Refusal] = []
+    cut: list[tuple[OutRecord, OutRecord, BaseException]] = []
+    for rec, exc in refused:
+        smaller = truncated_dead_letter(rec) if _is_dead_letter(rec) else None
+        if smaller is not None and _size(smaller) < _size(rec):
+            cut.append((rec, smaller, exc))
+        else:
+            refusals.append(Refusal(rec, exc, False))
+    if cut:
+        failed2, error2, refused2 = _send_round(
+            producer, [smaller for _, smaller, _ in cut], max(0.0, deadline - time.monotonic()))
+        still = {id(rec) for rec, _ in refused2}
+        for original, smaller, exc in cut:
+            refusals.append(Refusal(original, exc, id(smaller) not in still))
+        failed.extend(failed2)
+        error = error or error2
+    if failed:
+        raise ProduceFailed(failed, error or RuntimeError("unknown"), refusals)
+    return refusals
+
+
+def _send_round(
+    producer: KafkaProducer, records: Sequence[OutRecord], timeout_s: float
+) -> tuple[list[OutRecord], BaseException | None, list[tuple[OutRecord, BaseException]]]:
+    """One send of ``records``: (not acknowledged, first error, refused for good)."""
+    futures = []
     failed: list[OutRecord] = []
+    refused: list[tuple[OutRecord, BaseException]] = []
     error: BaseException | None = None
+    for i, rec in enumerate(records):
+        try:
+            futures.append((rec, producer.send(rec[0], key=rec[1], value=rec[2], headers=rec[3])))
+        except _RECORD_ERRORS as exc:
+            refused.append((rec, exc))
+        except KafkaError as exc:  # no metadata, closed: the rest waits for the next attempt
+            failed.extend(records[i:])
+            error = exc
+            break
+        except (ValueError, TypeError) as exc:  # kafka-python's checks of the record itself
+            refused.append((rec, exc))
+    producer.flush(timeout=timeout_s)
     deadline = time.monotonic() + timeout_s
     for rec, future in futures:
         try:
             future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except _RECORD_ERRORS as exc:
+            refused.append((rec, exc))
         except Exception as exc:  # KafkaError or a timeout: either way not acknowledged
             failed.append(rec)
             error = error or exc
-    if failed:
-        raise ProduceFailed(failed, error or RuntimeError("unknown"))
+    return failed, error, refused
+
+
+def _size(rec: OutRecord) -> int:
+    _, key, value, headers = rec
+    return (len(key or b"") + len(value or b"")
+            + sum(len(name) + len(data) for name, data in headers or ()))
+
+
+def _is_dead_letter(rec: OutRecord) -> bool:
+    """Made by :func:`dlq_record`: our headers come last, after the message's own."""
+    headers = rec[3] or []
+    return tuple(name for name, _ in headers[-len(DLQ_HEADERS):]) == DLQ_HEADERS
+
+
+def truncated_dead_letter(rec: OutRecord) -> OutRecord:
+    """``rec`` (a dead letter) cut down to a size any broker takes.
+
+    The value keeps its first 8 KiB, the key its first 1 KiB; the message's own
+    headers go if they are larger than 8 KiB together. Headers say the original
+    value's size and SHA-256, so the message stays identifiable; the source
+    topic, partition and offset headers say where the whole of it is.
+    """
+    topic, key, value, headers = rec
+    value = value or b""
+    ours = list((headers or [])[-len(DLQ_HEADERS):])
+    theirs = list((headers or [])[:-len(DLQ_HEADERS)])
+    if sum(len(name) + len(data) for name, data in theirs) > _KEEP_VALUE_BYTES:
+        theirs = []
+    if key is not None and len(key) > _KEEP_KEY_BYTES:
+        key = key[:_KEEP_KEY_BYTES]
+    extra = [(TRUNCATED_HEADERS[0], str(len(value)).encode()),
+             (TRUNCATED_HEADERS[1], hashlib.sha256(value).hexdigest().encode())]
+    return (topic, key, value[:_KEEP_VALUE_BYTES], [*theirs, *extra, *ours])
 
 
 def dlq_record(

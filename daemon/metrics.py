@@ -67,6 +67,11 @@ class Metrics:
         self.produce_retries = Counter("mlwatchd_produce_retries_total",
                                        "Retries of findings/DLQ produce after a broker error",
                                        registry=r)
+        self.refused = Counter("mlwatchd_produce_refused_total",
+                               "Records the producer or broker refused for good (too large, "
+                               "invalid), not retried; outcome truncated: a cut-down dead "
+                               "letter went instead, dropped: nothing did",
+                               ["topic", "outcome"], registry=r)
         self.broker_reconnects = Counter("mlwatchd_broker_connect_failures_total",
                                          "Failed attempts to reach the Kafka cluster", registry=r)
         self.playbook_events = Counter("mlwatchd_playbook_events_total",

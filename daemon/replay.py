@@ -30,8 +30,15 @@ class ReplayStats:
         self.findings = 0
 
 
-def read_events(paths: Iterable[str | Path], stats: ReplayStats) -> Iterator[tuple[Event, Source]]:
-    """Events of JSON Lines files in order; bad lines are logged and counted, not fatal."""
+def read_events(
+    paths: Iterable[str | Path], stats: ReplayStats, max_bytes: int | None = None
+) -> Iterator[tuple[Event, Source]]:
+    """Events of JSON Lines files in order; bad lines are logged and counted, not fatal.
+
+    Lines longer than ``max_bytes`` are bad lines (``too_large``), as in ``run``.
+    Only the fixed bounds on ``ts`` apply, not the window around now: a
+    backtest replays the past.
+    """
     for path in paths:
         name = str(path)
         with open(path, "rb") as handle:
@@ -39,23 +46,28 @@ def read_events(paths: Iterable[str | Path], stats: ReplayStats) -> Iterator[tup
                 if not line.strip():
                     continue
                 try:
-                    event = decode_any(line)
-                except BadEvent as exc:
+                    event = decode_any(line, max_bytes)
+                except Exception as exc:
+                    # decode_any raises BadEvent only; anything else still costs one line.
+                    reason = exc.reason if isinstance(exc, BadEvent) else "undecodable"
+                    detail = exc.detail if isinstance(exc, BadEvent) \
+                        else f"{type(exc).__name__}: {exc}"
                     stats.bad_lines += 1
-                    log.warning("bad_line", file=name, line=lineno, reason=exc.reason,
-                                detail=exc.detail[:200])
+                    log.warning("bad_line", file=name, line=lineno, reason=reason,
+                                detail=detail[:200])
                     continue
                 stats.events += 1
                 yield event, Source(name, 0, lineno)
 
 
 def replay(
-    pipeline: Pipeline, paths: Iterable[str | Path], out: IO[bytes] | None = None
+    pipeline: Pipeline, paths: Iterable[str | Path], out: IO[bytes] | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[list[Finding], ReplayStats]:
     """Run ``pipeline`` over ``paths``; write each finding as a JSON line to ``out``."""
     stats = ReplayStats()
     findings: list[Finding] = []
-    for event, source in read_events(paths, stats):
+    for event, source in read_events(paths, stats, max_bytes):
         found = pipeline.process_many(event_type_of(event), 0, ((event, source),))
         for finding in found:
             if out is not None:
@@ -67,13 +79,13 @@ def replay(
     return findings, stats
 
 
-def main_replay(pipeline: Pipeline, paths: list[str]) -> int:
+def main_replay(pipeline: Pipeline, paths: list[str], max_bytes: int | None = None) -> int:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         for p in missing:
             print(f"mlwatchd replay: no such file: {p}", file=sys.stderr)
         return 2
-    _, stats = replay(pipeline, paths, sys.stdout.buffer)
+    _, stats = replay(pipeline, paths, sys.stdout.buffer, max_bytes)
     log.info("replay_done", events=stats.events, bad_lines=stats.bad_lines,
              findings=stats.findings)
     return 0

@@ -34,6 +34,7 @@ from kafka.structs import OffsetAndMetadata
 from daemon.kafka_io import (
     OutRecord,
     ProduceFailed,
+    Refusal,
     connect,
     dlq_record,
     ensure_topics,
@@ -52,7 +53,7 @@ from daemon.state import (
     spec_fingerprint,
 )
 from detectors.base import Detector
-from detectors.events import BadEvent, Event, decode_event
+from detectors.events import BadEvent, Event, check_ts_window, decode_event
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
 
@@ -354,6 +355,8 @@ class Daemon:
         wants are also copied there, keyed by model, for the repartition topic.
         """
         limit = self.settings.kafka.max_message_bytes
+        future_skew, max_age = self.settings.input.max_future_skew_s, self.settings.input.max_age_s
+        now = time.time()
         topic, partition = tp.topic, tp.partition
         wants = self.pipeline.model_scope_wants
         rtopic = self._rtopic
@@ -362,10 +365,13 @@ class Daemon:
             try:
                 if value is None:
                     raise BadEvent("empty", "message has no value")
-                if len(value) > limit:
-                    raise BadEvent("too_large", f"{len(value)} bytes > limit {limit}")
-                event = decode_event(value, kind)
-            except BadEvent as exc:
+                event = decode_event(value, kind, limit)
+                check_ts_window(event.ts, now, future_skew, max_age)  # type: ignore[arg-type]
+            except Exception as exc:
+                # decode_event raises BadEvent only; anything else is a bug that
+                # must still cost this one message, not the partition.
+                if not isinstance(exc, BadEvent):
+                    exc = BadEvent("undecodable", f"{type(exc).__name__}: {exc}")
                 dead.append(dlq_record(self.settings.topics.dlq, topic, partition,
                                        message.offset, message.key, value,
                                        message.headers, exc.reason, exc.detail))
@@ -415,12 +421,13 @@ class Daemon:
         while True:
             assert self._producer is not None
             try:
-                send_all(self._producer, pending, _ACK_TIMEOUT_S)
+                self._report_refused(send_all(self._producer, pending, _ACK_TIMEOUT_S))
                 if delay > 0.5:
                     self.health.ready, self.health.reason = True, "consuming"
                     log.info("produce_recovered")
                 return True
             except ProduceFailed as exc:
+                self._report_refused(exc.refused)
                 pending = exc.failed
                 error = exc.error
             except KafkaError as exc:
@@ -442,6 +449,16 @@ class Daemon:
                                          self.metrics.broker_reconnects.inc)
                 if self._producer is None:
                     return False
+
+    def _report_refused(self, refusals: list[Refusal]) -> None:
+        """Records refused for good are not retried (that would stall the partition)."""
+        for refusal in refusals:
+            topic, key, value, _ = refusal.record
+            outcome = "truncated" if refusal.truncated else "dropped"
+            self.metrics.refused.labels(topic, outcome).inc()
+            log.error("record_refused", topic=topic, outcome=outcome,
+                      key_bytes=len(key or b""), value_bytes=len(value or b""),
+                      error=f"{type(refusal.error).__name__}: {refusal.error}"[:300])
 
     def _commit(self) -> bool:
         """Commit acknowledged work; True when everything processed is committed."""

@@ -49,6 +49,10 @@ def _read_secret_files(data: Any, names: tuple[str, ...]) -> Any:
     return data
 
 
+#: Room for a record's key, headers and framing above its value.
+_RECORD_OVERHEAD: Final = 4096
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "mlwatchd"
@@ -73,6 +77,10 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     #: Messages larger than this go to the dead-letter topic unread.
     max_message_bytes: int = Field(1_048_576, ge=64)
+    #: The producer's largest record (set it to the brokers' message.max.bytes);
+    #: null: max_message_bytes + 64 KiB, at least 1 MiB. A dead letter larger
+    #: than this is sent cut down (headers keep its size and SHA-256).
+    max_request_size: int | None = Field(None, ge=16 * 1024)
     #: Producer batching; the findings and DLQ producers share these.
     linger_ms: int = Field(20, ge=0)
     #: Longest wait between reconnect attempts when the broker is gone.
@@ -88,6 +96,43 @@ class KafkaSettings(_Section):
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("heartbeat_interval_ms must be at most a third of session_timeout_ms")
         return self
+
+    @model_validator(mode="after")
+    def _request_above_message(self) -> KafkaSettings:
+        # A valid event is forwarded whole to the repartition topic, with headers.
+        if self.max_request_size is not None \
+                and self.max_request_size < self.max_message_bytes + _RECORD_OVERHEAD:
+            raise ValueError(f"max_request_size must exceed max_message_bytes by at least "
+                             f"{_RECORD_OVERHEAD} bytes (lower max_message_bytes to match "
+                             f"the brokers' message.max.bytes)")
+        return self
+
+    @property
+    def producer_max_request_size(self) -> int:
+        """``max_request_size``, or its default derived from ``max_message_bytes``."""
+        if self.max_request_size is not None:
+            return self.max_request_size
+        return max(self.max_message_bytes + 64 * 1024, 1_048_576)
+
+
+class InputSettings(_Section):
+    """What the daemon accepts as an event beyond the contract's types."""
+
+    #: Events whose ``ts`` is further ahead of the wall clock go to the
+    #: dead-letter topic (``ts_out_of_range``); null: no bound. Detectors keep
+    #: event-time clocks, so one event from next year would close every window.
+    max_future_skew_s: float | None = Field(86_400.0, gt=0)
+    #: Events older than this go to the dead-letter topic; null: no bound.
+    #: (Outside 1970..2100 an event is refused whatever these say.)
+    max_age_s: float | None = Field(10 * 365.25 * 86_400, gt=0)
+
+    @field_validator("max_future_skew_s", "max_age_s", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        """``null``/``off`` from an environment variable switches a bound off."""
+        if isinstance(value, str) and value.strip().lower() in ("", "null", "none", "off"):
+            return None
+        return value
 
 
 class TopicSettings(_Section):
@@ -244,6 +289,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topics: TopicSettings = Field(default_factory=TopicSettings)
+    input: InputSettings = Field(default_factory=InputSettings)
     #: Absent: every registered detector with its defaults; ``{}``: none.
     detectors: dict[str, DetectorSettings] = Field(
         default_factory=lambda: {name: DetectorSettings() for name in REGISTRY})
