@@ -34,6 +34,7 @@ detector's defaults for that model, e.g. in config::
 from __future__ import annotations
 
 import abc
+import math
 import operator
 import zlib
 from collections import Counter, deque
@@ -46,6 +47,7 @@ import numpy as np
 from detectors.base import Detector, EventErrorSink
 from detectors.events import BadEvent, Event, InferenceEvent, decode_event
 from detectors.findings import Entity, Finding, Severity, Source
+from detectors.limits import FEATURE_LIMIT, clip_features
 from detectors.state import EntityTable
 
 __all__ = [
@@ -62,10 +64,8 @@ __all__ = [
 ATLAS_EVASION: Final = ["AML.T0015", "AML.T0043"]
 #: A reference file model needs at least this many events.
 MIN_FILE_REFERENCE: Final = 100
-#: Largest feature magnitude any statistic sees; beyond it values are clipped.
-#: Squares of it still sum without overflow, and a column constant at it
-#: still has distinct histogram edges (1e17 made pyod's HBOS refuse to fit).
-FEATURE_LIMIT: Final = 1e13
+#: Share of a model's first block of events a feature must appear in to be in its schema.
+MIN_FEATURE_PRESENCE: Final = 0.05
 
 
 def plain(value: Any) -> Any:
@@ -146,7 +146,8 @@ class FeatureSchema:
     (``type_errors``). Numeric values beyond ``FEATURE_LIMIT`` in magnitude
     (infinities too) are clipped to it before any statistic sees them
     (``out_of_range``). ``None`` or an absent key is missing. At most
-    ``max_features`` names are kept, the most frequent in the reference. The
+    ``max_features`` names are kept, the most frequent in the reference, and
+    only those present in at least ``MIN_FEATURE_PRESENCE`` of its rows. The
     schema is learnt from a model's first block of events; features that first
     appear later are ignored (a model whose inputs change shape is a new version).
 
@@ -178,9 +179,11 @@ class FeatureSchema:
     def learn(cls, rows: Sequence[Any], max_features: int = 256) -> FeatureSchema:
         seen: Counter[str] = Counter()
         strings: Counter[str] = Counter()
+        present: Counter[str] = Counter()
         order: dict[str, int] = {}
         for row in rows:
             if isinstance(row, dict):
+                present.update(row.keys())
                 for name, value in row.items():
                     order.setdefault(name, len(order))
                     if value is not None:
@@ -192,7 +195,12 @@ class FeatureSchema:
                     name = f"f{i}"
                     order.setdefault(name, len(order))
                     seen[name] += 1
-        kept = sorted(order, key=lambda n: (-seen[n], order[n]))[:max_features]
+                    present[name] += 1
+        # One caller's odd row must not widen the schema (a row of 3000 keys made
+        # every reference fit cost seconds): a feature is in rows enough.
+        least = max(1, math.ceil(MIN_FEATURE_PRESENCE * len(rows)))
+        common = [n for n in order if present[n] >= least]
+        kept = sorted(common, key=lambda n: (-seen[n], order[n]))[:max_features]
         kept.sort(key=order.__getitem__)
         numeric = [n for n in kept if strings[n] * 2 <= seen[n]]
         categorical = [n for n in kept if strings[n] * 2 > seen[n]]
@@ -245,15 +253,8 @@ class FeatureSchema:
             return np.array(clean, dtype=float).reshape(n, k)
 
     def _bounded(self, matrix: np.ndarray) -> np.ndarray:
-        """``matrix`` with values beyond +-FEATURE_LIMIT (and infinities) clipped to it.
-
-        A caller chooses its feature values: 1e308 would overflow every sum
-        and square downstream (an SVD on it ran for minutes).
-        """
-        big = np.abs(matrix) > FEATURE_LIMIT  # NaN (missing) compares False
-        if big.any():
-            self.out_of_range += int(big.sum())
-            np.clip(matrix, -FEATURE_LIMIT, FEATURE_LIMIT, out=matrix)
+        """``matrix`` with values beyond +-FEATURE_LIMIT (and infinities) clipped to it."""
+        self.out_of_range += clip_features(matrix)
         return matrix
 
     def categorical_columns(self, rows: Sequence[Any]) -> list[list[Any]]:
