@@ -255,7 +255,7 @@ def run(n: int, seed: int, limit_ms: float = 50.0, max_principals: int | None = 
         def process_batch(items: Any, on_error: Any = None) -> Any:
             cpu0 = time.thread_time()
             try:
-                return inner(items, on_error)
+                return inner(items) if on_error is None else inner(items, on_error)
             finally:
                 spent[detector.name] = spent.get(detector.name, 0.0) + time.thread_time() - cpu0
 

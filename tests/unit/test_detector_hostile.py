@@ -302,3 +302,14 @@ def test_a_flooded_partition_evicts_its_own_principals_first() -> None:
     for i in range(10_000):
         flooded.touch(f"f{i}", int)
     assert len(quiet) == 40 and len(flooded) == 60 and len(pool) == 100
+
+
+def test_one_row_with_thousands_of_keys_does_not_widen_a_model_schema() -> None:
+    rng = random.Random(8)
+    det = FeatureDriftDetector()
+    events = [_inference(i, {"a": rng.gauss(0, 1), "b": rng.gauss(0, 1)}) for i in range(2000)]
+    events[1] = _inference(1, {f"k{j}": 1.0 for j in range(3000)})
+    started = time.process_time()
+    assert feed(det, events) == []
+    assert time.process_time() - started < 2.0
+    assert _only_state(det).ref.names == ("a", "b")
