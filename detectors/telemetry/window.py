@@ -180,6 +180,7 @@ class FeatureSchema:
         seen: Counter[str] = Counter()
         strings: Counter[str] = Counter()
         present: Counter[str] = Counter()
+        lengths: Counter[int] = Counter()  # of list rows
         order: dict[str, int] = {}
         for row in rows:
             if isinstance(row, dict):
@@ -191,11 +192,16 @@ class FeatureSchema:
                         if isinstance(value, str):
                             strings[name] += 1
             else:
-                for i in range(len(row)):
-                    name = f"f{i}"
-                    order.setdefault(name, len(order))
-                    seen[name] += 1
-                    present[name] += 1
+                # Positions past max_features lose every tie to lower ones: not counted,
+                # so a 5000-long list costs no more than a short one.
+                lengths[min(len(row), max_features)] += 1
+        longer = sum(lengths.values())  # list rows with more than i values
+        for i in range(max(lengths, default=0)):
+            longer -= lengths.get(i, 0)
+            name = f"f{i}"
+            order.setdefault(name, len(order))
+            seen[name] += longer
+            present[name] += longer
         # One caller's odd row must not widen the schema (a row of 3000 keys made
         # every reference fit cost seconds): a feature is in rows enough.
         least = max(1, math.ceil(MIN_FEATURE_PRESENCE * len(rows)))

@@ -304,12 +304,15 @@ def test_a_flooded_partition_evicts_its_own_principals_first() -> None:
     assert len(quiet) == 40 and len(flooded) == 60 and len(pool) == 100
 
 
-def test_one_row_with_thousands_of_keys_does_not_widen_a_model_schema() -> None:
+@pytest.mark.parametrize("wide", [{f"k{j}": 1.0 for j in range(3000)}, [1.0] * 5000])
+def test_one_row_with_thousands_of_features_does_not_widen_a_model_schema(wide: Any) -> None:
     rng = random.Random(8)
     det = FeatureDriftDetector()
-    events = [_inference(i, {"a": rng.gauss(0, 1), "b": rng.gauss(0, 1)}) for i in range(2000)]
-    events[1] = _inference(1, {f"k{j}": 1.0 for j in range(3000)})
+    as_dict = isinstance(wide, dict)
+    events = [_inference(i, {"f0": rng.gauss(0, 1), "f1": rng.gauss(0, 1)} if as_dict
+                         else [rng.gauss(0, 1), rng.gauss(0, 1)]) for i in range(2000)]
+    events[1] = _inference(1, wide)
     started = time.process_time()
     assert feed(det, events) == []
     assert time.process_time() - started < 2.0
-    assert _only_state(det).ref.names == ("a", "b")
+    assert _only_state(det).ref.names == ("f0", "f1")
