@@ -316,3 +316,17 @@ def test_one_row_with_thousands_of_features_does_not_widen_a_model_schema(wide: 
     assert feed(det, events) == []
     assert time.process_time() - started < 2.0
     assert _only_state(det).ref.names == ("f0", "f1")
+
+
+def test_abuse_model_space_stays_finite_with_1e308_features() -> None:
+    from detectors.abuse.space import ModelSpace
+
+    rng = random.Random(9)
+    space = ModelSpace([0.0] * 4, calibration_rows=64, max_dims=2, seed=0)
+    for i in range(64):
+        space.observe([1e308, -1e308, 1e308, 1.0] if i in (3, 40) else
+                      [rng.gauss(0, 1) for _ in range(4)])
+    assert space.centre is not None
+    assert np.isfinite(space.centre).all() and np.isfinite(space.scale).all()
+    z = space.embed([[1e308, 1e308, -1e308, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert np.isfinite(z).all()
