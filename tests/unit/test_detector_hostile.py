@@ -326,7 +326,7 @@ def test_abuse_model_space_stays_finite_with_1e308_features() -> None:
     for i in range(64):
         space.observe([1e308, -1e308, 1e308, 1.0] if i in (3, 40) else
                       [rng.gauss(0, 1) for _ in range(4)])
-    assert space.centre is not None
+    assert space.centre is not None and space.scale is not None
     assert np.isfinite(space.centre).all() and np.isfinite(space.scale).all()
     z = space.embed([[1e308, 1e308, -1e308, 0.0], [0.0, 0.0, 0.0, 0.0]])
     assert np.isfinite(z).all()
