@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import abc
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import ClassVar, Literal, TypeAlias
 
 from detectors.events import Event
 from detectors.findings import Finding, Source
-from detectors.state import EntityTable
+from detectors.state import CapPool, EntityTable
 
-__all__ = ["Detector", "Scope"]
+__all__ = ["Detector", "EventErrorSink", "Scope"]
+
+#: Told about one event a detector failed on: ``(event, exception)``.
+EventErrorSink: TypeAlias = Callable[[Event, Exception], None]
+
+#: Attribute under which a detector keeps its process-wide cap pools (never snapshotted).
+_POOLS = "_cap_pools"
 
 #: ``partition``: per-entity state (principal, resource) that lives with the
 #: Kafka partition carrying the entity's events; one instance per partition.
@@ -47,15 +53,27 @@ class Detector(abc.ABC):
         Must not mutate ``event``. Must tolerate absent optional fields.
         """
 
-    def process_batch(self, items: Sequence[tuple[Event, Source]]) -> list[Finding]:
+    def process_batch(
+        self, items: Sequence[tuple[Event, Source]], on_error: EventErrorSink | None = None
+    ) -> list[Finding]:
         """Findings of a run of events, in order; the same as calling :meth:`process`
         on each (the conformance suite checks it). Override to save per-event
         call overhead; the pipeline calls this once per polled batch.
+
+        With ``on_error``, an event the detector fails on is handed to it and
+        the run goes on with the next event (one bad event costs that event
+        only); without, the exception propagates.
         """
         out: list[Finding] = []
         process = self.process
         for event, source in items:
-            found = process(event, source)
+            try:
+                found = process(event, source)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(event, exc)
+                continue
             if found:
                 out.extend(found)
         return out
@@ -78,14 +96,42 @@ class Detector(abc.ABC):
             return {"entities": len(table), "evicted_total": table.evicted}
         return {}
 
+    def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
+        """Make the caps of this detector's entity tables per process, not per instance.
+
+        ``pools`` (attribute name -> :class:`CapPool`) is shared by every
+        instance of one configured detector in the process (the pipeline keeps
+        it); each top-level :class:`EntityTable` attribute joins the pool of its
+        name, created with that table's capacity.
+        """
+        self.__dict__[_POOLS] = pools
+        for attr, table in list(self.__dict__.items()):
+            if isinstance(table, EntityTable):
+                pool = pools.get(attr)
+                if pool is None:
+                    pool = pools[attr] = CapPool(table.capacity)
+                pool.join(table)
+
+    def release_caps(self) -> None:
+        """Leave the shared pools (the instance is dropped, e.g. a revoked partition)."""
+        for table in self.__dict__.values():
+            if isinstance(table, EntityTable) and table._pool is not None:
+                table._pool.leave(table)
+
     def snapshot(self) -> bytes:
         """Serialised state; :meth:`restore` on a fresh instance continues identically."""
-        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        state = {k: v for k, v in self.__dict__.items() if k != _POOLS}
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, state: bytes) -> None:
         # Snapshots are written and read only by mlwatchd itself (local disk or
         # its own compacted topic); see README "State" for the trust boundary.
+        pools = self.__dict__.get(_POOLS)
+        if pools is not None:
+            self.release_caps()  # the tables being replaced give their room back
         self.__dict__.update(pickle.loads(state))
+        if pools is not None:
+            self.share_caps(pools)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

@@ -83,9 +83,25 @@ class Entity(msgspec.Struct):
     id: str
 
 
+#: Event times a finding can state: years 1 to 9999 (what RFC 3339 and datetime hold).
+_TS_MIN: Final = _dt.datetime(1, 1, 1, tzinfo=_dt.UTC).timestamp()
+_TS_MAX: Final = _dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=_dt.UTC).timestamp()
+
+
 def _rfc3339(seconds: float) -> str:
+    """RFC 3339 UTC time, clamped to years 1..9999 (NaN reads as the epoch).
+
+    The event's sender chooses its time; a finding about it must still be built.
+
+    >>> _rfc3339(1e300), _rfc3339(-1e300), _rfc3339(float("nan"))
+    ('9999-12-31T23:59:59.000Z', '0001-01-01T00:00:00.000Z', '1970-01-01T00:00:00.000Z')
+    """
+    if not math.isfinite(seconds):
+        seconds = 0.0 if math.isnan(seconds) else seconds
+    seconds = min(max(seconds, _TS_MIN), _TS_MAX)
     moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + \
+        f"{moment.microsecond // 1000:03d}Z"
 
 
 def jsonable(value: Any) -> Any:

@@ -21,6 +21,7 @@ from detectors.base import Detector
 from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source
 from detectors.registry import REGISTRY, build
+from detectors.state import CapPool
 
 __all__ = ["GLOBAL", "DetectorSpec", "Pipeline", "is_model_partition", "model_partition",
            "repartition_of"]
@@ -97,15 +98,26 @@ class Pipeline:
         self._sets: dict[int, _Set] = {}
         #: Repartitioned: model-scoped detectors live in model partitions instead.
         self.repartitioned = repartitioned
-        self._global = _Set([] if repartitioned else [s.build() for s in self._model_specs])
+        #: Detector name -> its tables' cap pools: memory caps hold per process,
+        #: shared by the detector's instances of every partition.
+        self._pools: dict[str, dict[str, CapPool]] = {}
+        self._global = _Set([] if repartitioned else self._build(self._model_specs))
         self._on_error = on_error
         self.errors = 0
+
+    def _build(self, specs: Sequence[DetectorSpec]) -> list[Detector]:
+        built = []
+        for spec in specs:
+            detector = spec.build()
+            detector.share_caps(self._pools.setdefault(spec.name, {}))
+            built.append(detector)
+        return built
 
     def _set(self, partition: int) -> _Set:
         found = self._sets.get(partition)
         if found is None:
             specs = self._model_specs if is_model_partition(partition) else self._partition_specs
-            found = self._sets[partition] = _Set([s.build() for s in specs])
+            found = self._sets[partition] = _Set(self._build(specs))
         return found
 
     def has_model_scope(self) -> bool:
@@ -130,8 +142,9 @@ class Pipeline:
         """Findings of a run of events of one kind from one partition.
 
         Each detector takes the whole run at once (``process_batch``), in
-        order. A detector that raises is reported and skips the rest of the
-        run; the other detectors and the stream go on.
+        order. An event a detector fails on is reported (``on_error``,
+        ``errors``) and costs only that event: the detector goes on with the
+        rest of the run, and the other detectors and the stream go on.
         """
         detectors = self._set(partition).by_type[kind] + self._global.by_type[kind]
         findings: list[Finding] = []
@@ -144,7 +157,7 @@ class Pipeline:
             wanted = self._filters.get(detector.name) if kind == "inference" else None
             mine = run if wanted is None else [it for it in run if wanted(it[0].model_id)]  # type: ignore[union-attr]
             try:
-                out = detector.process_batch(mine)
+                out = detector.process_batch(mine, self._event_error_sink(detector))
             except Exception as exc:  # a detector bug must not stop the stream
                 self.errors += 1
                 if self._on_error is not None:
@@ -153,6 +166,14 @@ class Pipeline:
             if out:
                 findings.extend(out)
         return findings
+
+    def _event_error_sink(self, detector: Detector) -> Callable[[Event, Exception], None]:
+        def failed(event: Event, exc: Exception) -> None:
+            self.errors += 1
+            if self._on_error is not None:
+                self._on_error(detector, event, exc)
+
+        return failed
 
     def detectors(self) -> Iterator[tuple[int, Detector]]:
         """(state partition, detector) pairs; model-scoped ones under ``GLOBAL``."""
@@ -184,4 +205,6 @@ class Pipeline:
 
     def drop(self, partition: int) -> None:
         """Forget a partition's state (after it was revoked and checkpointed)."""
-        self._sets.pop(partition, None)
+        dropped = self._sets.pop(partition, None)
+        for detector in dropped.detectors if dropped is not None else ():
+            detector.release_caps()

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from detectors.abuse.space import ModelSpace, stable_seed
-from detectors.base import Detector
+from detectors.base import Detector, EventErrorSink
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
@@ -149,74 +149,92 @@ class BatchedQueryDetector(Detector):
             ),
         )
 
-    def process_batch(self, items: Sequence[tuple[Event, Source]]) -> list[Finding]:
+    def process_batch(
+        self, items: Sequence[tuple[Event, Source]], on_error: EventErrorSink | None = None
+    ) -> list[Finding]:
         """Findings of a polled run of events, in order (see the class docstring)."""
         spaces, batch_size = self.spaces, self.batch_size
         table = self.table
-        items_of, capacity = table._items, table.capacity  # EntityTable.touch, inlined
+        # EntityTable.touch, inlined: a hit is a lookup and a move to the end.
+        items_of, insert = table._items, table.insert
         remember, new_state, take = self.remember, self.new_state, self.take
         plain_remember = type(self).remember is BatchedQueryDetector.remember
         known: dict[str, tuple[ModelSpace, str, int]] = {}  # model -> (space, key suffix, dim)
         due: list[Judgement] = []
         for event, source in items:
-            if type(event) is not InferenceEvent:
-                raise TypeError(f"{self.name} takes inference events only")
-            model = event.model_id
-            entry = known.get(model)
-            if entry is None:
-                space = spaces.get(model)
-                if space is None:
-                    if len(spaces) >= spaces.capacity:
-                        known.clear()  # a model space is evicted: cached ones may be stale
-                    space = self._space(event)
-                dim = space.dim if space.names is None else -1  # -1: always space.row
-                entry = known[model] = (space, "\x1f" + model, dim)
-            space, suffix, dim = entry
-            features = event.features
-            row: Sequence[float]
-            if type(features) is list and len(features) == dim:
-                row = features
-            else:
-                row = space.row(features)
-            if space.centre is None:
-                # Calibration: the model's first rows fix its scale; not judged.
-                space.observe(row)
-                continue
-            key = event.principal + suffix
-            st = items_of.pop(key, None)
-            if st is None:
-                st = new_state()
-                if len(items_of) >= capacity:
-                    del items_of[next(iter(items_of))]
-                    table.evicted += 1
-            items_of[key] = st
-            rows = st.rows
-            rows.append(row)
-            if not plain_remember:
-                remember(st, event)
-            if len(rows) < batch_size:
-                continue
-            spaces.touch(model, lambda: space)  # noqa: B023 (called at once, if at all)
-            due.append(Judgement(st, space, event, source, rows, take(st)))
-            st.rows = []
-        return self._judge_due(due) if due else []
+            try:
+                if type(event) is not InferenceEvent:
+                    raise TypeError(f"{self.name} takes inference events only")
+                model = event.model_id
+                entry = known.get(model)
+                if entry is None:
+                    space = spaces.get(model)
+                    if space is None:
+                        known.clear()  # a new model space may evict one: cached ones may be stale
+                        space = self._space(event)
+                    dim = space.dim if space.names is None else -1  # -1: always space.row
+                    entry = known[model] = (space, "\x1f" + model, dim)
+                space, suffix, dim = entry
+                features = event.features
+                row: Sequence[float]
+                if type(features) is list and len(features) == dim:
+                    row = features
+                else:
+                    row = space.row(features)
+                if space.centre is None:
+                    # Calibration: the model's first rows fix its scale; not judged.
+                    space.observe(row)
+                    continue
+                key = event.principal + suffix
+                st = items_of.get(key)
+                if st is None:
+                    st = insert(key, new_state())
+                else:
+                    items_of.move_to_end(key)
+                rows = st.rows
+                rows.append(row)
+                if not plain_remember:
+                    remember(st, event)
+                if len(rows) < batch_size:
+                    continue
+                spaces.touch(model, lambda: space)  # noqa: B023 (called at once, if at all)
+                due.append(Judgement(st, space, event, source, rows, take(st)))
+                st.rows = []
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                on_error(event, exc)
+        return self._judge_due(due, on_error) if due else []
 
-    def _judge_due(self, due: list[Judgement]) -> list[Finding]:
+    def _judge_due(
+        self, due: list[Judgement], on_error: EventErrorSink | None = None
+    ) -> list[Finding]:
         """Judge ``due`` in runs without a repeated principal, findings in order."""
         out: list[Finding] = []
         run: list[Judgement] = []
         seen: set[int] = set()
         for j in due:
             if id(j.st) in seen:
-                out.extend(self._judged(run))
+                out.extend(self._judged(run, on_error))
                 run, seen = [], set()
             run.append(j)
             seen.add(id(j.st))
-        out.extend(self._judged(run))
+        out.extend(self._judged(run, on_error))
         return out
 
-    def _judged(self, run: list[Judgement]) -> list[Finding]:
-        return [f for found in self.judge_run(run) if found for f in found]
+    def _judged(
+        self, run: list[Judgement], on_error: EventErrorSink | None = None
+    ) -> list[Finding]:
+        try:
+            return [f for found in self.judge_run(run) if found for f in found]
+        except Exception as exc:
+            if on_error is None:
+                raise
+            if len(run) == 1:
+                on_error(run[0].event, exc)
+                return []
+        # One judgement of the run failed: judge each alone, so it costs only itself.
+        return [f for j in run for f in self._judged([j], on_error)]
 
     def quiet(self, st: QueryState, ts: float) -> bool:
         return ts < st.quiet_until

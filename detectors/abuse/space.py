@@ -10,7 +10,8 @@ then standardised (and projected) in one numpy call.
 
 Strings (categorical values) become a stable number in [0, 4): equal categories
 are at distance 0, different ones at a random but fixed distance. None and
-non-finite numbers become the feature's centre (0 after standardising).
+non-finite numbers become the feature's centre (0 after standardising);
+magnitudes beyond ``detectors.limits.FEATURE_LIMIT`` are clipped to it.
 
 >>> space = ModelSpace({"age": 30, "plan": "gold", "x": None}, calibration_rows=2)
 >>> space.names, space.row({"age": 40, "plan": "gold", "x": 1.5})[0]
@@ -29,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
+
+from detectors.limits import clip_features
 
 __all__ = ["ModelSpace", "as_matrix", "pairwise_sq_dists", "stable_seed", "stacked_sq_dists"]
 
@@ -73,6 +76,7 @@ def as_matrix(rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         if len(key) == n and all(map(operator.is_, key, rows)):
             return matrix
     matrix = np.array(rows, dtype=np.float64)
+    clip_features(matrix)  # 1e308 from a caller must not overflow distances
     matrix.flags.writeable = False
     _RECENT_BATCHES.insert(0, (tuple(rows), matrix))
     del _RECENT_BATCHES[2:]
@@ -185,7 +189,9 @@ class ModelSpace:
             return
         calib.append(row)
         if len(calib) >= self._calib_target:
-            self._freeze(np.asarray(calib, dtype=np.float64))
+            x = np.array(calib, dtype=np.float64)
+            clip_features(x)
+            self._freeze(x)
             self._calib = None
 
     def _freeze(self, x: np.ndarray) -> None:

@@ -348,6 +348,7 @@ class FeatureDriftDetector(WindowedModelDetector):
                 "min_psi": st.params["min_psi"],
                 "events_examined": n,
                 "type_errors_total": ref.schema.type_errors,
+                "out_of_range_total": ref.schema.out_of_range,
                 "attribution": who,
             },
             atlas=ATLAS_EVASION if single else [],

@@ -163,8 +163,9 @@ class InputIntegrityDetector(WindowedModelDetector):
     def fit_reference(self, st: ModelState, blocks: list[Block]) -> _IntegrityReference:
         schema: FeatureSchema = st.extra
         x = np.vstack([b.data for b in blocks])
-        st.extra = _Recent()
-        return self._fit(st, schema, x)
+        ref = self._fit(st, schema, x)
+        st.extra = _Recent()  # only once the fit succeeded: a failed one changes nothing
+        return ref
 
     def _keep_recent(self, st: ModelState, x: np.ndarray) -> None:
         recent: _Recent = st.extra
@@ -237,4 +238,10 @@ class InputIntegrityDetector(WindowedModelDetector):
         due = self.refit_every and st.seen - ref.fitted_at >= self.refit_every
         if due and recent.rows >= self.reference_size:
             x = np.vstack(list(recent.blocks)).astype(float)[-self.reference_size :]
-            st.ref = self._fit(st, ref.schema, x)
+            try:
+                st.ref = self._fit(st, ref.schema, x)
+            except Exception:
+                # The old model stays; the next refit learns from new rows, not these.
+                recent.blocks.clear()
+                recent.rows = 0
+                raise

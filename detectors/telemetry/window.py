@@ -34,6 +34,7 @@ detector's defaults for that model, e.g. in config::
 from __future__ import annotations
 
 import abc
+import math
 import operator
 import zlib
 from collections import Counter, deque
@@ -43,12 +44,14 @@ from typing import Any, ClassVar, Final
 
 import numpy as np
 
-from detectors.base import Detector
+from detectors.base import Detector, EventErrorSink
 from detectors.events import BadEvent, Event, InferenceEvent, decode_event
 from detectors.findings import Entity, Finding, Severity, Source
+from detectors.limits import FEATURE_LIMIT, clip_features
 from detectors.state import EntityTable
 
 __all__ = [
+    "FEATURE_LIMIT",
     "Block",
     "FeatureSchema",
     "ModelState",
@@ -61,6 +64,8 @@ __all__ = [
 ATLAS_EVASION: Final = ["AML.T0015", "AML.T0043"]
 #: A reference file model needs at least this many events.
 MIN_FILE_REFERENCE: Final = 100
+#: Share of a model's first block of events a feature must appear in to be in its schema.
+MIN_FEATURE_PRESENCE: Final = 0.05
 
 
 def plain(value: Any) -> Any:
@@ -138,8 +143,11 @@ class FeatureSchema:
     List features are positional and named ``f0..fn``; dict features by key.
     A feature whose reference values are mostly strings is *categorical*; the
     others are numeric, and a string met in a numeric feature counts as missing
-    (``type_errors``). ``None`` or an absent key is missing. At most
-    ``max_features`` names are kept, the most frequent in the reference. The
+    (``type_errors``). Numeric values beyond ``FEATURE_LIMIT`` in magnitude
+    (infinities too) are clipped to it before any statistic sees them
+    (``out_of_range``). ``None`` or an absent key is missing. At most
+    ``max_features`` names are kept, the most frequent in the reference, and
+    only those present in at least ``MIN_FEATURE_PRESENCE`` of its rows. The
     schema is learnt from a model's first block of events; features that first
     appear later are ignored (a model whose inputs change shape is a new version).
 
@@ -148,7 +156,12 @@ class FeatureSchema:
     (('f0', 'f1'), ('city',))
     >>> s.numeric_matrix([[1.0, 2.0], {"f0": 3.0, "f1": "oops"}]).tolist()
     [[1.0, 2.0], [3.0, nan]]
+    >>> s.numeric_matrix([[1e308, -float("inf")]]).tolist(), s.out_of_range
+    ([[10000000000000.0, -10000000000000.0]], 2)
     """
+
+    #: Class default, so that schemas pickled before the counter existed load.
+    out_of_range = 0
 
     def __init__(self, numeric: Sequence[str], categorical: Sequence[str]) -> None:
         self.numeric = tuple(numeric)
@@ -160,14 +173,18 @@ class FeatureSchema:
         # List rows can be sliced when the numeric names are exactly f0..f{k-1}.
         self._prefix = positions == list(range(len(self.numeric)))
         self.type_errors = 0
+        self.out_of_range = 0
 
     @classmethod
     def learn(cls, rows: Sequence[Any], max_features: int = 256) -> FeatureSchema:
         seen: Counter[str] = Counter()
         strings: Counter[str] = Counter()
+        present: Counter[str] = Counter()
+        lengths: Counter[int] = Counter()  # of list rows
         order: dict[str, int] = {}
         for row in rows:
             if isinstance(row, dict):
+                present.update(row.keys())
                 for name, value in row.items():
                     order.setdefault(name, len(order))
                     if value is not None:
@@ -175,11 +192,21 @@ class FeatureSchema:
                         if isinstance(value, str):
                             strings[name] += 1
             else:
-                for i in range(len(row)):
-                    name = f"f{i}"
-                    order.setdefault(name, len(order))
-                    seen[name] += 1
-        kept = sorted(order, key=lambda n: (-seen[n], order[n]))[:max_features]
+                # Positions past max_features lose every tie to lower ones: not counted,
+                # so a 5000-long list costs no more than a short one.
+                lengths[min(len(row), max_features)] += 1
+        longer = sum(lengths.values())  # list rows with more than i values
+        for i in range(max(lengths, default=0)):
+            longer -= lengths.get(i, 0)
+            name = f"f{i}"
+            order.setdefault(name, len(order))
+            seen[name] += longer
+            present[name] += longer
+        # One caller's odd row must not widen the schema (a row of 3000 keys made
+        # every reference fit cost seconds): a feature is in rows enough.
+        least = max(1, math.ceil(MIN_FEATURE_PRESENCE * len(rows)))
+        common = [n for n in order if present[n] >= least]
+        kept = sorted(common, key=lambda n: (-seen[n], order[n]))[:max_features]
         kept.sort(key=order.__getitem__)
         numeric = [n for n in kept if strings[n] * 2 <= seen[n]]
         categorical = [n for n in kept if strings[n] * 2 > seen[n]]
@@ -212,11 +239,14 @@ class FeatureSchema:
                 n = len(row)
                 extend([row[p] if 0 <= p < n else None for p in positions])
         try:
-            return np.fromiter(flat, float, len(flat)).reshape(len(rows), k)
+            matrix = np.fromiter(flat, float, len(flat)).reshape(len(rows), k)
         except (TypeError, ValueError):
-            pass
+            matrix = self._slow_matrix(flat, len(rows), k)
+        return self._bounded(matrix)
+
+    def _slow_matrix(self, flat: list[Any], n: int, k: int) -> np.ndarray:
         try:
-            return np.array(flat, dtype=float).reshape(len(rows), k)
+            return np.array(flat, dtype=float).reshape(n, k)
         except (TypeError, ValueError):
             clean: list[float | None] = []
             for v in flat:
@@ -226,7 +256,12 @@ class FeatureSchema:
                     if v is not None:
                         self.type_errors += 1
                     clean.append(None)
-            return np.array(clean, dtype=float).reshape(len(rows), k)
+            return np.array(clean, dtype=float).reshape(n, k)
+
+    def _bounded(self, matrix: np.ndarray) -> np.ndarray:
+        """``matrix`` with values beyond +-FEATURE_LIMIT (and infinities) clipped to it."""
+        self.out_of_range += clip_features(matrix)
+        return matrix
 
     def categorical_columns(self, rows: Sequence[Any]) -> list[list[Any]]:
         """Raw values of each categorical feature (None where absent or a list row)."""
@@ -375,6 +410,9 @@ class WindowedModelDetector(Detector):
         self.table: EntityTable[ModelState] = EntityTable(max_models)
         #: model_id -> its most recently used state (any version): the hot path.
         self._hot: dict[str, ModelState] = {}
+        self._hot_evicted = 0
+        #: Reference fits that failed (each restarted its model's reference).
+        self.fit_failures = 0
         self._file_refs: dict[str, Any] = {}
         if reference_path is not None:
             for key, events in load_reference_file(reference_path, reference_size).items():
@@ -401,7 +439,9 @@ class WindowedModelDetector(Detector):
             return None
         return self._close_block(st, event, source)
 
-    def process_batch(self, items: Sequence[tuple[Event, Source]]) -> list[Finding]:
+    def process_batch(
+        self, items: Sequence[tuple[Event, Source]], on_error: EventErrorSink | None = None
+    ) -> list[Finding]:
         """:meth:`process` over a run of events, without a method call per event."""
         out: list[Finding] = []
         hot = self._hot
@@ -421,7 +461,13 @@ class WindowedModelDetector(Detector):
                 st.first_source = source
             buffered.append(event)
             if len(buffered) >= step:
-                found = self._close_block(st, event, source)
+                try:
+                    found = self._close_block(st, event, source)
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    on_error(event, exc)
+                    continue
                 if found:
                     out.extend(found)
         return out
@@ -430,12 +476,14 @@ class WindowedModelDetector(Detector):
 
     def _state_of(self, event: InferenceEvent) -> ModelState:
         key = model_key(event.model_id, event.model_version)
-        evicted = self.table.evicted
         st = self.table.touch(
             key, lambda: self._new_state(event.model_id, event.model_version, use_file=True)
         )
-        if self.table.evicted != evicted:
+        # Evictions (also by other partitions' instances sharing the cap) make
+        # the hot map stale: rebuild it from the table.
+        if self.table.evicted != self._hot_evicted:
             self._hot = {s.model_id: s for _, s in self.table.items()}
+            self._hot_evicted = self.table.evicted
         self._hot[event.model_id] = st
         return st
 
@@ -478,8 +526,15 @@ class WindowedModelDetector(Detector):
         if st.ref is None:
             st.ref_blocks.append(block)
             if st.seen >= self.reference_size:
-                st.ref = self.fit_reference(st, st.ref_blocks)
-                st.ref_blocks = []
+                blocks, st.ref_blocks = st.ref_blocks, []
+                try:
+                    st.ref = self.fit_reference(st, blocks)
+                except Exception:
+                    # The model's state is left as before its reference began, so
+                    # the next fit learns from new events, never these rows again.
+                    st.seen, st.extra = 0, None
+                    self.fit_failures += 1
+                    raise
             return None
         k = self.window // self.step
         st.blocks.append(block)
@@ -565,6 +620,7 @@ class WindowedModelDetector(Detector):
             "evicted_total": self.table.evicted,
             "models_with_reference": judged,
             "open_incidents": incidents,
+            "reference_fit_failures": self.fit_failures,
         }
 
 
