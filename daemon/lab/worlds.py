@@ -44,6 +44,7 @@ import numpy as np
 
 from daemon.lab.victims import SHAPES, Victim, victim
 from daemon.simulate import DAY, HOUR, T0, Scenario, SimEvent
+from detectors.access._common import haversine_km
 
 __all__ = ["World", "WorldSpec", "draw", "world_events"]
 
@@ -287,6 +288,7 @@ class _Writer:
 def _people(w: _Writer) -> None:
     rng, spec = w.rng, w.spec
     for p in spec.people:
+        last: tuple[float, str] | None = None  # last login: time, country
         for day in range(spec.days):
             if day % 7 >= 5 and rng.random() < 0.85:
                 continue
@@ -297,6 +299,11 @@ def _people(w: _Writer) -> None:
                 country = rng.choice([c for c in _PLACES if c != p.country])
             start = T0 + day * DAY + (p.start_hour - _PLACES[country][3]) * HOUR \
                 + rng.gauss(0, 0.5) * HOUR
+            if last is not None and last[1] != country:  # not before the plane lands
+                a, b = _PLACES[last[1]], _PLACES[country]
+                flight = haversine_km(a[1], a[2], b[1], b[2]) / 800.0 + 4.0
+                start = max(start, last[0] + flight * HOUR)
+            last = (start, country)
             if p.mistypes and rng.random() < 0.3:
                 for k in range(rng.randint(1, 3)):
                     w.access(start - 90 + k * 20, p.name, country, "failure", method="password")
