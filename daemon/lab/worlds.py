@@ -163,7 +163,9 @@ def draw(seed: int, days: int | None = None, scale: float = 1.0) -> WorldSpec:
     rng = random.Random(seed * 7919 + 17)
     shape = SHAPES[seed % len(SHAPES)]
     stealth = (seed // len(SHAPES)) % 2 == 1
-    n_days = days if days is not None else rng.choice((1, 2, 2, 3, 5, 8))
+    # Its own stream, so that overriding ``days`` leaves the rest of the world as drawn.
+    drawn_days = random.Random(seed * 31 + 1).choice((1, 2, 2, 3, 5, 8))
+    n_days = days if days is not None else drawn_days
     if n_days < 1 or scale <= 0:
         raise ValueError("days must be >= 1 and scale > 0")
     offices = rng.sample(list(_PLACES), rng.randint(1, 3))
