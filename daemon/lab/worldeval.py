@@ -186,10 +186,9 @@ def run_worlds(make_pipeline: Callable[[], Any], worlds: int, held_out: int = 0,
     for seed, group in seeds(worlds, held_out):
         row, _card = run_world(seed, make_pipeline(), days=days, group=group, scale=scale)
         rows.append(row)
-        if not as_json:
-            print(f"world {seed} ({group}, {row.victim}): {row.events:,} events, "
-                  f"{len(row.detected)}/{len(row.attacks)} attacks, {row.false_findings} false, "
-                  f"{row.seconds:.1f}s", file=sys.stderr, flush=True)
+        print(f"world {seed} ({group}, {row.victim}): {row.events:,} events, "
+              f"{len(row.detected)}/{len(row.attacks)} attacks, {row.false_findings} false, "
+              f"{row.seconds:.1f}s", file=sys.stderr, flush=True)
     groups = {g: [r for r in rows if r.group == g] for g in ("tuning", "held-out")}
     totals = {g: _totals(rs) for g, rs in groups.items() if rs}
     if as_json:
