@@ -107,6 +107,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from daemon.simulate import run_simulate
 
     if args.world is not None:
+        if args.art:
+            print("mlwatchd simulate: --art adds ART scenarios to the built-in stream; a --world "
+                  "draws its own attacks", file=sys.stderr)
+            return 2
         return run_simulate(args.out, bootstrap=args.bootstrap, days=args.days,
                             scale=args.scale, config=args.config, world=args.world)
     return run_simulate(args.out, bootstrap=args.bootstrap, seed=args.seed,

@@ -179,3 +179,44 @@ def test_cli_eval_worlds_json_and_simulate_world(tmp_path: Path,
     assert lines == [encode(e) for e in _small(2).events]
     assert main(["eval"]) == 2
     assert main(["eval", "--worlds", "2", "--held-out", "3"]) == 2
+
+
+def test_each_victim_shape_has_its_wire_form() -> None:
+    by_shape = {}
+    for seed in range(1, 5):
+        w = _small(seed)
+        benign = [e.body for e in w.events if e.kind == "inference" and e.scenario is None]
+        by_shape[w.spec.victim] = benign
+    image = by_shape["image10"]
+    assert all(len(b["features"]) == 64 and 0 <= min(b["features"]) <= max(b["features"]) <= 16
+               and len(b["probabilities"]) == 10 for b in image)
+    emb = by_shape["embedding"]
+    assert all(len(b["features"]) == 48 and len(b["probabilities"]) == 6 for b in emb)
+    assert all(abs(sum(v * v for v in b["features"]) - 1.0) < 1e-3 for b in emb)
+    reg = by_shape["regression"]
+    assert all(isinstance(b["features"], dict) and len(b["features"]) == 12
+               and isinstance(b["prediction"], float) and "probabilities" not in b for b in reg)
+    tab = by_shape["tabular2"]
+    assert {b["prediction"] for b in tab} == {0, 1}
+
+
+def _gaps(world: World, scenario: str) -> float:
+    ts = [e.ts for e in world.events if e.scenario == scenario]
+    return (ts[-1] - ts[0]) / (len(ts) - 1)
+
+
+def test_stealth_attackers_pace_like_the_heaviest_benign_caller() -> None:
+    normal, stealth = draw(2, days=1), draw(6, days=1)  # same shape, pacing differs
+    assert not normal.stealth and stealth.stealth
+    n, s = world_events(normal), world_events(stealth)
+    assert "model_extraction" in n.scenarios and "model_extraction" in s.scenarios
+    assert 0.8 < _gaps(n, "model_extraction") < 1.25  # about one a second
+    heavy = max(stealth.callers, key=lambda c: c.per_day)
+    daytime_gap = 14 * 3600 / (0.8 * heavy.per_day)
+    assert 0.8 * daytime_gap < _gaps(s, "model_extraction") < 1.25 * daytime_gap
+    assert _gaps(s, "model_extraction") > 2 * _gaps(n, "model_extraction")
+
+
+def test_simulate_world_refuses_art(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--world", "1", "--art", "--out", "/dev/null"]) == 2
+    assert "--art" in capsys.readouterr().err
