@@ -142,8 +142,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _require_lab("simulate")
     from daemon.lab.simulate import run_simulate
 
-    return run_simulate(args.out, bootstrap=args.bootstrap, seed=args.seed, days=args.days,
-                        scale=args.scale, art=args.art, config=args.config)
+    if args.world is not None:
+        if args.art:
+            print("mlwatchd simulate: --art adds ART scenarios to the built-in stream; a --world "
+                  "draws its own attacks", file=sys.stderr)
+            return 2
+        return run_simulate(args.out, bootstrap=args.bootstrap, days=args.days,
+                            scale=args.scale, config=args.config, world=args.world)
+    return run_simulate(args.out, bootstrap=args.bootstrap, seed=args.seed,
+                        days=8 if args.days is None else args.days, scale=args.scale,
+                        art=args.art, config=args.config)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -154,6 +162,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
+    if args.worlds is not None:
+        if args.files or args.from_kafka or args.html:
+            print("mlwatchd eval: --worlds runs generated worlds; give no files, --from-kafka "
+                  "or --html with it", file=sys.stderr)
+            return 2
+        from daemon.lab.worldeval import run_worlds
+
+        try:
+            return run_worlds(lambda: Pipeline(settings.detector_specs()), args.worlds,
+                              held_out=args.held_out, days=args.days, as_json=args.json,
+                              scale=args.scale)
+        except ValueError as exc:
+            print(f"mlwatchd eval: {exc}", file=sys.stderr)
+            return 2
+    if not args.files:
+        print("mlwatchd eval: give FILE.jsonl... or --worlds N", file=sys.stderr)
+        return 2
     if args.from_kafka:
         from daemon.lab.evaluate import run_eval_kafka
 
@@ -224,15 +249,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--bootstrap", metavar="HOST:PORT",
                        help="produce into the config's three input topics instead")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--days", type=int, default=8)
+    p.add_argument("--days", type=int, default=None,
+                   help="days including the attack day (default 8; with --world: the world's)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply benign population and volume (default 1: ~60k events)")
+    p.add_argument("--world", type=int, metavar="SEED",
+                   help="draw the seeded world SEED instead (victim shape, pipelines, "
+                        "callers, time zones, attacks vary; see README 'Worlds')")
     p.add_argument("--art", action="store_true",
                    help="add scenarios driven by IBM ART against a scikit-learn digits model")
     p = verb("eval", "Run the detectors over a simulated stream and print a detection "
              "scorecard.", cmd_eval)
-    p.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    p.add_argument("files", nargs="*", metavar="FILE.jsonl")
     p.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
+    p.add_argument("--worlds", type=int, metavar="N",
+                   help="instead of files: generate N seeded worlds and run the detectors "
+                        "over each in-process; one row per world, totals, per detector")
+    p.add_argument("--held-out", type=int, default=0, metavar="K",
+                   help="with --worlds: K of the N worlds come from seeds no tuning run "
+                        "uses, reported apart (default 0)")
+    p.add_argument("--days", type=int, default=None, metavar="D",
+                   help="with --worlds: days per world incl. the attack day (default: drawn)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="with --worlds: multiply benign inference volume (default 1)")
+    p.add_argument("--json", action="store_true", help="with --worlds: print JSON")
     p.add_argument("--from-kafka", action="store_true",
                    help="score the findings a running daemon wrote to the config's findings "
                         "topic (after `simulate --bootstrap`), instead of replaying the files")

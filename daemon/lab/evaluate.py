@@ -84,6 +84,7 @@ class Scorecard:
     side_effects: int
     detectors: dict[str, DetectorCount]
     unknown_labels: list[str]
+    false_hits: list[Hit] = field(default_factory=list)  # the findings counted as false
 
     @property
     def false_per_million(self) -> float:
@@ -118,6 +119,7 @@ def score(events: Sequence[EventInfo], hits: Iterable[Hit],
         by_entity.setdefault((r.scenario.entity_type, r.scenario.entity_id), []).append(r)
 
     counts: dict[str, DetectorCount] = {}
+    false_hits: list[Hit] = []
     false = side = 0
     for h in sorted(hits, key=lambda h: h.index):
         c = counts.setdefault(h.detector, DetectorCount())
@@ -151,8 +153,10 @@ def score(events: Sequence[EventInfo], hits: Iterable[Hit],
         else:
             false += 1
             c.false += 1
+            false_hits.append(h)
     ordered = [results[n] for n in scenarios if n in results]
-    return Scorecard(len(events), attack_events, ordered, false, side, counts, sorted(unknown))
+    return Scorecard(len(events), attack_events, ordered, false, side, counts, sorted(unknown),
+                     false_hits)
 
 
 def _duration(seconds: float) -> str:

@@ -370,12 +370,25 @@ def produce(events: list[SimEvent], bootstrap: str, topics: dict[str, str]) -> N
     bar.close()
 
 
-def run_simulate(out: str | None, bootstrap: str | None = None, seed: int = 7, days: int = 8,
-                 scale: float = 1.0, art: bool = False, config: str | None = None) -> int:
-    """``mlwatchd simulate``: write JSON Lines to ``out`` or produce to ``bootstrap``."""
+def run_simulate(out: str | None, bootstrap: str | None = None, seed: int = 7,
+                 days: int | None = 8, scale: float = 1.0, art: bool = False,
+                 config: str | None = None, world: int | None = None) -> int:
+    """``mlwatchd simulate``: write JSON Lines to ``out`` or produce to ``bootstrap``.
+
+    ``world``: the seeded world of :mod:`daemon.lab.worlds` instead (``days``
+    None: the world's own).
+    """
     import sys
 
-    events, notes = simulate(seed=seed, days=days, scale=scale, art=art)
+    if world is not None:
+        from daemon.lab.worlds import draw, world_events
+
+        spec = draw(world, days=days, scale=scale)
+        events, seed, days = world_events(spec).events, world, spec.days
+        notes: list[str] = []
+    else:
+        events, notes = simulate(seed=seed, days=8 if days is None else days, scale=scale,
+                                 art=art)
     for note in notes:
         print(f"mlwatchd simulate: {note}", file=sys.stderr)
     labels: dict[str, int] = {}

@@ -1,0 +1,204 @@
+"""``mlwatchd eval --worlds N``: the detectors over many seeded worlds, in-process.
+
+Each world (:mod:`daemon.lab.worlds`) is encoded to the wire form, decoded as
+``replay`` decodes a file, and fed through a fresh detector pipeline in runs of
+consecutive events of one kind (as the daemon's batches arrive). Findings are
+scored with :func:`daemon.evaluate.score` against the world's own scenarios:
+same definitions as ``mlwatchd eval FILE`` (detected, false, side effects).
+Rates are per million **benign** events (attack events excluded).
+
+Seeds: the tuning worlds are 1..N-K; the K held-out worlds have seeds from
+:data:`HELD_OUT_BASE` + 1 on, which no tuning run draws.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from daemon.evaluate import EventInfo, Hit, Scorecard, score
+from daemon.lab.worlds import World, draw, world_events
+from daemon.simulate import encode
+
+__all__ = ["HELD_OUT_BASE", "WorldRow", "run_world", "run_worlds", "seeds"]
+
+HELD_OUT_BASE: Final = 1_000_000
+_SOURCE: Final = "world"
+_BATCH: Final = 500
+
+
+@dataclass
+class WorldRow:
+    seed: int
+    group: str  # tuning | held-out
+    victim: str
+    stealth: bool
+    days: int
+    events: int
+    benign_events: int
+    attacks: list[str]
+    detected: list[str]
+    missed: list[str]
+    false_findings: int
+    side_effects: int
+    seconds: float
+    detectors: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> true/false/other
+    false_by_role: dict[str, int] = field(default_factory=dict)  # "detector|role" -> count
+    false_entities: dict[str, int] = field(default_factory=dict)  # "detector|entity" -> count
+
+    @property
+    def false_per_million(self) -> float:
+        return self.false_findings * 1e6 / self.benign_events if self.benign_events else 0.0
+
+
+def seeds(worlds: int, held_out: int) -> list[tuple[int, str]]:
+    """(seed, group) of a suite of ``worlds`` worlds, ``held_out`` of them held out."""
+    if worlds < 1 or not 0 <= held_out <= worlds:
+        raise ValueError("need --worlds >= 1 and 0 <= --held-out <= --worlds")
+    return ([(s, "tuning") for s in range(1, worlds - held_out + 1)]
+            + [(HELD_OUT_BASE + k, "held-out") for k in range(1, held_out + 1)])
+
+
+def _feed(pipeline: Any, world: World) -> tuple[list[EventInfo], list[Hit]]:
+    from detectors.events import decode_any
+    from detectors.findings import Source
+
+    infos: list[EventInfo] = []
+    hits: list[Hit] = []
+    run: list[tuple[Any, Any]] = []
+    kind = ""
+
+    def flush() -> None:
+        if not run:
+            return
+        for f in pipeline.process_many(kind, 0, run):
+            at = [s.offset for s in f.sources if s.topic == _SOURCE]
+            index = max(at) if at else int(run[-1][1].offset)
+            hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id))
+        run.clear()
+
+    for i, e in enumerate(world.events):
+        event = decode_any(encode(e))  # the wire form, as replay reads it
+        if e.kind != kind or len(run) >= _BATCH:
+            flush()
+            kind = e.kind
+        run.append((event, Source(_SOURCE, 0, i)))
+        infos.append(EventInfo(e.ts, e.scenario, e.body.get("model_id")))
+    flush()
+    return infos, hits
+
+
+def run_world(seed: int, pipeline: Any, days: int | None = None, group: str = "tuning",
+              scale: float = 1.0) -> tuple[WorldRow, Scorecard]:
+    """Generate world ``seed``, run ``pipeline`` over it and score it."""
+    started = time.perf_counter()
+    world = world_events(draw(seed, days=days, scale=scale))
+    infos, hits = _feed(pipeline, world)
+    card = score(infos, hits, world.scenarios)
+    present = [r.scenario.name for r in card.scenarios]
+    by_role: Counter[str] = Counter()
+    by_entity: Counter[str] = Counter()
+    for h in card.false_hits:
+        role = world.roles.get(h.entity_id, "other")
+        by_role[f"{h.detector}|{h.entity_type}:{role}"] += 1
+        by_entity[f"{h.detector}|{h.entity_type}:{h.entity_id}"] += 1
+    row = WorldRow(
+        seed=seed, group=group, victim=world.spec.victim, stealth=world.spec.stealth,
+        days=world.spec.days, events=card.events, benign_events=card.events - card.attack_events,
+        attacks=present, detected=[r.scenario.name for r in card.scenarios if r.detected],
+        missed=[r.scenario.name for r in card.scenarios if not r.detected],
+        false_findings=card.false_findings, side_effects=card.side_effects,
+        seconds=round(time.perf_counter() - started, 1),
+        detectors={n: {"true": c.true, "false": c.false, "other": c.other}
+                   for n, c in sorted(card.detectors.items())},
+        false_by_role=dict(by_role.most_common()), false_entities=dict(by_entity.most_common()))
+    return row, card
+
+
+def _totals(rows: list[WorldRow]) -> dict[str, Any]:
+    benign = sum(r.benign_events for r in rows)
+    false = sum(r.false_findings for r in rows)
+    detectors: dict[str, dict[str, float]] = {}
+    for r in rows:
+        for name, c in r.detectors.items():
+            d = detectors.setdefault(name, {"true": 0, "false": 0, "other": 0})
+            for k in ("true", "false", "other"):
+                d[k] += c[k]
+    for d in detectors.values():
+        d["false_per_million"] = round(d["false"] * 1e6 / benign, 2) if benign else 0.0
+    roles: Counter[str] = Counter()
+    for r in rows:
+        roles.update(r.false_by_role)
+    return {
+        "worlds": len(rows), "events": sum(r.events for r in rows), "benign_events": benign,
+        "attacks": sum(len(r.attacks) for r in rows),
+        "detected": sum(len(r.detected) for r in rows),
+        "false_findings": false,
+        "false_per_million": round(false * 1e6 / benign, 2) if benign else 0.0,
+        "seconds": round(sum(r.seconds for r in rows), 1),
+        "missed": dict(Counter(m for r in rows for m in r.missed).most_common()),
+        "detectors": dict(sorted(detectors.items())),
+        "false_by_role": dict(roles.most_common()),
+    }
+
+
+def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str]:
+    lines = [f"{title}:",
+             f"  {'seed':>8} {'victim':<10} {'pace':<7} {'days':>4} {'events':>9} "
+             f"{'attacks':>9} {'false':>6} {'per M':>8} {'secs':>6}  missed"]
+    for r in rows:
+        lines.append(
+            f"  {r.seed:>8} {r.victim:<10} {'stealth' if r.stealth else 'normal':<7} "
+            f"{r.days:>4} {r.events:>9,} {len(r.detected):>4}/{len(r.attacks):<4} "
+            f"{r.false_findings:>6} {r.false_per_million:>8,.1f} {r.seconds:>6.1f}  "
+            f"{', '.join(r.missed) or '-'}")
+    lines.append(
+        f"  {'total':>8} {'':<10} {'':<7} {'':>4} {totals['events']:>9,} "
+        f"{totals['detected']:>4}/{totals['attacks']:<4} {totals['false_findings']:>6} "
+        f"{totals['false_per_million']:>8,.1f} {totals['seconds']:>6.1f}")
+    if totals["missed"]:
+        lines.append("  missed by scenario: " + ", ".join(
+            f"{k} {v}" for k, v in totals["missed"].items()))
+    lines.append(f"  per detector (false per million of {totals['benign_events']:,} benign "
+                 "events):")
+    for name, d in totals["detectors"].items():
+        lines.append(f"    {name:<28} detecting {int(d['true']):>5}  false {int(d['false']):>6} "
+                     f"({d['false_per_million']:>8,.1f}/M)  other {int(d['other']):>5}")
+    if totals["false_by_role"]:
+        lines.append("  false findings by detector and entity:")
+        for key, n in list(totals["false_by_role"].items())[:15]:
+            lines.append(f"    {key:<60} {n:>6}")
+    return lines
+
+
+def run_worlds(make_pipeline: Callable[[], Any], worlds: int, held_out: int = 0,
+               days: int | None = None, as_json: bool = False, scale: float = 1.0,
+               out: Any = None) -> int:
+    """Run the suite; print the tables (or JSON). A fresh pipeline per world."""
+    import orjson
+
+    out = out if out is not None else sys.stdout
+    rows: list[WorldRow] = []
+    for seed, group in seeds(worlds, held_out):
+        row, _card = run_world(seed, make_pipeline(), days=days, group=group, scale=scale)
+        rows.append(row)
+        print(f"world {seed} ({group}, {row.victim}): {row.events:,} events, "
+              f"{len(row.detected)}/{len(row.attacks)} attacks, {row.false_findings} false, "
+              f"{row.seconds:.1f}s", file=sys.stderr, flush=True)
+    groups = {g: [r for r in rows if r.group == g] for g in ("tuning", "held-out")}
+    totals = {g: _totals(rs) for g, rs in groups.items() if rs}
+    if as_json:
+        doc = {"worlds": [{**asdict(r), "false_per_million": round(r.false_per_million, 2)}
+                          for r in rows], "totals": totals}
+        out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    lines: list[str] = []
+    for g, rs in groups.items():
+        if rs:
+            lines += _table(f"{g} worlds ({len(rs)})", rs, totals[g])
+    out.write("\n".join(lines) + "\n")
+    return 0
