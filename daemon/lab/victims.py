@@ -6,7 +6,7 @@ or a value for regression) and turns an input row into the wire form of
 ``features`` (an array, or an object of named features).
 
 - ``image10``: the bundled 8x8 digits (64 pixel features 0..16, 10 classes)
-  behind :func:`daemon.attacks.digits_victim` (needs scikit-learn).
+  behind :func:`daemon.lab.attacks.digits_victim` (needs scikit-learn).
 - ``tabular2``: a 2-class logistic model over 30 named features of very
   different scales (amounts in the millions, counts, ratios, flags, ages),
   sent as an object.
@@ -80,7 +80,7 @@ class ImageVictim(Victim):
     classes = 10
 
     def __init__(self) -> None:
-        from daemon.attacks import digits_victim
+        from daemon.lab.attacks import digits_victim
 
         self.model, x, _y, (a, b, c) = digits_victim()
         self.pool, self.thief, self.test = x[a:b], x[b:c], x[c:]

@@ -3,7 +3,7 @@
 Each world (:mod:`daemon.lab.worlds`) is encoded to the wire form, decoded as
 ``replay`` decodes a file, and fed through a fresh detector pipeline in runs of
 consecutive events of one kind (as the daemon's batches arrive). Findings are
-scored with :func:`daemon.evaluate.score` against the world's own scenarios:
+scored with :func:`daemon.lab.evaluate.score` against the world's own scenarios:
 same definitions as ``mlwatchd eval FILE`` (detected, false, side effects).
 Rates are per million **benign** events (attack events excluded).
 
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from daemon.evaluate import EventInfo, Hit, Scorecard, score
+from daemon.lab.evaluate import EventInfo, Hit, Scorecard, score
+from daemon.lab.simulate import encode
 from daemon.lab.worlds import World, draw, world_events
-from daemon.simulate import encode
 
 __all__ = ["HELD_OUT_BASE", "WorldRow", "run_world", "run_worlds", "seeds"]
 

@@ -30,7 +30,7 @@ deployment meets:
 
 Ground truth travels as in ``mlwatchd simulate``: each attack event's
 :attr:`SimEvent.scenario`; the world's :attr:`World.scenarios` maps scenario
-names to the entity a finding must name (:func:`daemon.evaluate.score`).
+names to the entity a finding must name (:func:`daemon.lab.evaluate.score`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from daemon.lab.scenarios import DAY, HOUR, T0, Scenario, SimEvent
 from daemon.lab.victims import SHAPES, Victim, victim
-from daemon.simulate import DAY, HOUR, T0, Scenario, SimEvent
 from detectors.access._common import haversine_km
 
 __all__ = ["World", "WorldSpec", "draw", "world_events"]
@@ -457,7 +457,7 @@ def _attacks(w: _Writer, day0: float) -> dict[str, Scenario]:
     def plant(name: str, entity_type: str, entity: str, what: str) -> float:
         at = day0 + next(slots) * HOUR + rng.uniform(0, 1800)
         out[name] = Scenario(name, what, entity_type, entity, _KINDS[name], at - day0)
-        return at
+        return float(at)
 
     for name in spec.attacks:
         if name == "model_extraction":

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from daemon.cli import main
+from daemon.lab.simulate import LABEL, encode
 from daemon.lab.victims import SHAPES
 from daemon.lab.worldeval import HELD_OUT_BASE, run_world, seeds
 from daemon.lab.worlds import World, draw, world_events
-from daemon.simulate import LABEL, encode
 from detectors.events import decode_any
 from detectors.findings import Entity, Finding, Source
 from detectors.pipeline import Pipeline
