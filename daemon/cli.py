@@ -38,11 +38,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.metrics import Metrics
     from daemon.response import build_response
     from daemon.runtime import Daemon
+    from daemon.settings import ConfigError
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     metrics = Metrics()
-    response = build_response(settings, metrics)
+    try:
+        response = build_response(settings, metrics)
+    except ConfigError as exc:  # an unsafe state dir or outbox file
+        for line in exc.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        return 2
     daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
     return daemon.run()
 
