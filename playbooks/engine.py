@@ -421,6 +421,10 @@ class ResponseEngine:
         while not self._stopping.is_set():
             try:
                 job = self.outbox.claim(self._clock(), self._paused_now())
+            except OutboxUnavailable as exc:  # locked by another process: wait, no traceback
+                log.warning("playbook_outbox_claim_failed", error=self.redactor.text(str(exc)))
+                self._stopping.wait(1.0)
+                continue
             except Exception:
                 log.exception("playbook_outbox_claim_failed")
                 self._stopping.wait(1.0)
@@ -630,6 +634,8 @@ class ResponseEngine:
         while not self._stopping.wait(interval):
             try:
                 self.tick()
+            except OutboxUnavailable as exc:
+                log.warning("playbook_tick_failed", error=self.redactor.text(str(exc)))
             except Exception:
                 log.exception("playbook_tick_failed")
 
