@@ -21,6 +21,7 @@ from pb_helpers import Published, build_finding, wait_until
 from daemon.metrics import Metrics
 from daemon.response import build_response, outbox_path
 from daemon.settings import ConfigError, Settings
+from detectors.findings import encode_finding
 from playbooks.outbox import MEMORY, Outbox, UnsafeStateFile
 
 CONTAIN = """
@@ -126,29 +127,44 @@ def _settings(tmp_path: Path, **state: object) -> Settings:
                     playbooks={"dir": str(pb)})
 
 
-def test_without_state_dir_the_outbox_is_in_memory_and_said_once(tmp_path):
+def _alerted_as_new(settings: Settings, finding) -> tuple[int, int]:
+    """(incidents opened, duplicates) when a run with ``settings`` gets ``finding``."""
+    metrics = Metrics()
+    route = build_response(settings, metrics)
+    assert route is not None
+    try:
+        route.submit(finding)
+    finally:
+        route.stop(0.1)
+    events = metrics.playbook_events
+    return (int(events.labels("incident_opened")._value.get()),
+            int(events.labels("finding_duplicate")._value.get()))
+
+
+def test_without_state_dir_the_outbox_is_in_memory_and_said_at_start(tmp_path):
     settings = _settings(tmp_path)
     assert str(outbox_path(settings)) == MEMORY
     before = set(os.listdir(tempfile.gettempdir()))
+    finding = build_finding()
     with structlog.testing.capture_logs() as logs:
-        first = build_response(settings, Metrics())
-        second = build_response(settings, Metrics())
-    assert first is not None and second is not None
-    try:
-        warnings = [e for e in logs if e["event"] == "playbook_outbox_in_memory"]
-        assert len(warnings) == 2 and warnings[0]["log_level"] == "warning"
-        new = set(os.listdir(tempfile.gettempdir())) - before
-        assert not [n for n in new if "grp-under-test" in n or "playbooks" in n]
-        # Two runs of one group no longer share response state: the second
-        # run takes the same finding as new, not as already alerted.
-        finding = build_finding()
-        first.submit(finding)
-        second.submit(finding)
-        for route in (first, second):
-            assert route.engine.outbox.count("1") >= 1
-    finally:
-        first.stop(0.1)
-        second.stop(0.1)
+        first = _alerted_as_new(settings, finding)
+    warnings = [e for e in logs if e["event"] == "playbook_outbox_in_memory"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
+    new = set(os.listdir(tempfile.gettempdir())) - before
+    assert not [n for n in new if "grp-under-test" in n or "playbooks" in n]
+    # A later run of the same group on the same host no longer takes this
+    # run's findings as already alerted (#15 item 2: it posted 0 of them).
+    second = _alerted_as_new(settings, finding)
+    assert first == second == (1, 0)
+
+
+def test_two_runs_with_their_own_state_dirs_both_alert(tmp_path):
+    finding = build_finding()
+    runs = [_alerted_as_new(_settings(tmp_path, dir=str(tmp_path / name)), finding)
+            for name in ("run-a", "run-b")]
+    assert runs == [(1, 0), (1, 0)]
+    # ...while one run restarted on its own state dir remembers it.
+    assert _alerted_as_new(_settings(tmp_path, dir=str(tmp_path / "run-a")), finding) == (0, 1)
 
 
 def test_with_state_dir_it_is_created_0700_and_holds_the_outbox(tmp_path):
@@ -191,12 +207,10 @@ def test_mlwatchd_run_refuses_an_unsafe_state_dir_with_exit_2(tmp_path):
 
 def test_a_job_written_into_the_outbox_is_not_published_without_a_recorded_approval(
         engine_factory, fake_slack):
-    """What a planted outbox did: a containment job with no approval, published as approved_by null."""
+    """What a planted outbox did: a containment job published with approved_by null."""
     published = Published()
     engine, events = engine_factory(CONTAIN, publish=published, start=False)
     finding = build_finding()
-    from detectors.findings import encode_finding
-
     with engine.outbox.tx() as db:
         engine.outbox.add_job(
             db, idem_key=f"{finding.finding_id}:extraction:throttle", route="extraction",
