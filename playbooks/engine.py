@@ -195,7 +195,14 @@ class ResponseEngine:
         """Start the workers, the timer and the audit publisher (daemon threads)."""
         if self._threads or self._closed:
             raise RuntimeError("ResponseEngine can be started once, before stop()")
-        recovered = self.outbox.recover_running()
+        try:
+            recovered = self.outbox.recover_running()
+        except OutboxUnavailable as exc:
+            # Locked by another process. The timer recovers jobs of dead owners;
+            # a predecessor with our own pid (a container's pid 1) waits for the
+            # next start: taking our own running jobs later could post them twice.
+            log.warning("playbook_outbox_unavailable_at_start", error=self.redactor.text(str(exc)))
+            recovered = 0
         if recovered:
             log.warning("playbook_jobs_recovered", count=recovered,
                         detail="in flight when the previous process stopped; retried")

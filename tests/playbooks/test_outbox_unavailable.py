@@ -64,3 +64,14 @@ def test_a_failed_commit_leaves_no_half_transaction(tmp_path):
     with box.tx() as db:  # the connection is usable and f1 was not kept
         rows = [r[0] for r in db.execute("SELECT finding_id FROM seen ORDER BY finding_id")]
     assert rows == ["f0"]
+
+
+def test_an_engine_started_on_a_locked_outbox_starts_and_delivers_after_unlock(
+        engine_factory, fake_slack):
+    engine, _ = engine_factory(CHAT, slack_route="webhook", start=False)
+    other = _lock(engine.outbox.path)
+    engine.start()  # before: the lock's error left the daemon's start with a traceback
+    other.execute("ROLLBACK")
+    other.close()
+    engine.submit(build_finding())
+    fake_slack.wait_for_delivered(1, timeout=10)
