@@ -118,7 +118,8 @@ def private_file(path: str | Path) -> bool:
         os.close(fd)
         return True
     try:
-        fd = os.open(path, os.O_RDONLY | nofollow)
+        # O_NONBLOCK: a FIFO planted here must not hang the start.
+        fd = os.open(path, os.O_RDONLY | nofollow | os.O_NONBLOCK)
     except OSError as exc:
         why = "it is a symlink" if exc.errno == errno.ELOOP else f"cannot open it: {exc.strerror}"
         raise _refuse(path, "file", why) from None

@@ -226,3 +226,11 @@ def test_a_job_written_into_the_outbox_is_not_published_without_a_recorded_appro
     audit = wait_until(lambda: [a for a in published.on("mlwatchd.audit")
                                 if a["event"] == "action_failed"])
     assert audit[0]["action"] == "throttle"
+
+
+def test_a_fifo_planted_at_the_outbox_path_is_refused_without_hanging(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.mkfifo(state / "outbox.sqlite3", 0o600)
+    with pytest.raises(UnsafeStateFile, match="not a regular file"):
+        Outbox(state / "outbox.sqlite3")
