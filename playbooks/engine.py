@@ -96,6 +96,9 @@ log = structlog.get_logger("mlwatchd.playbooks")
 #: How long an idle worker waits before looking at the outbox again.
 _IDLE_S: Final = 0.2
 _ERROR_MAX: Final = 300
+#: How long ``submit`` (the consumer loop) waits for the outbox before it says
+#: OutboxUnavailable; background threads wait the outbox's longer busy timeout.
+_INTAKE_WAIT_S: Final = 2.0
 #: Internal action names: approval requests and their updates go through Slack.
 _APPROVAL_PREFIX: Final = "approval:"
 
@@ -196,7 +199,7 @@ class ResponseEngine:
         if self._threads or self._closed:
             raise RuntimeError("ResponseEngine can be started once, before stop()")
         try:
-            recovered = self.outbox.recover_running()
+            recovered = self.outbox.recover_running(timeout_s=_INTAKE_WAIT_S)
         except OutboxUnavailable as exc:
             # Locked by another process. The timer recovers jobs of dead owners;
             # a predecessor with our own pid (a container's pid 1) waits for the
@@ -279,7 +282,7 @@ class ResponseEngine:
         now = self._clock()
         try:
             encoded = encode_finding(finding)
-            with self.outbox.tx() as db:
+            with self.outbox.tx(timeout_s=_INTAKE_WAIT_S) as db:
                 for route in routes:
                     self._intake(db, route, finding, encoded, now)
         except OutboxUnavailable as exc:

@@ -26,9 +26,12 @@ a directory only this user can write (:func:`private_dir`), is created
 owner-only with ``O_EXCL | O_NOFOLLOW`` and checked on every open
 (:func:`private_file`); anything else is refused with
 :class:`UnsafeStateFile`. ``Outbox(MEMORY)`` keeps it in memory instead (not
-durable). A write that cannot be recorded within ``busy_timeout_s`` (another
-process holds the lock, the disk is full) raises :class:`OutboxUnavailable`
-from :meth:`Outbox.tx`, so the caller can retry instead of losing it.
+durable). A transaction that cannot start within its wait (another process
+holds the write lock) or cannot be written (disk full) raises
+:class:`OutboxUnavailable` from :meth:`Outbox.tx`, so the caller can retry
+instead of losing it. Background work waits up to ``busy_timeout_s``; the
+finding intake passes a short ``timeout_s`` so the consumer loop is never
+held for long.
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ CREATE TABLE IF NOT EXISTS audit (
 class Outbox:
     """The SQLite store; use :meth:`tx` for a transaction under the store's lock."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 2.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.memory = str(path) == MEMORY
         self.path = Path(path)
         if not self.memory:
@@ -242,6 +245,8 @@ class Outbox:
         if not self.memory:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+        self.busy_timeout_s = busy_timeout_s
+        self._busy_now = busy_timeout_s
         self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
@@ -253,14 +258,18 @@ class Outbox:
         self._depth = 0
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self, timeout_s: float | None = None) -> Iterator[sqlite3.Connection]:
         """One transaction (nested calls join the outer one).
 
-        Raises :class:`OutboxUnavailable` when SQLite cannot take the write
-        lock within the busy timeout or cannot write (disk full, I/O error);
-        nothing of the transaction is kept then.
+        Raises :class:`OutboxUnavailable` when the store's lock (this
+        process's threads) or SQLite's write lock (other processes) is not
+        had within ``timeout_s`` (default ``busy_timeout_s``), or the write
+        fails (disk full, I/O error); nothing of the transaction is kept then.
         """
-        with self._lock:
+        wait = self.busy_timeout_s if timeout_s is None else timeout_s
+        if not self._lock.acquire(timeout=wait):
+            raise OutboxUnavailable(f"outbox {self.path}: busy for {wait:g} s")
+        try:
             if self._depth:
                 self._depth += 1
                 try:
@@ -268,6 +277,9 @@ class Outbox:
                 finally:
                     self._depth -= 1
                 return
+            if wait != self._busy_now:
+                self._db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+                self._busy_now = wait
             try:
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -286,6 +298,8 @@ class Outbox:
                 raise
             finally:
                 self._depth = 0
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
@@ -340,7 +354,7 @@ class Outbox:
                 "last_error = ?, updated_at = ? WHERE id = ?",
                 (attempts, next_at, error, now, job_id))
 
-    def recover_running(self, include_own: bool = True) -> int:
+    def recover_running(self, include_own: bool = True, timeout_s: float | None = None) -> int:
         """Jobs left ``running`` by a process that is gone go back to pending (at least once).
 
         A job claimed by another live process sharing this file (a replica on
@@ -348,7 +362,7 @@ class Outbox:
         start ``include_own`` also takes jobs of an earlier process that had
         our pid (a container's pid 1); while running, pass False.
         """
-        with self.tx() as db:
+        with self.tx(timeout_s) as db:
             owners = [r[0] for r in db.execute(
                 "SELECT DISTINCT owner FROM jobs WHERE status = 'running'")]
             dead = [o for o in owners

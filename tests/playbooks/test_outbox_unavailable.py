@@ -75,3 +75,43 @@ def test_an_engine_started_on_a_locked_outbox_starts_and_delivers_after_unlock(
     other.close()
     engine.submit(build_finding())
     fake_slack.wait_for_delivered(1, timeout=10)
+
+
+def test_a_lock_longer_than_the_intake_wait_does_not_strand_a_delivery(engine_factory, fake_slack):
+    """Only the intake is short: a delivery that ends while another process holds the lock
+    for longer than 2 s still records its outcome (not left 'running', not sent twice)."""
+    from fake_slack import Reply
+
+    engine, events = engine_factory(CHAT, slack_route="webhook")
+    fake_slack.script(Reply.slow(1.0))
+    engine.submit(build_finding())
+    assert wait_until(lambda: fake_slack.requests)  # the post is on its way
+    other = _lock(engine.outbox.path)  # ...and the outbox is locked when it returns
+    time.sleep(3.5)
+    other.execute("ROLLBACK")
+    other.close()
+    events.wait_for("action_delivered")
+    assert wait_until(lambda: engine.outbox.count("status = 'delivered'") == 1)
+    assert len(fake_slack.requests) == 1
+
+
+def test_submit_waits_briefly_for_this_processs_own_workers_too(engine_factory):
+    """A worker stuck in a long outbox wait must not hold the consumer loop either."""
+    import threading
+
+    engine, _ = engine_factory(CHAT, slack_route="webhook")
+    inside = threading.Event()
+
+    def hold() -> None:
+        with engine.outbox.tx():
+            inside.set()
+            time.sleep(4.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(5)
+    started = time.monotonic()
+    with pytest.raises(OutboxUnavailable, match="busy"):
+        engine.submit(build_finding())
+    assert time.monotonic() - started < 3.5
+    holder.join()
