@@ -54,7 +54,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from playbooks.outbox import UnsafeStateFile, private_dir
+
     settings = _load(args.config)
+    if settings.state.dir:
+        try:
+            private_dir(settings.state.dir, create=False)
+        except UnsafeStateFile as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
     names = ", ".join(s.name for s in settings.detector_specs()) or "none"
     slack = "webhook" if settings.slack.webhook_url else "bot token" if settings.slack.bot_token \
         else "off"

@@ -73,16 +73,20 @@ def _refuse(path: Path, what: str, why: str) -> UnsafeStateFile:
     return UnsafeStateFile(f"{path}: refused as a state {what}: {why}")
 
 
-def private_dir(path: str | Path) -> Path:
+def private_dir(path: str | Path, *, create: bool = True) -> Path:
     """``path`` as a directory only this user (or root) can write; created 0700 if missing.
 
     Refused (:class:`UnsafeStateFile`) when it is a symlink, not a directory,
     owned by another user, or writable by group or others (a shared temp
-    directory such as ``/tmp`` is all of the last two).
+    directory such as ``/tmp`` is all of the last two). With ``create=False``
+    a missing directory passes (``check-config``: it will be created).
     """
     path = Path(path)
+    if not create and not os.path.lexists(path):
+        return path
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if create:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = os.lstat(path)
     except OSError as exc:
         raise _refuse(path, "directory", f"cannot create it: {exc.strerror}") from None

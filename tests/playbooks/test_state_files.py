@@ -234,3 +234,19 @@ def test_a_fifo_planted_at_the_outbox_path_is_refused_without_hanging(tmp_path):
     os.mkfifo(state / "outbox.sqlite3", 0o600)
     with pytest.raises(UnsafeStateFile, match="not a regular file"):
         Outbox(state / "outbox.sqlite3")
+
+
+def test_check_config_reports_an_unsafe_state_dir_and_creates_nothing(
+        tmp_path, monkeypatch, capsys):
+    from daemon.cli import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("MLWATCHD_STATE__DIR", str(shared))
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "writable by group or others" in err[0]
+    monkeypatch.setenv("MLWATCHD_STATE__DIR", str(tmp_path / "not-yet"))
+    assert main(["check-config"]) == 0
+    assert not (tmp_path / "not-yet").exists()
