@@ -41,11 +41,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.metrics import Metrics, StatusPortInUse
     from daemon.response import build_response
     from daemon.runtime import Daemon
+    from daemon.settings import ConfigError
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     metrics = Metrics()
-    response = build_response(settings, metrics)
+    try:
+        response = build_response(settings, metrics)
+    except ConfigError as exc:  # an unsafe state dir or outbox file
+        for line in exc.problems:
+            print(f"config error: {line}", file=sys.stderr)
+        return 2
     daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
     try:
         return daemon.run()
@@ -55,7 +61,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from playbooks.outbox import UnsafeStateFile, private_dir
+
     settings = _load(args.config)
+    if settings.state.dir:
+        try:
+            private_dir(settings.state.dir, create=False)
+        except UnsafeStateFile as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
     names = ", ".join(s.name for s in settings.detector_specs()) or "none"
     slack = "webhook" if settings.slack.webhook_url else "bot token" if settings.slack.bot_token \
         else "off"

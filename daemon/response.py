@@ -9,7 +9,6 @@ its kafka actions and audit trail publish through (Kafka I/O stays in
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,11 +20,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from daemon.integrity import MAC_HEADER, RejectHook, header, record_mac, verify_mac
 from daemon.kafka_io import client_config, new_producer
-from daemon.settings import Settings
+from daemon.settings import ConfigError, Settings
 from detectors.findings import Finding
 from playbooks.engine import ResponseEngine, playbook_warnings
 from playbooks.model import PlaybookSet, load_playbooks
+from playbooks.outbox import MEMORY, UnsafeStateFile, private_dir
 from playbooks.privacy import Pseudonymizer
+from playbooks.redact import REDACTOR
 
 __all__ = ["KafkaPublisher", "PeerSeen", "ResponseRoute", "audit_context", "outbox_path"]
 
@@ -209,17 +210,25 @@ class PeerSeen:
 def outbox_path(settings: Settings) -> Path:
     """An absolute ``playbooks.outbox_path`` as given; a relative one under ``state.dir``.
 
-    Without ``state.dir`` it goes to the temp directory, named after the
-    consumer group: it still survives a daemon restart, not a machine's.
+    Without ``state.dir`` the outbox is kept in memory (``playbooks.outbox.MEMORY``):
+    never in a shared temp directory, where another local user could create
+    the file first and write jobs into it, and where a later run with the
+    same consumer group would take this run's findings as already alerted.
     """
     path = settings.playbooks.outbox_path
     if path.is_absolute():
         return path
-    base = Path(settings.state.dir) if settings.state.dir else Path(tempfile.gettempdir())
     if not settings.state.dir:
-        path = Path(f"{settings.kafka.group_id}-{path.name}")
-    base.mkdir(parents=True, exist_ok=True)
-    return base / path
+        return Path(MEMORY)
+    return Path(settings.state.dir) / path
+
+
+def _configured_secrets(settings: Settings) -> list[str]:
+    """Every secret value in the settings, for :data:`playbooks.redact.REDACTOR`."""
+    values = [settings.slack.webhook_url, settings.slack.bot_token,
+              settings.kafka.sasl_plain_password, settings.privacy.key,
+              settings.state.signing_key, settings.playbooks.interactivity.signing_secret]
+    return [v.get_secret_value() for v in values if v is not None]
 
 
 def _pseudonymizer(settings: Settings) -> Pseudonymizer | None:
@@ -270,12 +279,28 @@ class ResponseRoute:
 
 
 def build_response(settings: Settings, metrics: Any) -> ResponseRoute | None:
-    """The response route of ``settings`` (None when playbooks are disabled)."""
-    if not settings.playbooks.enabled:
-        return None
-    playbooks = load_playbooks(settings.playbooks.dir)
-    return ResponseRoute(
-        settings, playbooks,
-        on_event=lambda name, _fields: metrics.playbook_events.labels(name).inc(),
-        on_reject=lambda record, reason: metrics.internal_rejected.labels(record, reason).inc(),
-    )
+    """The response route of ``settings`` (None when playbooks are disabled).
+
+    Raises :class:`ConfigError` (one line) when ``state.dir`` or the outbox
+    file could have been written by someone else (a symlink, another owner,
+    writable by group or others); ``state.dir`` is created 0700 if missing.
+    """
+    REDACTOR.add(*_configured_secrets(settings))
+    try:
+        if settings.state.dir:
+            private_dir(settings.state.dir)
+        if not settings.playbooks.enabled:
+            return None
+        playbooks = load_playbooks(settings.playbooks.dir)
+        path = outbox_path(settings)
+        if str(path) == MEMORY:
+            log.warning("playbook_outbox_in_memory",
+                        detail="state.dir is not set: pending actions, dedup and approvals "
+                               "are lost when the daemon stops; set state.dir to keep them")
+        return ResponseRoute(
+            settings, playbooks,
+            on_event=lambda name, _fields: metrics.playbook_events.labels(name).inc(),
+            on_reject=lambda record, reason: metrics.internal_rejected.labels(record, reason).inc(),
+        )
+    except UnsafeStateFile as exc:
+        raise ConfigError([str(exc)]) from None

@@ -56,6 +56,7 @@ from detectors.base import Detector
 from detectors.events import BadEvent, Event, check_ts_window, decode_event
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
+from playbooks.outbox import OutboxUnavailable
 
 __all__ = ["Daemon"]
 
@@ -325,10 +326,10 @@ class Daemon:
             log.info("finding", finding_id=finding.finding_id, detector=finding.detector,
                      kind=finding.kind, severity=finding.severity,
                      entity_type=finding.entity.type, model_id=finding.model_id)
-            if self.alerter is not None:
-                # Before the commit: the response outbox records it durably (and
-                # ignores a redelivered finding), so a crash in between loses nothing.
-                self.alerter.submit(finding)
+        # Before the commit: the response outbox records them durably (and
+        # ignores a redelivered finding), so a crash in between loses nothing.
+        if findings and self.alerter is not None and not self._submit(findings):
+            return  # stopping while the outbox refuses: do not commit; redelivered later
         self._positions.update((tp, meta.offset) for tp, meta in offsets.items())
         if self.store is not None:
             # State and the offsets it reflects are saved *before* the commit: a
@@ -459,6 +460,34 @@ class Daemon:
             log.error("record_refused", topic=topic, outcome=outcome,
                       key_bytes=len(key or b""), value_bytes=len(value or b""),
                       error=f"{type(refusal.error).__name__}: {refusal.error}"[:300])
+
+    def _submit(self, findings: list[Finding]) -> bool:
+        """Hand every finding to the response engine; False if asked to stop first.
+
+        An outbox that cannot record one (locked by another process, disk
+        full) raises ``OutboxUnavailable``: the batch is not committed, and
+        that finding and the rest are submitted again after a backoff.
+        """
+        assert self.alerter is not None
+        delay, done = 0.5, 0
+        while done < len(findings):
+            try:
+                self.alerter.submit(findings[done])
+                done += 1
+                continue
+            except OutboxUnavailable as exc:
+                error = exc
+            self.health.ready, self.health.reason = False, "cannot record findings in the outbox"
+            log.warning("submit_failed_batch_held", findings=len(findings) - done,
+                        retry_in_s=round(delay, 1), error=str(error))
+            if self.stopping.wait(delay):
+                return False
+            self.health.beat()
+            delay = min(delay * 2, self.settings.kafka.reconnect_backoff_max_s)
+        if delay > 0.5:
+            self.health.ready, self.health.reason = True, "consuming"
+            log.info("submit_recovered")
+        return True
 
     def _commit(self) -> bool:
         """Commit acknowledged work; True when everything processed is committed."""

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import pydantic
 import yaml
@@ -159,6 +160,23 @@ class DetectorSettings(_Section):
     models: list[str] | None = None
 
 
+def _http_url(value: str) -> None:
+    """ValueError unless ``value`` is an http(s) URL with a host.
+
+    The message never quotes the value: a webhook URL is a secret.
+    """
+    try:
+        parts = urlsplit(value.strip())
+        host = parts.hostname
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        shown = repr(parts.scheme) if parts.scheme and len(parts.scheme) <= 10 else "none"
+        raise ValueError(f"must be an http:// or https:// URL (scheme: {shown})")
+    if not host:
+        raise ValueError("must be an http:// or https:// URL with a host")
+
+
 class SlackSettings(_Section):
     webhook_url: SecretStr | None = None
     bot_token: SecretStr | None = None
@@ -171,6 +189,19 @@ class SlackSettings(_Section):
     @classmethod
     def _secret_files(cls, data: Any) -> Any:
         return _read_secret_files(data, ("webhook_url", "bot_token"))
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _http_url(value.get_secret_value())
+        return value
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_base_url(cls, value: str) -> str:
+        _http_url(value)
+        return value
 
     @model_validator(mode="after")
     def _channel_with_token(self) -> SlackSettings:

@@ -217,6 +217,10 @@ class ActionType(ABC):
         """What a dry run records instead of delivering (never secrets, outside-safe)."""
         return {"would": self.describe(call, runtime)}
 
+    def secrets(self) -> list[str]:
+        """Configured values that must never appear in logs, the outbox or the audit trail."""
+        return []
+
 
 # -- slack -------------------------------------------------------------------
 
@@ -435,6 +439,11 @@ soar-webhook:
 
     def describe(self, call: ActionCall, runtime: ActionRuntime) -> str:
         return "POST a signed JSON notice to the configured webhook"
+
+    def secrets(self) -> list[str]:
+        secret = self.params._secret
+        return [self.params._url, *self.params.headers.values(),
+                *([secret.get_secret_value()] if secret else [])]
 
     def preview(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
         return {"body": json.loads(self._body(call, runtime))}
@@ -691,6 +700,10 @@ page-oncall:
 
     def describe(self, call: ActionCall, runtime: ActionRuntime) -> str:
         return f"PagerDuty {_PD_EVENT.get(call.phase, 'trigger')}"
+
+    def secrets(self) -> list[str]:
+        key = self.params._routing_key
+        return [key.get_secret_value()] if key else []
 
     def preview(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
         body = self.body(call, runtime)

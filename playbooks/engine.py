@@ -43,6 +43,15 @@ Events passed to ``on_event(name, fields)``: ``action_delivered``,
 ``approval_expired``, ``incident_opened``, ``incident_repeat``,
 ``incident_resolved``, ``incident_escalated``, ``incident_acknowledged``,
 ``finding_duplicate``, ``finding_unmatched``, ``submit_failed``.
+
+``submit`` raises :class:`~playbooks.outbox.OutboxUnavailable` when the
+outbox cannot record the finding (locked by another process beyond the short
+busy timeout, disk full): the caller must not treat the finding as taken
+(the daemon does not commit the batch and submits again). An action that
+``requires_approval`` is delivered only with an approver recorded in the
+outbox's approvals (checked at delivery, whatever the job says). Configured
+secrets are masked by value (:mod:`playbooks.redact`) in everything the
+engine logs, audits or stores as an error.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import random
 import secrets
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -71,9 +81,10 @@ from playbooks.actions import (
 from playbooks.config import PlaybookSettings, SlackConnection
 from playbooks.interactivity import ACK, APPROVE, Click, parse_clicks, verify_signature
 from playbooks.model import BoundAction, PlaybookSet, Route
-from playbooks.outbox import Outbox
+from playbooks.outbox import Outbox, OutboxUnavailable
 from playbooks.outcomes import Deferred, PermanentFailure, RetryLater
 from playbooks.privacy import Pseudonymizer
+from playbooks.redact import REDACTOR
 from playbooks.slack_post import SlackPoster
 
 __all__ = ["OnEvent", "ResponseEngine", "playbook_warnings"]
@@ -85,6 +96,9 @@ log = structlog.get_logger("mlwatchd.playbooks")
 #: How long an idle worker waits before looking at the outbox again.
 _IDLE_S: Final = 0.2
 _ERROR_MAX: Final = 300
+#: How long ``submit`` (the consumer loop) waits for the outbox before it says
+#: OutboxUnavailable; background threads wait the outbox's longer busy timeout.
+_INTAKE_WAIT_S: Final = 2.0
 #: Internal action names: approval requests and their updates go through Slack.
 _APPROVAL_PREFIX: Final = "approval:"
 
@@ -152,6 +166,10 @@ class ResponseEngine:
             clock=clock,
         )
         self._approval_slack = SlackAction("approval", SlackParams.model_validate({}))
+        self.redactor = REDACTOR
+        self.redactor.add(*(connection.secrets() if connection is not None else ()),
+                          *(s for b in playbooks.actions.values() for s in b.action.secrets()),
+                          self._signing_secret.decode())
         self.outbox = Outbox(settings.outbox_path)
         self._closed = False
         self._stopping = threading.Event()
@@ -180,7 +198,14 @@ class ResponseEngine:
         """Start the workers, the timer and the audit publisher (daemon threads)."""
         if self._threads or self._closed:
             raise RuntimeError("ResponseEngine can be started once, before stop()")
-        recovered = self.outbox.recover_running()
+        try:
+            recovered = self.outbox.recover_running(timeout_s=_INTAKE_WAIT_S)
+        except OutboxUnavailable as exc:
+            # Locked by another process. The timer recovers jobs of dead owners;
+            # a predecessor with our own pid (a container's pid 1) waits for the
+            # next start: taking our own running jobs later could post them twice.
+            log.warning("playbook_outbox_unavailable_at_start", error=self.redactor.text(str(exc)))
+            recovered = 0
         if recovered:
             log.warning("playbook_jobs_recovered", count=recovered,
                         detail="in flight when the previous process stopped; retried")
@@ -257,9 +282,16 @@ class ResponseEngine:
         now = self._clock()
         try:
             encoded = encode_finding(finding)
-            with self.outbox.tx() as db:
+            with self.outbox.tx(timeout_s=_INTAKE_WAIT_S) as db:
                 for route in routes:
                     self._intake(db, route, finding, encoded, now)
+        except OutboxUnavailable as exc:
+            # Not recorded: the caller keeps the finding and submits it again.
+            log.warning("playbook_submit_failed", finding_id=finding.finding_id,
+                        error=self.redactor.text(str(exc)), detail="not recorded; retried")
+            self._event("submit_failed", finding_id=finding.finding_id,
+                        reason="outbox_unavailable")
+            raise
         except Exception as exc:  # the consumer loop must never die of a response problem
             log.exception("playbook_submit_failed", finding_id=finding.finding_id)
             self._event("submit_failed", finding_id=finding.finding_id,
@@ -399,6 +431,10 @@ class ResponseEngine:
         while not self._stopping.is_set():
             try:
                 job = self.outbox.claim(self._clock(), self._paused_now())
+            except OutboxUnavailable as exc:  # locked by another process: wait, no traceback
+                log.warning("playbook_outbox_claim_failed", error=self.redactor.text(str(exc)))
+                self._stopping.wait(1.0)
+                continue
             except Exception:
                 log.exception("playbook_outbox_claim_failed")
                 self._stopping.wait(1.0)
@@ -437,9 +473,13 @@ class ResponseEngine:
         try:
             finding = decode_finding(job["finding"])
             fields["finding_id"] = finding.finding_id
-            action, _bound = self._resolve(job)
+            action, bound = self._resolve(job)
             fields["action_type"] = action.name
             extra = json.loads(job["extra"])
+            if bound is not None and bound.requires_approval and not job["dry_run"]:
+                # The recorded decision, not the job's own word: a job written into
+                # the outbox by anyone else is never published unapproved.
+                extra["approved_by"] = self._approver(job)
             route = self.playbooks.route(job["route"])
             with self.outbox.tx() as db:
                 state = self.outbox.state(db, job["incident_id"], job["action"])
@@ -487,11 +527,29 @@ class ResponseEngine:
             self._fail(job, fields, attempts, now, exc.reason, exc.status)
             return
         except Exception as exc:  # a bug in one action must not kill the worker
-            log.exception("playbook_action_crashed", **fields)
-            self._fail(job, fields, attempts, now, f"{type(exc).__name__}: {exc}"[:_ERROR_MAX],
-                       None)
+            log.error("playbook_action_crashed", **fields,
+                      error=self.redactor.text(f"{type(exc).__name__}: {exc}"),
+                      traceback=self.redactor.text(traceback.format_exc()))
+            self._fail(job, fields, attempts, now, f"{type(exc).__name__}: {exc}", None)
             return
         self._delivered(job, call, fields, attempts, now, result)
+
+    def _approver(self, job: Mapping[str, Any]) -> str:
+        """Who approved this job's action (a revert: the original's); PermanentFailure if nobody."""
+        phase, key = str(job["phase"]), str(job["idem_key"])
+        if phase == "revert":
+            key = key.removesuffix(":revert")
+        elif phase not in ("alert", "escalated"):
+            return ""  # only alert and escalation ask for approval (see _queue_action)
+        with self.outbox.tx() as db:
+            row = db.execute(
+                "SELECT decided_by FROM approvals WHERE status = 'approved' AND "
+                "decided_by IS NOT NULL AND decided_by != '' AND "
+                "json_extract(extra, '$.target_idem') = ? ORDER BY decided_at LIMIT 1",
+                (key,)).fetchone()
+        if row is None:
+            raise PermanentFailure("requires approval, and no approval is recorded for it")
+        return str(row["decided_by"])
 
     def _with_approval_message(self, extra: dict[str, Any]) -> dict[str, Any]:
         """A decision updates the approval message: wait for it to be posted, then use its ts."""
@@ -553,6 +611,7 @@ class ResponseEngine:
         if attempts >= s.max_attempts or now - float(job["created_at"]) >= s.give_up_after:
             self._fail(job, fields, attempts, now, f"gave up: {exc.reason}", exc.status)
             return
+        reason = self.redactor.text(exc.reason)[:_ERROR_MAX]
         if exc.after is not None:
             wait = min(exc.after, s.retry_after_max) + random.uniform(0.0, 0.1)
             with self._paused_lock:  # the whole destination waits out a rate limit
@@ -560,16 +619,16 @@ class ResponseEngine:
         else:
             base = min(s.retry_backoff_max, s.retry_backoff * 2 ** (attempts - 1))
             wait = base + random.uniform(0.0, base / 4)
-        self.outbox.reschedule(job["id"], now + wait, now, attempts=attempts,
-                               error=exc.reason[:_ERROR_MAX])
+        self.outbox.reschedule(job["id"], now + wait, now, attempts=attempts, error=reason)
         self._audit_now("action_retry", now, outcome="retry", **fields, status=exc.status,
-                        error=exc.reason[:_ERROR_MAX], retry_in_s=round(wait, 3))
-        log.warning("action_retry", **fields, status=exc.status, error=exc.reason[:_ERROR_MAX],
+                        error=reason, retry_in_s=round(wait, 3))
+        log.warning("action_retry", **fields, status=exc.status, error=reason,
                     retry_in_s=round(wait, 3))
         self._event("action_retry", **fields, status=exc.status)
 
     def _fail(self, job: dict[str, Any], fields: dict[str, Any], attempts: int, now: float,
               reason: str, status: int | None) -> None:
+        reason = self.redactor.text(reason)
         with self.outbox.tx() as db:
             self.outbox.finish(db, job["id"], "failed", now, attempts=attempts,
                                error=reason[:_ERROR_MAX])
@@ -585,6 +644,8 @@ class ResponseEngine:
         while not self._stopping.wait(interval):
             try:
                 self.tick()
+            except OutboxUnavailable as exc:
+                log.warning("playbook_tick_failed", error=self.redactor.text(str(exc)))
             except Exception:
                 log.exception("playbook_tick_failed")
 
@@ -821,6 +882,7 @@ class ResponseEngine:
 
     def _audit(self, db: Any, event: str, now: float, **fields: Any) -> None:
         """Log it and queue it for the audit topic, in the caller's transaction."""
+        fields = self.redactor.redact(fields)
         log.info("playbook_audit", audit_event=event,
                  **{k: v for k, v in fields.items() if k not in ("preview", "result")})
         if self._publish is not None:

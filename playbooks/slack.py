@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from playbooks.redact import Redactor
+
 __all__: list[str] = []
 
 
@@ -18,12 +20,10 @@ class _RedactSecrets(logging.Filter):
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self._secrets = secrets
+        self._redactor = Redactor(secrets)
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return self._redactor.text(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())

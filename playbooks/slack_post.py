@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.web import WebClient
 from slack_sdk.webhook import WebhookClient
 
@@ -105,6 +105,9 @@ class SlackPoster:
                     "ts": str(data.get("ts") or "")}
         except SlackApiError as exc:
             raise self._classify(exc) from None
+        except SlackRequestError as exc:  # its text quotes the URL: a secret
+            raise PermanentFailure(f"slack refused the request: "
+                                   f"{self.redactor.redact(str(exc))[:_DETAIL_MAX]}") from None
         except (RetryLater, PermanentFailure):
             raise
         except (OSError, TimeoutError) as exc:
@@ -120,6 +123,9 @@ class SlackPoster:
                                   blocks=message.blocks)
         except SlackApiError as exc:
             raise self._classify(exc) from None
+        except SlackRequestError as exc:
+            raise PermanentFailure(f"slack refused the request: "
+                                   f"{self.redactor.redact(str(exc))[:_DETAIL_MAX]}") from None
         except (OSError, TimeoutError) as exc:
             raise RetryLater(f"slack unreachable: {type(exc).__name__}") from None
         return {"channel": channel, "ts": ts}
