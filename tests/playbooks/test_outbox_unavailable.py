@@ -80,7 +80,7 @@ def test_an_engine_started_on_a_locked_outbox_starts_and_delivers_after_unlock(
 def test_a_lock_longer_than_the_intake_wait_does_not_strand_a_delivery(engine_factory, fake_slack):
     """Only the intake is short: a delivery that ends while another process holds the lock
     for longer than 2 s still records its outcome (not left 'running', not sent twice)."""
-    from fake_slack import Reply
+    from daemon.lab.fake_slack import Reply
 
     engine, events = engine_factory(CHAT, slack_route="webhook")
     fake_slack.script(Reply.slow(1.0))
