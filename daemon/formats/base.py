@@ -41,6 +41,7 @@ __all__ = [
     "header",
     "load_json",
     "make_event",
+    "obj",
     "outcome_of_status",
     "rfc3339_seconds",
     "scalar_attrs",
@@ -140,7 +141,7 @@ def guarded(
         return [DeadLetter(name, exc.reason, exc.detail[:200])]
     except RecursionError:
         return [DeadLetter(name, "too_deep", "JSON nested beyond the parser's limit")]
-    except Exception as exc:  # noqa: BLE001 - see docstring: never raise
+    except Exception as exc:
         return [DeadLetter(name, "internal_error", f"{type(exc).__name__}: {str(exc)[:160]}")]
 
 
@@ -170,6 +171,11 @@ def as_str(value: Any) -> str | None:
     if isinstance(value, str) and value:
         return value[:MAX_STR]
     return None
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def scalar_attrs(pairs: Mapping[str, Any]) -> dict[str, Any]:

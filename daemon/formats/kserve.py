@@ -54,7 +54,7 @@ from .base import (
 from .join import RequestResponseJoin, Side
 from .tensors import pair_events, v1_answers, v1_rows, v2_answers, v2_rows
 
-__all__ = ["KServeFormat", "KServeOptions", "caller_from", "model_id_from"]
+__all__ = ["KServeFormat", "KServeOptions", "caller_from", "check_template", "model_id_from"]
 
 REQUEST_TYPE: Final = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE: Final = "org.kubeflow.serving.inference.response"
@@ -84,16 +84,21 @@ class KServeOptions(FormatOptions):
     max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_wait_s: float = Field(60.0, gt=0)
 
-    @field_validator("model_id_template")
-    @classmethod
-    def _known_fields(cls, value: str) -> str:
+    _template = field_validator("model_id_template")(lambda value: check_template(value))
+
+
+def check_template(value: str) -> str:
+    """A model id template naming only known fields (ValueError otherwise)."""
+    try:
         used = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        unknown = used - _TEMPLATE_FIELDS
-        if unknown or "" in used:
-            raise ValueError(
-                f"model_id_template may use {sorted(_TEMPLATE_FIELDS)}, not {sorted(unknown)}"
-            )
-        return value
+    except ValueError as exc:
+        raise ValueError(f"model_id_template is malformed: {exc}") from None
+    unknown = used - _TEMPLATE_FIELDS
+    if unknown or "" in used:
+        raise ValueError(
+            f"model_id_template may use {sorted(_TEMPLATE_FIELDS)}, not {sorted(unknown)}"
+        )
+    return value
 
 
 def model_id_from(template: str, fields: Mapping[str, str | None]) -> str:
@@ -179,7 +184,8 @@ class KServeFormat:
         entry: dict[str, Any]
         if side == "request":
             items = body.get("inputs") if isinstance(body, dict) else None
-            rows = v2_rows(items, opts.max_items) if _is_v2(items) else v1_rows(body, opts.max_items)
+            rows = (v2_rows(items, opts.max_items) if _is_v2(items)
+                    else v1_rows(body, opts.max_items))
             entry = {"rows": rows, "ts": ts, "ctx": self._context(attrs)}
         else:
             items = body.get("outputs") if isinstance(body, dict) else None
@@ -237,8 +243,12 @@ class KServeFormat:
         return {"join": self.join.snapshot(), "skipped": self.skipped}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self.join.restore(state["join"])
-        self.skipped = int(state.get("skipped", 0))
+        try:
+            join, skipped = state["join"], int(state.get("skipped", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"kserve state is malformed: {exc}") from None
+        self.join.restore(join)
+        self.skipped = skipped
 
     def stats(self) -> dict[str, int]:
         return {**self.join.stats(), "skipped": self.skipped}

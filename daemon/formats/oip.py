@@ -107,9 +107,10 @@ class OipFormat:
             req = self._request(request, headers, ts, as_str(body.get("principal")))
             resp = self._response(response, ts)
             req["ts"] = None  # one time for both halves: no latency to tell
-            key = as_str(response.get("id")) or as_str(request.get("id")) or f"t{ts}"
-            return self._events(key, req, resp)
-        key = as_str(body.get("id")) or header(headers, "x-request-id", "ce_id", "ce-id")
+            pair_id = as_str(response.get("id")) or as_str(request.get("id")) or f"t{ts}"
+            return self._events(pair_id, req, resp)
+        key = as_str(body.get("id")) or header(
+            headers, "x-request-id", "ce_id", "ce-id")
         if key is None:
             raise BadEvent("missing_field", "a lone request or response needs an id to be joined")
         now = timestamp_ms / 1000.0 if timestamp_ms is not None else ts
@@ -125,7 +126,8 @@ class OipFormat:
 
     def _events(self, key: str, req: dict[str, Any], resp: dict[str, Any]) -> list[Result]:
         if req["ctx"]["principal"] is None:
-            return [DeadLetter(self.name, "missing_principal", "no header or parameter names the caller")]
+            return [DeadLetter(self.name, "missing_principal",
+                               "no header or parameter names the caller")]
         if resp["ctx"]["model_id"] is None:
             return [DeadLetter(self.name, "missing_field", "response has no model_name")]
         return list(pair_events(key, req, resp))
@@ -141,7 +143,7 @@ class OipFormat:
         if principal is None and opts.principal_parameter and isinstance(params, dict):
             principal = as_str(params.get(opts.principal_parameter))
         source_ip = header(headers, *opts.source_ip_headers)
-        ctx = {
+        ctx: dict[str, Any] = {
             "principal": principal or opts.default_principal,
             "source_ip": source_ip.split(",")[0].strip() if source_ip else None,
             "attributes": {},
@@ -154,7 +156,7 @@ class OipFormat:
             response.get("outputs"), opts.max_items, opts.prediction_output,
             opts.probabilities_output,
         )
-        ctx = {
+        ctx: dict[str, Any] = {
             "model_id": as_str(response.get("model_name")),
             "model_version": as_str(response.get("model_version")),
             "attributes": {},
@@ -165,7 +167,10 @@ class OipFormat:
         return {"join": self.join.snapshot()}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self.join.restore(state["join"])
+        join = state.get("join") if isinstance(state, Mapping) else None
+        if not isinstance(join, Mapping):
+            raise ValueError("oip state is malformed: no join")
+        self.join.restore(join)
 
     def stats(self) -> dict[str, int]:
         return self.join.stats()
