@@ -227,10 +227,9 @@ class CloudTrailFormat:
             if name not in table:
                 return None
             action, kind, key = table[name]
-            target = (as_str(params.get(key)) if key else None) or (
-                "invocation-logging" if key is None else "unknown")
+            named = as_str(params.get(key)) if key is not None else "invocation-logging"
             return "audit", {**common, "actor": actor, "action": action,
-                             "resource": f"{kind}:{target}", "resource_type": kind}
+                             "resource": f"{kind}:{named or 'unknown'}", "resource_type": kind}
         if source == "signin.amazonaws.com" and name == "ConsoleLogin":
             responses = r.get("responseElements")
             result = responses.get("ConsoleLogin") if isinstance(responses, dict) else None
