@@ -226,10 +226,10 @@ class CloudTrailFormat:
         if table is not None:
             if name not in table:
                 return None
-            action, kind, key = table[name]
-            named = as_str(params.get(key)) if key is not None else "invocation-logging"
+            action, rtype, param = table[name]
+            named = as_str(params.get(param)) if param is not None else "invocation-logging"
             return "audit", {**common, "actor": actor, "action": action,
-                             "resource": f"{kind}:{named or 'unknown'}", "resource_type": kind}
+                             "resource": f"{rtype}:{named or 'unknown'}", "resource_type": rtype}
         if source == "signin.amazonaws.com" and name == "ConsoleLogin":
             responses = r.get("responseElements")
             result = responses.get("ConsoleLogin") if isinstance(responses, dict) else None
