@@ -256,7 +256,7 @@ def pair_events(
     attributes = {**response["ctx"].get("attributes", {}), **request["ctx"].get("attributes", {})}
     t_req, t_resp = request.get("ts"), response.get("ts")
     latency = (
-        max(0.0, (t_resp - t_req) * 1000.0)
+        round(max(0.0, (t_resp - t_req) * 1000.0), 3)
         if isinstance(t_req, float | int) and isinstance(t_resp, float | int) else None
     )
     batch = len(rows) > 1
