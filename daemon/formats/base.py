@@ -49,6 +49,8 @@ __all__ = [
 
 Headers: TypeAlias = Sequence[tuple[str, bytes]]
 
+#: 9999-12-31T23:59:59Z: later times are refused (they overflow RFC 3339 formatting).
+MAX_TS: Final = 253402300799.0
 #: Longest string copied from a message into an event (ids, names, user agents).
 MAX_STR: Final = 1024
 
@@ -222,6 +224,24 @@ def make_event(kind: str, fields: Mapping[str, Any]) -> Event:
     type or out of range, e.g. a non-finite feature or a year-9999 time.
     """
     try:
-        return msgspec.convert(dict(fields), EVENT_TYPES[kind])
+        event = msgspec.convert(dict(fields), EVENT_TYPES[kind])
     except (msgspec.ValidationError, ValueError, OverflowError) as exc:
         raise BadEvent("invalid_value", str(exc)[:200]) from None
+    ts = event.ts
+    if not isinstance(ts, float) or not 0.0 <= ts <= MAX_TS:
+        raise BadEvent("invalid_value", "time is before 1970 or after year 9999")
+    if not _finite(msgspec.structs.asdict(event)):
+        raise BadEvent("invalid_value", "a number is not finite")
+    return event
+
+
+def _finite(node: Any, depth: int = 0) -> bool:
+    if isinstance(node, float):
+        return math.isfinite(node)
+    if depth > 4:
+        return True  # attributes hold scalars only; features are at depth 2
+    if isinstance(node, dict):
+        return all(_finite(v, depth + 1) for v in node.values())
+    if isinstance(node, list):
+        return all(_finite(v, depth + 1) for v in node)
+    return True

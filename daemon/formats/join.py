@@ -114,7 +114,7 @@ class RequestResponseJoin:
                     raise ValueError("join state holds a malformed entry")
                 pending[str(key)] = (side, float(at), int(size), entry)
                 total += int(size)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"join state is malformed: {exc}") from None
         self._now = -math.inf if now is None else float(now)
         self._counters = counters

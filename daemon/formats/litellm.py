@@ -21,6 +21,7 @@ False
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -89,7 +90,8 @@ def _text_length(value: Any, budget: int = 10_000) -> int:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 class LiteLLMFormat:
