@@ -268,8 +268,8 @@ class CloudTrailFormat:
         extra = r.get("additionalEventData")
         if isinstance(extra, dict):
             moved = extra.get("bytesTransferredOut" if verb == "read" else "bytesTransferredIn")
-            numeric = isinstance(moved, int | float) and not isinstance(moved, bool)
-            if numeric and 0 <= moved < 2**63:
+            if isinstance(moved, int | float) and not isinstance(moved, bool) \
+                    and 0 <= moved < 2**63:
                 fields["bytes"] = int(moved)
         fields["records"] = 1
         fields["attributes"] = {**common["attributes"], "bucket": bucket, "key": key[:1024]}
