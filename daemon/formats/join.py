@@ -4,7 +4,8 @@ KServe's logger (and Seldon Core 2's model topics) write a request and its
 response as two messages sharing an id. The join keeps whichever side came
 first until the other arrives, at most ``max_wait_s`` of event time and at
 most ``max_pending`` entries / ``max_pending_bytes`` bytes (oldest evicted
-first). A request that leaves unanswered, by time or by eviction, is counted in
+first); its clock is the messages' event time, moved at most ``max_wait_s`` by
+any one message. A request that leaves unanswered, by time or by eviction, is counted in
 ``unanswered_requests`` (the metric of requests whose response never came). Its
 state is plain JSON (:meth:`snapshot`), checkpointed like a detector's.
 
@@ -15,10 +16,12 @@ True
 {'rows': 1}
 >>> j.offer("b", "request", {}, now=2.0, size=1) is None
 True
->>> j.offer("c", "request", {}, now=20.0, size=1) is None   # b waited 18 s > 10 s
+>>> j.offer("c", "request", {}, now=8.0, size=1) is None
+True
+>>> j.offer("d", "request", {}, now=12.5, size=1) is None   # b waited 10.5 s > 10 s
 True
 >>> j.stats()["unanswered_requests"], j.stats()["pending"]
-(1, 1)
+(1, 2)
 """
 
 from __future__ import annotations
@@ -55,7 +58,11 @@ class RequestResponseJoin:
     ) -> dict[str, Any] | None:
         """Add one half; returns the other half's entry when this completes a pair."""
         if math.isfinite(now):
-            self._now = max(self._now, now)
+            # The clock is event time, which a producer chooses: one message can
+            # move it at most max_wait_s on, so a year-9999 timestamp cannot
+            # expire every pending request at once.
+            ceiling = self._now + self.max_wait_s if math.isfinite(self._now) else now
+            self._now = max(self._now, min(now, ceiling))
         self._expire()
         held = self._pending.get(key)
         if held is not None:

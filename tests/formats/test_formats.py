@@ -170,3 +170,24 @@ def test_format_module_doctests_pass(module: str) -> None:
     name = "daemon.formats" if module == "__init__" else f"daemon.formats.{module}"
     result = doctest.testmod(importlib.import_module(name))
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_kserve_model_id_template_and_missing_principal_policy() -> None:
+    fmt = make_format("kserve", {"model_id_template": "{name}-{component}",
+                                 "default_principal": None})
+    _request(fmt, "a", "2026-01-01T00:00:00Z")
+    [dead] = _response(fmt, "a", "2026-01-01T00:00:01Z")
+    assert isinstance(dead, DeadLetter) and dead.reason == "missing_principal"
+    fmt = make_format("kserve", {"model_id_template": "{name}-{endpoint}"})
+    _request(fmt, "b", "2026-01-01T00:00:00Z")
+    [ok] = _response(fmt, "b", "2026-01-01T00:00:01Z")
+    assert isinstance(ok, Decoded)
+    assert (ok.event.model_id, ok.event.principal) == ("iris-", "anonymous")  # type: ignore[union-attr]
+
+
+def test_a_far_future_timestamp_does_not_expire_every_pending_request() -> None:
+    fmt = make_format("kserve", {"max_wait_s": 30})
+    _request(fmt, "a", "2026-01-01T00:00:00Z")
+    _request(fmt, "attacker", "9999-12-31T23:59:59Z")
+    assert fmt.stats()["unanswered_requests"] == 0
+    assert len(_response(fmt, "a", "2026-01-01T00:00:01Z")) == 1
