@@ -19,7 +19,7 @@ daemon.formats.FormatConfigError: format kserve: max_wait_s: Input should be gre
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ class FormatConfigError(ValueError):
 class FormatSpec:
     name: str
     options: type[FormatOptions]
-    factory: Any  # the format class: called with a validated options model
+    factory: Callable[[Any], Format]  # the format class, given a validated options model
     description: str
 
 
@@ -92,5 +92,4 @@ def make_format(name: str, options: Mapping[str, Any] | None = None) -> Format:
             for err in exc.errors()
         ]
         raise FormatConfigError("\n".join(lines)) from None
-    fmt: Format = spec.factory(opts)
-    return fmt
+    return spec.factory(opts)

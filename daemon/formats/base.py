@@ -99,7 +99,10 @@ class FormatOptions(Limits):
 class Format(Protocol):
     """A message reader: pure apart from the bounded state it declares."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The format's name in config and dead letters (e.g. ``k8s-audit``)."""
+        ...
 
     def decode(
         self, value: bytes, headers: Headers, timestamp_ms: int | None
