@@ -136,6 +136,8 @@ def guarded(
     The catch-all is deliberate: a format must never stop the daemon, whatever
     the bytes; a bug in a format shows as ``internal_error`` dead letters.
     """
+    if not value:  # a tombstone (None) or b"": the runtime's reason for it
+        return [DeadLetter(name, "empty", "message has no value")]
     if not isinstance(value, bytes | bytearray | memoryview):
         return [DeadLetter(name, "not_bytes", f"value is {type(value).__name__}")]
     if len(value) > limits.max_bytes:

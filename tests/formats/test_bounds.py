@@ -87,3 +87,13 @@ def test_header_names_are_matched_case_insensitively() -> None:
             {"name": "y", "shape": [1], "datatype": "INT64", "data": [3]}]}}
     [ok] = fmt.decode(json.dumps(body).encode(), [("X-User", b"bea")], None)
     assert isinstance(ok, Decoded) and ok.event.principal == "bea"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_an_empty_message_or_tombstone_is_an_empty_dead_letter_as_in_the_runtime(
+    name: str,
+) -> None:
+    fmt = make_format(name, {})
+    for value in (b"", None):
+        [dead] = fmt.decode(value, [], 0)  # type: ignore[arg-type]
+        assert isinstance(dead, DeadLetter) and dead.reason == "empty"
