@@ -1,0 +1,151 @@
+"""Findings as OCSF 1.8.0 Detection Findings (class_uid 2004), for SIEMs.
+
+A pure function: :func:`to_ocsf` maps one finding to one OCSF event, a dict
+ready for JSON. ``activity`` is ``create`` for a new incident (type_uid
+200401) and ``update`` for a repeat of one (200402). What leaves is the same
+outside view that chat and webhooks get (:func:`playbooks.render.outside_view`):
+principals and IPs pseudonymised when a pseudonymizer is given, the summary
+masked alike, evidence reduced to statistics (no feature values, payloads or
+identities), ATLAS ids checked.
+
+- ``finding_info.uid`` is the finding id; ``finding_info.attacks[]`` carries
+  the ATLAS techniques (``AML.T0024``) and sub-techniques (``AML.T0024.002``);
+- ``severity_id`` maps info..critical to 1..5; ``time`` is the finding's event
+  time in milliseconds;
+- ``metadata.product`` names mlwatchd and its version, ``metadata.version`` the
+  OCSF version;
+- ``evidences[0]`` holds the statistics (``data``) and the entity (``user``,
+  ``src_endpoint`` or a resource); ``resources[]`` the model concerned.
+
+>>> from detectors.findings import Entity, Finding, Source
+>>> f = Finding.build(detector="extraction.prada", kind="model_extraction",
+...     severity="high", entity=Entity("principal", "mallory"), model_id="fraud",
+...     summary="mallory probes fraud", evidence={"ratio": 0.91, "features": [3.2]},
+...     atlas=["AML.T0024.002"], event_ts=1767225600.0, sources=[Source("t", 0, 7)])
+>>> event = to_ocsf(f, activity="create", product_version="1.2.3")
+>>> event["type_uid"], event["severity_id"], event["time"]
+(200401, 4, 1767225600000)
+>>> event["finding_info"]["uid"] == f.finding_id
+True
+>>> event["finding_info"]["attacks"]
+[{'technique': {'uid': 'AML.T0024'}, 'sub_technique': {'uid': 'AML.T0024.002'}}]
+>>> event["evidences"][0]["data"], event["evidences"][0]["user"]
+({'ratio': 0.91}, {'uid': 'mallory', 'type_id': 0})
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from importlib import metadata as _metadata
+from typing import Any, Final, Literal
+
+from detectors.findings import Finding
+
+from .privacy import Pseudonymizer
+from .render import outside_view
+
+__all__ = ["OCSF_VERSION", "to_ocsf"]
+
+OCSF_VERSION: Final = "1.8.0"
+_CLASS_UID: Final = 2004
+_CATEGORY_UID: Final = 2
+_ACTIVITY: Final = {"create": (1, "Create"), "update": (2, "Update")}
+_SEVERITY: Final = {
+    "info": (1, "Informational"), "low": (2, "Low"), "medium": (3, "Medium"),
+    "high": (4, "High"), "critical": (5, "Critical"),
+}
+#: OCSF analytic type_id: 2 Behavioral (who does what), 3 Statistical (distributions)
+_BEHAVIOURAL_KINDS: Final = frozenset(
+    {"suspicious_access", "exfiltration", "data_poisoning", "model_tampering"}
+)
+
+
+def _product_version() -> str:
+    try:
+        return _metadata.version("mlwatchd")
+    except _metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _millis(rfc3339: str) -> int:
+    return round(_dt.datetime.fromisoformat(rfc3339).timestamp() * 1000)
+
+
+def _attack(atlas_id: str) -> dict[str, Any]:
+    technique, _, sub = atlas_id.partition(".")[2].partition(".")
+    parent = "AML." + technique
+    if sub:
+        return {"technique": {"uid": parent}, "sub_technique": {"uid": atlas_id}}
+    return {"technique": {"uid": atlas_id}}
+
+
+def to_ocsf(
+    finding: Finding,
+    *,
+    activity: Literal["create", "update"] = "create",
+    pseudonymizer: Pseudonymizer | None = None,
+    product_version: str | None = None,
+) -> dict[str, Any]:
+    """The OCSF Detection Finding for ``finding`` (a JSON-ready dict)."""
+    view = outside_view(finding, pseudonymizer)
+    activity_id, activity_name = _ACTIVITY[activity]
+    severity_id, severity = _SEVERITY[finding.severity]
+    time = _millis(finding.ts)
+    entity_type, entity_id = view["entity.type"], view["entity.id"]
+    evidence: dict[str, Any] = {"data": view["evidence"]}
+    if entity_type == "principal":
+        evidence["user"] = {"uid": entity_id, "type_id": 0}
+    elif entity_type == "ip":
+        key = "uid" if pseudonymizer is not None else "ip"  # a pseudonym is no address
+        evidence["src_endpoint"] = {key: entity_id}
+    else:
+        evidence["resources"] = [{"uid": entity_id, "type": entity_type}]
+    resources = []
+    if view["model_id"]:
+        resources.append({"uid": view["model_id"], "name": view["model_id"], "type": "model"})
+    event: dict[str, Any] = {
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "category_uid": _CATEGORY_UID,
+        "category_name": "Findings",
+        "class_uid": _CLASS_UID,
+        "class_name": "Detection Finding",
+        "type_uid": _CLASS_UID * 100 + activity_id,
+        "type_name": f"Detection Finding: {activity_name}",
+        "severity_id": severity_id,
+        "severity": severity,
+        "time": time,
+        "message": view["summary"],
+        "is_alert": activity == "create",
+        "metadata": {
+            "version": OCSF_VERSION,
+            "product": {
+                "name": "mlwatchd",
+                "vendor_name": "mlwatchd",
+                "version": product_version or _product_version(),
+                "feature": {"name": finding.detector},
+            },
+            "log_name": "findings",
+        },
+        "finding_info": {
+            "uid": finding.finding_id,
+            "title": f"{finding.kind.replace('_', ' ')} ({finding.detector})",
+            "desc": view["summary"],
+            "types": [finding.kind],
+            "analytic": {
+                "uid": finding.detector,
+                "name": finding.detector,
+                "type_id": 2 if finding.kind in _BEHAVIOURAL_KINDS else 3,
+            },
+            "attacks": [_attack(a) for a in view["atlas"]],
+            "created_time": time,
+        },
+        "evidences": [evidence],
+        "unmapped": {"mlwatchd": {"kind": finding.kind, "entity_type": entity_type}},
+    }
+    if activity == "create":
+        event["status_id"] = 1
+        event["status"] = "New"
+    if resources:
+        event["resources"] = resources
+    return event
