@@ -101,6 +101,9 @@ _ERROR_MAX: Final = 300
 _INTAKE_WAIT_S: Final = 2.0
 #: Internal action names: approval requests and their updates go through Slack.
 _APPROVAL_PREFIX: Final = "approval:"
+#: HTTP answers that do not say whether the request was carried out (a gateway
+#: timed out waiting for the destination): the attempt's outcome stays unknown.
+_NO_ANSWER: Final = frozenset({408, 504})
 
 
 def _rfc3339(seconds: float) -> str:
@@ -476,6 +479,7 @@ class ResponseEngine:
             action, bound = self._resolve(job)
             fields["action_type"] = action.name
             extra = json.loads(job["extra"])
+            unknown = extra.pop("unknown_since", None)
             if bound is not None and bound.requires_approval and not job["dry_run"]:
                 # The recorded decision, not the job's own word: a job written into
                 # the outbox by anyone else is never published unapproved.
@@ -489,7 +493,8 @@ class ResponseEngine:
                 incident_count=int(extra.get("count", 1)),
                 incident_first_seen=float(extra.get("first_seen", job["created_at"])),
                 mitigations=route.spec.mitigations if route else (), state=state, extra=extra,
-                dry_run=bool(job["dry_run"]))
+                dry_run=bool(job["dry_run"]),
+                unknown_since=float(unknown) if unknown is not None else None)
             if job["dry_run"]:
                 preview = action.preview(call, self.runtime)
                 with self.outbox.tx() as db:
@@ -514,13 +519,19 @@ class ResponseEngine:
                 call.extra = extra
             if extra.get("wait_for_thread") and not state.get("ts") and self._parent_pending(job):
                 raise Deferred("the incident's first message is not delivered yet", after=0.5)
-            self._audit_now("action_attempt", now, outcome="attempt", **fields)
+            with self.outbox.tx() as db:
+                if unknown is None:  # until this attempt has an answer, it may have landed
+                    self.outbox.mark_unknown(db, job["id"], now)
+                self._audit(db, "action_attempt", now, outcome="attempt", **fields)
             result = action.deliver(call, self.runtime)
         except Deferred as exc:
             self.outbox.reschedule(job["id"], now + exc.after, now, attempts=attempts - 1,
                                    error=exc.reason)
             return
         except RetryLater as exc:
+            if unknown is None and exc.status is not None and exc.status not in _NO_ANSWER:
+                with self.outbox.tx() as db:  # an answer: this attempt did not land
+                    self.outbox.mark_unknown(db, job["id"], None)
             self._retry(job, fields, attempts, now, exc)
             return
         except PermanentFailure as exc:
