@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.lab.fake_slack import FakeSlack, Reply
+from daemon.lab.fake_slack import Endpoint, FakeSlack, Reply
 from detectors.findings import Entity, Finding, Source
 from playbooks.config import PlaybookSettings, SlackConnection
 from playbooks.engine import ResponseEngine
@@ -57,7 +57,7 @@ def run(mode: str, alerts: int, lost: float, seed: int) -> dict[str, Any]:
                                 api_base_url=slack.api_base_url, timeout_s=5.0)
                 if mode == "bot_token" else
                 SlackConnection(webhook_url=slack.webhook_url, timeout_s=5.0))
-        endpoint = "chat.postMessage" if mode == "bot_token" else "webhook"
+        endpoint: Endpoint = "chat.postMessage" if mode == "bot_token" else "webhook"
         dropped = sum(rng.random() < lost for _ in range(alerts))
         slack.script(*[Reply.lost(endpoint)] * dropped)  # the first `dropped` posts
         engine = ResponseEngine(load_playbooks(folder), settings, slack=conn)
