@@ -30,7 +30,9 @@ log = structlog.get_logger("mlwatchd.playbooks")
 
 
 def rfc3339(seconds: float) -> str:
-    """>>> rfc3339(0.0)
+    """Seconds since the epoch as RFC 3339 UTC, to the second.
+
+    >>> rfc3339(0.0)
     '1970-01-01T00:00:00Z'
     """
     return _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

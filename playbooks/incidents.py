@@ -31,7 +31,9 @@ log = structlog.get_logger("mlwatchd.playbooks")
 
 
 def minutes(seconds: float) -> str:
-    """>>> minutes(30), minutes(600)
+    """A duration for a notice, in whole minutes (at least one).
+
+    >>> minutes(30), minutes(600)
     ('1 minute', '10 minutes')
     """
     count = max(1, round(seconds / 60))
