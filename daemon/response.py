@@ -3,14 +3,16 @@
 :class:`ResponseRoute` is what the consumer loop hands findings to: the
 playbook engine (``playbooks.engine.ResponseEngine``) plus the Kafka producer
 its kafka actions and audit trail publish through (Kafka I/O stays in
-``daemon/``). It has the loop's alerter interface: ``start()``,
-``submit(finding)``, ``stop(timeout)``.
+``daemon/``). It is the loop's alerter, a :class:`playbooks.protocol.ResponseSide`:
+``start()``, ``submit(finding)``, ``handle_slack_interaction(headers, body)``,
+``stop(timeout)``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +241,10 @@ def _pseudonymizer(settings: Settings) -> Pseudonymizer | None:
 
 
 class ResponseRoute:
-    """The playbook engine with its publisher, started and stopped together."""
+    """The playbook engine with its publisher, started and stopped together.
+
+    It is the daemon's :class:`playbooks.protocol.ResponseSide`.
+    """
 
     def __init__(self, settings: Settings, playbooks: PlaybookSet, on_event: Any = None,
                  on_reject: RejectHook | None = None) -> None:
@@ -266,7 +271,8 @@ class ResponseRoute:
     def submit(self, finding: Finding) -> None:
         self.engine.submit(finding)
 
-    def handle_slack_interaction(self, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+    def handle_slack_interaction(self, headers: Mapping[str, str], body: bytes
+                                 ) -> tuple[int, bytes]:
         return self.engine.handle_slack_interaction(headers, body)
 
     def stop(self, timeout: float = 10.0) -> int:

@@ -57,6 +57,7 @@ from detectors.events import BadEvent, Event, check_ts_window, decode_event
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
 from playbooks.outbox import OutboxUnavailable
+from playbooks.protocol import ResponseSide
 
 __all__ = ["Daemon"]
 
@@ -88,7 +89,7 @@ class Daemon:
         self,
         settings: Settings,
         pipeline: Pipeline | None = None,
-        alerter: Any | None = None,
+        alerter: ResponseSide | None = None,
         metrics: Metrics | None = None,
         stopping: threading.Event | None = None,
     ) -> None:
@@ -150,9 +151,8 @@ class Daemon:
         obs = self.settings.observability
         routes = {}
         interactivity = self.settings.playbooks.interactivity
-        handler = getattr(self.alerter, "handle_slack_interaction", None)
-        if interactivity.enabled and handler is not None:
-            routes[interactivity.path] = handler
+        if interactivity.enabled and self.alerter is not None:
+            routes[interactivity.path] = self.alerter.handle_slack_interaction
         cap, timeout = obs.http_max_connections, obs.http_request_timeout_s
         if obs.interactivity_port is not None and routes:
             self.interactions = StatusServer(

@@ -134,6 +134,9 @@ class ActionCall:
     #: Phase details: notice text, approval id, decision, the message to revert.
     extra: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    #: When an earlier attempt whose outcome is unknown started (it may have
+    #: been delivered: timed out, connection lost, process died); None if none.
+    unknown_since: float | None = None
 
     def context(self, pseudonymizer: Pseudonymizer | None, *, outside: bool) -> dict[str, Any]:
         """Template variables; ``outside=True`` gives the pseudonymised, masked view."""
@@ -306,11 +309,11 @@ slack-security:
                                           call.extra.get("user"))
                 return slack.update(decided, channel=str(call.extra.get("message_channel")),
                                     ts=str(original))
-        if call.phase == "approval":
-            return slack.post(message, channel=self.params.channel)
         # Follow-ups (and a more severe finding) go into the incident's thread.
-        return slack.post(message, channel=self.params.channel,
-                          thread_ts=thread if slack.web_api else None)
+        thread_ts = thread if call.phase != "approval" and slack.web_api else None
+        return slack.post(message, channel=self.params.channel, thread_ts=thread_ts,
+                          key=call.idempotency_key, finding_id=call.finding.finding_id,
+                          unknown_since=call.unknown_since)
 
     def preview(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
         return {"text": self._message(call, runtime).text}

@@ -181,6 +181,9 @@ class SlackConnection:
     #: Kept for the daemon's ``SlackSettings``; the engine's outbox owns retries
     #: (``PlaybookSettings.max_attempts``), so requests are sent once per attempt.
     max_retries: int = 0
+    #: Bot token: before re-sending a post whose outcome is unknown, look for it
+    #: in the channel (see :mod:`playbooks.slack_post`). Off: it is sent again.
+    check_before_resend: bool = True
 
     def __post_init__(self) -> None:
         if self.bot_token and not self.channel:

@@ -358,6 +358,15 @@ class Outbox:
                 "last_error = ?, updated_at = ? WHERE id = ?",
                 (attempts, next_at, error, now, job_id))
 
+    def mark_unknown(self, db: sqlite3.Connection, job_id: int, since: float | None) -> None:
+        """Record (or, with None, clear) that an attempt begun at ``since`` may have landed."""
+        if since is None:
+            db.execute("UPDATE jobs SET extra = json_remove(extra, '$.unknown_since') "
+                       "WHERE id = ?", (job_id,))
+        else:
+            db.execute("UPDATE jobs SET extra = json_set(extra, '$.unknown_since', ?) "
+                       "WHERE id = ?", (since, job_id))
+
     def recover_running(self, include_own: bool = True, timeout_s: float | None = None) -> int:
         """Jobs left ``running`` by a process that is gone go back to pending (at least once).
 

@@ -27,6 +27,20 @@ What it answers, unless scripted otherwise:
   the recorded body, and must name an earlier message (else ``thread_not_found``).
 * ``POST {api_base_url}chat.update`` (``channel``, ``ts`` of an earlier
   message): ``{"ok": true, "channel", "ts"}``; ``message_not_found`` otherwise.
+* Channels: a ``#name`` (or bare name) in ``chat.postMessage`` is a channel the
+  bot is in, created on first use with an id ``C...``; the answer's
+  ``channel`` is that id, as Slack's is. ``metadata`` (``event_type`` and
+  ``event_payload``, a JSON object or, in a form, JSON text) is stored with the
+  message.
+* ``GET``/``POST {api_base_url}conversations.history`` (``channel`` id,
+  ``oldest``, ``latest``, ``inclusive``, ``limit`` (default 100, at most 999),
+  ``cursor``, ``include_all_metadata``): top-level messages newest first, with
+  ``has_more`` and ``response_metadata.next_cursor``; a channel *name* is
+  ``channel_not_found`` there, as on Slack; a bad cursor ``invalid_cursor``.
+  Metadata is in the messages only with ``include_all_metadata``.
+* ``conversations.replies`` (``channel`` id, ``ts`` of a thread's parent, same
+  paging): the parent, then its replies, oldest first; ``thread_not_found``.
+* ``conversations.list`` (``limit``, ``cursor``): the channels above, paged.
 
 Interactivity: :meth:`FakeSlack.interaction` builds what Slack sends to an
 app's interactivity URL when someone clicks one of a posted message's buttons
@@ -34,7 +48,10 @@ app's interactivity URL when someone clicks one of a posted message's buttons
 :meth:`FakeSlack.click` also POSTs it to a URL.
 
 Scripted replies (:meth:`FakeSlack.script`) answer the next requests in
-order, one each, before the normal behaviour resumes. A fault mode
+order, one each (a reply with ``endpoint`` set waits for a request to that
+endpoint; ``Reply.lost()`` takes a post, then drops the connection without an
+answer: a post that reached Slack whose outcome the client cannot know),
+before the normal behaviour resumes. A fault mode
 (:meth:`FakeSlack.set_fault`: ``rate_limit`` = 429 with ``Retry-After``,
 ``server_error`` = 500/502/503 in turn, ``mixed`` = both in turn) answers every
 request that no scripted reply takes until it is switched off. Every request is
@@ -45,11 +62,13 @@ time and the status it got; accepted messages are also in
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
 import time
 import urllib.error
@@ -63,7 +82,11 @@ from urllib.parse import parse_qs, urlencode
 
 __all__ = ["WEBHOOK_ERROR_STATUS", "Endpoint", "FakeSlack", "FaultMode", "Reply", "SlackRequest"]
 
-Endpoint: TypeAlias = Literal["webhook", "chat.postMessage", "chat.update", "unknown"]
+Endpoint: TypeAlias = Literal["webhook", "chat.postMessage", "chat.update",
+                              "conversations.history", "conversations.replies",
+                              "conversations.list", "unknown"]
+_API_METHODS: Final = ("chat.postMessage", "chat.update", "conversations.history",
+                       "conversations.replies", "conversations.list")
 #: What :meth:`FakeSlack.set_fault` can make every unscripted request get.
 FaultMode: TypeAlias = Literal["rate_limit", "server_error", "mixed"]
 
@@ -105,6 +128,10 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: str | Mapping[str, Any] | None = None
     delay_s: float = 0.0
+    #: Answer only a request to this endpoint (others pass it by); None: any.
+    endpoint: Endpoint | None = None
+    #: Do everything as usual, then close the connection without an answer.
+    drop: bool = False
 
     @classmethod
     def rate_limited(cls, retry_after: str | int | float | None = 1) -> Reply:
@@ -123,6 +150,11 @@ class Reply:
     @classmethod
     def slow(cls, delay_s: float) -> Reply:
         return cls(delay_s=delay_s)
+
+    @classmethod
+    def lost(cls, endpoint: Endpoint | None = "chat.postMessage") -> Reply:
+        """The request is taken (a post is shown), the answer never arrives."""
+        return cls(drop=True, endpoint=endpoint)
 
     def is_normal(self) -> bool:
         return self.status in (None, 200) and self.error is None and self.body is None
@@ -166,6 +198,8 @@ class FakeSlack:
         self._fault_retry_after: str | int | float = 1
         self._fault_count = 0
         self._posted: set[str] = set()  # ts of accepted chat.postMessage messages
+        self._channels: dict[str, str] = {}  # name -> id
+        self._messages: dict[str, list[dict[str, Any]]] = {}  # channel id -> oldest first
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -279,10 +313,12 @@ class FakeSlack:
 
     # -- server side (called from handler threads) ----------------------------
 
-    def _next_reply(self) -> Reply:
+    def _next_reply(self, endpoint: Endpoint = "unknown") -> Reply:
         with self._lock:
-            if self._scripted:
-                return self._scripted.popleft()
+            for i, scripted in enumerate(self._scripted):
+                if scripted.endpoint is None or scripted.endpoint == endpoint:
+                    del self._scripted[i]
+                    return scripted
             if self._fault is None:
                 return Reply()
             turn = self._fault_count
@@ -305,6 +341,99 @@ class FakeSlack:
     def _known_ts(self, ts: str) -> bool:
         with self._lock:
             return ts in self._posted
+
+    def channel_id(self, name: str) -> str:
+        """The id of channel ``name`` (``#name`` or bare), created on first use."""
+        bare = name.lstrip("#")
+        with self._lock:
+            if bare not in self._channels:
+                self._channels[bare] = "C" + hashlib.sha256(bare.encode()).hexdigest()[:9].upper()
+            return self._channels[bare]
+
+    def _resolve_channel(self, channel: str) -> str:
+        with self._lock:
+            if channel in self._channels.values():
+                return channel
+        return self.channel_id(channel)
+
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        """What the channel (id or name) shows, oldest first, thread replies included."""
+        with self._lock:
+            return [dict(m) for m in self._messages.get(self._resolve_channel(channel), [])]
+
+    def _store(self, channel: str, body: Mapping[str, Any], ts: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "message", "subtype": "bot_message",
+                                   "bot_id": "B0FAKE", "app_id": "A0FAKE",
+                                   "text": body.get("text", ""), "ts": ts}
+        metadata = body.get("metadata")
+        if isinstance(metadata, str):
+            with contextlib.suppress(ValueError):
+                metadata = json.loads(metadata)
+        if isinstance(metadata, dict) and metadata.get("event_type"):
+            message["metadata"] = {"event_type": str(metadata["event_type"]),
+                                   "event_payload": dict(metadata.get("event_payload") or {})}
+        if body.get("thread_ts"):
+            message["thread_ts"] = str(body["thread_ts"])
+        with self._lock:
+            self._messages.setdefault(channel, []).append(message)
+        return message
+
+    def _read_api(self, endpoint: Endpoint, body: Mapping[str, Any]
+                  ) -> tuple[int, Mapping[str, Any]]:
+        """conversations.history / .replies / .list, paged like Slack's."""
+        try:
+            limit = min(999, max(1, int(body.get("limit") or 100)))
+        except ValueError:
+            return 200, {"ok": False, "error": "invalid_limit"}
+        cursor = str(body.get("cursor") or "")
+        offset = 0
+        if cursor:
+            try:
+                offset = int(base64.b64decode(cursor.encode(), validate=True).decode()
+                             .removeprefix("offset:"))
+            except (ValueError, UnicodeDecodeError):
+                return 200, {"ok": False, "error": "invalid_cursor"}
+        if endpoint == "conversations.list":
+            with self._lock:
+                every: list[dict[str, Any]] = [
+                    {"id": cid, "name": name, "is_channel": True, "is_private": False,
+                     "is_archived": False, "is_member": True}
+                    for name, cid in self._channels.items()]
+            key = "channels"
+        else:
+            channel = str(body.get("channel") or "")
+            with self._lock:
+                known = channel in self._channels.values()
+                stored = list(self._messages.get(channel, []))
+            if not known:
+                return 200, {"ok": False, "error": "channel_not_found"}
+            metadata = str(body.get("include_all_metadata", "")).lower() in ("1", "true")
+            if endpoint == "conversations.history":
+                every = [m for m in reversed(stored) if "thread_ts" not in m]
+            else:
+                parent = str(body.get("ts") or "")
+                top = [m for m in stored if m["ts"] == parent and "thread_ts" not in m]
+                if not top:
+                    return 200, {"ok": False, "error": "thread_not_found"}
+                every = top + [m for m in stored if m.get("thread_ts") == parent]
+            inclusive = str(body.get("inclusive", "")).lower() in ("1", "true")
+            oldest = float(body.get("oldest") or 0)
+            latest = float(body.get("latest") or time.time() + 1e6)
+            every = [m for m in every if (oldest <= float(m["ts"]) <= latest if inclusive else
+                                          oldest < float(m["ts"]) < latest)
+                     or (endpoint == "conversations.replies" and m is every[0])]
+            every = [m if metadata else {k: v for k, v in m.items() if k != "metadata"}
+                     for m in every]
+            key = "messages"
+        page = every[offset:offset + limit]
+        more = offset + limit < len(every)
+        next_cursor = base64.b64encode(f"offset:{offset + limit}".encode()).decode() if more \
+            else ""
+        answer: dict[str, Any] = {"ok": True, key: page,
+                                  "response_metadata": {"next_cursor": next_cursor}}
+        if key == "messages":
+            answer["has_more"] = more
+        return 200, answer
 
     # -- interactivity --------------------------------------------------------
 
@@ -375,24 +504,27 @@ class FakeSlack:
             self._lock.notify_all()
 
     def _answer(
-        self, endpoint: Endpoint, path: str, headers: Mapping[str, str], raw: bytes
-    ) -> tuple[int, dict[str, str], str, Mapping[str, Any], float]:
-        """(status, headers, body text, parsed request body, delay) for one request."""
+        self, endpoint: Endpoint, path: str, headers: Mapping[str, str], raw: bytes,
+        query: Mapping[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], str, Mapping[str, Any], Reply]:
+        """(status, headers, body text, parsed request body, reply) for one request."""
         body = _parse_body(headers.get("content-type", ""), raw)
-        reply = self._next_reply()
+        if query:
+            body = {**query, **body}
+        reply = self._next_reply(endpoint)
         extra = dict(reply.headers)
         if reply.retry_after is not None:
             extra["Retry-After"] = str(reply.retry_after)
         if endpoint == "webhook":
             status, text = self._webhook_answer(path, body, raw, reply)
-            return status, {"Content-Type": "text/html", **extra}, text, body, reply.delay_s
-        if endpoint in ("chat.postMessage", "chat.update"):
+            return status, {"Content-Type": "text/html", **extra}, text, body, reply
+        if endpoint in _API_METHODS:
             status, payload = self._api_answer(headers, body, reply, endpoint)
         else:
             status, payload = 404, {"ok": False, "error": "unknown_method"}
         text = payload if isinstance(payload, str) else json.dumps(payload)
         json_type = {"Content-Type": "application/json; charset=utf-8"}
-        return status, {**json_type, **extra}, text, body, reply.delay_s
+        return status, {**json_type, **extra}, text, body, reply
 
     def _webhook_answer(
         self, path: str, body: Mapping[str, Any], raw: bytes, reply: Reply
@@ -427,6 +559,9 @@ class FakeSlack:
             return 200, {"ok": False, "error": "not_authed"}
         if auth.removeprefix("Bearer ") != self.token:
             return 200, {"ok": False, "error": "invalid_auth"}
+        if endpoint in ("conversations.history", "conversations.replies",
+                        "conversations.list"):
+            return self._read_api(endpoint, body)
         if not body.get("channel"):
             return 200, {"ok": False, "error": "channel_not_found"}
         if not body.get("text") and not body.get("blocks"):
@@ -435,14 +570,15 @@ class FakeSlack:
             ts = str(body.get("ts") or "")
             if not self._known_ts(ts):
                 return 200, {"ok": False, "error": "message_not_found"}
-            return 200, {"ok": True, "channel": str(body["channel"]), "ts": ts,
-                         "text": body.get("text", "")}
+            return 200, {"ok": True, "channel": self._resolve_channel(str(body["channel"])),
+                         "ts": ts, "text": body.get("text", "")}
         thread = body.get("thread_ts")
         if thread and not self._known_ts(str(thread)):
             return 200, {"ok": False, "error": "thread_not_found"}
         ts = self._fresh_ts()
-        message = {"type": "message", "text": body.get("text", ""), "ts": ts}
-        return 200, {"ok": True, "channel": str(body["channel"]), "ts": ts, "message": message}
+        channel = self._resolve_channel(str(body["channel"]))
+        message = self._store(channel, body, ts)
+        return 200, {"ok": True, "channel": channel, "ts": ts, "message": message}
 
 
 def _find_button(blocks: Any, action_id: str) -> dict[str, Any] | None:
@@ -478,31 +614,49 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
         server_version = "FakeSlack/1"
 
         def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path.removeprefix("/api/") in ("conversations.history", "conversations.replies",
+                                              "conversations.list"):
+                self._serve("GET")
+            else:
+                self.send_error(405)
+
+        def _serve(self, method: str) -> None:
             arrived = time.monotonic()
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            path = self.path.split("?", 1)[0]
+            path, _, qs = self.path.partition("?")
+            query = {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
             headers = {k.lower(): v for k, v in self.headers.items()}
             endpoint: Endpoint
+            method_name = path.rstrip("/").removeprefix("/api/")
             if path.startswith("/services/"):
                 endpoint = "webhook"
-            elif path.rstrip("/") == "/api/chat.postMessage":
-                endpoint = "chat.postMessage"
-            elif path.rstrip("/") == "/api/chat.update":
-                endpoint = "chat.update"
+            elif path.startswith("/api/") and method_name in _API_METHODS:
+                endpoint = method_name  # type: ignore[assignment]  # checked just above
             else:
                 endpoint = "unknown"
-            status, out_headers, text, body, delay_s = fake._answer(endpoint, path, headers, raw)
+            status, out_headers, text, body, reply = fake._answer(endpoint, path, headers, raw,
+                                                                  query)
             delivered = status == 200 and (
-                text == "ok" if endpoint == "webhook" else '"ok": true' in text
+                text == "ok" if endpoint == "webhook" else
+                endpoint in ("chat.postMessage", "chat.update") and '"ok": true' in text
             )
             # Recorded on arrival, before any scripted delay: a test can wait for
             # "the client is now waiting on Slack", and once a client has its
             # answer the record exists.
-            fake._record(SlackRequest(endpoint, "POST", path, headers, body, raw, arrived,
+            fake._record(SlackRequest(endpoint, method, path, headers, body, raw, arrived,
                                       status, text, delivered))
-            if delay_s:
-                time.sleep(delay_s)
+            if reply.delay_s:
+                time.sleep(reply.delay_s)
+            if reply.drop:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             data = text.encode("utf-8")
             try:
                 self.send_response(status)
@@ -513,9 +667,6 @@ def _make_handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except OSError:
                 pass  # the client gave up (timeout); the request is recorded all the same
-
-        def do_GET(self) -> None:
-            self.send_error(405)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean; assertions use fake.requests

@@ -45,7 +45,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def engine_factory(tmp_path: Path, fake_slack: FakeSlack) -> Iterator[Callable[..., Any]]:
-    """``make(yaml, route="web_api"|"webhook"|None, start=True, **settings)``.
+    """``make(yaml, route="web_api"|"webhook"|None, start=True, slack_options=None, **settings)``.
 
     Returns (engine, events). Same ``outbox`` name -> same SQLite file (restarts).
     Test-length timings: ticks every 50 ms, retries after 50-200 ms.
@@ -54,7 +54,8 @@ def engine_factory(tmp_path: Path, fake_slack: FakeSlack) -> Iterator[Callable[.
 
     def make(playbook_yaml: str, *, slack_route: str | None = "web_api", start: bool = True,
              publish: Any = None, outbox: str = "outbox.sqlite3", pseudonymize: bool = True,
-             events: Events | None = None, **overrides: Any) -> tuple[ResponseEngine, Events]:
+             events: Events | None = None, slack_options: dict[str, Any] | None = None,
+             **overrides: Any) -> tuple[ResponseEngine, Events]:
         playbooks = write_playbooks(tmp_path / "playbooks", playbook_yaml)
         data: dict[str, Any] = {
             "dir": str(tmp_path / "playbooks"),
@@ -69,10 +70,12 @@ def engine_factory(tmp_path: Path, fake_slack: FakeSlack) -> Iterator[Callable[.
         settings = PlaybookSettings.model_validate(data)
         slack = None
         if slack_route == "web_api":
-            slack = SlackConnection(bot_token=fake_slack.token, channel="#ml-security",
-                                    api_base_url=fake_slack.api_base_url, timeout_s=5.0)
+            slack = SlackConnection(**{"bot_token": fake_slack.token, "channel": "#ml-security",
+                                       "api_base_url": fake_slack.api_base_url,
+                                       "timeout_s": 5.0, **(slack_options or {})})
         elif slack_route == "webhook":
-            slack = SlackConnection(webhook_url=fake_slack.webhook_url, timeout_s=5.0)
+            slack = SlackConnection(**{"webhook_url": fake_slack.webhook_url, "timeout_s": 5.0,
+                                       **(slack_options or {})})
         events = events or Events()
         engine = ResponseEngine(
             playbooks, settings, slack=slack,

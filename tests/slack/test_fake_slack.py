@@ -34,7 +34,8 @@ def test_chat_post_message_answers_fresh_ts_and_records_the_request(fake_slack):
     client = WebClient(token=fake_slack.token, base_url=fake_slack.api_base_url)
     first = client.chat_postMessage(channel="#c", text="one", blocks=[{"type": "divider"}])
     second = client.chat_postMessage(channel="#c", text="two")
-    assert first["ok"] and first["channel"] == "#c" and first["ts"] != second["ts"]
+    assert first["ok"] and first["channel"] == fake_slack.channel_id("#c") \
+        and first["ts"] != second["ts"]
     req = fake_slack.requests[0]
     assert req.endpoint == "chat.postMessage" and req.body["blocks"] == [{"type": "divider"}]
     assert len(fake_slack.wait_for_delivered(2)) == 2
