@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic
@@ -468,8 +468,7 @@ def load(path: str | Path | None) -> Settings:
             validate_params(name, cfg.params)
         except ParamsError as exc:
             problems.extend(f"detectors.{name}: {line}" for line in exc.problems)
-    if settings is not None:
-        problems.extend(_input_format_problems(settings))
+    problems.extend(_input_format_problems(settings, data))
     if settings is not None and settings.playbooks.enabled:
         try:
             load_playbooks(settings.playbooks.dir)
@@ -480,13 +479,25 @@ def load(path: str | Path | None) -> Settings:
     return settings
 
 
-def _input_format_problems(settings: Settings) -> list[str]:
-    """Each ``input.formats`` entry's options checked by its format; output topics refused."""
-    problems: list[str] = []
-    topics = settings.topics
+def _input_format_problems(settings: Settings | None, data: dict[str, Any]) -> list[str]:
+    """Each ``input.formats`` entry's options checked by its format; output topics refused.
+
+    Without valid settings, the entries that parse on their own are checked
+    (against the file's topic names), so every problem shows in one run.
+    """
+    if settings is not None:
+        formats, topics, state = settings.input.formats, settings.topics, settings.state.topic
+    else:
+        formats = _raw_sections(InputFormatSettings,
+                                (data.get("input") or {}).get("formats")
+                                if isinstance(data.get("input"), dict) else None)
+        topics = next(iter(_raw_sections(TopicSettings, {"t": data.get("topics") or {}})
+                           .values()), TopicSettings())
+        state = StateSettings.model_fields["topic"].default
     outputs = {topics.findings: "findings", topics.dlq: "dlq", topics.repartition: "repartition",
-               settings.state.topic: "state"}
-    for topic, cfg in settings.input.formats.items():
+               state: "state"}
+    problems: list[str] = []
+    for topic, cfg in formats.items():
         where = f"input.formats.{topic}"
         if not topic.strip():
             problems.append(f"{where}: a topic name is required")
@@ -497,6 +508,20 @@ def _input_format_problems(settings: Settings) -> list[str]:
         except FormatConfigError as exc:
             problems.extend(f"{where}: {line}" for line in str(exc).splitlines())
     return problems
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _raw_sections(model: type[_Model], raw: Any) -> dict[str, _Model]:
+    """The entries of a mapping that parse on their own (the others are reported already)."""
+    out: dict[str, _Model] = {}
+    for name, cfg in raw.items() if isinstance(raw, dict) else ():
+        try:
+            out[str(name)] = model.model_validate(cfg or {})
+        except pydantic.ValidationError:
+            continue
+    return out
 
 
 def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:
