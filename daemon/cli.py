@@ -83,8 +83,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in playbook_warnings(playbooks, settings.playbooks,
                                       slack_configured=settings.slack.enabled):
             print(f"warning: playbooks: {line}", file=sys.stderr)
+    inputs = ", ".join(topic if name == "contract" else f"{topic} ({name})"
+                       for topic, (name, _) in settings.input_formats().items())
     print(f"config OK: kafka {settings.kafka.bootstrap_servers}, group {settings.kafka.group_id}, "
-          f"detectors: {names}; slack: {slack}; playbooks: {routes}")
+          f"inputs: {inputs}; detectors: {names}; slack: {slack}; playbooks: {routes}")
     return 0
 
 

@@ -91,13 +91,18 @@ def test_contract_topics_keep_their_kinds_and_configured_topics_get_their_format
     monkeypatch.setenv("MLWATCHD_TOPICS__AUDIT", "corp.audit")
     monkeypatch.setenv("MLWATCHD_INPUT__FORMATS",
                        json.dumps({"k8s.audit": {"format": "k8s-audit"}}))
-    formats = load(None).input_formats()
+    settings = load(None)
+    formats = settings.input_formats()
     assert formats == {
         "ml.inference": ("contract", {"event_type": "inference"}),
         "corp.audit": ("contract", {"event_type": "audit"}),
         "ml.access": ("contract", {"event_type": "access"}),
         "k8s.audit": ("k8s-audit", {}),
     }
+    run = subprocess.run([sys.executable, "-m", "daemon.cli", "check-config"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "inputs: ml.inference, corp.audit, ml.access, k8s.audit (k8s-audit);" in run.stdout
 
 
 def test_bad_input_formats_fail_at_start_with_one_line_per_problem(tmp_path: Path) -> None:
@@ -132,8 +137,9 @@ def test_a_kserve_topic_gives_joined_events_with_item_sources_and_format_dead_le
     events = daemon._decoded(TopicPartition(KSERVE, 2), _fixture("kserve"), dead)
     assert [(s.topic, s.partition, s.offset, s.item) for _, s in events] == [
         (KSERVE, 2, 1, 0), (KSERVE, 2, 1, 1), (KSERVE, 2, 3, None)]
+    first = events[0][0]
     assert all(isinstance(e, InferenceEvent) for e, _ in events)
-    assert events[0][0].principal == "alice@example.com"
+    assert isinstance(first, InferenceEvent) and first.principal == "alice@example.com"
     reasons = [(_headers(r)[DLQ_HEADERS[2]], _headers(r)[DLQ_HEADERS[3]]) for r in dead]
     assert reasons == [(b"5", b"not_json"), (b"7", b"invalid_value"), (b"8", b"missing_field")]
     for record in dead:
