@@ -83,20 +83,33 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in playbook_warnings(playbooks, settings.playbooks,
                                       slack_configured=settings.slack.enabled):
             print(f"warning: playbooks: {line}", file=sys.stderr)
+    inputs = ", ".join(topic if name == "contract" else f"{topic} ({name})"
+                       for topic, (name, _) in settings.input_formats().items())
     print(f"config OK: kafka {settings.kafka.bootstrap_servers}, group {settings.kafka.group_id}, "
-          f"detectors: {names}; slack: {slack}; playbooks: {routes}")
+          f"inputs: {inputs}; detectors: {names}; slack: {slack}; playbooks: {routes}")
     return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from daemon.formats import FormatConfigError, make_format
     from daemon.logs import configure_logging
     from daemon.replay import main_replay
     from detectors.pipeline import Pipeline
 
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
+    # The format's options: those of the first input topic configured with it.
+    options = next((dict(opts) for name, opts in settings.input_formats().values()
+                    if name == args.format and name != "contract"), {})
+    try:
+        fmt = make_format(args.format,
+                          {"max_bytes": settings.kafka.max_message_bytes, **options})
+    except FormatConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"mlwatchd replay: {line}", file=sys.stderr)
+        return 2
     return main_replay(Pipeline(settings.detector_specs()), args.files,
-                       settings.kafka.max_message_bytes)
+                       settings.kafka.max_message_bytes, fmt, args.kcat)
 
 
 def cmd_detectors(args: argparse.Namespace) -> int:
@@ -240,6 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = verb("replay", "Run the detectors over JSON Lines files; findings as JSON on stdout.",
              cmd_replay)
     p.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    p.add_argument("--format", default="contract", metavar="NAME",
+                   help="input format of each line (default contract: one event with "
+                        "event_type); options from the config's input.formats entry of "
+                        "that format: contract, kserve, oip, litellm, cloudtrail, k8s-audit")
+    p.add_argument("--kcat", action="store_true",
+                   help="each line is a message as `kcat -C -J` prints it (payload, headers, ts)")
     verb("detectors", "List the registered detectors and their params.", cmd_detectors,
          config=False)
     p = verb("demo", "Start an embedded broker, stream built-in traffic with attacks through "

@@ -84,6 +84,9 @@ class Metrics:
         self.detector_gauge = Gauge("mlwatchd_detector_state", "Detector state gauges "
                                     "(entities tracked, evictions, ...)",
                                     ["detector", "stat"], registry=r)
+        self.format_gauge = Gauge("mlwatchd_format_state", "Input format counters per topic "
+                                  "(e.g. KServe requests whose response never came)",
+                                  ["topic", "format", "stat"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,20 +1,34 @@
-"""``mlwatchd replay``: the detector pipeline over JSON Lines files, no Kafka.
+"""``mlwatchd replay``: the detector pipeline over files, no Kafka.
 
 The same :class:`~detectors.pipeline.Pipeline` as ``run``; only the I/O
-differs. Each line is one event with ``event_type`` set; a line's source is
-``(file path, 0, line number)``, so finding ids are stable across replays.
+differs. Each line of a file is one message of the chosen input format
+(``--format``; default ``contract``: one event with ``event_type`` set), read
+by that format exactly as ``run`` reads a Kafka message's value. With
+``--kcat`` each line is a message as ``kcat -C -J`` prints it (``payload``,
+``headers`` as a flat ``[name, value, ...]`` list, ``ts`` in ms), so formats
+that read headers (KServe's CloudEvents) can be replayed from a topic dump.
+Files ending in ``.gz`` are read decompressed (CloudTrail delivers its log
+files so). One format instance reads all the files in order, so a KServe
+request and its response join across lines as across messages.
+
+An event's source is ``(file path, 0, line number, item)``, ``item`` being
+its index inside the line when a line holds several (a CloudTrail file's
+records); finding ids are stable across replays.
 """
 
 from __future__ import annotations
 
+import gzip
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import orjson
 import structlog
 
-from detectors.events import BadEvent, Event, decode_any, event_type_of
+from daemon.formats import DeadLetter, Format, make_format
+from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import Pipeline
 
@@ -30,44 +44,78 @@ class ReplayStats:
         self.findings = 0
 
 
+def _kcat_message(line: bytes) -> tuple[bytes, list[tuple[str, bytes]], int | None] | str:
+    """(value, headers, timestamp ms) of one ``kcat -J`` line, or why it is not one."""
+    try:
+        row: Any = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return "not a kcat -J line (not JSON)"
+    if not isinstance(row, dict) or not isinstance(row.get("payload"), str | None):
+        return "not a kcat -J line (no string payload)"
+    flat = row.get("headers") or []
+    if not isinstance(flat, list) or len(flat) % 2 or \
+            not all(isinstance(x, str | None) for x in flat):
+        return "not a kcat -J line (headers must be [name, value, ...])"
+    headers = [(str(flat[i]), (flat[i + 1] or "").encode()) for i in range(0, len(flat), 2)]
+    ts = row.get("ts")
+    payload = row.get("payload")
+    return (payload.encode() if payload is not None else b"", headers,
+            ts if isinstance(ts, int) and not isinstance(ts, bool) else None)
+
+
 def read_events(
-    paths: Iterable[str | Path], stats: ReplayStats, max_bytes: int | None = None
+    paths: Iterable[str | Path], stats: ReplayStats, max_bytes: int | None = None,
+    fmt: Format | None = None, kcat: bool = False,
 ) -> Iterator[tuple[Event, Source]]:
-    """Events of JSON Lines files in order; bad lines are logged and counted, not fatal.
+    """Events of the files in order; bad lines are logged and counted, not fatal.
 
     Lines longer than ``max_bytes`` are bad lines (``too_large``), as in ``run``.
     Only the fixed bounds on ``ts`` apply, not the window around now: a
-    backtest replays the past.
+    backtest replays the past. A line of several events with one bad counts
+    one bad line and keeps the good events.
     """
+    if fmt is None:
+        options = {"max_bytes": max_bytes} if max_bytes is not None else {}
+        fmt = make_format("contract", options)
     for path in paths:
         name = str(path)
-        with open(path, "rb") as handle:
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rb") as handle:
             for lineno, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
-                try:
-                    event = decode_any(line, max_bytes)
-                except Exception as exc:
-                    # decode_any raises BadEvent only; anything else still costs one line.
-                    reason = exc.reason if isinstance(exc, BadEvent) else "undecodable"
-                    detail = exc.detail if isinstance(exc, BadEvent) \
-                        else f"{type(exc).__name__}: {exc}"
-                    stats.bad_lines += 1
-                    log.warning("bad_line", file=name, line=lineno, reason=reason,
-                                detail=detail[:200])
-                    continue
-                stats.events += 1
-                yield event, Source(name, 0, lineno)
+                value: bytes = line
+                headers: list[tuple[str, bytes]] = []
+                timestamp_ms: int | None = None
+                if kcat:
+                    message = _kcat_message(line)
+                    if isinstance(message, str):
+                        stats.bad_lines += 1
+                        log.warning("bad_line", file=name, line=lineno, reason="not_kcat",
+                                    detail=message)
+                        continue
+                    value, headers, timestamp_ms = message
+                bad = False
+                for result in fmt.decode(value, headers, timestamp_ms):
+                    if isinstance(result, DeadLetter):
+                        bad = True
+                        log.warning("bad_line", file=name, line=lineno, format=result.format,
+                                    item=result.item, reason=result.reason,
+                                    detail=result.detail[:200])
+                        continue
+                    stats.events += 1
+                    yield result.event, Source(name, 0, lineno, result.item)
+                stats.bad_lines += bad
 
 
 def replay(
     pipeline: Pipeline, paths: Iterable[str | Path], out: IO[bytes] | None = None,
-    max_bytes: int | None = None,
+    max_bytes: int | None = None, fmt: Format | None = None, kcat: bool = False,
 ) -> tuple[list[Finding], ReplayStats]:
     """Run ``pipeline`` over ``paths``; write each finding as a JSON line to ``out``."""
     stats = ReplayStats()
     findings: list[Finding] = []
-    for event, source in read_events(paths, stats, max_bytes):
+    for event, source in read_events(paths, stats, max_bytes, fmt, kcat):
         found = pipeline.process_many(event_type_of(event), 0, ((event, source),))
         for finding in found:
             if out is not None:
@@ -79,13 +127,16 @@ def replay(
     return findings, stats
 
 
-def main_replay(pipeline: Pipeline, paths: list[str], max_bytes: int | None = None) -> int:
+def main_replay(
+    pipeline: Pipeline, paths: list[str], max_bytes: int | None = None,
+    fmt: Format | None = None, kcat: bool = False,
+) -> int:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         for p in missing:
             print(f"mlwatchd replay: no such file: {p}", file=sys.stderr)
         return 2
-    _, stats = replay(pipeline, paths, sys.stdout.buffer, max_bytes)
+    _, stats = replay(pipeline, paths, sys.stdout.buffer, max_bytes, fmt, kcat)
     log.info("replay_done", events=stats.events, bad_lines=stats.bad_lines,
              findings=stats.findings)
     return 0

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
+import msgspec
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.formats import DeadLetter, Format, make_format
 from daemon.kafka_io import (
     OutRecord,
     ProduceFailed,
@@ -53,7 +55,7 @@ from daemon.state import (
     spec_fingerprint,
 )
 from detectors.base import Detector
-from detectors.events import BadEvent, Event, check_ts_window, decode_event
+from detectors.events import BadEvent, Event, InferenceEvent, check_ts_window, event_type_of
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
 from playbooks.outbox import OutboxUnavailable
@@ -67,8 +69,14 @@ log = structlog.get_logger("mlwatchd.runtime")
 _GAUGE_EVERY_S: Final = 10.0
 #: How long one produce attempt may wait for acknowledgements.
 _ACK_TIMEOUT_S: Final = 30.0
-#: Header on repartitioned copies: "topic:partition:offset" of the original.
+#: Header on repartitioned copies: "topic:partition:offset" of the original,
+#: plus "#item" when the event is one of several in its message.
 SOURCE_HEADER: Final = "mlwatchd.source"
+#: Dead-letter headers added for formats other than ``contract`` (whose dead
+#: letters keep exactly the contract's headers): the format, and the index of
+#: the event inside the message when one item of several was refused.
+FORMAT_HEADER: Final = "mlwatchd.format"
+ITEM_HEADER: Final = "mlwatchd.source.item"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -107,7 +115,11 @@ class Daemon:
         self.stopping = stopping or threading.Event()
         self.status: StatusServer | None = None
         self.interactions: StatusServer | None = None
-        self._inputs = settings.topics.inputs()
+        #: Input topic -> (format name, options); every message is read through it.
+        self._inputs = settings.input_formats()
+        #: One format instance per input partition: a format's state (a KServe
+        #: join) belongs to its partition and moves with the partition's checkpoint.
+        self._formats: dict[TopicPartition, Format] = {}
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         #: Next offsets to commit, per partition, for work already acknowledged.
@@ -128,8 +140,10 @@ class Daemon:
         self._unsaved: set[int] = set()
         #: Re-gained input partitions whose start offset is still to be recorded.
         self._to_record: list[TopicPartition] = []
-        #: Model partitions: source "topic:partition" -> last source offset seen.
+        #: Model partitions: source "topic:partition" -> last source offset seen,
+        #: and the item index of that copy when it was one event of several.
         self._seen: dict[int, dict[str, int]] = {}
+        self._seen_items: dict[int, dict[str, int]] = {}
         self._fingerprints = {s.name: spec_fingerprint(s) for s in self.pipeline.specs}
         self.store: StateStore | None = None
         if settings.state.store == "local" and settings.state.dir:
@@ -205,7 +219,9 @@ class Daemon:
             return True
         assert self._consumer is not None
         counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self._inputs]
-        inference = counts[list(self._inputs.values()).index("inference")]
+        topic = self.settings.topics.inference
+        inference = (len(self._consumer.partitions_for_topic(topic) or ())
+                     if topic in self._inputs else 0)
         wanted: dict[str, tuple[int, dict[str, str]]] = {}
         if self._rtopic is not None:
             wanted[self._rtopic] = (inference or max(counts) or 1, {})
@@ -297,17 +313,16 @@ class Daemon:
             if not messages:
                 continue
             if tp.topic == self._rtopic:
-                kind, partition = "inference", model_partition(tp.partition)
-                events = self._unseen(partition, _origins(messages),
-                                      self._decoded(tp, kind, messages, dead))
+                partition = model_partition(tp.partition)
+                events = list(self._unseen(partition, _origins(messages),
+                                           self._decoded(tp, messages, dead)))
             else:
-                kind, partition = self._inputs.get(tp.topic, ""), tp.partition
-                if not kind:
+                if tp.topic not in self._inputs:
                     continue
-                events = self._decoded(tp, kind, messages, dead,
-                                       forward if kind == "inference" else None)
-            found = self.pipeline.process_many(kind, partition, events)
-            findings.extend(found)
+                partition = tp.partition
+                events = self._decoded(tp, messages, dead, forward)
+            for kind, run in _runs(events):
+                findings.extend(self.pipeline.process_many(kind, partition, run))
             self.metrics.events.labels(tp.topic).inc(len(messages))
             count += len(messages)
             offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, None, -1)
@@ -346,74 +361,120 @@ class Daemon:
         self.metrics.batch_events.observe(count)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    def _decoded(
-        self, tp: TopicPartition, kind: str, messages: list[Any], dead: list[OutRecord],
-        forward: list[OutRecord] | None = None,
-    ) -> Iterator[tuple[Event, Source]]:
-        """Valid events of a partition's messages; the others become dead letters.
+    def _format(self, tp: TopicPartition) -> Format:
+        """The format reading ``tp`` (made on first use; the repartition topic's is contract)."""
+        fmt = self._formats.get(tp)
+        if fmt is None:
+            limit = self.settings.kafka.max_message_bytes
+            name, options = (("contract", {"event_type": "inference"}) if tp.topic == self._rtopic
+                             else self._inputs[tp.topic])
+            # The Kafka message limit is every format's default size limit.
+            fmt = self._formats[tp] = make_format(name, {"max_bytes": limit, **options})
+        return fmt
 
-        With ``forward``, valid inference events that a model-scoped detector
+    def _decoded(
+        self, tp: TopicPartition, messages: list[Any], dead: list[OutRecord],
+        forward: list[OutRecord] | None = None,
+    ) -> list[tuple[Event, Source]]:
+        """Events of a partition's messages, read by the topic's format; the rest dead letters.
+
+        A message gives zero or more events (a KServe request waits for its
+        response; a batch of N instances gives N) and dead letters, each with
+        its item index when one event of several was refused. With
+        ``forward``, valid inference events that a model-scoped detector
         wants are also copied there, keyed by model, for the repartition topic.
         """
-        limit = self.settings.kafka.max_message_bytes
         future_skew, max_age = self.settings.input.max_future_skew_s, self.settings.input.max_age_s
         now = time.time()
         topic, partition = tp.topic, tp.partition
+        fmt = self._format(tp)
+        contract = fmt.name == "contract"
         wants = self.pipeline.model_scope_wants
         rtopic = self._rtopic
+        out: list[tuple[Event, Source]] = []
         for message in messages:
             value = message.value
             try:
-                if value is None:
-                    raise BadEvent("empty", "message has no value")
-                event = decode_event(value, kind, limit)
-                check_ts_window(event.ts, now, future_skew, max_age)  # type: ignore[arg-type]
-            except Exception as exc:
-                # decode_event raises BadEvent only; anything else is a bug that
-                # must still cost this one message, not the partition.
-                if not isinstance(exc, BadEvent):
-                    exc = BadEvent("undecodable", f"{type(exc).__name__}: {exc}")
-                dead.append(dlq_record(self.settings.topics.dlq, topic, partition,
-                                       message.offset, message.key, value,
-                                       message.headers, exc.reason, exc.detail))
-                self.metrics.bad_events.labels(topic, exc.reason).inc()
-                self.metrics.dlq.inc()
-                log.warning("dead_letter", topic=topic, partition=partition,
-                            offset=message.offset, reason=exc.reason, detail=exc.detail[:200])
-                continue
-            if forward is not None and wants(event.model_id):  # type: ignore[union-attr]
-                origin = f"{topic}:{partition}:{message.offset}".encode()
-                # An event's own copy of our header is dropped: a producer must
-                # not be able to make the model stage skip events.
-                headers = [h for h in message.headers or () if h[0] != SOURCE_HEADER]
-                forward.append((rtopic, event.model_id.encode(),  # type: ignore[union-attr,arg-type]
-                                value, [*headers, (SOURCE_HEADER, origin)]))
-            yield event, Source(topic, partition, message.offset)
+                results = fmt.decode(value, message.headers or [], message.timestamp)
+            except Exception as exc:  # a format never raises; if one does, one message pays
+                results = [DeadLetter(fmt.name, "undecodable", f"{type(exc).__name__}: {exc}")]
+            for result in results:
+                if isinstance(result, DeadLetter):
+                    self._dead_letter(dead, tp, message, fmt.name, result.reason, result.detail,
+                                      result.item, contract)
+                    continue
+                event, item = result.event, result.item
+                try:
+                    check_ts_window(event.ts, now, future_skew, max_age)  # type: ignore[arg-type]
+                except BadEvent as exc:
+                    self._dead_letter(dead, tp, message, fmt.name, exc.reason, exc.detail, item,
+                                      contract)
+                    continue
+                if forward is not None and isinstance(event, InferenceEvent) \
+                        and wants(event.model_id):
+                    origin = f"{topic}:{partition}:{message.offset}" + (
+                        f"#{item}" if item is not None else "")
+                    # An event's own copy of our header is dropped: a producer must
+                    # not be able to make the model stage skip events.
+                    headers = [h for h in message.headers or () if h[0] != SOURCE_HEADER]
+                    # Contract events go on unchanged; others as the contract event read.
+                    copy = value if contract else msgspec.json.encode(event)
+                    forward.append((rtopic, event.model_id.encode(), copy,  # type: ignore[arg-type]
+                                    [*headers, (SOURCE_HEADER, origin.encode())]))
+                out.append((event, Source(topic, partition, message.offset, item)))
+        return out
+
+    def _dead_letter(
+        self, dead: list[OutRecord], tp: TopicPartition, message: Any, fmt: str, reason: str,
+        detail: str, item: int | None, contract: bool,
+    ) -> None:
+        """One dead letter: the message unchanged, with the contract's headers (and, for
+        other formats, the format's name and the refused event's item index)."""
+        topic, partition = tp.topic, tp.partition
+        record = dlq_record(self.settings.topics.dlq, topic, partition, message.offset,
+                            message.key, message.value, message.headers, reason, detail)
+        if not contract:
+            extra = [(FORMAT_HEADER, fmt.encode())]
+            if item is not None:
+                extra.append((ITEM_HEADER, str(item).encode()))
+            record = (record[0], record[1], record[2], [*(record[3] or ()), *extra])
+        dead.append(record)
+        self.metrics.bad_events.labels(topic, reason).inc()
+        self.metrics.dlq.inc()
+        log.warning("dead_letter", topic=topic, partition=partition, offset=message.offset,
+                    format=fmt, item=item, reason=reason, detail=detail[:200])
 
     def _unseen(
-        self, partition: int, origins: dict[int, tuple[str, int]],
-        items: Iterator[tuple[Event, Source]],
+        self, partition: int, origins: dict[int, tuple[str, int, int | None]],
+        items: Iterable[tuple[Event, Source]],
     ) -> Iterator[tuple[Event, Source]]:
         """Repartitioned events not yet seen, with their original source.
 
-        Copies from one source partition arrive in offset order (one
+        Copies from one source partition arrive in (offset, item) order (one
         idempotent producer per batch), except that a forwarder which crashed
         before committing forwards a stretch again: anything at or below the
-        source's high-water offset is such a copy.
+        source's high-water position is such a copy.
         """
         seen = self._seen.setdefault(partition, {})
+        seen_items = self._seen_items.setdefault(partition, {})
         for event, source in items:
             origin = origins.get(source.offset)
             if origin is None:
                 yield event, source
                 continue
-            key, offset = origin
-            if offset <= seen.get(key, -1):
+            key, offset, item = origin
+            last = seen.get(key, -1)
+            if offset < last or (offset == last and (
+                    item is None or key not in seen_items or item <= seen_items[key])):
                 self.metrics.repartition_duplicates.inc()
                 continue
             seen[key] = offset
+            if item is None:
+                seen_items.pop(key, None)
+            else:
+                seen_items[key] = item
             topic, _, number = key.rpartition(":")
-            yield event, Source(topic, int(number), offset)
+            yield event, Source(topic, int(number), offset, item)
 
     def _deliver(self, records: list[OutRecord]) -> bool:
         """Send until every record is acknowledged; False if asked to stop first."""
@@ -525,7 +586,9 @@ class Daemon:
                            if self._state_partition(tp) == p}
                 size += self.store.save(Checkpoint(
                     p, offsets, snapshot_detectors(self.pipeline, p, self._fingerprints),
-                    sources=dict(self._seen.get(p, {}))))
+                    sources=dict(self._seen.get(p, {})),
+                    source_items=dict(self._seen_items.get(p, {})),
+                    formats=self._format_states(p)))
             if not self.pipeline.repartitioned:
                 size += self.store.save(Checkpoint(
                     GLOBAL, {f"{tp.topic}:{tp.partition}": off for tp, off in positions.items()},
@@ -560,7 +623,42 @@ class Daemon:
         self.pipeline.restore(partition, usable)
         if is_model_partition(partition):
             self._seen[partition] = dict(getattr(checkpoint, "sources", {}))
+            self._seen_items[partition] = dict(getattr(checkpoint, "source_items", {}))
+        self._restore_formats(partition, getattr(checkpoint, "formats", {}))
         return checkpoint
+
+    def _format_states(self, partition: int) -> dict[str, dict[str, Any]]:
+        """Input topic -> {format, state} of the stateful formats of ``partition``."""
+        out: dict[str, dict[str, Any]] = {}
+        for tp, fmt in self._formats.items():
+            if tp.partition == partition and tp.topic != self._rtopic:
+                state = fmt.snapshot()
+                if state:
+                    out[tp.topic] = {"format": fmt.name, "state": state}
+        return out
+
+    def _restore_formats(self, partition: int, saved: dict[str, dict[str, Any]]) -> None:
+        """Continue each topic's format state; a format changed since, or a bad state, restarts."""
+        self._drop_formats(partition)
+        for topic, entry in saved.items():
+            if topic not in self._inputs or not isinstance(entry, dict):
+                continue
+            fmt = self._format(TopicPartition(topic, partition))
+            if entry.get("format") != fmt.name:
+                log.warning("format_state_skipped", topic=topic, partition=partition,
+                            saved=str(entry.get("format")), now=fmt.name)
+                continue
+            try:
+                fmt.restore(entry.get("state") or {})
+            except Exception as exc:  # a state this version cannot read: start afresh
+                self._formats.pop(TopicPartition(topic, partition), None)
+                log.error("format_state_unreadable", topic=topic, partition=partition,
+                          error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _drop_formats(self, partition: int) -> None:
+        for tp in [tp for tp in self._formats if tp.partition == partition
+                   and tp.topic != self._rtopic]:
+            del self._formats[tp]
 
     def _state_partition(self, tp: TopicPartition) -> int:
         """Input partitions share their number; repartition partitions are model partitions."""
@@ -619,7 +717,9 @@ class Daemon:
                 self._restored.add(partition)
         for partition in parked:  # went to another replica
             self.pipeline.drop(partition)
+            self._drop_formats(partition)
             self._seen.pop(partition, None)
+            self._seen_items.pop(partition, None)
             self._unsaved.discard(partition)
         if self.store is not None and GLOBAL not in self._restored \
                 and not self.pipeline.repartitioned:
@@ -707,6 +807,13 @@ class Daemon:
                 totals[key] = totals.get(key, 0.0) + value
         for (name, stat), value in totals.items():
             self.metrics.detector_gauge.labels(name, stat).set(value)
+        counters: dict[tuple[str, str, str], int] = {}
+        for tp, fmt in list(self._formats.items()):
+            for stat, count in fmt.stats().items():
+                where = (tp.topic, fmt.name, stat)
+                counters[where] = counters.get(where, 0) + count
+        for (topic, name, stat), count in counters.items():
+            self.metrics.format_gauge.labels(topic, name, stat).set(count)
 
     def _detector_error(self, detector: Detector, event: Event | None, exc: Exception) -> None:
         self.metrics.detector_errors.labels(detector.name).inc()
@@ -717,13 +824,29 @@ class Daemon:
                       error=f"{type(exc).__name__}: {exc}")
 
 
-def _origins(messages: list[Any]) -> dict[int, tuple[str, int]]:
-    """Repartition offset -> ("topic:partition", offset) of the original event."""
-    out: dict[int, tuple[str, int]] = {}
+def _origins(messages: list[Any]) -> dict[int, tuple[str, int, int | None]]:
+    """Repartition offset -> ("topic:partition", offset, item) of the original event."""
+    out: dict[int, tuple[str, int, int | None]] = {}
     for message in messages:
         for name, value in message.headers or ():
             if name == SOURCE_HEADER:
-                key, _, offset = value.decode("ascii", "replace").rpartition(":")
-                if key and offset.isdigit():
-                    out[message.offset] = (key, int(offset))
+                text, _, item = value.decode("ascii", "replace").partition("#")
+                key, _, offset = text.rpartition(":")
+                if key and offset.isdigit() and (not item or item.isdigit()):
+                    out[message.offset] = (key, int(offset), int(item) if item else None)
     return out
+
+
+def _runs(events: list[tuple[Event, Source]]) -> Iterator[tuple[str, list[tuple[Event, Source]]]]:
+    """Consecutive events of one kind, in order (a CloudTrail topic holds audit and access)."""
+    run: list[tuple[Event, Source]] = []
+    kind = ""
+    for pair in events:
+        this = event_type_of(pair[0])
+        if this != kind and run:
+            yield kind, run
+            run = []
+        kind = this
+        run.append(pair)
+    if run:
+        yield kind, run

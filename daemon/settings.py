@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic
@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.formats import FORMATS, FormatConfigError, make_format
 from detectors.pipeline import DetectorSpec
 from detectors.registry import REGISTRY, ParamsError, validate_params
 from playbooks.config import PlaybookSettings, read_secret_file
@@ -116,8 +117,29 @@ class KafkaSettings(_Section):
         return max(self.max_message_bytes + 64 * 1024, 1_048_576)
 
 
+class InputFormatSettings(_Section):
+    """How one input topic's messages are read: a format name and its options."""
+
+    format: str = "contract"
+    #: The format's own options (``mlwatchd formats`` in the README lists them);
+    #: checked at start, one line per problem.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in FORMATS:
+            raise ValueError(f"unknown format {value!r}; known: {', '.join(sorted(FORMATS))}")
+        return value
+
+
 class InputSettings(_Section):
     """What the daemon accepts as an event beyond the contract's types."""
+
+    #: Input topic -> its format. The contract's three topics (``topics``)
+    #: are read as ``contract`` with their kind unless named here; any other
+    #: topic named here is consumed too.
+    formats: dict[str, InputFormatSettings] = Field(default_factory=dict)
 
     #: Events whose ``ts`` is further ahead of the wall clock go to the
     #: dead-letter topic (``ts_out_of_range``); null: no bound. Detectors keep
@@ -347,6 +369,16 @@ class Settings(BaseSettings):
     def _detector_names(cls, data: Any) -> Any:
         return _normalise_detector_names(data)
 
+    def input_formats(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Input topic -> (format name, options): the contract's topics, then ``input.formats``."""
+        topics = self.topics
+        out: dict[str, tuple[str, dict[str, Any]]] = {
+            topic: ("contract", {"event_type": kind}) for topic, kind in topics.inputs().items()
+        }
+        for topic, cfg in self.input.formats.items():
+            out[topic] = (cfg.format, dict(cfg.options))
+        return out
+
     def detector_specs(self) -> list[DetectorSpec]:
         return [
             DetectorSpec(name, dict(cfg.params),
@@ -436,6 +468,7 @@ def load(path: str | Path | None) -> Settings:
             validate_params(name, cfg.params)
         except ParamsError as exc:
             problems.extend(f"detectors.{name}: {line}" for line in exc.problems)
+    problems.extend(_input_format_problems(settings, data))
     if settings is not None and settings.playbooks.enabled:
         try:
             load_playbooks(settings.playbooks.dir)
@@ -444,6 +477,51 @@ def load(path: str | Path | None) -> Settings:
     if problems or settings is None:
         raise ConfigError(problems)
     return settings
+
+
+def _input_format_problems(settings: Settings | None, data: dict[str, Any]) -> list[str]:
+    """Each ``input.formats`` entry's options checked by its format; output topics refused.
+
+    Without valid settings, the entries that parse on their own are checked
+    (against the file's topic names), so every problem shows in one run.
+    """
+    if settings is not None:
+        formats, topics, state = settings.input.formats, settings.topics, settings.state.topic
+    else:
+        formats = _raw_sections(InputFormatSettings,
+                                (data.get("input") or {}).get("formats")
+                                if isinstance(data.get("input"), dict) else None)
+        topics = next(iter(_raw_sections(TopicSettings, {"t": data.get("topics") or {}})
+                           .values()), TopicSettings())
+        state = StateSettings.model_fields["topic"].default
+    outputs = {topics.findings: "findings", topics.dlq: "dlq", topics.repartition: "repartition",
+               state: "state"}
+    problems: list[str] = []
+    for topic, cfg in formats.items():
+        where = f"input.formats.{topic}"
+        if not topic.strip():
+            problems.append(f"{where}: a topic name is required")
+        if topic in outputs:
+            problems.append(f"{where}: is the {outputs[topic]} topic, which mlwatchd writes")
+        try:
+            make_format(cfg.format, cfg.options)
+        except FormatConfigError as exc:
+            problems.extend(f"{where}: {line}" for line in str(exc).splitlines())
+    return problems
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _raw_sections(model: type[_Model], raw: Any) -> dict[str, _Model]:
+    """The entries of a mapping that parse on their own (the others are reported already)."""
+    out: dict[str, _Model] = {}
+    for name, cfg in raw.items() if isinstance(raw, dict) else ():
+        try:
+            out[str(name)] = model.model_validate(cfg or {})
+        except pydantic.ValidationError:
+            continue
+    return out
 
 
 def unknown_env_settings(environ: Mapping[str, str]) -> list[str]:

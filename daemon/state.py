@@ -95,6 +95,13 @@ class Checkpoint:
     #: last source offset the state holds (repartitioned copies at or below it
     #: are duplicates from a crashed forwarder and are skipped).
     sources: dict[str, int] = field(default_factory=dict)
+    #: Model partitions: for a source whose last copy was one event of a message
+    #: holding several, that event's item index (copies of the same offset at
+    #: or below it are duplicates too).
+    source_items: dict[str, int] = field(default_factory=dict)
+    #: Input topic -> its format's state (``Format.snapshot()``, plain JSON:
+    #: e.g. the requests a KServe join still waits to answer), for this partition.
+    formats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class StateStore(Protocol):

@@ -65,17 +65,25 @@ def severity_at_least(severity: str, minimum: str) -> bool:
 
 
 class Source(NamedTuple):
-    """Where an event came from: a Kafka position, or a file and line for replay."""
+    """Where an event came from: a Kafka position, or a file and line for replay.
+
+    ``item`` names the event inside a message that holds several (a KServe
+    batch's instance, a CloudTrail file's record); None for one event per
+    message, so that such a source, and the finding ids built on it, stay
+    what they were before formats could hold several events.
+    """
 
     topic: str
     partition: int
     offset: int
+    item: int | None = None
 
 
-class SourceRef(msgspec.Struct):
+class SourceRef(msgspec.Struct, omit_defaults=True):
     topic: str
     partition: int
     offset: int
+    item: int | None = None
 
 
 class Entity(msgspec.Struct):
@@ -165,7 +173,8 @@ class Finding(msgspec.Struct, kw_only=True):
             raise ValueError("a finding needs at least its triggering source")
         trigger = sources[0]
         key = (id_key if id_key is not None
-               else f"{trigger.topic}:{trigger.partition}:{trigger.offset}")
+               else f"{trigger.topic}:{trigger.partition}:{trigger.offset}" + (
+                   f"#{trigger.item}" if trigger.item is not None else ""))
         digest = hashlib.sha256(
             "\x1f".join((detector, kind, entity.type, entity.id, model_id or "", key)).encode()
         ).hexdigest()[:32]
@@ -180,7 +189,7 @@ class Finding(msgspec.Struct, kw_only=True):
             summary=summary,
             evidence=jsonable(evidence),
             atlas=list(atlas),
-            sources=[SourceRef(s.topic, s.partition, s.offset) for s in sources],
+            sources=[SourceRef(s.topic, s.partition, s.offset, s.item) for s in sources],
         )
 
 

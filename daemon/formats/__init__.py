@@ -5,8 +5,10 @@ config and on the command line, to the format's class and its options model.
 :func:`make_format` validates the options (pydantic: a bad option fails at
 start with one line per problem) and returns a ready :class:`Format`.
 
-Not wired into the daemon yet: the runtime still maps its three topics to
-the contract's three kinds (see README, "Input formats").
+The daemon reads every input topic through its format (``input.formats`` in
+the config; the contract's three topics default to ``contract``), one
+instance per input partition, its state checkpointed with the partition's
+(see README, "Input formats").
 
 >>> fmt = make_format("cloudtrail", {"training_buckets": ["ml-train"]})
 >>> fmt.name, sorted(FORMATS)

@@ -4,8 +4,8 @@ The fixture messages of every format are produced to a real broker (Tansu)
 with their headers and timestamps by a real KafkaProducer, consumed back by a
 real KafkaConsumer, and decoded from the ConsumerRecords' ``value``,
 ``headers`` and ``timestamp``; the results must be the fixture's expectations.
-The topic-to-format wiring of the daemon is not done yet (see README, "Input
-formats"), so this stops at the decoded events.
+This stops at the decoded events; the daemon reading configured format
+topics end to end is tests/integration/test_input_formats_wired.py.
 """
 
 from __future__ import annotations

@@ -207,15 +207,15 @@ def test_max_request_size_setting_and_its_default(tmp_path: Path) -> None:
 
 # -- the daemon's decode step -------------------------------------------------
 
-Message = namedtuple("Message", "offset key value headers")
+Message = namedtuple("Message", "offset key value headers timestamp")
 
 
 def _decoded(daemon: Daemon, values: Sequence[bytes | None]) -> tuple[list[int], dict[int, str]]:
     """Offsets of the events the daemon accepts, and the reason per dead-lettered offset."""
     dead: list[OutRecord] = []
-    messages = [Message(i, b"k", v, []) for i, v in enumerate(values)]
+    messages = [Message(i, b"k", v, [], None) for i, v in enumerate(values)]
     kept = [src.offset for _, src in
-            daemon._decoded(TopicPartition("ml.inference", 0), "inference", messages, dead)]
+            daemon._decoded(TopicPartition("ml.inference", 0), messages, dead)]
     reasons = {}
     for _, _, _, headers in dead:
         h = dict(headers or ())
@@ -249,12 +249,12 @@ def test_daemon_window_is_configurable() -> None:
 
 def test_daemon_dead_letters_whatever_decoding_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth in the loop itself: not even a RecursionError escapes."""
-    import daemon.runtime as runtime
+    from daemon.formats.contract import ContractFormat
 
-    def exploding(raw: bytes, kind: str, max_bytes: int | None = None) -> object:
+    def exploding(self: object, value: bytes, headers: object, timestamp_ms: object) -> object:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(runtime, "decode_event", exploding)
+    monkeypatch.setattr(ContractFormat, "decode", exploding)
     kept, reasons = _decoded(Daemon(Settings(detectors={})), [_inference()])
     assert kept == [] and reasons == {0: "undecodable"}
 
