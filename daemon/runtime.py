@@ -31,6 +31,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.context import KafkaContextTable
 from daemon.kafka_io import (
     OutRecord,
     ProduceFailed,
@@ -137,6 +138,15 @@ class Daemon:
                 key.get_secret_value().encode() if key is not None else None,
                 on_reject=self._rejected)
         self._checkpoint_at = time.monotonic()
+        #: The context table on ``topics.context`` (pipeline runs), when a detector uses it.
+        self.context: KafkaContextTable | None = None
+        if self.pipeline.uses_context():
+            key = settings.state.signing_key
+            self.context = KafkaContextTable(
+                settings.kafka, settings.topics.context,
+                key.get_secret_value().encode() if key is not None else None,
+                on_reject=self._rejected)
+            self.pipeline.use_context(self.context)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -200,12 +210,14 @@ class Daemon:
     def _internal_topics(self) -> bool:
         """Create the repartition and state topics if needed; open the Kafka store."""
         state = self.settings.state
-        if self._rtopic is None and state.store != "kafka":
+        if self._rtopic is None and state.store != "kafka" and self.context is None:
             return True
         assert self._consumer is not None
         counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self._inputs]
         inference = counts[list(self._inputs.values()).index("inference")]
         wanted: dict[str, tuple[int, dict[str, str]]] = {}
+        if self.context is not None:
+            wanted[self.context.topic] = (1, {"cleanup.policy": "compact"})
         if self._rtopic is not None:
             wanted[self._rtopic] = (inference or max(counts) or 1, {})
         if state.store == "kafka":
@@ -215,6 +227,15 @@ class Daemon:
                           self.metrics.broker_reconnects.inc)
         if ensured is None:
             return False
+        if self.context is not None:
+            context = self.context
+            if not context.signed:
+                log.warning("context_unsigned", topic=context.topic,
+                            hint="set state.signing_key so that context records are signed")
+            if connect(context.start, "context table", self.stopping,
+                       self.settings.kafka.reconnect_backoff_max_s,
+                       self.metrics.broker_reconnects.inc) is None:
+                return False
         if state.store == "kafka":
             assert state.signing_key is not None
             key = state.signing_key.get_secret_value().encode()
@@ -246,6 +267,8 @@ class Daemon:
                 log.warning("producer_close_failed", error=str(exc))
         if self.store is not None:
             self.store.close()
+        if self.context is not None:
+            self.context.stop()
         if self.alerter is not None:
             undelivered = self.alerter.stop(timeout=10.0)
             if undelivered:

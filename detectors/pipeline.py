@@ -128,6 +128,19 @@ class Pipeline:
             found = self._sets[partition] = _Set(self._build(specs))
         return found
 
+    def uses_context(self) -> bool:
+        """True if some configured detector reads or publishes the context table."""
+        return any(hasattr(REGISTRY[s.name], "bind_context") for s in self.specs)
+
+    def use_context(self, context: ContextTable) -> None:
+        """Share ``context`` instead (the daemon's Kafka-backed table), also with the
+        detectors already built."""
+        self.context = context
+        for _, detector in self.detectors():
+            bind = getattr(detector, "bind_context", None)
+            if bind is not None:
+                bind(context)
+
     def has_model_scope(self) -> bool:
         """True if some model-scoped detector is configured."""
         return bool(self._model_specs)
