@@ -9,6 +9,7 @@ context topic.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -36,7 +37,7 @@ def audit(ts: float, actor: str, action: str, resource: str, **attributes: objec
     return orjson.dumps(body)
 
 
-def send(broker, topic: str, partition: int, values: list[bytes]) -> None:
+def send(broker: Any, topic: str, partition: int, values: list[bytes]) -> None:
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
     for value in values:
         producer.send(topic, value=value, partition=partition)
@@ -44,7 +45,9 @@ def send(broker, topic: str, partition: int, values: list[bytes]) -> None:
     producer.close()
 
 
-def test_cross_partition_runs_pass_and_forged_runs_are_reported_by_two_replicas(broker):
+def test_cross_partition_runs_pass_and_forged_runs_are_reported_by_two_replicas(
+    broker: Any,
+) -> None:
     context_topic = unique("mlwatchd.context")
     settings = make_settings(
         broker, partitions=2,
@@ -67,8 +70,9 @@ def test_cross_partition_runs_pass_and_forged_runs_are_reported_by_two_replicas(
                   run_id="fraud-001"),
             audit(t0 + 1900, "mallory", "model.update", "model:fraud:7", run_id="forged-9"),
         ])
-        replicas = (one.daemon.context, two.daemon.context)
-        assert replicas[0] is not None and replicas[1] is not None
+        first, second = one.daemon.context, two.daemon.context
+        assert first is not None and second is not None
+        replicas = (first, second)
         # both replicas read the run from the topic, whichever published it
         assert wait_for(lambda: all(c.get_run("fraud-001") for c in replicas), timeout_s=60)
         # An attacker who can write the context topic tries to whitelist a run.
