@@ -32,11 +32,13 @@ from typing import Any, Final, Protocol
 
 __all__ = [
     "MAX_RUN_ID_CHARS",
+    "ContextReader",
     "ContextTable",
     "InMemoryContextTable",
     "PipelineRun",
     "merge_runs",
     "run_from_dict",
+    "run_verdict",
 ]
 
 #: Longer run ids (attacker-chosen strings) are not context: ignored.
@@ -208,3 +210,82 @@ class InMemoryContextTable:
         for run_id in [k for k, r in self._runs.items() if self._is_expired(r)]:
             del self._runs[run_id]
             self.expired += 1
+
+
+def run_verdict(
+    run: PipelineRun,
+    ts: float,
+    min_orchestrator_runs: int,
+    orchestrator_warmup_seconds: float,
+    start_skew_seconds: float,
+    end_grace_seconds: float,
+    run_window_seconds: float,
+) -> str | None:
+    """None if an action at ``ts`` under ``run`` is expected; else the rule it breaks.
+
+    The run must have been started by an established orchestrator (one that
+    had started ``min_orchestrator_runs`` runs before, or whose first run came
+    within ``orchestrator_warmup_seconds`` of the publisher's watch start) and
+    ``ts`` must fall inside it (``start_skew_seconds`` before its start to
+    ``end_grace_seconds`` after its end, or ``run_window_seconds`` after its
+    start while it has not ended).
+
+    >>> run = PipelineRun("r", "svc-airflow", "pipeline:p", 1000.0, 4000.0, 0, 0.0, 0.0)
+    >>> [run_verdict(run, t, 2, 86400.0, 300.0, 900.0, 21600.0) for t in (800, 3000, 6000)]
+    [None, None, 'outside_run']
+    >>> late = replace(run, orchestrator_first_ts=2 * 86400.0)
+    >>> run_verdict(late, 3000, 2, 86400.0, 300.0, 900.0, 21600.0)
+    'unknown_orchestrator'
+    """
+    if run.start_ts is None:
+        return "unknown_run"
+    established = (
+        run.prior_runs >= min_orchestrator_runs
+        or run.orchestrator_first_ts - run.watch_start_ts <= orchestrator_warmup_seconds
+    )
+    if not established:
+        return "unknown_orchestrator"
+    end = (run.end_ts + end_grace_seconds if run.end_ts is not None
+           else run.start_ts + run_window_seconds)
+    if run.start_ts - start_skew_seconds <= ts <= end:
+        return None
+    return "outside_run"
+
+
+class ContextReader:
+    """Mixin of detectors that use the context table (put before ``Detector``).
+
+    Unbound, an instance has a small table of its own (part of its snapshot,
+    so a lone instance round-trips); :meth:`bind_context` shares the
+    pipeline's (or the daemon's Kafka-backed) table, which snapshots leave out.
+    """
+
+    _context: ContextTable
+    _context_bound: bool
+
+    def _init_context(self) -> None:
+        self._context = InMemoryContextTable(max_runs=1024)
+        self._context_bound = False
+
+    def bind_context(self, context: ContextTable) -> None:
+        """Read and publish through ``context`` (shared by every instance)."""
+        self._context = context
+        self._context_bound = True
+
+    def snapshot(self) -> bytes:
+        parent: Any = super()
+        if not self.__dict__.get("_context_bound"):
+            return bytes(parent.snapshot())
+        context = self.__dict__.pop("_context")
+        try:
+            return bytes(parent.snapshot())
+        finally:
+            self._context = context
+
+    def restore(self, state: bytes) -> None:
+        parent: Any = super()
+        bound = self.__dict__.get("_context_bound", False)
+        context = self._context
+        parent.restore(state)
+        if bound:
+            self._context, self._context_bound = context, True

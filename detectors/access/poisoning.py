@@ -17,7 +17,7 @@ from typing import ClassVar, Final
 
 from detectors.access._common import LogBaselines, is_dataset, is_model, model_id_of, verb_of
 from detectors.base import Detector
-from detectors.context import MAX_RUN_ID_CHARS, ContextTable, InMemoryContextTable, PipelineRun
+from detectors.context import MAX_RUN_ID_CHARS, ContextReader, PipelineRun, run_verdict
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
@@ -281,7 +281,7 @@ def _run_id(attrs: dict[str, object] | None) -> str | None:
     return run_id if run_id is not None and len(run_id) <= MAX_RUN_ID_CHARS else None
 
 
-class ModelChangeOutsidePipelineDetector(Detector):
+class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
     """Changes to registered model artifacts that no pipeline run accounts for.
 
     A change is a successful ``model.update``, ``model.register`` or
@@ -367,35 +367,7 @@ class ModelChangeOutsidePipelineDetector(Detector):
         self.clock = -math.inf
         #: Changes waiting for their run's record: (event, source, judge at).
         self.held: list[tuple[AuditEvent, Source, float]] = []
-        self._context: ContextTable = InMemoryContextTable(max_runs=1024)
-        self._context_bound = False
-
-    # -- context --------------------------------------------------------------
-
-    def bind_context(self, context: ContextTable) -> None:
-        """Read and publish runs through ``context`` (shared by every instance).
-
-        A bound table is not part of this instance's snapshot (it is the
-        process's, or the context topic's); an unbound instance's own table is.
-        """
-        self._context = context
-        self._context_bound = True
-
-    def snapshot(self) -> bytes:
-        if not self.__dict__.get("_context_bound"):
-            return super().snapshot()
-        context = self.__dict__.pop("_context")
-        try:
-            return super().snapshot()
-        finally:
-            self._context = context
-
-    def restore(self, state: bytes) -> None:
-        bound = self.__dict__.get("_context_bound", False)
-        context = self._context
-        super().restore(state)
-        if bound:
-            self._context, self._context_bound = context, True
+        self._init_context()
 
     # -- events -----------------------------------------------------------------
 
@@ -453,18 +425,9 @@ class ModelChangeOutsidePipelineDetector(Detector):
 
     def _judge_run(self, run: PipelineRun, ts: float) -> str | None:
         """None if the change fits the run; else the rule it breaks."""
-        assert run.start_ts is not None
-        established = (
-            run.prior_runs >= self.min_orchestrator_runs
-            or run.orchestrator_first_ts - run.watch_start_ts <= self.orchestrator_warmup_seconds
-        )
-        if not established:
-            return "unknown_orchestrator"
-        end = (run.end_ts + self.end_grace_seconds if run.end_ts is not None
-               else run.start_ts + self.run_window_seconds)
-        if run.start_ts - self.start_skew_seconds <= ts <= end:
-            return None
-        return "outside_run"
+        return run_verdict(run, ts, self.min_orchestrator_runs,
+                           self.orchestrator_warmup_seconds, self.start_skew_seconds,
+                           self.end_grace_seconds, self.run_window_seconds)
 
     def _change(
         self, event: AuditEvent, source: Source, ts: float, found: list[Finding], may_hold: bool
