@@ -17,7 +17,13 @@ from typing import ClassVar, Final
 
 from detectors.access._common import LogBaselines, is_dataset, is_model, model_id_of, verb_of
 from detectors.base import Detector
-from detectors.context import MAX_RUN_ID_CHARS, ContextReader, PipelineRun, run_verdict
+from detectors.context import (
+    MAX_RUN_ID_CHARS,
+    ContextReader,
+    ContextTable,
+    PipelineRun,
+    run_verdict,
+)
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
@@ -55,7 +61,7 @@ class _Dataset:
         self.cooldown_until = -math.inf
 
 
-class TrainingDataWriteDetector(Detector):
+class TrainingDataWriteDetector(ContextReader, Detector):
     """Writes to a dataset by a principal that never wrote it, or far above its usual volume.
 
     Per dataset (resources ``dataset:...`` or of type ``dataset``): the
@@ -66,7 +72,10 @@ class TrainingDataWriteDetector(Detector):
     - ``new_writer``: a successful write by a principal not among the
       dataset's writers, once the dataset is established (``min_writes``
       writes over at least ``warmup_seconds``). Datasets with ``max_writers``
-      or more writers are shared scratch space and exempt from this rule.
+      or more writers are shared scratch space and exempt from this rule, and
+      so is a write that carries the run id of a pipeline run it falls in,
+      started by an established orchestrator (the context table, as for
+      ``access.model_change``): a pipeline's new worker account.
     - ``volume``: bytes or records written in the window in progress above
       the largest of ``z_threshold`` robust spreads over usual, ``min_ratio``
       times usual and an absolute floor, after ``warmup_windows`` windows.
@@ -123,6 +132,7 @@ class TrainingDataWriteDetector(Detector):
         self.cooldown_seconds = cooldown_seconds
         self.write_verbs = frozenset(write_verbs)
         self.table: EntityTable[_Dataset] = EntityTable(max_datasets)
+        self._init_context()
 
     def _close(self, st: _Dataset, window: int) -> None:
         if st.totals[0] or st.totals[1]:
@@ -159,6 +169,7 @@ class TrainingDataWriteDetector(Detector):
                 st.writes >= self.min_writes
                 and ts - st.first_ts >= self.warmup_seconds
                 and len(writers) < self.max_writers
+                and not _in_expected_run(self._context, event.attributes, ts)
             ):
                 found.append(self._new_writer(event, source, st, ts))
             if len(writers) < self.max_writers:
@@ -279,6 +290,14 @@ def _attr(attrs: dict[str, object] | None, keys: tuple[str, ...]) -> str | None:
 def _run_id(attrs: dict[str, object] | None) -> str | None:
     run_id = _attr(attrs, _RUN_ID_KEYS)
     return run_id if run_id is not None and len(run_id) <= MAX_RUN_ID_CHARS else None
+
+
+def _in_expected_run(context: ContextTable, attrs: dict[str, object] | None, ts: float) -> bool:
+    """True if ``attrs`` name a published run that accounts for an action at ``ts``
+    (the defaults of :class:`ModelChangeOutsidePipelineDetector`)."""
+    run_id = _run_id(attrs)
+    run = context.get_run(run_id) if run_id is not None else None
+    return run is not None and run_verdict(run, ts, 2, 86400.0, 300.0, 900.0, 6 * 3600.0) is None
 
 
 class ModelChangeOutsidePipelineDetector(ContextReader, Detector):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.access.poisoning import ModelChangeOutsidePipelineDetector
+from detectors.access.poisoning import (
+    ModelChangeOutsidePipelineDetector,
+    TrainingDataWriteDetector,
+)
 from detectors.context import InMemoryContextTable
 from detectors.events import AuditEvent
 from detectors.findings import Finding, Source
@@ -177,3 +180,35 @@ def test_pipeline_shares_one_context_table_across_partitions() -> None:
                           Source("ml.audit", 1, 1))
     assert found == []
     assert pipe.context.get_run("r1") is not None
+
+
+def test_training_write_new_worker_inside_an_established_run_is_not_a_new_writer() -> None:
+    table = InMemoryContextTable()
+    orch = ModelChangeOutsidePipelineDetector()
+    writes = TrainingDataWriteDetector(warmup_seconds=DAY, warmup_windows=3)
+    orch.bind_context(table)
+    writes.bind_context(table)
+    n = 0
+
+    def write(t: float, who: str, **attrs: Any) -> list[Finding]:
+        nonlocal n
+        n += 1
+        ev = AuditEvent(ts=t, actor=who, action="dataset.write", resource="dataset:train",
+                        outcome="success", bytes=4_000_000, records=10_000,
+                        attributes=attrs or None)
+        return writes.process(ev, Source("ml.audit", 1, n)) or []
+
+    for d in range(3):
+        rid = f"r{d}"
+        orch.process(audit(d * DAY, "svc-airflow", "pipeline.run", "pipeline:p", run_id=rid),
+                     Source("ml.audit", 0, d))
+        for k in range(3):
+            assert write(d * DAY + 60 + k, "svc-etl", run_id=rid) == []
+    orch.process(audit(3 * DAY, "svc-airflow", "pipeline.run", "pipeline:p", run_id="r3"),
+                 Source("ml.audit", 0, 3))
+    # the pipeline's ETL account was rotated: its first write is inside run r3
+    assert write(3 * DAY + 120, "svc-etl-v2", run_id="r3") == []
+    # a newcomer without a run, or with a forged one, is still a new writer
+    assert [f.evidence["rule"] for f in write(3 * DAY + 200, "intern")] == ["new_writer"]
+    assert [f.evidence["rule"] for f in write(3 * DAY + 300, "eve", run_id="nope")] == [
+        "new_writer"]
