@@ -107,8 +107,11 @@ class KafkaContextTable:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> KafkaContextTable:
-        """Connect, read the topic up to its end (bounded wait), then keep reading."""
-        self._producer = new_producer(self.kafka)
+        """Connect, read the topic up to its end (bounded wait), then keep reading.
+
+        Raises if the topic has no partitions yet (just created: the caller
+        retries), leaving nothing open.
+        """
         consumer = KafkaConsumer(
             **client_config(self.kafka),
             group_id=None,
@@ -118,18 +121,25 @@ class KafkaContextTable:
             max_partition_fetch_bytes=self.kafka.max_partition_fetch_bytes,
             bootstrap_timeout_ms=5_000,
         )
+        try:
+            found = consumer.partitions_for_topic(self.topic)
+            if not found:
+                raise RuntimeError(f"context topic {self.topic} has no partitions (yet)")
+            partitions = [TopicPartition(self.topic, p) for p in sorted(found)]
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            ends = consumer.end_offsets(partitions)
+        except Exception:
+            consumer.close(autocommit=False)
+            raise
         self._consumer = consumer
-        partitions = [TopicPartition(self.topic, p)
-                      for p in sorted(consumer.partitions_for_topic(self.topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions) if partitions else {}
         deadline = time.monotonic() + self.catch_up_timeout_s
         while any(consumer.position(tp) < end for tp, end in ends.items()):
             if time.monotonic() > deadline:
                 log.warning("context_catch_up_incomplete", topic=self.topic)
                 break
             self._poll_once(200)
+        self._producer = new_producer(self.kafka)
         log.info("context_loaded", topic=self.topic, partitions=len(partitions),
                  runs=len(self.local), rejected=self.rejected)
         self._thread = threading.Thread(target=self._run, name="mlwatchd-context", daemon=True)
