@@ -208,7 +208,8 @@ class Daemon:
         return True
 
     def _internal_topics(self) -> bool:
-        """Create the repartition and state topics if needed; open the Kafka store."""
+        """Create the repartition, state and context topics if needed; open the Kafka store
+        and the context table."""
         state = self.settings.state
         if self._rtopic is None and state.store != "kafka" and self.context is None:
             return True
