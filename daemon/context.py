@@ -73,6 +73,7 @@ class KafkaContextTable:
         self._consumer: KafkaConsumer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._unflushed = False
 
     @property
     def signed(self) -> bool:
@@ -99,6 +100,18 @@ class KafkaContextTable:
         future = self._producer.send(self.topic, key=key.encode(), value=body, headers=headers)
         future.add_errback(self._send_failed)
         self.published += 1
+        self._unflushed = True
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until the records published so far are acknowledged (the daemon calls
+        this before it commits the batch that published them); failures are logged."""
+        if self._producer is None or not self._unflushed:
+            return
+        try:
+            self._producer.flush(timeout=timeout_s)
+            self._unflushed = False
+        except Exception as exc:
+            log.warning("context_flush_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _send_failed(self, exc: Exception) -> None:
         self.send_errors += 1

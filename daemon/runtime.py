@@ -344,6 +344,8 @@ class Daemon:
             self.metrics.repartitioned.inc(len(forward))
         if records and not self._deliver(records):
             return  # stopping while the broker refuses: do not commit; redelivered later
+        if self.context is not None:  # the runs this batch published, before its commit
+            self.context.flush(_ACK_TIMEOUT_S)
         for finding in findings:
             self.metrics.findings.labels(finding.detector, finding.severity).inc()
             log.info("finding", finding_id=finding.finding_id, detector=finding.detector,
