@@ -32,6 +32,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.context import KafkaContextTable
 from daemon.formats import DeadLetter, Format, make_format
 from daemon.kafka_io import (
     OutRecord,
@@ -153,6 +154,15 @@ class Daemon:
                 key.get_secret_value().encode() if key is not None else None,
                 on_reject=self._rejected)
         self._checkpoint_at = time.monotonic()
+        #: The context table on ``topics.context`` (pipeline runs), when a detector uses it.
+        self.context: KafkaContextTable | None = None
+        if self.pipeline.uses_context():
+            key = settings.state.signing_key
+            self.context = KafkaContextTable(
+                settings.kafka, settings.topics.context,
+                key.get_secret_value().encode() if key is not None else None,
+                on_reject=self._rejected)
+            self.pipeline.use_context(self.context)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -213,9 +223,10 @@ class Daemon:
         return True
 
     def _internal_topics(self) -> bool:
-        """Create the repartition and state topics if needed; open the Kafka store."""
+        """Create the repartition, state and context topics if needed; open the Kafka store
+        and the context table."""
         state = self.settings.state
-        if self._rtopic is None and state.store != "kafka":
+        if self._rtopic is None and state.store != "kafka" and self.context is None:
             return True
         assert self._consumer is not None
         counts = [len(self._consumer.partitions_for_topic(t) or ()) for t in self._inputs]
@@ -223,6 +234,8 @@ class Daemon:
         inference = (len(self._consumer.partitions_for_topic(topic) or ())
                      if topic in self._inputs else 0)
         wanted: dict[str, tuple[int, dict[str, str]]] = {}
+        if self.context is not None:
+            wanted[self.context.topic] = (1, {"cleanup.policy": "compact"})
         if self._rtopic is not None:
             wanted[self._rtopic] = (inference or max(counts) or 1, {})
         if state.store == "kafka":
@@ -232,6 +245,15 @@ class Daemon:
                           self.metrics.broker_reconnects.inc)
         if ensured is None:
             return False
+        if self.context is not None:
+            context = self.context
+            if not context.signed:
+                log.warning("context_unsigned", topic=context.topic,
+                            hint="set state.signing_key so that context records are signed")
+            if connect(context.start, "context table", self.stopping,
+                       self.settings.kafka.reconnect_backoff_max_s,
+                       self.metrics.broker_reconnects.inc) is None:
+                return False
         if state.store == "kafka":
             assert state.signing_key is not None
             key = state.signing_key.get_secret_value().encode()
@@ -263,6 +285,8 @@ class Daemon:
                 log.warning("producer_close_failed", error=str(exc))
         if self.store is not None:
             self.store.close()
+        if self.context is not None:
+            self.context.stop()
         if self.alerter is not None:
             undelivered = self.alerter.stop(timeout=10.0)
             if undelivered:
@@ -336,6 +360,8 @@ class Daemon:
             self.metrics.repartitioned.inc(len(forward))
         if records and not self._deliver(records):
             return  # stopping while the broker refuses: do not commit; redelivered later
+        if self.context is not None:  # the runs this batch published, before its commit
+            self.context.flush(_ACK_TIMEOUT_S)
         for finding in findings:
             self.metrics.findings.labels(finding.detector, finding.severity).inc()
             log.info("finding", finding_id=finding.finding_id, detector=finding.detector,

@@ -169,6 +169,10 @@ class TopicSettings(_Section):
     #: all its traffic on one replica. Used when ``state.model_routing`` is
     #: ``repartition``; created if missing (as many partitions as inference).
     repartition: str = "mlwatchd.repartition"
+    #: Internal: the context table (pipeline runs seen by the detectors, for
+    #: every replica): compacted, signed with ``state.signing_key``, read whole
+    #: by every replica; created if missing.
+    context: str = "mlwatchd.context"
 
     def inputs(self) -> dict[str, str]:
         """Input topic -> event type it carries."""

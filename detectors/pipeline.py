@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detectors.base import Detector
+from detectors.context import ContextTable, InMemoryContextTable
 from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source
 from detectors.registry import REGISTRY, build
@@ -88,8 +89,12 @@ class Pipeline:
         specs: Sequence[DetectorSpec],
         on_error: Callable[[Detector, Event | None, Exception], None] | None = None,
         repartitioned: bool = False,
+        context: ContextTable | None = None,
     ) -> None:
         self.specs = list(specs)
+        #: Cross-actor context (pipeline runs) shared by every detector instance;
+        #: the daemon passes the context topic's table, in-process runs share this one.
+        self.context: ContextTable = context if context is not None else InMemoryContextTable()
         for spec in self.specs:
             build(spec.name, spec.params).prepare()  # validates: bad config fails at start
         self._filters = {s.name: s.model_filter() for s in self.specs}
@@ -110,6 +115,9 @@ class Pipeline:
         for spec in specs:
             detector = spec.build()
             detector.share_caps(self._pools.setdefault(spec.name, {}))
+            bind = getattr(detector, "bind_context", None)
+            if bind is not None:
+                bind(self.context)
             built.append(detector)
         return built
 
@@ -119,6 +127,19 @@ class Pipeline:
             specs = self._model_specs if is_model_partition(partition) else self._partition_specs
             found = self._sets[partition] = _Set(self._build(specs))
         return found
+
+    def uses_context(self) -> bool:
+        """True if some configured detector reads or publishes the context table."""
+        return any(hasattr(REGISTRY[s.name], "bind_context") for s in self.specs)
+
+    def use_context(self, context: ContextTable) -> None:
+        """Share ``context`` instead (the daemon's Kafka-backed table), also with the
+        detectors already built."""
+        self.context = context
+        for _, detector in self.detectors():
+            bind = getattr(detector, "bind_context", None)
+            if bind is not None:
+                bind(context)
 
     def has_model_scope(self) -> bool:
         """True if some model-scoped detector is configured."""
