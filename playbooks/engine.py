@@ -282,7 +282,9 @@ class ResponseEngine:
         key = spec.dedup.key.render(call.context(None, outside=False))
         row = db.execute("SELECT * FROM incidents WHERE route = ? AND dedup_key = ? AND "
                          "status = 'open'", (route.name, key)).fetchone()
-        if row is not None and now - row["last_seen"] > spec.dedup.window:
+        continued = self._continued_incident(db, route.name, key, finding)
+        row = continued if continued is not None else row
+        if continued is None and row is not None and now - row["last_seen"] > spec.dedup.window:
             self._close_incident(db, row, now)  # the timer has not got to it yet
             row = None
         if row is None:
@@ -315,6 +317,24 @@ class ResponseEngine:
         db.execute("UPDATE incidents SET count = ?, last_seen = ?, "
                    "pending_repeats = pending_repeats + 1 WHERE id = ?",
                    (count, now, row["id"]))
+
+    @staticmethod
+    def _continued_incident(db: Any, route: str, key: str, finding: Finding) -> Any:
+        """The route's latest incident for ``key``, reopened if closed, when ``finding``
+        is a detector incident's update (``incident.seq`` > 1, not an escalation):
+        it is a repeat of that incident even after ``dedup.window``, never a new alert.
+        None otherwise (and when no incident for the key is left)."""
+        inc = finding.incident
+        if inc is None or inc.seq <= 1 or inc.escalated:
+            return None
+        row = db.execute("SELECT * FROM incidents WHERE route = ? AND dedup_key = ? "
+                         "ORDER BY status = 'open' DESC, opened_at DESC LIMIT 1",
+                         (route, key)).fetchone()
+        if row is None or row["status"] == "open":
+            return row
+        db.execute("UPDATE incidents SET status = 'open', closed_at = NULL WHERE id = ?",
+                   (row["id"],))
+        return db.execute("SELECT * FROM incidents WHERE id = ?", (row["id"],)).fetchone()
 
     def mark_seen(self, route: str, finding_id: str, at: float) -> bool:
         """Record that another replica took ``finding_id`` on ``route``; True if new here."""
