@@ -169,7 +169,7 @@ class IncidentSettings(_Section):
     quiet_s: float = Field(86_400.0, ge=0)
     #: A repeat that does not raise the severity goes out (as an update) at
     #: most this often per incident (event time); 0: every repeat goes out.
-    update_every_s: float = Field(21_600.0, ge=0)
+    update_every_s: float = Field(3_600.0, ge=0)
     #: Open incidents kept per detector and process (least recently seen go first).
     max_open: int = Field(100_000, ge=1)
     #: Per detector ``quiet_s``, e.g. ``{access.model_change: 3600}``.

@@ -15,8 +15,9 @@ are *updates* of it. An update keeps the incident's id, raises ``seq``,
   emitted finding (a periodic "still going on");
 
 other repeats are absorbed: counted into the next update, not emitted. So one
-condition costs one new finding, plus at most ``quiet_s / update_every_s``
-updates a day and one per severity step. A finding's id stays the detector's
+condition costs one new finding, plus at most one update per ``update_every_s``
+and one per severity step; and a new cause that makes the detector fire under
+an open incident goes out (as an update) within ``update_every_s``. A finding's id stays the detector's
 (stable for the same evidence); the incident id is the id of its first finding.
 
 Memory: open incidents sit in a capped LRU :class:`~detectors.state.EntityTable`
@@ -65,7 +66,7 @@ class IncidentPolicy:
     """
 
     quiet_s: float = 86_400.0
-    update_every_s: float = 21_600.0
+    update_every_s: float = 3_600.0
     max_open: int = 100_000
 
     def __post_init__(self) -> None:
