@@ -17,8 +17,9 @@ are *updates* of it. An update keeps the incident's id, raises ``seq``,
 other repeats are absorbed: counted into the next update, not emitted. So one
 condition costs one new finding, plus at most one update per ``update_every_s``
 and one per severity step; and a new cause that makes the detector fire under
-an open incident goes out (as an update) within ``update_every_s``. A finding's id stays the detector's
-(stable for the same evidence); the incident id is the id of its first finding.
+an open incident goes out (as an update) within ``update_every_s``. A
+finding's id stays the detector's (stable for the same evidence); the incident
+id is the id of its first finding.
 
 Memory: open incidents sit in a capped LRU :class:`~detectors.state.EntityTable`
 (shared cap per detector across partitions, O(1)); the oldest open incident is
