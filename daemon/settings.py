@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daemon.formats import FORMATS, FormatConfigError, make_format
+from detectors.incidents import IncidentPolicy
 from detectors.pipeline import DetectorSpec
 from detectors.registry import REGISTRY, ParamsError, validate_params
 from playbooks.config import PlaybookSettings, read_secret_file
@@ -203,6 +204,35 @@ def _http_url(value: str) -> None:
         raise ValueError("must be an http:// or https:// URL with a host")
 
 
+class IncidentSettings(_Section):
+    """One incident per (detector, entity): see detectors/incidents.py."""
+
+    #: An incident stays open until its entity had no finding of the detector
+    #: for this long (event time); its repeats are updates, not new findings.
+    #: 0: incidents off (every finding goes out on its own).
+    quiet_s: float = Field(86_400.0, ge=0)
+    #: A repeat that does not raise the severity goes out (as an update) at
+    #: most this often per incident (event time); 0: every repeat goes out.
+    update_every_s: float = Field(3_600.0, ge=0)
+    #: Open incidents kept per detector and process (least recently seen go first).
+    max_open: int = Field(100_000, ge=1)
+    #: Per detector ``quiet_s``, e.g. ``{access.model_change: 3600}``.
+    quiet_s_by_detector: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_detectors(self) -> IncidentSettings:
+        for name, value in self.quiet_s_by_detector.items():
+            if name not in REGISTRY:
+                raise ValueError(f"quiet_s_by_detector: unknown detector {name!r}")
+            if not value >= 0:
+                raise ValueError(f"quiet_s_by_detector.{name}: must be >= 0")
+        return self
+
+    def policy(self, detector: str) -> IncidentPolicy:
+        return IncidentPolicy(quiet_s=self.quiet_s_by_detector.get(detector, self.quiet_s),
+                              update_every_s=self.update_every_s, max_open=self.max_open)
+
+
 class SlackSettings(_Section):
     webhook_url: SecretStr | None = None
     bot_token: SecretStr | None = None
@@ -350,6 +380,7 @@ class Settings(BaseSettings):
     #: Absent: every registered detector with its defaults; ``{}``: none.
     detectors: dict[str, DetectorSettings] = Field(
         default_factory=lambda: {name: DetectorSettings() for name in REGISTRY})
+    incidents: IncidentSettings = Field(default_factory=IncidentSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     state: StateSettings = Field(default_factory=StateSettings)
@@ -386,7 +417,8 @@ class Settings(BaseSettings):
     def detector_specs(self) -> list[DetectorSpec]:
         return [
             DetectorSpec(name, dict(cfg.params),
-                         tuple(cfg.models) if cfg.models is not None else None)
+                         tuple(cfg.models) if cfg.models is not None else None,
+                         self.incidents.policy(name))
             for name, cfg in self.detectors.items()
             if cfg.enabled
         ]

@@ -31,6 +31,7 @@ __all__ = [
     "Entity",
     "EntityType",
     "Finding",
+    "Incident",
     "Severity",
     "Source",
     "severity_at_least",
@@ -131,8 +132,30 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-class Finding(msgspec.Struct, kw_only=True):
-    """One detection, as written to the findings topic."""
+class Incident(msgspec.Struct, kw_only=True):
+    """Where a finding stands in its (detector, entity) incident (optional field).
+
+    ``id``: the incident's first finding's id; ``seq``: 1 for the finding that
+    opened it, higher for the updates that went out; ``count``: findings of the
+    incident so far (emitted or absorbed); ``escalated``: this update raised
+    ``max_severity``. See :mod:`detectors.incidents`.
+    """
+
+    id: str
+    seq: int
+    first_ts: str
+    last_ts: str
+    count: int
+    max_severity: Severity
+    escalated: bool = False
+
+
+class Finding(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One detection, as written to the findings topic.
+
+    ``incident`` is optional (added by the pipeline's incident layer; absent,
+    it is not written at all).
+    """
 
     finding_id: str
     ts: str
@@ -145,6 +168,12 @@ class Finding(msgspec.Struct, kw_only=True):
     evidence: dict[str, Any]
     atlas: list[str]
     sources: list[SourceRef]
+    incident: Incident | None = None
+
+    @property
+    def is_update(self) -> bool:
+        """True for a repeat of an open incident (not a new finding)."""
+        return self.incident is not None and self.incident.seq > 1
 
     @classmethod
     def build(

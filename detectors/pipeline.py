@@ -7,12 +7,20 @@ detectors get either one instance per process (``GLOBAL``: right for a single
 replica), or, when the daemon repartitions inference events by model, one
 instance per partition of the repartition topic (state partition
 ``model_partition(r)``), which moves between replicas like any other.
+
+Every detector's findings go through its :class:`~detectors.incidents.IncidentTable`
+of the same state partition: one incident per (detector, entity); a repeat is
+an update of the open incident, emitted only on escalation or periodically
+(:class:`~detectors.incidents.IncidentPolicy`, per detector in
+``DetectorSpec.incidents``). Snapshots carry each detector's open incidents
+with its state, so a restart keeps them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +29,7 @@ from detectors.base import Detector
 from detectors.context import ContextTable, InMemoryContextTable
 from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source
+from detectors.incidents import DEFAULT_POLICY, IncidentPolicy, IncidentTable
 from detectors.registry import REGISTRY, build
 from detectors.state import CapPool
 
@@ -36,6 +45,8 @@ class DetectorSpec:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] | None = None
+    #: How its findings group into incidents (not part of the detector's params).
+    incidents: IncidentPolicy = DEFAULT_POLICY
 
     def model_filter(self) -> Callable[[str], bool] | None:
         if self.models is None:
@@ -68,13 +79,37 @@ def is_model_partition(partition: int) -> bool:
     return partition <= -2
 
 
+#: Prefix of a snapshot entry holding a detector's state and its open incidents.
+_WRAPPED = b"MLWINC1\x00"
+_LEN = struct.Struct(">Q")
+
+
+def _wrap(state: bytes, incidents: bytes) -> bytes:
+    return _WRAPPED + _LEN.pack(len(state)) + state + incidents
+
+
+def _unwrap(raw: bytes) -> tuple[bytes, bytes | None]:
+    """(detector state, incident state or None); a bare detector state (older
+    checkpoints) is taken as it is."""
+    if not raw.startswith(_WRAPPED) or len(raw) < len(_WRAPPED) + _LEN.size:
+        return raw, None
+    start = len(_WRAPPED) + _LEN.size
+    (size,) = _LEN.unpack_from(raw, len(_WRAPPED))
+    if start + size > len(raw):
+        return raw, None
+    return raw[start:start + size], raw[start + size:]
+
+
 class _Set:
-    """Detectors of one state partition, indexed by the event type they want."""
+    """Detectors of one state partition, indexed by the event type they want,
+    and their open incidents (detector name -> table)."""
 
-    __slots__ = ("by_type", "detectors")
+    __slots__ = ("by_type", "detectors", "incidents")
 
-    def __init__(self, detectors: list[Detector]) -> None:
+    def __init__(self, detectors: list[Detector],
+                 incidents: dict[str, IncidentTable] | None = None) -> None:
         self.detectors = detectors
+        self.incidents = incidents if incidents is not None else {}
         self.by_type: dict[str, list[Detector]] = {
             kind: [d for d in detectors if kind in d.event_types]
             for kind in ("inference", "audit", "access")
@@ -106,7 +141,10 @@ class Pipeline:
         #: Detector name -> its tables' cap pools: memory caps hold per process,
         #: shared by the detector's instances of every partition.
         self._pools: dict[str, dict[str, CapPool]] = {}
-        self._global = _Set([] if repartitioned else self._build(self._model_specs))
+        self._policies = {s.name: s.incidents for s in self.specs}
+        #: Detector name -> cap pool of its open incidents (all partitions).
+        self._incident_pools = {s.name: CapPool(s.incidents.max_open) for s in self.specs}
+        self._global = self._new_set([] if repartitioned else self._model_specs)
         self._on_error = on_error
         self.errors = 0
 
@@ -121,11 +159,16 @@ class Pipeline:
             built.append(detector)
         return built
 
+    def _new_set(self, specs: Sequence[DetectorSpec]) -> _Set:
+        return _Set(self._build(specs),
+                    {s.name: IncidentTable(s.incidents, self._incident_pools[s.name])
+                     for s in specs})
+
     def _set(self, partition: int) -> _Set:
         found = self._sets.get(partition)
         if found is None:
             specs = self._model_specs if is_model_partition(partition) else self._partition_specs
-            found = self._sets[partition] = _Set(self._build(specs))
+            found = self._sets[partition] = self._new_set(specs)
         return found
 
     def uses_context(self) -> bool:
@@ -167,14 +210,16 @@ class Pipeline:
         ``errors``) and costs only that event: the detector goes on with the
         rest of the run, and the other detectors and the stream go on.
         """
-        detectors = self._set(partition).by_type[kind] + self._global.by_type[kind]
+        own = self._set(partition)
+        detectors = [(d, own) for d in own.by_type[kind]] + \
+            [(d, self._global) for d in self._global.by_type[kind]]
         findings: list[Finding] = []
         if not detectors:
             for _ in items:  # still drain: the caller's generator dead-letters bad ones
                 pass
             return findings
         run = items if isinstance(items, list) else list(items)
-        for detector in detectors:
+        for detector, group in detectors:
             wanted = self._filters.get(detector.name) if kind == "inference" else None
             mine = run if wanted is None else [it for it in run if wanted(it[0].model_id)]  # type: ignore[union-attr]
             try:
@@ -185,7 +230,14 @@ class Pipeline:
                     self._on_error(detector, run[0][0] if run else None, exc)
                 continue
             if out:
-                findings.extend(out)
+                incidents = group.incidents.get(detector.name)
+                if incidents is None:
+                    findings.extend(out)
+                    continue
+                for finding in out:
+                    emitted = incidents.admit(finding)
+                    if emitted is not None:
+                        findings.append(emitted)
         return findings
 
     def _event_error_sink(self, detector: Detector) -> Callable[[Event, Exception], None]:
@@ -204,28 +256,54 @@ class Pipeline:
         for detector in self._global.detectors:
             yield GLOBAL, detector
 
+    def incident_stats(self) -> dict[str, dict[str, int]]:
+        """Detector name -> incident counters summed over partitions (see IncidentTable.stats)."""
+        out: dict[str, dict[str, int]] = {}
+        for group in [*self._sets.values(), self._global]:
+            for name, table in group.incidents.items():
+                acc = out.setdefault(name, {})
+                for k, v in table.stats().items():
+                    acc[k] = acc.get(k, 0) + v
+        return out
+
     # -- state handoff -----------------------------------------------------
 
     def partitions(self) -> list[int]:
         return sorted(self._sets)
 
     def snapshot(self, partition: int) -> dict[str, bytes]:
-        """State of one state partition (or GLOBAL), detector name -> bytes."""
+        """State of one state partition (or GLOBAL), detector name -> bytes.
+
+        Each entry holds the detector's state and its open incidents together,
+        so both follow the detector's config fingerprint in checkpoints.
+        """
         group = self._global if partition == GLOBAL else self._sets.get(partition)
         if group is None:
             return {}
-        return {d.name: d.snapshot() for d in group.detectors}
+        out: dict[str, bytes] = {}
+        for d in group.detectors:
+            incidents = group.incidents.get(d.name)
+            out[d.name] = d.snapshot() if incidents is None else \
+                _wrap(d.snapshot(), incidents.snapshot())
+        return out
 
     def restore(self, partition: int, states: Mapping[str, bytes]) -> None:
         """Load saved state into a partition's detectors (unknown names are ignored)."""
         group = self._global if partition == GLOBAL else self._set(partition)
         for detector in group.detectors:
-            state = states.get(detector.name)
-            if state is not None:
-                detector.restore(state)
+            raw = states.get(detector.name)
+            if raw is None:
+                continue
+            state, incidents = _unwrap(raw)
+            detector.restore(state)
+            table = group.incidents.get(detector.name)
+            if incidents is not None and table is not None:
+                table.restore(incidents)
 
     def drop(self, partition: int) -> None:
         """Forget a partition's state (after it was revoked and checkpointed)."""
         dropped = self._sets.pop(partition, None)
         for detector in dropped.detectors if dropped is not None else ():
             detector.release_caps()
+        for table in dropped.incidents.values() if dropped is not None else ():
+            table.release()

@@ -95,7 +95,9 @@ class Intake:
         key = spec.dedup.key.render(call.context(None, outside=False))
         row = db.execute("SELECT * FROM incidents WHERE route = ? AND dedup_key = ? AND "
                          "status = 'open'", (route.name, key)).fetchone()
-        if row is not None and now - row["last_seen"] > spec.dedup.window:
+        continued = _continued_incident(db, route.name, key, finding)
+        row = continued if continued is not None else row
+        if continued is None and row is not None and now - row["last_seen"] > spec.dedup.window:
             self.incidents.close(db, row, now)  # the timer has not got to it yet
             row = None
         if row is None:
@@ -136,3 +138,24 @@ class Intake:
             return bool(db.execute(
                 "INSERT OR IGNORE INTO seen (route, finding_id, at) VALUES (?, ?, ?)",
                 (route, finding_id, at)).rowcount)
+
+
+def _continued_incident(db: sqlite3.Connection, route: str, key: str,
+                        finding: Finding) -> sqlite3.Row | None:
+    """The route's latest incident for ``key``, reopened if closed, when ``finding``
+    is a detector incident's update (``incident.seq`` > 1, not an escalation):
+    it is a repeat of that incident even after ``dedup.window``, never a new alert.
+    None otherwise (and when no incident for the key is left)."""
+    inc = finding.incident
+    if inc is None or inc.seq <= 1 or inc.escalated:
+        return None
+    row: sqlite3.Row | None = db.execute(
+        "SELECT * FROM incidents WHERE route = ? AND dedup_key = ? "
+        "ORDER BY status = 'open' DESC, opened_at DESC LIMIT 1", (route, key)).fetchone()
+    if row is None or row["status"] == "open":
+        return row
+    db.execute("UPDATE incidents SET status = 'open', closed_at = NULL WHERE id = ?",
+               (row["id"],))
+    reopened: sqlite3.Row | None = db.execute(
+        "SELECT * FROM incidents WHERE id = ?", (row["id"],)).fetchone()
+    return reopened

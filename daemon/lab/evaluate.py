@@ -15,6 +15,10 @@ through the same :class:`~detectors.pipeline.Pipeline` as ``run`` and
   findings about a scenario's entity before that scenario began. Findings about
   a model after attack queries reached it are counted apart (side effects).
   Per million: false findings / events x 10^6.
+- **Incidents**: a finding that updates an open incident (``incident.seq`` > 1,
+  see detectors/incidents.py) is not a new finding: it is counted apart
+  (``updates``), never as false, though it can detect a scenario (it went out,
+  a responder sees it). A new incident after the quiet period counts as usual.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class Hit:
     kind: str
     entity_type: str
     entity_id: str
+    #: An update of an open incident, not a new finding (not counted as false).
+    update: bool = False
 
 
 @dataclass
@@ -73,6 +79,7 @@ class DetectorCount:
     true: int = 0      # detecting a scenario
     false: int = 0     # about benign entities
     other: int = 0     # about attackers (other kind) or attacked models
+    updates: int = 0   # updates of open incidents (not in total)
 
 
 @dataclass
@@ -85,6 +92,7 @@ class Scorecard:
     detectors: dict[str, DetectorCount]
     unknown_labels: list[str]
     false_hits: list[Hit] = field(default_factory=list)  # the findings counted as false
+    updates: int = 0  # incident updates emitted (not counted as findings)
 
     @property
     def false_per_million(self) -> float:
@@ -120,12 +128,19 @@ def score(events: Sequence[EventInfo], hits: Iterable[Hit],
 
     counts: dict[str, DetectorCount] = {}
     false_hits: list[Hit] = []
-    false = side = 0
+    false = side = updates = 0
     for h in sorted(hits, key=lambda h: h.index):
         c = counts.setdefault(h.detector, DetectorCount())
-        c.total += 1
         active = [r for r in by_entity.get((h.entity_type, h.entity_id), [])
                   if r.first_index is not None and h.index >= r.first_index]
+        if h.update:
+            updates += 1
+            c.updates += 1
+            active = [r for r in active if h.kind in r.scenario.kinds]
+            if not active:
+                continue  # an update is never a new false (or other) finding
+        else:
+            c.total += 1
         if active:
             matched = False
             for r in active:
@@ -142,7 +157,9 @@ def score(events: Sequence[EventInfo], hits: Iterable[Hit],
                         r.detectors.append(h.detector)
                 else:
                     r.other = True
-            if matched:
+            if h.update:
+                pass
+            elif matched:
                 c.true += 1
             else:
                 c.other += 1
@@ -156,7 +173,7 @@ def score(events: Sequence[EventInfo], hits: Iterable[Hit],
             false_hits.append(h)
     ordered = [results[n] for n in scenarios if n in results]
     return Scorecard(len(events), attack_events, ordered, false, side, counts, sorted(unknown),
-                     false_hits)
+                     false_hits, updates)
 
 
 def _duration(seconds: float) -> str:
@@ -183,6 +200,8 @@ def format_scorecard(card: Scorecard) -> str:
     lines.append(f"False findings on benign entities: {card.false_findings} "
                  f"({card.false_per_million:,.1f} per million events); "
                  f"findings about attacked models (side effects): {card.side_effects}.")
+    lines.append(f"Incident updates (repeats of open incidents, not counted as findings): "
+                 f"{card.updates}.")
     lines.append("Findings per detector (total = detecting + false + other):")
     for name in sorted(card.detectors):
         c = card.detectors[name]
@@ -226,7 +245,8 @@ def evaluate_file(pipeline: Any, paths: Sequence[str | Path],
                                getattr(event, "model_id", None)))
         index = len(infos) - 1
         for f in pipeline.process_many(event_type_of(event), 0, ((event, source),)):
-            hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id))
+            hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id,
+                            f.is_update))
             if findings_out is not None:
                 findings_out.write(encode_finding(f) + b"\n")
         if index % 2000 == 0:

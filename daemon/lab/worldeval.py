@@ -5,7 +5,9 @@ Each world (:mod:`daemon.lab.worlds`) is encoded to the wire form, decoded as
 consecutive events of one kind (as the daemon's batches arrive). Findings are
 scored with :func:`daemon.lab.evaluate.score` against the world's own scenarios:
 same definitions as ``mlwatchd eval FILE`` (detected, false, side effects).
-Rates are per million **benign** events (attack events excluded).
+Rates are per million **benign** events (attack events excluded). A finding
+that updates an open incident is not a new finding (counted apart, as
+``updates``: see :func:`daemon.lab.evaluate.score`).
 
 Seeds: the tuning worlds are 1..N-K; the K held-out worlds have seeds from
 :data:`HELD_OUT_BASE` + 1 on, which no tuning run draws.
@@ -46,6 +48,7 @@ class WorldRow:
     false_findings: int
     side_effects: int
     seconds: float
+    updates: int = 0  # incident updates emitted (not counted as findings)
     detectors: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> true/false/other
     false_by_role: dict[str, int] = field(default_factory=dict)  # "detector|role" -> count
     false_entities: dict[str, int] = field(default_factory=dict)  # "detector|entity" -> count
@@ -78,7 +81,8 @@ def _feed(pipeline: Any, world: World) -> tuple[list[EventInfo], list[Hit]]:
         for f in pipeline.process_many(kind, 0, run):
             at = [s.offset for s in f.sources if s.topic == _SOURCE]
             index = max(at) if at else int(run[-1][1].offset)
-            hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id))
+            hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id,
+                            f.is_update))
         run.clear()
 
     for i, e in enumerate(world.events):
@@ -112,8 +116,9 @@ def run_world(seed: int, pipeline: Any, days: int | None = None, group: str = "t
         attacks=present, detected=[r.scenario.name for r in card.scenarios if r.detected],
         missed=[r.scenario.name for r in card.scenarios if not r.detected],
         false_findings=card.false_findings, side_effects=card.side_effects,
-        seconds=round(time.perf_counter() - started, 1),
-        detectors={n: {"true": c.true, "false": c.false, "other": c.other}
+        updates=card.updates, seconds=round(time.perf_counter() - started, 1),
+        detectors={n: {"true": c.true, "false": c.false, "other": c.other,
+                       "updates": c.updates}
                    for n, c in sorted(card.detectors.items())},
         false_by_role=dict(by_role.most_common()), false_entities=dict(by_entity.most_common()))
     return row, card
@@ -125,9 +130,9 @@ def _totals(rows: list[WorldRow]) -> dict[str, Any]:
     detectors: dict[str, dict[str, float]] = {}
     for r in rows:
         for name, c in r.detectors.items():
-            d = detectors.setdefault(name, {"true": 0, "false": 0, "other": 0})
-            for k in ("true", "false", "other"):
-                d[k] += c[k]
+            d = detectors.setdefault(name, {"true": 0, "false": 0, "other": 0, "updates": 0})
+            for k in ("true", "false", "other", "updates"):
+                d[k] += c.get(k, 0)
     for d in detectors.values():
         d["false_per_million"] = round(d["false"] * 1e6 / benign, 2) if benign else 0.0
     roles: Counter[str] = Counter()
@@ -138,6 +143,7 @@ def _totals(rows: list[WorldRow]) -> dict[str, Any]:
         "attacks": sum(len(r.attacks) for r in rows),
         "detected": sum(len(r.detected) for r in rows),
         "false_findings": false,
+        "updates": sum(r.updates for r in rows),
         "false_per_million": round(false * 1e6 / benign, 2) if benign else 0.0,
         "seconds": round(sum(r.seconds for r in rows), 1),
         "missed": dict(Counter(m for r in rows for m in r.missed).most_common()),
@@ -163,11 +169,13 @@ def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str
     if totals["missed"]:
         lines.append("  missed by scenario: " + ", ".join(
             f"{k} {v}" for k, v in totals["missed"].items()))
+    lines.append(f"  incident updates (not counted as findings): {totals['updates']:,}")
     lines.append(f"  per detector (false per million of {totals['benign_events']:,} benign "
                  "events):")
     for name, d in totals["detectors"].items():
         lines.append(f"    {name:<28} detecting {int(d['true']):>5}  false {int(d['false']):>6} "
-                     f"({d['false_per_million']:>8,.1f}/M)  other {int(d['other']):>5}")
+                     f"({d['false_per_million']:>8,.1f}/M)  other {int(d['other']):>5}  "
+                     f"updates {int(d['updates']):>5}")
     if totals["false_by_role"]:
         lines.append("  false findings by detector and entity:")
         for key, n in list(totals["false_by_role"].items())[:15]:

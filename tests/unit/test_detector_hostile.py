@@ -21,6 +21,7 @@ from detectors import registry
 from detectors.base import Detector
 from detectors.events import Event, InferenceEvent, decode_event
 from detectors.findings import Entity, Finding, Source
+from detectors.incidents import IncidentPolicy
 from detectors.pipeline import DetectorSpec, Pipeline
 from detectors.state import CapPool, EntityTable
 from detectors.telemetry.drift import FeatureDriftDetector
@@ -192,7 +193,8 @@ def test_one_failing_event_costs_only_that_event_not_the_rest_of_the_batch(
 ) -> None:
     monkeypatch.setitem(registry.REGISTRY, _FailsOnBoom.name, _FailsOnBoom)
     reported: list[tuple[str, str]] = []
-    pipeline = Pipeline([DetectorSpec(_FailsOnBoom.name)],
+    # Incidents off: every finding of the run goes out (repeats are not the point here).
+    pipeline = Pipeline([DetectorSpec(_FailsOnBoom.name, incidents=IncidentPolicy(quiet_s=0))],
                         on_error=lambda d, e, exc: reported.append((d.name, e.request_id)))  # type: ignore[union-attr]
     events = [_inference(i, [1.0]) for i in range(2000)]
     events[5] = InferenceEvent(ts=1.7e9, model_id="m", request_id="boom", principal="p",

@@ -136,7 +136,7 @@ def test_the_scorer_counts_a_planted_detection_and_a_planted_false_finding(tiny:
     row, _ = run_world(2, _Planted(plan), days=1, scale=0.05)
     assert row.detected == []
     assert row.false_findings == 1  # the early one; the wrong kind is "other", not false
-    assert row.detectors["planted.test"] == {"true": 0, "false": 1, "other": 1}
+    assert row.detectors["planted.test"] == {"true": 0, "false": 1, "other": 1, "updates": 0}
 
 
 def test_the_default_detectors_over_a_tiny_world_give_a_consistent_row(tiny: World) -> None:
