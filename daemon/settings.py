@@ -100,10 +100,9 @@ class KafkaSettings(_Section):
         if self.client == "confluent":
             try:
                 import confluent_kafka  # noqa: F401
-            except ImportError as exc:
-                raise ValueError("client confluent needs the confluent-kafka package "
-                                 "(pip install 'mlwatchd[confluent]'), which is not "
-                                 f"importable: {exc}") from None
+            except ImportError:
+                raise ValueError("client confluent needs the confluent-kafka package, which "
+                                 "is not installed: pip install 'mlwatchd[confluent]'") from None
         return self
 
     @model_validator(mode="after")
