@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from daemon.lab.bench import run_bench
 
     return run_bench(events=args.events, decode_only=args.decode, config=args.config,
-                     only=args.only)
+                     only=args.only, client=args.client, runs=args.runs, gc_only=args.gc)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -256,6 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--decode", action="store_true",
                    help="only compare event decoders (msgspec vs orjson+Python checks)")
+    p.add_argument("--client", choices=["kafka-python", "confluent", "both"],
+                   default="kafka-python", help="Kafka client(s) for (a) and (b)")
+    p.add_argument("--runs", type=int, default=1, help="repeat each measurement; print medians")
+    p.add_argument("--gc", action="store_true",
+                   help="only measure GC pauses in decode + detect, before/after gc.freeze")
     p = verb("simulate", "Generate benign traffic with labelled attack scenarios as JSON Lines "
              "or into Kafka.", cmd_simulate)
     where = p.add_mutually_exclusive_group(required=True)
