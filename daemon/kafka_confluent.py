@@ -118,11 +118,11 @@ class _Logger:
 
 
 def _reachable(client: Any, timeout_s: float = 5.0) -> None:
-    """Raise ``NoBrokersAvailable`` unless a broker answers (as kafka-python's constructors do)."""
+    """Raise ``KafkaConnectionError`` unless a broker answers, as kafka-python's constructors."""
     try:
         client.list_topics(timeout=timeout_s)
     except ck.KafkaException as exc:
-        raise kerr.NoBrokersAvailable(str(exc)) from exc
+        raise kerr.KafkaConnectionError(f"no broker answered: {exc}") from exc
 
 
 class ConfluentConsumer:
