@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.logs import configure_logging
     from daemon.metrics import Metrics, StatusPortInUse
     from daemon.response import build_response
-    from daemon.runtime import Daemon
+    from daemon.runtime import Daemon, quiet_gc
     from daemon.settings import ConfigError
 
     settings = _load(args.config)
@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"config error: {line}", file=sys.stderr)
         return 2
     daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
+    quiet_gc()  # detectors are built: freeze them out of every GC pass
     try:
         return daemon.run()
     except StatusPortInUse as exc:  # a start-up problem like a config error: one line, exit 2

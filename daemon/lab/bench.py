@@ -283,11 +283,11 @@ def gc_pauses(n: int, quiet: bool, config: str | None = None) -> dict[str, float
 
     Batches of 2,000 as the consumer loop hands them over; pauses timed by
     ``gc.callbacks``. ``quiet``: after building the pipeline, what ``mlwatchd
-    run`` does after start-up (:func:`daemon.runtime._quiet_gc`).
+    run`` does after start-up (:func:`daemon.runtime.quiet_gc`).
     """
     import gc
 
-    from daemon.runtime import _quiet_gc
+    from daemon.runtime import quiet_gc
     from daemon.settings import load
     from detectors.events import decode_event
     from detectors.findings import Source
@@ -297,7 +297,7 @@ def gc_pauses(n: int, quiet: bool, config: str | None = None) -> dict[str, float
     pipeline = Pipeline(settings.detector_specs())
     values = sample_events(n)
     if quiet:
-        _quiet_gc()
+        quiet_gc()
     pauses: list[float] = []
     began = [0.0]
 

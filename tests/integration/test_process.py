@@ -70,6 +70,7 @@ def test_sigterm_drains_commits_and_exits_zero(broker, tmp_path, client):
     assert max(seen.values()) == 1
     log = (tmp_path / "stderr.log").read_text()
     assert '"daemon_stopped"' in log
+    assert '"gc_tuned"' in log, "mlwatchd run freezes its start-up heap (issue #16)"
     assert stopped_at <= n
 
 
