@@ -355,14 +355,14 @@ def run_bench(events: int = 300_000, decode_only: bool = False, config: str | No
         for name, rate in decode_rates().items():
             print(f"{name:36s} {rate:>12,.0f} events/s  ({1e6 / rate:.2f} us/event)")
         return 0
-    if only:
-        config = _restricted_config(config, only)
     if gc_only:
-        return _gc_bench(events, config)
+        return _gc_bench(events, _restricted_config(config, only) if only else config)
     clients = ["kafka-python", "confluent"] if client == "both" else [client]
     print(f"mlwatchd bench: {events:,} inference events on {TOPIC} (1 partition); both consumers "
           f"subscribe to {', '.join(INPUTS)} with fetch_max_wait_ms={FETCH_MAX_WAIT_MS}")
-    if not only:
+    if only:
+        config = _restricted_config(config, only)
+    else:
         print(f"  detectors: those enabled in {config or 'the default config'}")
     values = sample_events(events)
     print(f"  mean event size {sum(map(len, values)) / len(values):.0f} bytes")
