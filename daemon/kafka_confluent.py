@@ -20,9 +20,10 @@ unchanged on either client:
   are applied through the assignment itself (librdkafka cannot seek a
   partition it has not started fetching).
 
-Only the daemon's main consumer and its findings/dead-letter producer use
-this transport; the Kafka state store, the audit trail and topic creation
-stay on kafka-python (they are not on the hot path).
+The daemon's consumer and every producer made by
+:func:`daemon.kafka_io.new_producer` (findings and dead letters, the
+playbooks' publisher) use this transport; topic creation, the Kafka state
+store and the audit-topic reader stay on kafka-python (off the hot path).
 """
 
 from __future__ import annotations
