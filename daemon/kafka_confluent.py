@@ -28,6 +28,7 @@ store and the audit-topic reader stay on kafka-python (off the hot path).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -111,11 +112,11 @@ class _Logger:
     """librdkafka's log lines, as structlog events (no config values are in them)."""
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
-        message = fmt % args if args else fmt
-        if level <= 3:
-            log.error("librdkafka", message=message[:500])
-        elif level <= 4:
-            log.warning("librdkafka", message=message[:500])
+        # confluent-kafka maps librdkafka's syslog levels to Python logging levels
+        if level >= logging.ERROR:
+            log.error("librdkafka", message=(fmt % args if args else fmt)[:500])
+        elif level >= logging.WARNING:
+            log.warning("librdkafka", message=(fmt % args if args else fmt)[:500])
 
 
 def _reachable(client: Any, timeout_s: float = 5.0) -> None:
