@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.logs import configure_logging
     from daemon.metrics import Metrics, StatusPortInUse
     from daemon.response import build_response
-    from daemon.runtime import Daemon
+    from daemon.runtime import Daemon, quiet_gc
     from daemon.settings import ConfigError
 
     settings = _load(args.config)
@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"config error: {line}", file=sys.stderr)
         return 2
     daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
+    quiet_gc()  # detectors are built: freeze them out of every GC pass
     try:
         return daemon.run()
     except StatusPortInUse as exc:  # a start-up problem like a config error: one line, exit 2
@@ -162,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from daemon.lab.bench import run_bench
 
     return run_bench(events=args.events, decode_only=args.decode, config=args.config,
-                     only=args.only)
+                     only=args.only, client=args.client, runs=args.runs, gc_only=args.gc)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -275,6 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--decode", action="store_true",
                    help="only compare event decoders (msgspec vs orjson+Python checks)")
+    p.add_argument("--client", choices=["kafka-python", "confluent", "both"],
+                   default="kafka-python", help="Kafka client(s) for (a) and (b)")
+    p.add_argument("--runs", type=int, default=1, help="repeat each measurement; print medians")
+    p.add_argument("--gc", action="store_true",
+                   help="only measure GC pauses in decode + detect, before/after gc.freeze")
     p = verb("simulate", "Generate benign traffic with labelled attack scenarios as JSON Lines "
              "or into Kafka.", cmd_simulate)
     where = p.add_mutually_exclusive_group(required=True)

@@ -7,8 +7,8 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Final, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 import structlog
 from kafka import KafkaConsumer, KafkaProducer
@@ -25,8 +25,10 @@ from daemon.settings import KafkaSettings
 __all__ = [
     "DLQ_HEADERS",
     "TRUNCATED_HEADERS",
+    "Consumer",
     "OutRecord",
     "ProduceFailed",
+    "Producer",
     "Refusal",
     "client_config",
     "connect",
@@ -63,6 +65,64 @@ _KEEP_KEY_BYTES: Final = 1024
 #: retried, since dropping would lose every finding until an operator fixes it.
 _RECORD_ERRORS: Final = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError,
                          InvalidTimestampError)
+
+
+class Delivery(Protocol):
+    """A send's outcome: ``get`` returns once acknowledged, or raises its error."""
+
+    def get(self, timeout: float | None = None) -> Any: ...
+
+
+class Producer(Protocol):
+    """What the daemon asks of a producer (kafka-python's ``KafkaProducer`` has it).
+
+    ``send`` raises, or its delivery fails with, kafka-python's error classes:
+    a record refused for good is one of ``_RECORD_ERRORS`` (or ``ValueError``
+    / ``TypeError``), anything else a ``KafkaError``.
+    """
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
+             headers: Iterable[tuple[str, bytes]] | None = None) -> Delivery: ...
+
+    def flush(self, timeout: float | None = None) -> Any: ...
+
+    def close(self, timeout: float | None = None) -> Any: ...
+
+
+class Consumer(Protocol):
+    """What the daemon asks of a group consumer (kafka-python's ``KafkaConsumer`` has it).
+
+    ``poll`` returns ``{TopicPartition: [record]}`` (kafka-python's
+    ``TopicPartition``; records with ``topic, partition, offset, timestamp,
+    key, value, headers``); ``commit`` takes ``{TopicPartition:
+    OffsetAndMetadata}`` and raises ``CommitFailedError`` when the group has
+    moved on, another ``KafkaError`` otherwise. The listener's callbacks run
+    inside ``poll``.
+    """
+
+    def subscribe(self, topics: Sequence[str], listener: Any = None) -> Any: ...
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]: ...
+
+    def commit(self, offsets: dict[Any, Any] | None = None) -> Any: ...
+
+    def seek(self, partition: Any, offset: int) -> Any: ...
+
+    def pause(self, *partitions: Any) -> Any: ...
+
+    def resume(self, *partitions: Any) -> Any: ...
+
+    def position(self, partition: Any, timeout_ms: int | None = None) -> int: ...
+
+    def committed(self, partition: Any) -> int | None: ...
+
+    def assignment(self) -> set[Any]: ...
+
+    def highwater(self, partition: Any) -> int | None: ...
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None: ...
+
+    def close(self, autocommit: bool = ...) -> Any: ...
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -113,8 +173,13 @@ def ensure_topics(kafka: KafkaSettings, wanted: dict[str, tuple[int, dict[str, s
     return True
 
 
-def new_consumer(kafka: KafkaSettings) -> KafkaConsumer:
-    return KafkaConsumer(
+def new_consumer(kafka: KafkaSettings) -> Consumer:
+    """The daemon's group consumer, on the client ``kafka.client`` names."""
+    if kafka.client == "confluent":
+        from daemon import kafka_confluent
+
+        return kafka_confluent.new_consumer(kafka)
+    consumer: Consumer = KafkaConsumer(
         **client_config(kafka),
         group_id=kafka.group_id,
         enable_auto_commit=False,
@@ -127,10 +192,16 @@ def new_consumer(kafka: KafkaSettings) -> KafkaConsumer:
         max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
         bootstrap_timeout_ms=5_000,
     )
+    return consumer
 
 
-def new_producer(kafka: KafkaSettings) -> KafkaProducer:
-    return KafkaProducer(
+def new_producer(kafka: KafkaSettings) -> Producer:
+    """The findings and dead-letter producer, on the client ``kafka.client`` names."""
+    if kafka.client == "confluent":
+        from daemon import kafka_confluent
+
+        return kafka_confluent.new_producer(kafka)
+    producer: Producer = KafkaProducer(
         **client_config(kafka),
         acks="all",
         linger_ms=kafka.linger_ms,
@@ -138,6 +209,7 @@ def new_producer(kafka: KafkaSettings) -> KafkaProducer:
         max_request_size=kafka.producer_max_request_size,
         bootstrap_timeout_ms=5_000,
     )
+    return producer
 
 
 def connect(
@@ -199,7 +271,7 @@ class ProduceFailed(Exception):
 
 
 def send_all(
-    producer: KafkaProducer, records: Sequence[OutRecord], timeout_s: float
+    producer: Producer, records: Sequence[OutRecord], timeout_s: float
 ) -> list[Refusal]:
     """Send ``records`` and wait until the broker acknowledged every one of them.
 
@@ -233,7 +305,7 @@ def send_all(
 
 
 def _send_round(
-    producer: KafkaProducer, records: Sequence[OutRecord], timeout_s: float
+    producer: Producer, records: Sequence[OutRecord], timeout_s: float
 ) -> tuple[list[OutRecord], BaseException | None, list[tuple[OutRecord, BaseException]]]:
     """One send of ``records``: (not acknowledged, first error, refused for good)."""
     futures = []

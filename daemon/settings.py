@@ -57,6 +57,9 @@ _RECORD_OVERHEAD: Final = 4096
 
 
 class KafkaSettings(_Section):
+    #: The daemon's consumer and findings producer: kafka-python (pure Python,
+    #: the default) or confluent (librdkafka: ``pip install 'mlwatchd[confluent]'``).
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "mlwatchd"
     client_id: str = "mlwatchd"
@@ -93,6 +96,16 @@ class KafkaSettings(_Section):
     @classmethod
     def _secret_files(cls, data: Any) -> Any:
         return _read_secret_files(data, ("sasl_plain_password",))
+
+    @model_validator(mode="after")
+    def _client_installed(self) -> KafkaSettings:
+        if self.client == "confluent":
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError:
+                raise ValueError("client confluent needs the confluent-kafka package, which "
+                                 "is not installed: pip install 'mlwatchd[confluent]'") from None
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> KafkaSettings:

@@ -1,4 +1,5 @@
-"""Hostile messages against a running daemon, real broker, real kafka-python clients (issue #12).
+"""Hostile messages against a running daemon, real broker, real clients (issue #12;
+on both kafka-python and confluent, issue #16).
 
 Before: the 400-digit ``ts`` (OverflowError) and the 1,000-deep ``attributes``
 (RecursionError) left the consumer loop, nothing committed, every restart died
@@ -15,9 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaProducer
 
-from daemon.kafka_io import DLQ_HEADERS, TRUNCATED_HEADERS, dlq_record, send_all
+from daemon.kafka_io import DLQ_HEADERS, TRUNCATED_HEADERS, dlq_record, new_producer, send_all
+from daemon.settings import KafkaSettings
 from tests.integration.kafka_helpers import (
     DaemonThread,
     committed,
@@ -42,11 +43,11 @@ OVERSIZED = b'{"pad": "' + b"x" * 200_000 + b'"}'
 
 
 def test_hostile_messages_are_dead_lettered_with_reasons_and_later_events_committed(
-    broker: Any,
+    broker: Any, client: str,
 ) -> None:
     # max_request_size below the oversized message: its dead letter cannot go whole
     settings = make_settings(broker, kafka={"max_message_bytes": 32 * 1024,
-                                            "max_request_size": 64 * 1024})
+                                            "max_request_size": 64 * 1024, "client": client})
     good = [(b"alice", inference(T0 + i, "alice", i)) for i in range(40)]
     hostile = [(b"h1", HUGE_TS, "ts_out_of_range"), (b"h2", DEEP, "too_deep"),
                (b"h3", OVERSIZED, "too_large"), (b"h4", YEAR_9999, "ts_out_of_range")]
@@ -85,11 +86,12 @@ def test_hostile_messages_are_dead_lettered_with_reasons_and_later_events_commit
     assert metrics.events.labels(settings.topics.inference)._value.get() == len(stream)
 
 
-def test_send_all_does_not_retry_a_record_refused_for_its_size(broker: Any) -> None:
+def test_send_all_does_not_retry_a_record_refused_for_its_size(broker: Any, client: str) -> None:
     """A finding too large for the producer is dropped and reported; the rest is delivered."""
     topic, dlq = unique("out"), unique("dlq")
     broker.create_topics([topic, dlq])
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=16 * 1024)
+    producer = new_producer(KafkaSettings(client=client, bootstrap_servers=broker.bootstrap,
+                                          max_message_bytes=1024, max_request_size=16 * 1024))
     try:
         big = (topic, b"k", b"f" * 40_000, None)
         small = (topic, b"k", b"small", None)

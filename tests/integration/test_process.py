@@ -26,6 +26,7 @@ def _env(settings) -> dict[str, str]:
     env.update({
         "MLWATCHD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "MLWATCHD_KAFKA__GROUP_ID": settings.kafka.group_id,
+        "MLWATCHD_KAFKA__CLIENT": settings.kafka.client,
         "MLWATCHD_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "MLWATCHD_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
         "MLWATCHD_KAFKA__MAX_POLL_RECORDS": str(MAX_POLL),
@@ -54,8 +55,8 @@ def _dlq_offsets(broker, settings, expect):
     return Counter(int(dict(m.headers)[DLQ_HEADERS[2]]) for m in letters)
 
 
-def test_sigterm_drains_commits_and_exits_zero(broker, tmp_path):
-    settings = make_settings(broker)
+def test_sigterm_drains_commits_and_exits_zero(broker, tmp_path, client):
+    settings = make_settings(broker, kafka={"client": client})
     n = produce(broker, settings.topics.inference, _bad_stream(30_000))
     proc = _start(settings, tmp_path / "stderr.log")
     group, topic = settings.kafka.group_id, settings.topics.inference
@@ -69,11 +70,13 @@ def test_sigterm_drains_commits_and_exits_zero(broker, tmp_path):
     assert max(seen.values()) == 1
     log = (tmp_path / "stderr.log").read_text()
     assert '"daemon_stopped"' in log
+    assert '"gc_tuned"' in log, "mlwatchd run freezes its start-up heap (issue #16)"
     assert stopped_at <= n
 
 
-def test_kill_9_then_restart_skips_nothing_and_redelivers_at_most_one_batch(broker, tmp_path):
-    settings = make_settings(broker)
+def test_kill_9_then_restart_skips_nothing_and_redelivers_at_most_one_batch(
+        broker, tmp_path, client):
+    settings = make_settings(broker, kafka={"client": client})
     n = produce(broker, settings.topics.inference, _bad_stream(20_000))
     group, topic = settings.kafka.group_id, settings.topics.inference
     proc = _start(settings, tmp_path / "first.log")
@@ -94,10 +97,10 @@ def test_kill_9_then_restart_skips_nothing_and_redelivers_at_most_one_batch(brok
     assert redelivered <= MAX_POLL, f"{redelivered} redelivered, more than one batch"
 
 
-def test_broker_unreachable_at_start_is_retried_then_consumed(tmp_path):
+def test_broker_unreachable_at_start_is_retried_then_consumed(tmp_path, client):
     port = free_port()
     with EmbeddedBroker() as scratch:  # only to name fresh topics and a group
-        settings = make_settings(scratch)
+        settings = make_settings(scratch, kafka={"client": client})
     settings.kafka.bootstrap_servers = f"127.0.0.1:{port}"  # nothing listens there yet
     log_path = tmp_path / "stderr.log"
     proc = _start(settings, log_path)

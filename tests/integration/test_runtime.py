@@ -1,4 +1,4 @@
-"""The consumer runtime against a real broker with real kafka-python clients."""
+"""The consumer runtime against a real broker, on both clients (kafka-python, confluent)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def _flood_stream():
     return events
 
 
-def test_valid_events_produce_contract_findings_and_commit_everything(broker):
-    settings = make_settings(broker)
+def test_valid_events_produce_contract_findings_and_commit_everything(broker, client):
+    settings = make_settings(broker, kafka={"client": client})
     stream = _flood_stream()
     produce(broker, settings.topics.inference, stream)
     with DaemonThread(settings) as run:
@@ -72,8 +72,8 @@ BAD = [
 ]
 
 
-def test_bad_messages_go_to_dlq_unchanged_with_headers_and_nothing_is_lost(broker):
-    settings = make_settings(broker, kafka={"max_message_bytes": 2048})
+def test_bad_messages_go_to_dlq_unchanged_with_headers_and_nothing_is_lost(broker, client):
+    settings = make_settings(broker, kafka={"max_message_bytes": 2048, "client": client})
     good = [(b"alice", inference(T0 + i, "alice", i)) for i in range(50)]
     stream = []
     for i, (key, value, _) in enumerate(BAD):
@@ -99,8 +99,8 @@ def test_bad_messages_go_to_dlq_unchanged_with_headers_and_nothing_is_lost(broke
     assert committed(broker, settings.kafka.group_id)[(settings.topics.inference, 0)] == len(stream)
 
 
-def test_events_of_all_three_topics_and_partitions_are_consumed(broker):
-    settings = make_settings(broker, partitions=3)
+def test_events_of_all_three_topics_and_partitions_are_consumed(broker, client):
+    settings = make_settings(broker, partitions=3, kafka={"client": client})
     audit = orjson.dumps({"ts": T0, "actor": "bob", "action": "dataset.read",
                           "resource": "dataset:x", "outcome": "success"})
     access = orjson.dumps({"ts": T0, "principal": "bob", "action": "login",
@@ -114,3 +114,5 @@ def test_events_of_all_three_topics_and_partitions_are_consumed(broker):
     offsets = committed(broker, settings.kafka.group_id)
     assert sum(offsets.values()) == n
     assert run.daemon.metrics.dlq._value.get() == 0
+    assert type(run.daemon._consumer).__module__.startswith(
+        "daemon.kafka_confluent" if client == "confluent" else "kafka."), "the chosen client ran"

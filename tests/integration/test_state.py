@@ -37,9 +37,10 @@ def _flood(start_s):
 
 
 @pytest.mark.parametrize("with_state", [True, False], ids=["checkpointed", "no-state-dir"])
-def test_baseline_learnt_before_a_restart_is_used_after_it(broker, tmp_path, with_state):
+def test_baseline_learnt_before_a_restart_is_used_after_it(broker, tmp_path, with_state,
+                                                           client):
     state = {"dir": str(tmp_path / "state")} if with_state else {}
-    settings = make_settings(broker, state=state)
+    settings = make_settings(broker, state=state, kafka={"client": client})
     history = _history(60)  # an hour of both principals at 6 per minute
     produce(broker, settings.topics.inference, history)
     with DaemonThread(settings):
@@ -133,12 +134,12 @@ def test_kill_9_with_checkpoints_gives_the_same_finding_ids_as_a_clean_run(
 
 
 def test_a_topic_the_checkpoint_had_not_seen_is_replayed_from_where_the_state_began(
-        broker, tmp_path):
+        broker, tmp_path, client):
     """The first checkpoint of a partition came after access events only; the
     inference history was then processed and committed, and the process was
     killed before the next checkpoint. The restart must feed that history to
     the state again (it resumed at the commit before, and missed the flood)."""
-    settings = make_settings(broker)
+    settings = make_settings(broker, kafka={"client": client})
     env = _env(settings)
     env.update({"MLWATCHD_STATE__DIR": str(tmp_path / "state"),
                 "MLWATCHD_STATE__CHECKPOINT_EVERY_S": "3600"})
