@@ -3,8 +3,9 @@
 A detector's cooldown is minutes or hours, so a long-running condition (a
 heavy caller, a nightly job) makes it fire again and again. The pipeline puts
 every detector's findings through an :class:`IncidentTable`: the first finding
-about an entity opens an *incident* (the finding goes out with
-``incident.seq == 1``); later findings of the same detector about the same
+about an entity opens an *incident* (the finding goes out unchanged, exactly
+as the wire contract's findings; its ``finding_id`` is the incident's id);
+later findings of the same detector about the same
 entity, until the entity has been quiet for ``quiet_s`` seconds of event time,
 are *updates* of it. An update keeps the incident's id, raises ``seq``,
 ``count``, ``last_ts`` and ``max_severity``, and goes out only when
@@ -34,8 +35,11 @@ the pipeline's snapshots, so a restart keeps open incidents.
 >>> table = IncidentTable(IncidentPolicy(quiet_s=3600, update_every_s=1800))
 >>> out = [table.admit(f(i, ts, sev)) for i, (ts, sev) in
 ...        enumerate([(0, "medium"), (60, "medium"), (120, "high"), (2000, "low"), (9000, "low")])]
->>> [(o.incident.seq, o.incident.count, o.incident.max_severity) if o else None for o in out]
-[(1, 1, 'medium'), None, (2, 3, 'high'), (3, 4, 'high'), (1, 1, 'low')]
+>>> [(o.incident.seq, o.incident.count, o.incident.max_severity) if o and o.incident
+...  else ("new" if o else None) for o in out]
+['new', None, (2, 3, 'high'), (3, 4, 'high'), 'new']
+>>> out[2].incident.id == out[0].finding_id
+True
 """
 
 from __future__ import annotations
@@ -146,7 +150,9 @@ class IncidentTable:
                 cur.id, cur.seq, cur.first_ts, cur.last_ts = fresh.id, 1, ts, ts
                 cur.emitted_ts, cur.count, cur.max_rank = ts, 1, rank
             self.opened += 1
-            return self._stamp(finding, fresh, escalated=False)
+            # The first finding goes out exactly as the contract's findings do (no
+            # extra field): its finding_id is the incident's id, which updates carry.
+            return finding
         table.touch(key, lambda: cur)
         cur.count += 1
         cur.last_ts = max(cur.last_ts, ts)

@@ -39,13 +39,13 @@ def test_repeats_within_the_quiet_period_are_one_incident() -> None:
     # A finding every 10 minutes for 2 hours: a detector with a 10-minute cooldown.
     out = _admit_all(table, [_finding(i, i * 600.0) for i in range(13)])
     emitted = [f for f in out if f is not None]
-    assert emitted[0] is out[0] and emitted[0].incident is not None
-    first = emitted[0].incident
-    assert (first.seq, first.count, first.id) == (1, 1, out[0].finding_id if out[0] else "")
+    # The first finding opens the incident and goes out unchanged (the contract's form).
+    assert emitted[0] is out[0] and emitted[0].incident is None
+    first_id = emitted[0].finding_id
     # Updates only every 30 minutes of event time: at 1800 s, 3600 s, 5400 s, 7200 s.
-    assert [f.incident.seq for f in emitted if f.incident] == [1, 2, 3, 4, 5]
-    assert all(f.incident and f.incident.id == first.id for f in emitted)
-    assert [f.incident.count for f in emitted if f.incident] == [1, 4, 7, 10, 13]
+    assert [f.incident.seq for f in emitted if f.incident] == [2, 3, 4, 5]
+    assert all(f.incident and f.incident.id == first_id for f in emitted[1:])
+    assert [f.incident.count for f in emitted if f.incident] == [4, 7, 10, 13]
     assert all(f.is_update for f in emitted[1:]) and not emitted[0].is_update
     # finding_id stays the detector's own (stable for the same evidence).
     assert [f.finding_id for f in emitted] == [
@@ -62,8 +62,8 @@ def test_a_severity_increase_goes_out_at_once_as_an_escalation() -> None:
     assert escalation is not None and escalation.incident is not None
     assert escalation.incident.escalated and escalation.incident.seq == 2
     assert escalation.incident.max_severity == "critical" and escalation.severity == "critical"
-    assert out[0] is not None and out[0].incident is not None
-    assert not out[0].incident.escalated
+    assert out[0] is not None and out[0].incident is None  # the incident's first finding
+    assert escalation.incident.id == out[0].finding_id
 
 
 def test_quiet_for_longer_than_quiet_s_opens_a_new_incident() -> None:
@@ -71,9 +71,9 @@ def test_quiet_for_longer_than_quiet_s_opens_a_new_incident() -> None:
     out = _admit_all(table, [_finding(0, 0), _finding(1, 1000), _finding(2, 1000 + 3601)])
     assert out[1] is None  # a repeat 17 min later: absorbed
     first, new = out[0], out[2]
-    assert first is not None and new is not None and first.incident and new.incident
-    assert new.incident.seq == 1 and new.incident.count == 1
-    assert new.incident.id == new.finding_id != first.incident.id
+    assert first is not None and new is not None
+    assert first.incident is None and new.incident is None  # two first findings
+    assert new.finding_id != first.finding_id
     assert table.stats()["opened"] == 2
 
 
@@ -83,7 +83,8 @@ def test_entities_and_tables_are_separate() -> None:
     a = prada.admit(_finding(0, 0, who="alice"))
     b = prada.admit(_finding(1, 10, who="bob"))
     c = knn.admit(_finding(2, 20, who="alice", detector="probing.stateful_knn"))
-    assert all(f is not None and f.incident and f.incident.seq == 1 for f in (a, b, c))
+    assert all(f is not None and f.incident is None for f in (a, b, c))  # three new ones
+    assert prada.stats()["opened"] == 2 and knn.stats()["opened"] == 1
 
 
 def test_quiet_s_zero_turns_incidents_off() -> None:
@@ -103,7 +104,8 @@ def test_open_incidents_are_capped_least_recent_first_and_shared_per_pool() -> N
     p1.admit(_finding(10, 10.0, who="x"))  # the pool is full: p0's least recent ("b") goes
     assert len(p0) + len(p1) == 3 and p0.table.evicted == 1
     again = p0.admit(_finding(11, 11.0, who="b"))
-    assert again is not None and again.incident is not None and again.incident.seq == 1
+    assert again is not None and again.incident is None  # forgotten: a new incident
+    assert p0.stats()["opened"] == 4
     assert p0.admit(_finding(12, 12.0, who="a")) is None  # still open
     p1.release()
     assert len(pool) == len(p0)
@@ -132,11 +134,14 @@ def test_snapshot_restore_continues_identically() -> None:
 def test_incident_is_an_optional_field_of_the_finding() -> None:
     plain = _finding(0, 0)
     assert b"incident" not in encode_finding(plain)  # without it: the v1 form exactly
-    stamped = IncidentTable(IncidentPolicy()).admit(plain)
+    table = IncidentTable(IncidentPolicy(update_every_s=0))
+    assert table.admit(plain) is plain  # a new incident: the contract's form exactly
+    repeat = _finding(1, 60)
+    stamped = table.admit(repeat)
     assert stamped is not None
     doc = msgspec.json.decode(encode_finding(stamped))
-    assert doc["incident"] == {"id": plain.finding_id, "seq": 1, "first_ts": plain.ts,
-                               "last_ts": plain.ts, "count": 1, "max_severity": "medium",
+    assert doc["incident"] == {"id": plain.finding_id, "seq": 2, "first_ts": plain.ts,
+                               "last_ts": repeat.ts, "count": 2, "max_severity": "medium",
                                "escalated": False}
     assert decode_finding(encode_finding(stamped)) == stamped
     assert decode_finding(encode_finding(plain)).incident is None
@@ -180,7 +185,7 @@ def test_pipeline_turns_a_detectors_repeats_into_one_incident() -> None:
     raw = _run(_peer_rate(IncidentPolicy(quiet_s=0)), stream)
     assert len(raw) == len(BURSTS) and all(f.entity.id == "flooder" for f in raw)
     out = _run(_peer_rate(IncidentPolicy(quiet_s=7200, update_every_s=3600)), stream)
-    new = [f for f in out if f.incident is not None and f.incident.seq == 1]
+    new = [f for f in out if f.incident is None]
     updates = [f for f in out if f.is_update]
     # Two incidents: the 4-hour episode, and the one after 3 h of quiet (> quiet_s).
     assert len(new) == 2 and new[0].finding_id == raw[0].finding_id
@@ -204,7 +209,7 @@ def test_pipeline_snapshot_keeps_open_incidents_across_a_restart() -> None:
     after.restore(0, before.snapshot(0))
     tail = _run(after, stream[cut:])
     assert head + tail == expected
-    assert not any(f.incident and f.incident.seq == 1 for f in tail[:1])
+    assert tail and all(f.incident is not None for f in tail[:1])  # continues, not new
     # An older checkpoint (a bare detector state, no incidents) still restores.
     bare = _peer_rate(policy)
     bare.restore(0, {"volume.peer_rate": next(d for _, d in before.detectors()).snapshot()})
