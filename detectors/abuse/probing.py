@@ -146,6 +146,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     name: ClassVar[str] = "probing.stateful_knn"
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
+    skip_repeats: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -491,6 +492,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     name: ClassVar[str] = "probing.blacklight"
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
+    skip_repeats: ClassVar[bool] = True
 
     def __init__(
         self,
