@@ -148,7 +148,7 @@ def _log_gap(w: float) -> float:
 
 
 class _PradaPeers:
-    """The model's principals' latest log(1 - W) (unflagged tests only)."""
+    """The model's principals' latest log(1 - W)."""
 
     __slots__ = ("values",)
 
@@ -184,9 +184,11 @@ class PradaExtractionDetector(BatchedQueryDetector):
     most normal-looking samples are never reported). Until ``min_peers``
     other principals of the model have a value, the fixed threshold ``delta``
     of the paper applies (W < 0.9: attacks that start before the model's
-    callers have been tested are still seen). A flagged test is never
-    recorded, and each principal contributes one value, so neither one
-    account nor fewer than half of the callers can move the bar.
+    callers have been tested are still seen). Each principal contributes one
+    value (its latest, flagged or not: a model whose callers all look
+    non-normal must still calibrate) and is judged against the others only,
+    so neither one account nor fewer than half of the callers can move the
+    bar (median and MAD).
 
     >>> from detectors.testing import feed
     >>> rng = np.random.default_rng(1)
@@ -230,7 +232,9 @@ class PradaExtractionDetector(BatchedQueryDetector):
         seed: int = 0,
     ) -> None:
         if not 0 < delta < 1 or not 0 < max_w <= 1 or not 20 <= min_distances <= max_distances:
-            raise ValueError("delta in (0, 1), max_w in (0, 1], 20 <= min_distances <= max_distances")
+            raise ValueError(
+                "delta in (0, 1), max_w in (0, 1], 20 <= min_distances <= max_distances"
+            )
         if not 0 < alpha < 1 or min_peers < 1 or max_peers < min_peers:
             raise ValueError("alpha in (0, 1), 1 <= min_peers <= max_peers")
         from scipy.stats import norm
@@ -364,10 +368,8 @@ class PradaExtractionDetector(BatchedQueryDetector):
         st.w = shapiro_w(st.dists[:held])
         peers = self.peers.touch(event.model_id, lambda: _PradaPeers(self.max_peers))
         threshold, median_w, n_peers = self.limit(peers, event.principal, held)
-        if st.w >= threshold:
-            peers.values.touch(event.principal, list)[:] = [_log_gap(st.w)]
-            return None
-        if self.quiet(st, event.ts):  # type: ignore[arg-type]
+        peers.values.touch(event.principal, list)[:] = [_log_gap(st.w)]
+        if st.w >= threshold or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
             st,
