@@ -494,6 +494,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
     skip_repeats: ClassVar[bool] = True
+    robust_space: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -241,6 +241,13 @@ class ModelSpace:
             np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return x
 
+    def scaled(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        """:meth:`standardise`, compressed as :meth:`embed` does when ``robust``; not projected."""
+        z = self.standardise(rows)
+        if self.robust:
+            z = np.sign(z) * np.log1p(np.abs(z))
+        return z
+
     def embed(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         """Standardised rows projected to at most ``max_dims`` dims (float32)."""
         one: np.ndarray = self.embed_stack(rows, len(rows))[0]
@@ -253,8 +260,7 @@ class ModelSpace:
         not depend on which other blocks were embedded with it.
         """
         if self.robust:
-            z = self.standardise(rows)
-            z = np.sign(z) * np.log1p(np.abs(z))
+            z = self.scaled(rows)
             if self.proj is not None:
                 z = z @ self.proj
             out32: np.ndarray = z.reshape(-1, block, z.shape[1]).astype(np.float32)

@@ -73,6 +73,10 @@ class _PlainKnn(StatefulKnnProbingDetector):
     robust_space: ClassVar[bool] = False
 
 
+class _PlainBlacklight(BlacklightProbingDetector):
+    robust_space: ClassVar[bool] = False
+
+
 def test_callers_repeating_a_few_records_are_not_probing_or_extraction():
     events = _traffic(0, repeaters=3)
     for det in (StatefulKnnProbingDetector(), BlacklightProbingDetector(),
@@ -91,6 +95,14 @@ def test_knn_on_a_heavy_tailed_table_needs_the_robust_space():
     # Scaled by the standard deviation, the million-scale amounts decide every
     # distance and ordinary callers look like probes.
     assert feed(_PlainKnn(), events) != []
+
+
+def test_blacklight_on_a_heavy_tailed_table_quantises_each_feature_on_its_own_scale():
+    # Scaled by the standard deviation floored at the RMS spread, every feature
+    # but the million-scale amounts quantises to 0: ordinary rows share windows.
+    events = _traffic(1)
+    assert feed(BlacklightProbingDetector(), events) == []
+    assert feed(_PlainBlacklight(), events) != []
 
 
 def test_prada_threshold_follows_the_models_callers_not_a_fixed_w():
