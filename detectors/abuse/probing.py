@@ -487,7 +487,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ...          for i in range(400)]
     >>> found = feed(BlacklightProbingDetector(), natural + sybil)
     >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
-    (['s0', 's1', 's2', 's3'], 16)
+    (['s0', 's1', 's2', 's3'], 32)
     """
 
     name: ClassVar[str] = "probing.blacklight"

@@ -151,3 +151,28 @@ def test_robust_space_weighs_every_feature_not_only_the_million_scale_ones(robus
         assert 0.1 < d_flag / d_amount < 10
     else:  # the plain scale: a flag flip is nothing next to an amount
         assert d_flag / d_amount < 0.1
+
+
+def _reported(rule, sample: list[float], window: int = 50) -> bool:
+    return sum(v < rule.threshold for v in sample[-window:]) >= rule.min_flagged
+
+
+def test_tail_rule_allows_for_callers_that_keep_to_one_segment():
+    from detectors.abuse.calibration import calibrate_tail
+
+    # 16 callers spread over the whole input space, 4 (a fifth) keep to one
+    # segment: their neighbours are persistently closer. All benign.
+    rng = np.random.default_rng(6)
+    cal = {f"u{i}": rng.normal(1.0, 0.1, 50).tolist() for i in range(16)}
+    cal |= {f"seg{i}": rng.normal(0.8, 0.1, 50).tolist() for i in range(4)}
+    fresh = {p: rng.normal(0.8 if p.startswith("seg") else 1.0, 0.1, 50).tolist() for p in cal}
+    rule = calibrate_tail(cal, q=0.001, alpha=1e-6, window=50, low=True)
+    assert rule is not None and rule.excluded == ()
+    assert not any(_reported(rule, v) for v in fresh.values())
+    # Pooled share only: the segment callers are reported (or thrown out of
+    # the calibration as if they were attackers).
+    pooled = calibrate_tail(cal, q=0.001, alpha=1e-6, window=50, low=True, caller_quantile=None)
+    assert pooled is not None
+    assert pooled.excluded or any(_reported(pooled, v) for p, v in fresh.items())
+    # An attacker, far below every caller, is still reported by the rule.
+    assert _reported(rule, rng.normal(0.1, 0.05, 50).tolist())
