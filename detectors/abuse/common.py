@@ -106,7 +106,7 @@ class BatchedQueryDetector(Detector):
     #: Scale features robustly in the model space (see :class:`ModelSpace`).
     robust_space: ClassVar[bool] = False
     #: Distinct recent queries per principal remembered to recognise repeats.
-    repeat_memory: int = 256
+    repeat_memory: int = 128
     repeats_skipped: int = 0
 
     def _setup(
