@@ -22,6 +22,13 @@ are set per model from the model's own traffic, not by hand:
    P(Binomial(window, p0) >= k) <= alpha: a benign principal whose queries are
    marked independently at rate ``p0`` is reported on at most ``alpha`` of its
    windows.
+4. **Callers differ.** Marks are not spread evenly: a benign caller that
+   keeps to one segment of the input space (one topic, one customer type) is
+   marked more often than the pooled share, query after query. So ``p0`` is
+   at least the ``caller_quantile`` quantile (0.9) of the calibrating
+   principals' own marked shares (principals with at least 10 values): a
+   caller marked as often as the 90th-percentile peer is reported on about
+   ``alpha`` of its windows.
 
 The rule is recomputed from each following sample of ``target`` queries, so
 it follows the model's traffic. Calibration queries are assumed benign, as
@@ -126,12 +133,14 @@ def calibrate_tail(
     window: int,
     low: bool,
     floor: float | None = None,
+    caller_quantile: float | None = 0.9,
 ) -> TailRule | None:
     """The rule for a statistic whose ``low`` (or high) values are suspicious.
 
     ``samples`` maps each calibrating principal to its statistics. ``floor``
     bounds the threshold on the lenient side (for ``low``, the threshold is at
-    least ``floor``; otherwise at most). None if no sample is left.
+    least ``floor``; otherwise at most). ``caller_quantile``: see step 4 of the
+    module doc (None: pooled share only). None if no sample is left.
 
     >>> rng = np.random.default_rng(0)
     >>> benign = {f"u{i}": rng.normal(1.0, 0.1, 50).tolist() for i in range(20)}
@@ -158,6 +167,8 @@ def calibrate_tail(
     medians = _group_medians(values if low else -values, who, lengths)
     keep = np.ones(len(names), dtype=bool)
     rule = _rule(values[(medians >= np.median(medians))[who]], q, alpha, window, low, floor)
+    if caller_quantile is not None:
+        _callers_differ(rule, values, who, lengths, keep, caller_quantile, alpha, window, low)
     excluded: list[str] = []
     while True:
         marked = values < rule.threshold if low else values >= rule.threshold
@@ -169,10 +180,35 @@ def calibrate_tail(
         if not keep.any():
             return None
         rule = _rule(values[keep[who]], q, alpha, window, low, floor)
+        if caller_quantile is not None:
+            _callers_differ(rule, values, who, lengths, keep, caller_quantile, alpha, window, low)
         if not worst.any():
             rule.principals = int(keep.sum())
             rule.excluded = tuple(excluded)
             return rule
+
+
+def _callers_differ(
+    rule: TailRule,
+    values: np.ndarray,
+    who: np.ndarray,
+    lengths: np.ndarray,
+    keep: np.ndarray,
+    quantile: float,
+    alpha: float,
+    window: int,
+    low: bool,
+) -> None:
+    """Raise ``rule.p0`` to the ``quantile`` of the kept principals' own marked shares."""
+    marked = values < rule.threshold if low else values >= rule.threshold
+    counts = np.bincount(who, weights=marked, minlength=len(lengths))
+    enough = keep & (lengths >= 10)
+    if not enough.any():
+        return
+    share = float(np.quantile(counts[enough] / lengths[enough], quantile))
+    if share > rule.p0:
+        rule.p0 = share
+        rule.min_flagged = binomial_critical(window, share, alpha)
 
 
 def _group_medians(values: np.ndarray, who: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -247,10 +283,18 @@ class TailCalibration:
         return self.queries >= target
 
     def finish(
-        self, *, q: float, alpha: float, window: int, low: bool, floor: float | None = None
+        self,
+        *,
+        q: float,
+        alpha: float,
+        window: int,
+        low: bool,
+        floor: float | None = None,
+        caller_quantile: float | None = 0.9,
     ) -> TailRule | None:
         """Recompute the rule from the sample and start a new sample."""
-        rule = calibrate_tail(self.samples, q=q, alpha=alpha, window=window, low=low, floor=floor)
+        rule = calibrate_tail(self.samples, q=q, alpha=alpha, window=window, low=low, floor=floor,
+                              caller_quantile=caller_quantile)
         self.rule = rule or self.rule
         self.samples, self.queries = {}, 0
         return self.rule

@@ -9,6 +9,13 @@ few dictionary operations. Detection is therefore
 delayed by at most ``batch_size - 1`` queries. A principal that has fired is
 quiet for ``cooldown_seconds`` of event time: one finding per incident.
 
+Exact repeats: detectors with ``skip_repeats`` drop a query whose features
+equal one of the principal's last ``repeat_memory`` distinct queries before it
+reaches a batch. A retry or a resubmitted record tells an attacker nothing new,
+while to a distance test it looks like a perfect near-duplicate (float32
+distances between equal rows are not exactly 0, so this is decided on the
+values, not on a distance). Skipped queries are counted in ``stats()``.
+
 Both tables are :class:`EntityTable` s: a flood of new principal (or model)
 ids evicts the least recently seen ones and is counted in ``stats()``.
 """
@@ -42,10 +49,11 @@ ATLAS_VOLUME: Final = ["AML.T0029", "AML.T0034"]
 class QueryState:
     """Per (principal, model) base state: pending rows, counts, cooldown."""
 
-    __slots__ = ("examined", "fired", "quiet_until", "rows")
+    __slots__ = ("examined", "fired", "quiet_until", "recent", "rows")
 
     def __init__(self) -> None:
         self.rows: list[Any] = []
+        self.recent: dict[int, None] = {}  # hashes of the latest distinct queries, oldest first
         self.examined = 0  # queries judged so far
         self.fired = 0  # findings emitted so far
         self.quiet_until = float("-inf")
@@ -93,6 +101,13 @@ class BatchedQueryDetector(Detector):
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
     kind: ClassVar[str]
     atlas: ClassVar[list[str]]
+    #: Drop exact repeats of the principal's recent queries (see the module doc).
+    skip_repeats: ClassVar[bool] = False
+    #: Scale features robustly in the model space (see :class:`ModelSpace`).
+    robust_space: ClassVar[bool] = False
+    #: Distinct recent queries per principal remembered to recognise repeats.
+    repeat_memory: int = 128
+    repeats_skipped: int = 0
 
     def _setup(
         self,
@@ -146,6 +161,7 @@ class BatchedQueryDetector(Detector):
                 calibration_rows=self.calibration_rows,
                 max_dims=self.max_dims,
                 seed=stable_seed(self.seed, model),
+                robust=self.robust_space,
             ),
         )
 
@@ -159,6 +175,7 @@ class BatchedQueryDetector(Detector):
         items_of, insert = table._items, table.insert
         remember, new_state, take = self.remember, self.new_state, self.take
         plain_remember = type(self).remember is BatchedQueryDetector.remember
+        skip_repeats, memory, skipped = self.skip_repeats, self.repeat_memory, 0
         known: dict[str, tuple[ModelSpace, str, int]] = {}  # model -> (space, key suffix, dim)
         due: list[Judgement] = []
         for event, source in items:
@@ -191,6 +208,15 @@ class BatchedQueryDetector(Detector):
                     st = insert(key, new_state())
                 else:
                     items_of.move_to_end(key)
+                if skip_repeats:
+                    recent = st.recent
+                    h = hash(tuple(row))
+                    if h in recent:
+                        skipped += 1
+                        continue
+                    recent[h] = None
+                    if len(recent) > memory:
+                        del recent[next(iter(recent))]
                 rows = st.rows
                 rows.append(row)
                 if not plain_remember:
@@ -204,6 +230,8 @@ class BatchedQueryDetector(Detector):
                 if on_error is None:
                     raise
                 on_error(event, exc)
+        if skipped:
+            self.repeats_skipped += skipped
         return self._judge_due(due, on_error) if due else []
 
     def _judge_due(
@@ -280,6 +308,7 @@ class BatchedQueryDetector(Detector):
             "evicted_total": self.table.evicted,
             "models": len(self.spaces),
             "models_evicted_total": self.spaces.evicted,
+            "repeats_skipped_total": self.repeats_skipped,
         }
 
 

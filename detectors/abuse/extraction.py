@@ -48,6 +48,7 @@ __all__ = [
     "PradaExtractionDetector",
     "distinct_estimate",
     "kmv_update",
+    "royston_sigma",
     "shapiro_w",
 ]
 
@@ -131,31 +132,76 @@ class _PradaState(QueryState):
         self.w = 1.0
 
 
+def royston_sigma(n: int) -> float:
+    """Standard deviation of log(1 - W) for n normal values (Royston 1992, 12 <= n <= 5000).
+
+    >>> round(royston_sigma(500), 3)
+    0.416
+    """
+    u = math.log(min(max(n, 12), 5000))
+    return math.exp(0.0030302 * u * u - 0.082676 * u - 0.4803)
+
+
+def _log_gap(w: float) -> float:
+    """log(1 - W): near normal across samples (Royston), large when W is small."""
+    return math.log(max(1.0 - w, 1e-12))
+
+
+class _PradaPeers:
+    """The model's principals' latest log(1 - W)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, capacity: int) -> None:
+        self.values: EntityTable[list[float]] = EntityTable(capacity)
+
+
 class PradaExtractionDetector(BatchedQueryDetector):
     """Non-normal distances between a principal's queries (PRADA).
 
     Per (principal, model) and predicted class c: a growing set G_c and a
     threshold T_c. Each query x predicted as c gets d = min distance to G_c
-    (in the model's standardised space, projected to ``max_dims``); d is
-    recorded, and if d > T_c, x joins G_c and T_c = max(T_c, mean - sd of the
-    distances that let points into G_c). Every ``test_every`` queries, once
-    ``min_distances`` are recorded, Shapiro-Wilk's W of the last
-    ``max_distances`` distances (3-sigma clipped) below ``delta`` is an alarm.
-    G holds at most ``max_growing`` rows (oldest replaced), so the cost per
-    query is bounded. Exact repeats are skipped (a retry is not exploration).
+    (in the model's robustly scaled space, see :class:`ModelSpace`, projected
+    to ``max_dims``); d is recorded, and if d > T_c, x joins G_c and
+    T_c = max(T_c, mean - sd of the distances that let points into G_c).
+    Every ``test_every`` queries, once ``min_distances`` are recorded, W is
+    Shapiro-Wilk's statistic of the last ``max_distances`` distances
+    (3-sigma clipped). G holds at most ``max_growing`` rows (oldest replaced),
+    so the cost per query is bounded. Exact repeats of one of the principal's
+    recent queries are skipped (a retry is not exploration; it would record
+    a distance of 0 or the same distance again).
+
+    The threshold is calibrated per model on its population of callers, not
+    fixed: how normal natural distances look depends on the data (repeated
+    records, quantised and heavy-tailed features, interactive sessions). The
+    model keeps each principal's latest log(1 - W) (near normal across samples,
+    Royston 1992); a principal is reported when its log(1 - W) exceeds the
+    median of the *other* principals' values by ``z`` robust deviations,
+    z = Phi^-1(1 - ``alpha``) (a principal as typical as its peers is reported
+    on about ``alpha`` of its tests), a deviation being 1.4826 x their median
+    absolute deviation and at least the sampling deviation of log(1 - W) for
+    the number of distances tested (Royston), and when W < ``max_w`` (the
+    most normal-looking samples are never reported). Until ``min_peers``
+    other principals of the model have a value, the fixed threshold ``delta``
+    of the paper applies (W < 0.9: attacks that start before the model's
+    callers have been tested are still seen). Each principal contributes one
+    value (its latest, flagged or not: a model whose callers all look
+    non-normal must still calibrate) and is judged against the others only,
+    so neither one account nor fewer than half of the callers can move the
+    bar (median and MAD).
 
     >>> from detectors.testing import feed
     >>> rng = np.random.default_rng(1)
     >>> def q(i, who, x):
     ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
     ...         principal=who, features=x.tolist(), prediction=int(x[0] > 0))
-    >>> natural = [q(i, f"u{i % 4}", rng.normal(size=8)) for i in range(1200)]
+    >>> natural = [q(i, f"u{i % 6}", rng.normal(size=8)) for i in range(1800)]
     >>> feed(PradaExtractionDetector(), natural)
     []
     >>> seeds = rng.normal(size=(4, 8))   # synthetic: 4 seeds perturbed at scales 1e-3..1
     >>> steps = [seeds[i % 4] + 10 ** rng.uniform(-3, 0) * rng.normal(size=8)
     ...          for i in range(300)]
-    >>> thief = [q(1200 + i, "thief", x) for i, x in enumerate(steps)]
+    >>> thief = [q(1800 + i, "thief", x) for i, x in enumerate(steps)]
     >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
     ...  feed(PradaExtractionDetector(), natural + thief)]
     [('thief', 128)]
@@ -164,10 +210,16 @@ class PradaExtractionDetector(BatchedQueryDetector):
     name: ClassVar[str] = "extraction.prada"
     kind: ClassVar[str] = "model_extraction"
     atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
+    skip_repeats: ClassVar[bool] = True
+    robust_space: ClassVar[bool] = True
 
     def __init__(
         self,
         delta: float = 0.9,
+        max_w: float = 0.98,
+        alpha: float = 1e-6,
+        min_peers: int = 4,
+        max_peers: int = 4096,
         min_distances: int = 100,
         max_distances: int = 500,
         test_every: int = 64,
@@ -179,13 +231,25 @@ class PradaExtractionDetector(BatchedQueryDetector):
         max_principals: int = 10_000,
         seed: int = 0,
     ) -> None:
-        if not 0 < delta < 1 or min_distances < 20 or max_distances < min_distances:
-            raise ValueError("delta in (0, 1), 20 <= min_distances <= max_distances")
+        if not 0 < delta < 1 or not 0 < max_w <= 1 or not 20 <= min_distances <= max_distances:
+            raise ValueError(
+                "delta in (0, 1), max_w in (0, 1], 20 <= min_distances <= max_distances"
+            )
+        if not 0 < alpha < 1 or min_peers < 1 or max_peers < min_peers:
+            raise ValueError("alpha in (0, 1), 1 <= min_peers <= max_peers")
+        from scipy.stats import norm
+
         self.delta = delta
+        self.max_w = max_w
+        self.alpha = alpha
+        self.z = float(norm.isf(alpha))
+        self.min_peers = min_peers
+        self.max_peers = max_peers
         self.min_distances = min_distances
         self.max_distances = max_distances
         self.test_every = test_every
         self.max_growing = max_growing
+        self.peers: EntityTable[_PradaPeers] = EntityTable(1024)
         self._setup(
             batch_size=batch_size,
             cooldown_seconds=cooldown_seconds,
@@ -302,28 +366,52 @@ class PradaExtractionDetector(BatchedQueryDetector):
             return None
         st.last_test = st.examined
         st.w = shapiro_w(st.dists[:held])
-        if st.w >= self.delta or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        peers = self.peers.touch(event.model_id, lambda: _PradaPeers(self.max_peers))
+        threshold, median_w, n_peers = self.limit(peers, event.principal, held)
+        peers.values.touch(event.principal, list)[:] = [_log_gap(st.w)]
+        if st.w >= threshold or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
             st,
             event,
             source,
-            severity="high" if st.w < self.delta - 0.1 else "medium",
+            severity="high" if st.w < threshold - 0.1 else "medium",
             summary=(
                 f"Distances between this principal's queries are far from normal "
-                f"(Shapiro-Wilk W={st.w:.3f} < {self.delta:g} over {held} queries): "
-                f"synthetic extraction queries are likely; review and rate-limit the caller."
+                f"(Shapiro-Wilk W={st.w:.3f} over {held} queries, threshold {threshold:.3f}; "
+                f"median of the model's other callers {median_w:.3f}): synthetic extraction "
+                f"queries are likely; review and rate-limit the caller."
             ),
             evidence={
                 "statistic": "Shapiro-Wilk W of min distances to earlier queries (PRADA)",
                 "observed_w": round(st.w, 4),
-                "threshold_w": self.delta,
+                "threshold_w": round(threshold, 4),
+                "peer_median_w": round(median_w, 4) if n_peers else None,
+                "peers": n_peers,
+                "calibrated": n_peers >= self.min_peers,
+                "alpha": self.alpha,
                 "distances_tested": held,
                 "queries_examined": st.examined,
                 "growing_set_size": min(st.growing, self.max_growing),
                 "classes_seen": len(st.class_ids),
             },
         )
+
+    def limit(
+        self, peers: _PradaPeers, principal: str, held: int
+    ) -> tuple[float, float, int]:
+        """(W threshold, the other principals' median W, their number) for ``principal``.
+
+        The fixed ``delta`` until ``min_peers`` others have been tested.
+        """
+        values = [v[0] for who, v in peers.values.items() if who != principal]
+        if len(values) < self.min_peers:
+            return self.delta, math.nan, len(values)
+        gaps = np.array(values)
+        median = float(np.median(gaps))
+        spread = max(1.4826 * float(np.median(np.abs(gaps - median))), royston_sigma(held))
+        threshold = min(1.0 - math.exp(median + self.z * spread), self.max_w)
+        return threshold, 1.0 - math.exp(median), len(values)
 
     def _grow(self, st: _PradaState, row: np.ndarray, c: int) -> None:
         """Add ``row`` (class id ``c``) to G: grow the arrays, then overwrite the oldest."""

@@ -146,6 +146,8 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     name: ClassVar[str] = "probing.stateful_knn"
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
+    skip_repeats: ClassVar[bool] = True
+    robust_space: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -485,12 +487,14 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ...          for i in range(400)]
     >>> found = feed(BlacklightProbingDetector(), natural + sybil)
     >>> sorted(f.entity.id for f in found), found[0].evidence["queries_examined"]
-    (['s0', 's1', 's2', 's3'], 16)
+    (['s0', 's1', 's2', 's3'], 32)
     """
 
     name: ClassVar[str] = "probing.blacklight"
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
+    skip_repeats: ClassVar[bool] = True
+    robust_space: ClassVar[bool] = True
 
     def __init__(
         self,

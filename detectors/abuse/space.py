@@ -8,6 +8,15 @@ seen ``calibration_rows`` rows, freezes a per-feature centre and scale and a
 seeded random projection to at most ``max_dims`` dimensions. Batches of rows are
 then standardised (and projected) in one numpy call.
 
+With ``robust=True`` the scale is robust and per feature: centre the median,
+scale the interquartile range / 1.349 (the standard deviation if that is 0, 1
+if both are), and each standardised value z is compressed to
+sign(z) * log(1 + |z|) before projecting. Distances are then free of each
+feature's unit and tail: a million-scale amount, a heavy-tailed count and a
+0/1 flag weigh alike, and one extreme value cannot dominate (the plain scale
+divides by the standard deviation floored at the features' RMS spread, so a
+few million-scale features decide every distance).
+
 Strings (categorical values) become a stable number in [0, 4): equal categories
 are at distance 0, different ones at a random but fixed distance. None and
 non-finite numbers become the feature's centre (0 after standardising);
@@ -127,6 +136,7 @@ class ModelSpace:
         "max_dims",
         "names",
         "proj",
+        "robust",
         "scale",
         "seed",
         "spread",
@@ -140,6 +150,7 @@ class ModelSpace:
         max_dims: int = 32,
         max_features: int = 4096,
         seed: int = 0,
+        robust: bool = False,
     ) -> None:
         if isinstance(first, Mapping):
             self.names: tuple[str, ...] | None = tuple(sorted(first))[:max_features]
@@ -150,6 +161,7 @@ class ModelSpace:
         self.dim = max(self.dim, 1)
         self.max_dims = max_dims
         self.seed = seed
+        self.robust = robust
         self._calib: list[Sequence[float]] | None = []
         self._calib_target = calibration_rows
         self.centre: np.ndarray | None = None
@@ -199,18 +211,24 @@ class ModelSpace:
             warnings.simplefilter("ignore", RuntimeWarning)
             centre = np.nanmedian(x, axis=0) if np.isnan(x).any() else x.mean(axis=0)
             std = np.nan_to_num(np.nanstd(x, axis=0))
+            if self.robust:
+                q1, centre, q3 = np.nanpercentile(x, [25, 50, 75], axis=0)
+                iqr = np.nan_to_num(q3 - q1) / 1.349
         centre = np.nan_to_num(centre)
-        rms = math.sqrt(float((std * std).mean())) or 1.0
-        # A floor at the features' RMS spread: near-constant features (image
-        # borders, rare flags) do not turn tiny changes into huge distances.
         self.centre = centre
-        self.scale = np.maximum(std, rms)
+        if self.robust:
+            self.scale = np.where(iqr > 0, iqr, np.where(std > 0, std, 1.0))
+        else:
+            rms = math.sqrt(float((std * std).mean())) or 1.0
+            # A floor at the features' RMS spread: near-constant features (image
+            # borders, rare flags) do not turn tiny changes into huge distances.
+            self.scale = np.maximum(std, rms)
         if self.dim > self.max_dims:
             rng = np.random.default_rng(self.seed)
             self.proj = rng.normal(0.0, 1.0 / math.sqrt(self.max_dims), (self.dim, self.max_dims))
-            # Standardise and project in one product: x @ W - o.
-            self._weights = (self.proj / self.scale[:, None]).astype(np.float32)
-            self._offset = ((self.centre / self.scale) @ self.proj).astype(np.float32)
+            if not self.robust:  # standardise and project in one product: x @ W - o
+                self._weights = (self.proj / self.scale[:, None]).astype(np.float32)
+                self._offset = ((self.centre / self.scale) @ self.proj).astype(np.float32)
         z = self.embed(x[:256])
         d = np.sqrt(pairwise_sq_dists(z, z)[np.triu_indices(len(z), 1)])
         d = d[d > 0]
@@ -223,6 +241,13 @@ class ModelSpace:
             np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return x
 
+    def scaled(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+        """:meth:`standardise`, compressed as :meth:`embed` does when ``robust``; not projected."""
+        z = self.standardise(rows)
+        if self.robust:
+            z = np.sign(z) * np.log1p(np.abs(z))
+        return z
+
     def embed(self, rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
         """Standardised rows projected to at most ``max_dims`` dims (float32)."""
         one: np.ndarray = self.embed_stack(rows, len(rows))[0]
@@ -234,6 +259,12 @@ class ModelSpace:
         Each block is projected by its own (stacked) product, so its result does
         not depend on which other blocks were embedded with it.
         """
+        if self.robust:
+            z = self.scaled(rows)
+            if self.proj is not None:
+                z = z @ self.proj
+            out32: np.ndarray = z.reshape(-1, block, z.shape[1]).astype(np.float32)
+            return out32
         if self._weights is None:
             x = self.standardise(rows)
             flat: np.ndarray = x.reshape(-1, block, x.shape[1]).astype(np.float32)
