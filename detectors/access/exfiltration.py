@@ -32,6 +32,8 @@ _ATLAS_EXFIL: Final = ["AML.T0025"]
 _ATLAS_MODEL_EXFIL: Final = ["AML.T0025", "AML.T0035"]
 #: Distinct resources remembered per window (breadth beyond this is capped).
 _MAX_DISTINCT: Final = 256
+#: Resources remembered per principal as ever read (its breadth).
+_MAX_KNOWN: Final = 1024
 #: Distinct action names memoised (the vocabulary is small; a flood is not memoised).
 _MAX_ACTIONS: Final = 1024
 
@@ -45,6 +47,10 @@ class _Window:
         "cooldown_until",
         "datasets",
         "first_ts",
+        "known_datasets",
+        "known_models",
+        "judge",
+        "judge_gen",
         "limits",
         "models",
         "totals",
@@ -60,8 +66,15 @@ class _Window:
         self.models: set[str] = set()
         self.base = LogBaselines(4)
         self.limits = [math.inf, math.inf, math.inf, math.inf]
+        #: The limits the window in progress is judged against (own history,
+        #: peers, population floor, breadth), and the peer generation they used.
+        self.judge = [math.inf, math.inf, math.inf, math.inf]
+        self.judge_gen = -1
         self.windows = 0
         self.cooldown_until = -math.inf
+        #: Everything it ever read (capped): its breadth, and what "never read" means.
+        self.known_datasets: set[str] = set()
+        self.known_models: set[str] = set()
 
 
 class ExfiltrationDetector(Detector):
@@ -77,13 +90,22 @@ class ExfiltrationDetector(Detector):
     it fills, so exfiltration is reported while it happens.
 
     A total is unusual when it exceeds the largest of ``z`` robust spreads
-    above the principal's usual, ``min_ratio`` times its usual, and an absolute
-    floor per metric. Before ``warmup_windows`` active windows a principal is
-    judged against its peers: ``peer_factor`` times the peers' 99th
-    percentile window; from ``own_min_windows`` windows on it must also exceed
-    what its short history allows (a service account whose steady nightly
-    read dwarfs every human's is not flagged for it). The peer percentile also
-    raises the severity. One finding per principal per ``cooldown_seconds``.
+    above the principal's usual, ``min_ratio`` times its usual, and floors
+    relative to the population and to the principal: the peers'
+    ``peer_quantile`` window (what 1 in 100 active windows of the population
+    reaches) and, for distinct datasets and model versions, ``breadth_factor``
+    times how many it has ever read or downloaded. There are no absolute
+    floors by default (``min_*`` add them, 0 = none): they fit one deployment.
+
+    Cold start: from ``own_min_windows`` active windows on (one by default, so
+    from the first day) a principal is judged on its own short history with
+    the population floor above; before that, against ``peer_factor`` times
+    the peers' quantile. A service account whose steady nightly read dwarfs
+    every human's is therefore quiet from its second night. The peer
+    population is every closed window on the partition (one in four once it
+    holds ``4 * peer_min_windows``); until it holds ``peer_min_windows``
+    windows nothing is judged on peers. The peer percentile also raises the
+    severity. One finding per principal per ``cooldown_seconds``.
 
     >>> from detectors.events import AuditEvent
     >>> from detectors.findings import Source
@@ -110,15 +132,16 @@ class ExfiltrationDetector(Detector):
         alpha: float = 0.03,
         z_threshold: float = 5.0,
         min_ratio: float = 10.0,
-        min_bytes: int = 1_000_000_000,
-        min_records: int = 2_000_000,
-        min_datasets: int = 20,
-        min_models: int = 8,
+        min_bytes: int = 0,
+        min_records: int = 0,
+        min_datasets: int = 0,
+        min_models: int = 0,
         warmup_windows: int = 20,
         peer_quantile: float = 0.99,
         peer_factor: float = 5.0,
         peer_min_windows: int = 100,
-        own_min_windows: int = 3,
+        own_min_windows: int = 1,
+        breadth_factor: float = 2.0,
         cooldown_seconds: float = 6 * 3600.0,
         read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
         max_principals: int = 100_000,
@@ -135,6 +158,11 @@ class ExfiltrationDetector(Detector):
         self.peer_factor = peer_factor
         self.peer_min_windows = peer_min_windows
         self.own_min_windows = own_min_windows
+        self.breadth_factor = breadth_factor
+        #: The population's quantile per metric (inf until peer_min_windows).
+        self.peer_floor = [math.inf, math.inf, math.inf, math.inf]
+        #: Bumped whenever peer quantiles are refreshed (principals re-derive limits).
+        self.peer_gen = 0
         self.cooldown_seconds = cooldown_seconds
         self.read_verbs = frozenset(read_verbs)
         self.peers = (LogHistogram(), LogHistogram(), LogHistogram(), LogHistogram())
@@ -157,18 +185,34 @@ class ExfiltrationDetector(Detector):
                 self.floors,
             )
             self.closes += 1
-            # The peer population is sampled (one closed window in four) and its
-            # quantiles refreshed every 32 closes: they move slowly, and a close
-            # is the costly part of this detector.
-            if self.closes % 4 == 0:
+            # Every closed window joins the peer population until it is large
+            # (a new deployment needs its peers on day one), then one in four;
+            # quantiles are refreshed every 8 closes at first, then every 32:
+            # they move slowly, and a close is the costly part of this detector.
+            young = self.peers[0].count < 4 * self.peer_min_windows
+            if young or self.closes % 4 == 0:
                 for peer, total in zip(self.peers, totals, strict=True):
                     peer.add(total)
-            if self.closes % 32 == 0 and self.peers[0].count >= self.peer_min_windows:
+            if (
+                self.closes % (8 if young else 32) == 0
+                and self.peers[0].count >= self.peer_min_windows
+            ):
                 q = self.peer_quantile
+                self.peer_floor = [p.quantile(q) for p in self.peers]
                 self.peer_limits = [
-                    max(self.peer_factor * p.quantile(q), f)
-                    for p, f in zip(self.peers, self.floors, strict=True)
+                    max(self.peer_factor * pq, f)
+                    for pq, f in zip(self.peer_floor, self.floors, strict=True)
                 ]
+                self.peer_gen += 1
+            for ds in st.datasets:
+                if len(st.known_datasets) >= _MAX_KNOWN:
+                    break
+                st.known_datasets.add(ds)
+            for m in st.models:
+                if len(st.known_models) >= _MAX_KNOWN:
+                    break
+                st.known_models.add(m)
+        st.judge_gen = -1
         st.window = window
         st.totals = [0, 0, 0, 0]
         st.datasets = set()
@@ -207,22 +251,37 @@ class ExfiltrationDetector(Detector):
                 totals[2] = len(datasets)
         if ts < st.cooldown_until:
             return None
-        warm = st.windows >= self.warmup_windows
-        limits = st.limits if warm else self.peer_limits
+        if st.judge_gen != self.peer_gen:
+            self._derive(st)
+        limits = st.judge
         if (
             totals[0] > limits[0]
             or totals[1] > limits[1]
             or totals[2] > limits[2]
             or totals[3] > limits[3]
         ):
-            # While warming up, peers judge; but once the principal has a few
-            # windows of its own, it must also exceed those: a service account
-            # whose steady nightly read dwarfs every human's is not exfiltrating.
-            short_history = not warm and st.windows >= self.own_min_windows
             for i in range(4):
-                if totals[i] > limits[i] and not (short_history and totals[i] <= st.limits[i]):
-                    return self._finding(event, source, st, i, warm, ts)
+                if totals[i] > limits[i]:
+                    return self._finding(event, source, st, i, st.windows >= self.warmup_windows,
+                                         ts)
         return None
+
+    def _derive(self, st: _Window) -> None:
+        """The limits a principal's window is judged against (once per window/peer refresh).
+
+        With some history of its own, its own limits, never below the
+        population's quantile nor (for breadth) ``breadth_factor`` times what
+        it has ever touched; with none, ``peer_factor`` times the population.
+        """
+        st.judge_gen = self.peer_gen
+        if st.windows >= self.own_min_windows:
+            judge = [max(own, pop) for own, pop in zip(st.limits, self.peer_floor, strict=True)]
+        else:
+            judge = list(self.peer_limits)
+        f = self.breadth_factor
+        judge[2] = max(judge[2], f * len(st.known_datasets))
+        judge[3] = max(judge[3], f * len(st.known_models))
+        st.judge = judge
 
     def _finding(
         self, event: AuditEvent, source: Source, st: _Window, i: int, warm: bool, ts: float
@@ -241,12 +300,18 @@ class ExfiltrationDetector(Detector):
             "datasets": "distinct datasets read",
             "models": "distinct model versions downloaded",
         }[metric]
-        versus = (
-            f"{ratio:.0f}x its usual {usual:,.0f} per active window"
-            if warm
-            else f"while still learning its baseline, above {self.peer_factor:g}x "
-            f"the peers' p{self.peer_quantile * 100:g} of {peer_q:,.0f}"
-        )
+        if warm:
+            versus = f"{ratio:.0f}x its usual {usual:,.0f} per active window"
+        elif st.windows >= self.own_min_windows:
+            versus = (
+                f"{ratio:.0f}x its usual {usual:,.0f} over its first {st.windows} active "
+                f"windows, and above the peers' p{self.peer_quantile * 100:g} of {peer_q:,.0f}"
+            )
+        else:
+            versus = (
+                f"with no history of its own, above {self.peer_factor:g}x "
+                f"the peers' p{self.peer_quantile * 100:g} of {peer_q:,.0f}"
+            )
         model_id = model_id_of(event.resource) if i == 3 else None
         return [
             Finding.build(
@@ -267,7 +332,10 @@ class ExfiltrationDetector(Detector):
                     "baseline_usual": round(usual, 3),
                     "baseline_spread_log": round(st.base.sd(i), 4),
                     "baseline_windows": st.windows,
-                    "threshold": round(st.limits[i] if warm else self.peer_limits[i], 3),
+                    "threshold": round(st.judge[i], 3),
+                    "own_threshold": round(st.limits[i], 3),
+                    "population_floor": self.peer_floor[i],
+                    "known_breadth": len(st.known_models if i == 3 else st.known_datasets),
                     "ratio_to_usual": round(ratio, 2),
                     "peer_quantile": self.peer_quantile,
                     "peer_value": peer_q,
