@@ -138,10 +138,14 @@ class LogBaselines:
         alpha: float,
         warmup: int,
         z: float,
-        min_ratio: float,
+        min_ratio: float | tuple[float, ...],
         floors: tuple[float, ...],
     ) -> list[float]:
-        """Fold ``values`` (one per metric) in; the new limits, one per metric."""
+        """Fold ``values`` (one per metric) in; the new limits, one per metric.
+
+        ``min_ratio`` is one ratio for every metric or one per metric.
+        """
+        ratios = min_ratio if isinstance(min_ratio, tuple) else (min_ratio,) * len(values)
         n = self.n
         means, devs = self.means, self.devs
         a = max(alpha, 1.0 / (n + 1))
@@ -166,7 +170,7 @@ class LogBaselines:
             limits.append(
                 max(
                     expm1(mean + z * (spread if spread > _MIN_LOG_SD else _MIN_LOG_SD)),
-                    min_ratio * (usual if usual > 1.0 else 1.0),
+                    ratios[i] * (usual if usual > 1.0 else 1.0),
                     floors[i],
                 )
             )

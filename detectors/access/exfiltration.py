@@ -139,9 +139,10 @@ class ExfiltrationDetector(Detector):
         warmup_windows: int = 20,
         peer_quantile: float = 0.99,
         peer_factor: float = 5.0,
-        peer_min_windows: int = 100,
+        peer_min_windows: int = 30,
         own_min_windows: int = 1,
         breadth_factor: float = 2.0,
+        breadth_min_ratio: float = 1.0,
         cooldown_seconds: float = 6 * 3600.0,
         read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
         max_principals: int = 100_000,
@@ -159,6 +160,9 @@ class ExfiltrationDetector(Detector):
         self.peer_min_windows = peer_min_windows
         self.own_min_windows = own_min_windows
         self.breadth_factor = breadth_factor
+        # Counts of distinct resources are small: "ten times usual" with usual
+        # taken as at least 1 would be a fixed floor of ten; their spread judges.
+        self.ratios = (min_ratio, min_ratio, breadth_min_ratio, breadth_min_ratio)
         #: The population's quantile per metric (inf until peer_min_windows).
         self.peer_floor = [math.inf, math.inf, math.inf, math.inf]
         #: Bumped whenever peer quantiles are refreshed (principals re-derive limits).
@@ -181,7 +185,7 @@ class ExfiltrationDetector(Detector):
                 self.alpha,
                 self.warmup_windows,
                 self.z_threshold,
-                self.min_ratio,
+                self.ratios,
                 self.floors,
             )
             self.closes += 1
