@@ -117,8 +117,8 @@ class ExfiltrationDetector(Detector):
     >>> [read(h * 3600.0 + 60, 20_000_000) for h in range(30)].count(None)
     30
     >>> hits = [read(30 * 3600.0 + 60 + i, 400_000_000) for i in range(40)]
-    >>> next(i for i, f in enumerate(hits) if f), hits[2][0].evidence["ratio_to_usual"]
-    (2, 60.0)
+    >>> next(i for i, f in enumerate(hits) if f), hits[0][0].evidence["ratio_to_usual"]
+    (0, 20.0)
     >>> sum(1 for f in hits if f)  # one finding per cooldown, not one per read
     1
     """
@@ -274,11 +274,18 @@ class ExfiltrationDetector(Detector):
         """The limits a principal's window is judged against (once per window/peer refresh).
 
         With some history of its own, its own limits, never below the
-        population's quantile nor (for breadth) ``breadth_factor`` times what
+        population's quantile (a short history needs the population; a full
+        one is judged without while the population is too small) nor (for breadth) ``breadth_factor`` times what
         it has ever touched; with none, ``peer_factor`` times the population.
         """
         st.judge_gen = self.peer_gen
-        if st.windows >= self.own_min_windows:
+        if st.windows >= self.warmup_windows:
+            # A long history of its own stands even without a population yet.
+            judge = [
+                max(own, pop if pop < math.inf else 0.0)
+                for own, pop in zip(st.limits, self.peer_floor, strict=True)
+            ]
+        elif st.windows >= self.own_min_windows:
             judge = [max(own, pop) for own, pop in zip(st.limits, self.peer_floor, strict=True)]
         else:
             judge = list(self.peer_limits)
