@@ -31,6 +31,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.bootstrap import Bootstrap
 from daemon.kafka_io import (
     OutRecord,
     ProduceFailed,
@@ -137,6 +138,9 @@ class Daemon:
                 key.get_secret_value().encode() if key is not None else None,
                 on_reject=self._rejected)
         self._checkpoint_at = time.monotonic()
+        #: Learn-only reading of retained history on a first start (None: off).
+        self.bootstrap = (Bootstrap(settings.bootstrap.history_s, self.metrics.registry)
+                          if settings.bootstrap.history_s > 0 else None)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -305,6 +309,18 @@ class Daemon:
                     continue
                 events = self._decoded(tp, kind, messages, dead,
                                        forward if kind == "inference" else None)
+            if self.bootstrap is not None and self.bootstrap.learning:
+                # Retained history on a first start: the detectors learn it,
+                # its findings are dropped (counted); the rest is judged.
+                history = self.bootstrap.split(tp, messages)
+                if history:
+                    decoded = list(events)
+                    cut = messages[history - 1].offset
+                    old = [e for e in decoded if e[1].offset <= cut]
+                    events = iter(decoded[len(old):])
+                    self.bootstrap.learnt.inc(len(old))
+                    self.bootstrap.suppressed.inc(
+                        len(self.pipeline.process_many(kind, partition, old)))
             found = self.pipeline.process_many(kind, partition, events)
             findings.extend(found)
             self.metrics.events.labels(tp.topic).inc(len(messages))
@@ -583,13 +599,15 @@ class Daemon:
                         self._positions[tp] = kept[tp]
                 self._restored.add(partition)
                 self._to_record.extend(tp for tp in tps if tp not in kept)
-            elif self.store is not None:
+            elif self.store is not None or self.bootstrap is not None:
                 self._consumer.pause(*tps)  # until the loop restored its state
                 self._to_restore[partition] = tps
             else:
                 self._restored.add(partition)
-        for partition in parked:  # went to another replica
+        for partition, gone in parked.items():  # went to another replica
             self.pipeline.drop(partition)
+            if self.bootstrap is not None:
+                self.bootstrap.forget(list(gone))
             self._seen.pop(partition, None)
             self._unsaved.discard(partition)
         if self.store is not None and GLOBAL not in self._restored \
@@ -601,12 +619,16 @@ class Daemon:
         assert self._consumer is not None
         todo, self._to_restore = self._to_restore, {}
         for partition, tps in sorted(todo.items()):
-            checkpoint = self._restore(partition)
+            checkpoint = self._restore(partition) if self.store is not None else None
             self._restored.add(partition)
             if partition == GLOBAL:
                 continue
             if checkpoint is None:
-                self._unsaved.add(partition)
+                if self.store is not None:
+                    self._unsaved.add(partition)
+                if self.bootstrap is not None:
+                    inputs = [tp for tp in tps if tp.topic in self._inputs]
+                    self.bootstrap.start(self._consumer, inputs, self._committed(inputs))
             else:
                 committed = self._committed(tps)
                 for tp in tps:

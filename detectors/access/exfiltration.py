@@ -47,10 +47,10 @@ class _Window:
         "cooldown_until",
         "datasets",
         "first_ts",
-        "known_datasets",
-        "known_models",
         "judge",
         "judge_gen",
+        "known_datasets",
+        "known_models",
         "limits",
         "models",
         "totals",
@@ -275,8 +275,9 @@ class ExfiltrationDetector(Detector):
 
         With some history of its own, its own limits, never below the
         population's quantile (a short history needs the population; a full
-        one is judged without while the population is too small) nor (for breadth) ``breadth_factor`` times what
-        it has ever touched; with none, ``peer_factor`` times the population.
+        one is judged without while the population is too small) nor, for
+        breadth, ``breadth_factor`` times what it has ever touched; with no
+        history, ``peer_factor`` times the population.
         """
         st.judge_gen = self.peer_gen
         if st.windows >= self.warmup_windows:

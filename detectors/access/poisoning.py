@@ -170,7 +170,7 @@ class TrainingDataWriteDetector(Detector):
         found: list[Finding] = []
         writers = st.writers
         attrs = event.attributes
-        in_run = bool(attrs) and any(attrs.get(k) for k in self.run_id_keys)  # type: ignore[union-attr]
+        in_run = attrs is not None and any(attrs.get(k) for k in self.run_id_keys)
         if actor not in writers:
             established = st.writes >= self.min_writes and ts - st.first_ts >= self.warmup_seconds
             # Cold start: a pipeline-fed dataset written outside any run by a
@@ -207,7 +207,8 @@ class TrainingDataWriteDetector(Detector):
     ) -> Finding:
         usual = sorted(st.writers, key=st.writers.__getitem__, reverse=True)[:5]
         usual_size = st.sizes.usual(0)
-        at_volume = bool(event.records) and st.sizes.n > 0 and event.records >= usual_size
+        records = event.records or 0
+        at_volume = records > 0 and st.sizes.n > 0 and records >= usual_size
         severity: Severity = "high" if pipeline_fed and at_volume else "medium"
         outside = " outside any pipeline run" if pipeline_fed else ""
         return Finding.build(
