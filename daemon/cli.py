@@ -82,7 +82,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     return main_replay(Pipeline(settings.detector_specs()), args.files,
-                       settings.kafka.max_message_bytes)
+                       settings.kafka.max_message_bytes, learn_until=args.learn_until,
+                       bootstrap_s=args.bootstrap_s)
+
+
+def _timestamp(text: str) -> float:
+    """``1767225600`` or ``2026-01-01T00:00:00Z`` -> epoch seconds."""
+    import datetime as dt
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a timestamp: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def cmd_detectors(args: argparse.Namespace) -> int:
@@ -226,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = verb("replay", "Run the detectors over JSON Lines files; findings as JSON on stdout.",
              cmd_replay)
     p.add_argument("files", nargs="+", metavar="FILE.jsonl")
+    learn = p.add_mutually_exclusive_group()
+    learn.add_argument("--learn-until", type=_timestamp, metavar="TS",
+                       help="learn-only before this event time (epoch seconds or ISO 8601): "
+                       "detectors learn, findings are dropped and counted")
+    learn.add_argument("--bootstrap-s", type=float, metavar="S",
+                       help="learn-only for the first S seconds of event time (as the "
+                       "daemon's bootstrap.history_s on a first start)")
     verb("detectors", "List the registered detectors and their params.", cmd_detectors,
          config=False)
     p = verb("demo", "Start an embedded broker, stream built-in traffic with attacks through "

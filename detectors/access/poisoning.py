@@ -34,6 +34,7 @@ class _Dataset:
         "cooldown_until",
         "first_ts",
         "limits",
+        "plain_writes",
         "run_writes",
         "sizes",
         "totals",
@@ -48,6 +49,8 @@ class _Dataset:
         self.writes = 0
         #: Writes that carried a pipeline run id (the dataset is fed by pipelines).
         self.run_writes = 0
+        #: Writes outside runs that were not reported (a reported one is no norm).
+        self.plain_writes = 0
         #: Robust running centre of log1p(records) per write (usual write size).
         self.sizes = LogBaselines(1)
         self.first_ts = ts
@@ -178,7 +181,7 @@ class TrainingDataWriteDetector(Detector):
             pipeline_fed = (
                 not in_run
                 and st.run_writes >= self.min_run_writes
-                and st.run_writes >= self.run_share * st.writes
+                and st.run_writes >= self.run_share * (st.run_writes + st.plain_writes)
             )
             if (established or pipeline_fed) and len(writers) < self.max_writers:
                 found.append(self._new_writer(event, source, st, ts, pipeline_fed))
@@ -189,6 +192,8 @@ class TrainingDataWriteDetector(Detector):
         st.writes += 1
         if in_run:
             st.run_writes += 1
+        elif not found:
+            st.plain_writes += 1
         if event.records:
             st.sizes.update([event.records], self.alpha, self.warmup_windows, 1.0, 1.0, (0.0,))
         if window == st.window:  # a late event is counted, but not in another window
