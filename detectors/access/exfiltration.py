@@ -46,6 +46,13 @@ class _Window:
         "base",
         "cooldown_until",
         "datasets",
+        "day",
+        "day_base",
+        "day_bytes",
+        "day_flagged",
+        "day_limits",
+        "day_new",
+        "days",
         "first_ts",
         "judge",
         "judge_gen",
@@ -72,6 +79,15 @@ class _Window:
         self.judge_gen = -1
         self.windows = 0
         self.cooldown_until = -math.inf
+        #: Low and slow: this UTC day's bytes and never-read datasets, the
+        #: baseline of daily bytes over active days, and today's limits.
+        self.day = int(ts // 86400)
+        self.day_bytes = 0
+        self.day_flagged = False  # a finding today already tells this day's story
+        self.day_new: set[str] = set()
+        self.day_base = LogBaselines(1)
+        self.days = 0
+        self.day_limits = (math.inf, math.inf)
         #: Everything it ever read (capped): its breadth, and what "never read" means.
         self.known_datasets: set[str] = set()
         self.known_models: set[str] = set()
@@ -105,7 +121,13 @@ class ExfiltrationDetector(Detector):
     population is every closed window on the partition (one in four once it
     holds ``4 * peer_min_windows``); until it holds ``peer_min_windows``
     windows nothing is judged on peers. The peer percentile also raises the
-    severity. One finding per principal per ``cooldown_seconds``.
+    severity.
+
+    Low and slow (``rule: low_and_slow``): per UTC day, bytes read above
+    ``slow_ratio`` times the principal's usual active day, across at least
+    ``slow_min_new`` datasets it never read before (and ``breadth_factor``
+    times the number it ever read): an hour at a time it looks ordinary. One
+    finding per principal per ``cooldown_seconds``.
 
     >>> from detectors.events import AuditEvent
     >>> from detectors.findings import Source
@@ -143,6 +165,8 @@ class ExfiltrationDetector(Detector):
         own_min_windows: int = 1,
         breadth_factor: float = 2.0,
         breadth_min_ratio: float = 1.0,
+        slow_ratio: float = 3.0,
+        slow_min_new: int = 5,
         cooldown_seconds: float = 6 * 3600.0,
         read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
         max_principals: int = 100_000,
@@ -160,6 +184,8 @@ class ExfiltrationDetector(Detector):
         self.peer_min_windows = peer_min_windows
         self.own_min_windows = own_min_windows
         self.breadth_factor = breadth_factor
+        self.slow_ratio = slow_ratio
+        self.slow_min_new = slow_min_new
         # Counts of distinct resources are small: "ten times usual" with usual
         # taken as at least 1 would be a fixed floor of ten; their spread judges.
         self.ratios = (min_ratio, min_ratio, breadth_min_ratio, breadth_min_ratio)
@@ -216,6 +242,23 @@ class ExfiltrationDetector(Detector):
                 if len(st.known_models) >= _MAX_KNOWN:
                     break
                 st.known_models.add(m)
+        day = int(window * self.window_seconds // 86400)
+        if day != st.day:
+            if st.day_bytes:
+                st.days += 1
+                st.day_base.update([st.day_bytes], self.alpha, self.warmup_windows,
+                                   self.z_threshold, self.slow_ratio, (0.0,))
+                # What today must both exceed: a multiple of the usual day's
+                # volume, and a count of never-read datasets relative to the
+                # principal's breadth (a stable reader touches few new ones).
+                st.day_limits = (
+                    self.slow_ratio * max(st.day_base.usual(0), 1.0),
+                    max(float(self.slow_min_new), self.breadth_factor * len(st.known_datasets)),
+                )
+            st.day = day
+            st.day_flagged = False
+            st.day_bytes = 0
+            st.day_new = set()
         st.judge_gen = -1
         st.window = window
         st.totals = [0, 0, 0, 0]
@@ -240,8 +283,10 @@ class ExfiltrationDetector(Detector):
         if window != st.window:
             self._close(st, window)
         totals = st.totals
-        totals[0] += event.bytes or 0
+        nbytes = event.bytes or 0
+        totals[0] += nbytes
         totals[1] += event.records or 0
+        st.day_bytes += nbytes
         resource = event.resource
         if is_model(resource, event.resource_type):
             models = st.models
@@ -253,8 +298,16 @@ class ExfiltrationDetector(Detector):
             if resource not in datasets and len(datasets) < _MAX_DISTINCT:
                 datasets.add(resource)
                 totals[2] = len(datasets)
+                if resource not in st.known_datasets and len(st.day_new) < _MAX_DISTINCT:
+                    st.day_new.add(resource)
         if ts < st.cooldown_until:
             return None
+        if (
+            st.day_bytes > st.day_limits[0]
+            and len(st.day_new) >= st.day_limits[1]
+            and not st.day_flagged
+        ):
+            return self._slow_finding(event, source, st, ts)
         if st.judge_gen != self.peer_gen:
             self._derive(st)
         limits = st.judge
@@ -269,6 +322,47 @@ class ExfiltrationDetector(Detector):
                     return self._finding(event, source, st, i, st.windows >= self.warmup_windows,
                                          ts)
         return None
+
+    def _slow_finding(
+        self, event: AuditEvent, source: Source, st: _Window, ts: float
+    ) -> list[Finding]:
+        st.cooldown_until = ts + self.cooldown_seconds
+        st.day_flagged = True
+        usual = st.day_base.usual(0)
+        new = len(st.day_new)
+        return [
+            Finding.build(
+                detector=self.name,
+                kind="exfiltration",
+                severity="medium",
+                entity=Entity("principal", event.actor),
+                model_id=None,
+                summary=(
+                    f"Principal {event.actor} read {st.day_bytes:,} bytes today, "
+                    f"{st.day_bytes / max(usual, 1.0):.1f}x its usual day of {usual:,.0f}, "
+                    f"across {new} datasets it never read before (it had read "
+                    f"{len(st.known_datasets)})."
+                ),
+                evidence={
+                    "rule": "low_and_slow",
+                    "metric": "daily_bytes",
+                    "observed": st.day_bytes,
+                    "day_start": st.day * 86400,
+                    "baseline_usual": round(usual, 3),
+                    "baseline_days": st.days,
+                    "threshold": round(st.day_limits[0], 3),
+                    "ratio_to_usual": round(st.day_bytes / max(usual, 1.0), 2),
+                    "never_read_datasets": new,
+                    "never_read_threshold": st.day_limits[1],
+                    "known_breadth": len(st.known_datasets),
+                    "last_resource": event.resource,
+                },
+                atlas=_ATLAS_EXFIL,
+                event_ts=ts,
+                sources=[source],
+                id_key=f"day:{st.day}",
+            )
+        ]
 
     def _derive(self, st: _Window) -> None:
         """The limits a principal's window is judged against (once per window/peer refresh).
@@ -299,6 +393,7 @@ class ExfiltrationDetector(Detector):
         self, event: AuditEvent, source: Source, st: _Window, i: int, warm: bool, ts: float
     ) -> list[Finding]:
         st.cooldown_until = ts + self.cooldown_seconds
+        st.day_flagged = True
         metric = _METRICS[i]
         observed = st.totals[i]
         usual = st.base.usual(i)

@@ -171,3 +171,38 @@ def test_replay_bootstrap_learns_the_first_days_without_findings(tmp_path):
     assert stats.learnt > 0 and stats.suppressed == 1
     until, _ = run(learn_until=T0 + 3 * DAY)
     assert until == ["dataset:carol"]
+
+
+def test_low_and_slow_three_times_a_usual_day_over_never_read_datasets():
+    det = ExfiltrationDetector()
+    rng = random.Random(11)
+    quiet = []
+    for day in range(5):
+        quiet += _office_day(det, day, rng=rng)
+        for hour in (9, 13, 16):  # ~18 MB a day over its two datasets
+            quiet += _feed(det, _audit(T0 + day * DAY + hour * HOUR + 30, "mia", "dataset.read",
+                                       f"dataset:team-{hour % 2}", bytes=6_000_000,
+                                       records=17_000)) or []
+    assert quiet == []
+    # Day six, working hours: 12 datasets it never read, 6 MB each, spread over
+    # eight hours: ~9 MB an hour (no hour stands out), 72 MB in the day (4x).
+    hits = []
+    for i in range(12):
+        t = T0 + 5 * DAY + 9 * HOUR + i * 40 * 60
+        hits += _feed(det, _audit(t, "mia", "dataset.read", f"dataset:archive-{i}",
+                                  bytes=6_000_000, records=17_000)) or []
+    assert len(hits) == 1, hits
+    ev = hits[0].evidence
+    assert ev["rule"] == "low_and_slow" and ev["never_read_datasets"] >= 5
+    assert ev["ratio_to_usual"] >= 3
+    # The same day's volume over datasets it already reads is an ordinary busy day.
+    det2 = ExfiltrationDetector()
+    for day in range(5):
+        _office_day(det2, day, rng=random.Random(day))
+        for hour in (9, 13, 16):
+            _feed(det2, _audit(T0 + day * DAY + hour * HOUR + 30, "mia", "dataset.read",
+                               f"dataset:team-{hour % 2}", bytes=6_000_000, records=17_000))
+    busy = [_feed(det2, _audit(T0 + 5 * DAY + 9 * HOUR + i * 40 * 60, "mia", "dataset.read",
+                               f"dataset:team-{i % 2}", bytes=6_000_000, records=17_000))
+            for i in range(12)]
+    assert busy == [None] * 12
