@@ -126,7 +126,8 @@ class ExfiltrationDetector(Detector):
     Low and slow (``rule: low_and_slow``): per UTC day, bytes read above
     ``slow_ratio`` times the principal's usual active day, across at least
     ``slow_min_new`` datasets it never read before (and ``breadth_factor``
-    times the number it ever read): an hour at a time it looks ordinary. One
+    times the number it ever read), once it has ``slow_min_days`` active days:
+    an hour at a time it looks ordinary. One
     finding per principal per ``cooldown_seconds``.
 
     >>> from detectors.events import AuditEvent
@@ -167,6 +168,7 @@ class ExfiltrationDetector(Detector):
         breadth_min_ratio: float = 1.0,
         slow_ratio: float = 3.0,
         slow_min_new: int = 5,
+        slow_min_days: int = 2,
         cooldown_seconds: float = 6 * 3600.0,
         read_verbs: tuple[str, ...] = ("read", "download", "export", "query", "copy"),
         max_principals: int = 100_000,
@@ -186,6 +188,7 @@ class ExfiltrationDetector(Detector):
         self.breadth_factor = breadth_factor
         self.slow_ratio = slow_ratio
         self.slow_min_new = slow_min_new
+        self.slow_min_days = slow_min_days
         # Counts of distinct resources are small: "ten times usual" with usual
         # taken as at least 1 would be a fixed floor of ten; their spread judges.
         self.ratios = (min_ratio, min_ratio, breadth_min_ratio, breadth_min_ratio)
@@ -251,8 +254,12 @@ class ExfiltrationDetector(Detector):
                 # What today must both exceed: a multiple of the usual day's
                 # volume, and a count of never-read datasets relative to the
                 # principal's breadth (a stable reader touches few new ones).
+                # Until slow_min_days are seen, breadth is still being
+                # discovered (a first partial day knows few datasets): no rule.
                 st.day_limits = (
-                    self.slow_ratio * max(st.day_base.usual(0), 1.0),
+                    self.slow_ratio * max(st.day_base.usual(0), 1.0)
+                    if st.days >= self.slow_min_days
+                    else math.inf,
                     max(float(self.slow_min_new), self.breadth_factor * len(st.known_datasets)),
                 )
             st.day = day
