@@ -206,3 +206,20 @@ def test_low_and_slow_three_times_a_usual_day_over_never_read_datasets():
                                f"dataset:team-{i % 2}", bytes=6_000_000, records=17_000))
             for i in range(12)]
     assert busy == [None] * 12
+
+
+def test_replay_learn_until_accepts_epoch_and_iso_and_config_bounds_history():
+    import argparse
+
+    import pytest
+
+    from daemon.cli import _timestamp
+    from daemon.settings import Settings
+
+    assert _timestamp("1767225600") == 1767225600.0
+    assert _timestamp("2026-01-01T00:00:00Z") == 1767225600.0
+    with pytest.raises(argparse.ArgumentTypeError):
+        _timestamp("yesterday")
+    assert Settings(bootstrap={"history_s": 604800}).bootstrap.history_s == 604800
+    with pytest.raises(ValueError, match="history_s"):
+        Settings(bootstrap={"history_s": -1})
