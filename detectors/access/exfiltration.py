@@ -114,10 +114,11 @@ class ExfiltrationDetector(Detector):
     floors by default (``min_*`` add them, 0 = none): they fit one deployment.
 
     Cold start: from ``own_min_windows`` active windows on (one by default, so
-    from the first day) a principal is judged on its own short history with
-    the population floor above; before that, against ``peer_factor`` times
-    the peers' quantile. A service account whose steady nightly read dwarfs
-    every human's is therefore quiet from its second night. The peer
+    from the first day) a principal is judged on its own short history and
+    above ``short_peer_factor`` times the population floor; before that,
+    against ``peer_factor`` times the peers' quantile. A service account whose
+    steady nightly read dwarfs every human's is therefore quiet from its
+    second night. The peer
     population is every closed window on the partition (one in four once it
     holds ``4 * peer_min_windows``); until it holds ``peer_min_windows``
     windows nothing is judged on peers. The peer percentile also raises the
@@ -165,6 +166,7 @@ class ExfiltrationDetector(Detector):
         peer_min_windows: int = 30,
         own_min_windows: int = 1,
         breadth_factor: float = 2.0,
+        short_peer_factor: float = 2.0,
         breadth_min_ratio: float = 1.0,
         slow_ratio: float = 3.0,
         slow_min_new: int = 5,
@@ -186,6 +188,7 @@ class ExfiltrationDetector(Detector):
         self.peer_min_windows = peer_min_windows
         self.own_min_windows = own_min_windows
         self.breadth_factor = breadth_factor
+        self.short_peer_factor = short_peer_factor
         self.slow_ratio = slow_ratio
         self.slow_min_new = slow_min_new
         self.slow_min_days = slow_min_days
@@ -388,7 +391,10 @@ class ExfiltrationDetector(Detector):
                 for own, pop in zip(st.limits, self.peer_floor, strict=True)
             ]
         elif st.windows >= self.own_min_windows:
-            judge = [max(own, pop) for own, pop in zip(st.limits, self.peer_floor, strict=True)]
+            # A few windows say little about a principal's range (an engineer's
+            # first model download dwarfs its first reads): a margin over peers.
+            f = self.short_peer_factor
+            judge = [max(own, f * pop) for own, pop in zip(st.limits, self.peer_floor, strict=True)]
         else:
             judge = list(self.peer_limits)
         f = self.breadth_factor
