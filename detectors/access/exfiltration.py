@@ -116,7 +116,10 @@ class ExfiltrationDetector(Detector):
     Cold start: from ``own_min_windows`` active windows on (one by default, so
     from the first day) a principal is judged on its own short history and
     above ``short_peer_factor`` times the population floor; before that,
-    against ``peer_factor`` times the peers' quantile. A service account whose
+    against ``peer_factor`` times the peers' quantile. Until warm, a volume
+    read from one resource must clear ``single_factor`` times its limit (a
+    heavy reader's one big read is common; a theft spans resources). A
+    service account whose
     steady nightly read dwarfs every human's is therefore quiet from its
     second night. The peer
     population is every closed window on the partition (one in four once it
@@ -167,6 +170,7 @@ class ExfiltrationDetector(Detector):
         own_min_windows: int = 1,
         breadth_factor: float = 2.0,
         short_peer_factor: float = 2.0,
+        single_factor: float = 5.0,
         breadth_min_ratio: float = 1.0,
         slow_ratio: float = 3.0,
         slow_min_new: int = 5,
@@ -189,6 +193,7 @@ class ExfiltrationDetector(Detector):
         self.own_min_windows = own_min_windows
         self.breadth_factor = breadth_factor
         self.short_peer_factor = short_peer_factor
+        self.single_factor = single_factor
         self.slow_ratio = slow_ratio
         self.slow_min_new = slow_min_new
         self.slow_min_days = slow_min_days
@@ -327,10 +332,16 @@ class ExfiltrationDetector(Detector):
             or totals[2] > limits[2]
             or totals[3] > limits[3]
         ):
+            warm = st.windows >= self.warmup_windows
+            # Without a full history, one big read of one resource is how a
+            # heavy user's day looks as often as a theft: the volume must then
+            # clear single_factor times the limit; spread over several, not.
+            single = not warm and totals[2] + totals[3] < 2
             for i in range(4):
-                if totals[i] > limits[i]:
-                    return self._finding(event, source, st, i, st.windows >= self.warmup_windows,
-                                         ts)
+                if totals[i] > limits[i] and not (
+                    single and i < 2 and totals[i] <= self.single_factor * limits[i]
+                ):
+                    return self._finding(event, source, st, i, warm, ts)
         return None
 
     def _slow_finding(
