@@ -104,3 +104,28 @@ def test_cold_start_at_the_end_of_the_topic_misses_the_attack_bootstrap_catches(
     # bootstrap) is the cold start: alice has no baseline and nobody has peers.
     found, _ = _run(broker, history_s=0, reset="latest")
     assert _by(found, "alice") == [], found
+
+
+def test_restart_without_state_relearns_up_to_the_commit_and_judges_after_it(broker):
+    # No state store: every start is a "first start" for the state. With a
+    # committed offset, what precedes it was judged by the earlier run: it is
+    # relearnt silently; what follows it is judged against that baseline.
+    settings = make_settings(broker, bootstrap={"history_s": 7 * 86400},
+                             detectors={"access.exfiltration": {}})
+    now = time.time()
+    history = _history(now)
+    produce(broker, settings.topics.audit, history)
+    time.sleep(0.05)
+    with DaemonThread(settings) as d:
+        assert wait_for(lambda: d.daemon.processed >= len(history), 60)
+    assert _by(_findings(broker, settings), "bob") == []
+    # While it is down, alice's attack arrives: after the commit, never judged yet.
+    produce(broker, settings.topics.audit, _live_attack(time.time()))
+    with DaemonThread(settings) as d:
+        assert wait_for(lambda: d.daemon.processed >= len(history) + 20, 60)
+        relearnt = d.daemon.metrics.registry.get_sample_value("mlwatchd_bootstrap_events_total")
+    found = _findings(broker, settings)
+    assert relearnt == len(history)
+    alice = _by(found, "alice")
+    assert len(alice) == 1 and alice[0]["evidence"]["baseline_windows"] >= 9, found
+    assert _by(found, "bob") == []
