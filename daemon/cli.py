@@ -110,7 +110,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"mlwatchd replay: {line}", file=sys.stderr)
         return 2
     return main_replay(Pipeline(settings.detector_specs()), args.files,
-                       settings.kafka.max_message_bytes, fmt, args.kcat)
+                       settings.kafka.max_message_bytes, fmt, args.kcat,
+                       learn_until=args.learn_until,
+                       bootstrap_s=args.bootstrap_s)
+
+
+def _timestamp(text: str) -> float:
+    """``1767225600`` or ``2026-01-01T00:00:00Z`` -> epoch seconds."""
+    import datetime as dt
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a timestamp: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def cmd_detectors(args: argparse.Namespace) -> int:
@@ -260,6 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "that format: contract, kserve, oip, litellm, cloudtrail, k8s-audit")
     p.add_argument("--kcat", action="store_true",
                    help="each line is a message as `kcat -C -J` prints it (payload, headers, ts)")
+    learn = p.add_mutually_exclusive_group()
+    learn.add_argument("--learn-until", type=_timestamp, metavar="TS",
+                       help="learn-only before this event time (epoch seconds or ISO 8601): "
+                       "detectors learn, findings are dropped and counted")
+    learn.add_argument("--bootstrap-s", type=float, metavar="S",
+                       help="learn-only for the first S seconds of event time (as the "
+                       "daemon's bootstrap.history_s on a first start)")
     verb("detectors", "List the registered detectors and their params.", cmd_detectors,
          config=False)
     p = verb("demo", "Start an embedded broker, stream built-in traffic with attacks through "

@@ -42,6 +42,9 @@ class ReplayStats:
         self.events = 0
         self.bad_lines = 0
         self.findings = 0
+        #: Events replayed learn-only, and the findings dropped for them.
+        self.learnt = 0
+        self.suppressed = 0
 
 
 def _kcat_message(line: bytes) -> tuple[bytes, list[tuple[str, bytes]], int | None] | str:
@@ -111,12 +114,25 @@ def read_events(
 def replay(
     pipeline: Pipeline, paths: Iterable[str | Path], out: IO[bytes] | None = None,
     max_bytes: int | None = None, fmt: Format | None = None, kcat: bool = False,
+    learn_until: float | None = None, bootstrap_s: float | None = None,
 ) -> tuple[list[Finding], ReplayStats]:
-    """Run ``pipeline`` over ``paths``; write each finding as a JSON line to ``out``."""
+    """Run ``pipeline`` over ``paths``; write each finding as a JSON line to ``out``.
+
+    Events before ``learn_until`` (event time), or within ``bootstrap_s`` of
+    the first event, are learn-only: the detectors learn them, their findings
+    are dropped and counted (the daemon's bootstrap on a first start).
+    """
     stats = ReplayStats()
     findings: list[Finding] = []
     for event, source in read_events(paths, stats, max_bytes, fmt, kcat):
+        ts: float = event.ts  # type: ignore[assignment]
+        if bootstrap_s is not None and learn_until is None:
+            learn_until = ts + bootstrap_s
         found = pipeline.process_many(event_type_of(event), 0, ((event, source),))
+        if learn_until is not None and ts < learn_until:
+            stats.learnt += 1
+            stats.suppressed += len(found)
+            continue
         for finding in found:
             if out is not None:
                 out.write(encode_finding(finding) + b"\n")
@@ -130,13 +146,15 @@ def replay(
 def main_replay(
     pipeline: Pipeline, paths: list[str], max_bytes: int | None = None,
     fmt: Format | None = None, kcat: bool = False,
+    learn_until: float | None = None, bootstrap_s: float | None = None,
 ) -> int:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         for p in missing:
             print(f"mlwatchd replay: no such file: {p}", file=sys.stderr)
         return 2
-    _, stats = replay(pipeline, paths, sys.stdout.buffer, max_bytes, fmt, kcat)
+    _, stats = replay(pipeline, paths, sys.stdout.buffer, max_bytes, fmt, kcat,
+                      learn_until, bootstrap_s)
     log.info("replay_done", events=stats.events, bad_lines=stats.bad_lines,
-             findings=stats.findings)
+             findings=stats.findings, learnt=stats.learnt, suppressed=stats.suppressed)
     return 0

@@ -33,6 +33,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.bootstrap import Bootstrap
 from daemon.context import KafkaContextTable
 from daemon.formats import DeadLetter, Format, make_format
 from daemon.kafka_io import (
@@ -168,6 +169,9 @@ class Daemon:
                 key.get_secret_value().encode() if key is not None else None,
                 on_reject=self._rejected)
             self.pipeline.use_context(self.context)
+        #: Learn-only reading of retained history on a first start (None: off).
+        self.bootstrap = (Bootstrap(settings.bootstrap.history_s, self.metrics.registry)
+                          if settings.bootstrap.history_s > 0 else None)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -350,6 +354,19 @@ class Daemon:
                     continue
                 partition = tp.partition
                 events = self._decoded(tp, messages, dead, forward)
+            if self.bootstrap is not None and self.bootstrap.learning \
+                    and tp.topic != self._rtopic:
+                # Retained history on a first start: the detectors learn it,
+                # its findings are dropped (counted); the rest is judged.
+                history = self.bootstrap.split(tp, messages)
+                if history:
+                    cut = messages[history - 1].offset
+                    old = [e for e in events if e[1].offset <= cut]
+                    events = events[len(old):]
+                    self.bootstrap.learnt.inc(len(old))
+                    for kind, run in _runs(old):
+                        self.bootstrap.suppressed.inc(
+                            len(self.pipeline.process_many(kind, partition, run)))
             for kind, run in _runs(events):
                 findings.extend(self.pipeline.process_many(kind, partition, run))
             self.metrics.events.labels(tp.topic).inc(len(messages))
@@ -741,14 +758,16 @@ class Daemon:
                         self._positions[tp] = kept[tp]
                 self._restored.add(partition)
                 self._to_record.extend(tp for tp in tps if tp not in kept)
-            elif self.store is not None:
+            elif self.store is not None or self.bootstrap is not None:
                 self._consumer.pause(*tps)  # until the loop restored its state
                 self._to_restore[partition] = tps
             else:
                 self._restored.add(partition)
-        for partition in parked:  # went to another replica
+        for partition, gone in parked.items():  # went to another replica
             self.pipeline.drop(partition)
             self._drop_formats(partition)
+            if self.bootstrap is not None:
+                self.bootstrap.forget(list(gone))
             self._seen.pop(partition, None)
             self._seen_items.pop(partition, None)
             self._unsaved.discard(partition)
@@ -761,12 +780,16 @@ class Daemon:
         assert self._consumer is not None
         todo, self._to_restore = self._to_restore, {}
         for partition, tps in sorted(todo.items()):
-            checkpoint = self._restore(partition)
+            checkpoint = self._restore(partition) if self.store is not None else None
             self._restored.add(partition)
             if partition == GLOBAL:
                 continue
             if checkpoint is None:
-                self._unsaved.add(partition)
+                if self.store is not None:
+                    self._unsaved.add(partition)
+                if self.bootstrap is not None:
+                    inputs = [tp for tp in tps if tp.topic in self._inputs]
+                    self.bootstrap.start(self._consumer, inputs, self._committed(inputs))
             else:
                 committed = self._committed(tps)
                 for tp in tps:

@@ -377,6 +377,14 @@ class StateSettings(_Section):
         return self.model_routing == "repartition"
 
 
+class BootstrapSettings(_Section):
+    #: On a partition's first start (no checkpoint), read this many seconds of
+    #: the input topics' retained history in learn-only mode (detectors learn,
+    #: findings are dropped and counted) before judging live traffic; 0: off
+    #: (the history is judged like live traffic, as before).
+    history_s: float = Field(0.0, ge=0, le=366 * 86400)
+
+
 class Settings(BaseSettings):
     """Everything mlwatchd reads at start."""
 
@@ -397,6 +405,7 @@ class Settings(BaseSettings):
     slack: SlackSettings = Field(default_factory=SlackSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     state: StateSettings = Field(default_factory=StateSettings)
+    bootstrap: BootstrapSettings = Field(default_factory=BootstrapSettings)
     playbooks: PlaybookSettings = Field(default_factory=PlaybookSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 

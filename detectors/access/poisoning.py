@@ -42,6 +42,9 @@ class _Dataset:
         "cooldown_until",
         "first_ts",
         "limits",
+        "plain_writes",
+        "run_writes",
+        "sizes",
         "totals",
         "window",
         "windows",
@@ -52,6 +55,12 @@ class _Dataset:
     def __init__(self, ts: float, window: int) -> None:
         self.writers: dict[str, int] = {}
         self.writes = 0
+        #: Writes that carried a pipeline run id (the dataset is fed by pipelines).
+        self.run_writes = 0
+        #: Writes outside runs that were not reported (a reported one is no norm).
+        self.plain_writes = 0
+        #: Robust running centre of log1p(records) per write (usual write size).
+        self.sizes = LogBaselines(1)
         self.first_ts = ts
         self.window = window
         self.totals = [0, 0]  # bytes, records written in the window
@@ -76,6 +85,11 @@ class TrainingDataWriteDetector(ContextReader, Detector):
       so is a write that carries the run id of a pipeline run it falls in,
       started by an established orchestrator (the context table, as for
       ``access.model_change``): a pipeline's new worker account.
+      Cold start: a dataset fed by pipelines (at least ``min_run_writes``
+      earlier writes, at least ``run_share`` of them carrying a run id
+      attribute) is established from its first pipeline writes, so a new
+      writer writing outside any run (no run id) is reported from day one;
+      at the dataset's usual write size or more it is ``high``.
     - ``volume``: bytes or records written in the window in progress above
       the largest of ``z_threshold`` robust spreads over usual, ``min_ratio``
       times usual and an absolute floor, after ``warmup_windows`` windows.
@@ -108,6 +122,9 @@ class TrainingDataWriteDetector(ContextReader, Detector):
         min_writes: int = 5,
         warmup_seconds: float = 2 * 86400.0,
         max_writers: int = 16,
+        min_run_writes: int = 1,
+        run_share: float = 0.9,
+        run_id_keys: tuple[str, ...] = ("run_id", "pipeline_run_id"),
         alpha: float = 0.05,
         z_threshold: float = 5.0,
         min_ratio: float = 5.0,
@@ -124,6 +141,9 @@ class TrainingDataWriteDetector(ContextReader, Detector):
         self.min_writes = min_writes
         self.warmup_seconds = warmup_seconds
         self.max_writers = max_writers
+        self.min_run_writes = min_run_writes
+        self.run_share = run_share
+        self.run_id_keys = run_id_keys
         self.alpha = alpha
         self.z_threshold = z_threshold
         self.min_ratio = min_ratio
@@ -164,19 +184,34 @@ class TrainingDataWriteDetector(ContextReader, Detector):
         actor = event.actor
         found: list[Finding] = []
         writers = st.writers
+        attrs = event.attributes
+        in_run = attrs is not None and any(attrs.get(k) for k in self.run_id_keys)
         if actor not in writers:
+            established = st.writes >= self.min_writes and ts - st.first_ts >= self.warmup_seconds
+            # Cold start: a pipeline-fed dataset written outside any run by a
+            # newcomer needs no days of history to be suspicious.
+            pipeline_fed = (
+                not in_run
+                and st.run_writes >= self.min_run_writes
+                and st.run_writes >= self.run_share * (st.run_writes + st.plain_writes)
+            )
             if (
-                st.writes >= self.min_writes
-                and ts - st.first_ts >= self.warmup_seconds
+                (established or pipeline_fed)
                 and len(writers) < self.max_writers
                 and not _in_expected_run(self._context, event.attributes, ts)
             ):
-                found.append(self._new_writer(event, source, st, ts))
+                found.append(self._new_writer(event, source, st, ts, pipeline_fed))
             if len(writers) < self.max_writers:
                 writers[actor] = 0
         if actor in writers:
             writers[actor] += 1
         st.writes += 1
+        if in_run:
+            st.run_writes += 1
+        elif not found:
+            st.plain_writes += 1
+        if event.records:
+            st.sizes.update([event.records], self.alpha, self.warmup_windows, 1.0, 1.0, (0.0,))
         if window == st.window:  # a late event is counted, but not in another window
             st.totals[0] += event.bytes or 0
             st.totals[1] += event.records or 0
@@ -188,17 +223,24 @@ class TrainingDataWriteDetector(ContextReader, Detector):
                         break
         return found or None
 
-    def _new_writer(self, event: AuditEvent, source: Source, st: _Dataset, ts: float) -> Finding:
+    def _new_writer(
+        self, event: AuditEvent, source: Source, st: _Dataset, ts: float, pipeline_fed: bool
+    ) -> Finding:
         usual = sorted(st.writers, key=st.writers.__getitem__, reverse=True)[:5]
+        usual_size = st.sizes.usual(0)
+        records = event.records or 0
+        at_volume = records > 0 and st.sizes.n > 0 and records >= usual_size
+        severity: Severity = "high" if pipeline_fed and at_volume else "medium"
+        outside = " outside any pipeline run" if pipeline_fed else ""
         return Finding.build(
             detector=self.name,
             kind="data_poisoning",
-            severity="medium",
+            severity=severity,
             entity=Entity("principal", event.actor),
             model_id=None,
             summary=(
-                f"Principal {event.actor} wrote to {event.resource}, which it never wrote "
-                f"before; its {st.writes} earlier writes over "
+                f"Principal {event.actor} wrote to {event.resource}{outside}, which it never "
+                f"wrote before; its {st.writes} earlier writes over "
                 f"{(ts - st.first_ts) / 86400:.1f} days came from {', '.join(usual)}."
             ),
             evidence={
@@ -208,6 +250,9 @@ class TrainingDataWriteDetector(ContextReader, Detector):
                 "usual_writers": usual,
                 "writer_count": len(st.writers),
                 "dataset_writes_seen": st.writes,
+                "dataset_run_writes": st.run_writes,
+                "outside_pipeline_run": pipeline_fed,
+                "usual_write_records": round(usual_size, 1),
                 "dataset_history_seconds": round(ts - st.first_ts, 1),
                 "bytes": event.bytes,
                 "records": event.records,

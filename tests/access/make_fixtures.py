@@ -180,7 +180,7 @@ def exfiltration() -> Scenario:
             resource_type="dataset",
         )
         if i == 0:
-            s.expect(event, "exfiltration", "medium", "dana", metric="bytes")
+            s.expect(event, "exfiltration", "high", "dana", metric="bytes")
         else:
             s.attack.append(event)
     # Near misses: a month-end style busy hour (3x reads, 2x sizes).
