@@ -294,11 +294,15 @@ def test_compose_kafka_kraft_and_topics(compose: dict[str, Any]) -> None:
     script = "\n".join(init["command"])
     loop = re.search(r"for topic in ([^;]+);", script)
     assert loop is not None
-    topics = loop[1].split()
+    topics = loop[1].split() + re.findall(r"--topic ([\w.]+) ", script)
     default = yaml.safe_load((REPO / "config" / "mlwatchd.yaml").read_text())["topics"]
     assert sorted(topics) == sorted(default.values()), "topics differ from the default config"
-    # one --partitions value for every topic: inputs are co-partitioned
-    assert script.count("--partitions") == 1 and '"$$PARTITIONS"' in script
+    # one --partitions value for every partitioned topic: inputs are co-partitioned;
+    # the context table is one compacted partition that every replica reads whole
+    assert script.count('--partitions "$$PARTITIONS"') == 1
+    assert script.count("--partitions") == 2 and "--partitions 1 " in script
+    assert "--topic mlwatchd.context --partitions 1" in script
+    assert "cleanup.policy=compact" in script
     assert int(init["environment"]["PARTITIONS"]) >= 1
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
 
