@@ -25,6 +25,7 @@ theft); ``volume.peer_rate`` finds the fast one (1 query/s) after 30-36.
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from functools import lru_cache
 from typing import Any, ClassVar, Final
 
@@ -39,9 +40,10 @@ from detectors.abuse.common import (
 )
 from detectors.abuse.probing import binomial_critical_count
 from detectors.abuse.space import ModelSpace, stable_seed, stacked_sq_dists
+from detectors.base import _POOLS
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Source
-from detectors.state import EntityTable
+from detectors.state import CapPool, EntityTable
 
 __all__ = [
     "CoverageExtractionDetector",
@@ -525,6 +527,30 @@ class _Peers:
         self.kmv = _EMPTY_SKETCH  # all principals together: the model's explored space
 
 
+_SHARED_PEERS: Final = "_coverage_peers"  # its key in the detector's per-process pools
+
+
+class _SharedPeers(CapPool):
+    """Per process and model, the latest coverage of each principal, whatever its partition.
+
+    Every partition instance of one configured coverage detector writes its
+    principals' coverage here and reads the model's whole caller population,
+    so a model whose callers are spread over many input partitions still has
+    ``min_peers`` peers. Keyed by principal: a restored instance re-adding its
+    principals counts nobody twice. Lives in the detector's cap pools (never
+    snapshotted); restored instances merge their own peers back in. Bounded:
+    ``models`` models (least recently seen evicted) of ``max_peers`` each.
+    """
+
+    def __init__(self, models: int, max_peers: int) -> None:
+        super().__init__(models)
+        self.max_peers = max_peers
+        self.models: EntityTable[EntityTable[list[float]]] = EntityTable(models)
+
+    def values(self, model_id: str) -> EntityTable[list[float]]:
+        return self.models.touch(model_id, lambda: EntityTable(self.max_peers))
+
+
 class CoverageExtractionDetector(BatchedQueryDetector):
     """A principal exploring far more of the model's input space than its peers.
 
@@ -541,9 +567,13 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     summary is recomputed from the latest coverage of up to ``max_peers``
     principals. A principal is reported when its coverage exceeds ``min_cells``
     and ``peer_ratio`` times the peers' 90th percentile (needs ``min_peers``
-    peers). On natural data nearly every query is a new fine cell, so this is
-    breadth of exploration at volume: a benign caller as busy as the thief
-    covers as much (a limit no per-query signal can lift).
+    peers). In the pipeline the peers are the model's callers of every
+    partition the process holds (a per-process summary shared by the
+    detector's partition instances, see :class:`_SharedPeers`), not only those
+    of the judged principal's partition. On natural data nearly every query
+    is a new fine cell, so this is breadth of exploration at volume: a benign
+    caller as busy as the thief covers as much (a limit no per-query signal
+    can lift).
 
     **Novelty** (volume-robust; catches synthetic exploration such as uniform
     sweeps of the input box or Jacobian augmentation): a coarse grid over the
@@ -710,9 +740,12 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         st.examined += len(hashes)
         covered = distinct_estimate(st.kmv, k)
         peers.values.touch(event.principal, list)[:] = [covered]
+        population = self._population(event.model_id, peers)
+        if population is not peers.values:
+            population.touch(event.principal, list)[:] = [covered]
         peers.updates += 1
         if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
-            self._refresh(peers)
+            self._refresh(peers, population)
         if event.principal in self.exempt_principals or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         if covered < peers.limit:
@@ -735,7 +768,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
                 "peer_median_cells": round(peers.median, 1),
                 "peer_p90_cells": round(peers.p90, 1),
                 "threshold_cells": round(peers.limit, 1),
-                "peers": len(peers.values),
+                "peers": len(population),
                 "share_of_explored_space": round(covered / model_cells, 4),
                 "queries_examined": st.examined,
                 "cells_per_query": round(covered / st.examined, 4),
@@ -801,11 +834,33 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             },
         )
 
-    def _refresh(self, peers: _Peers) -> None:
-        if len(peers.values) < self.min_peers:
+    def _shared(self) -> _SharedPeers | None:
+        pools = self.__dict__.get(_POOLS)
+        shared = None if pools is None else pools.get(_SHARED_PEERS)
+        return shared if isinstance(shared, _SharedPeers) else None
+
+    def _population(self, model_id: str, peers: _Peers) -> EntityTable[list[float]]:
+        """The model's callers' coverage: process-wide if shared, else this instance's."""
+        shared = self._shared()
+        return peers.values if shared is None else shared.values(model_id)
+
+    def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
+        """Also join the process's per-model peer summary, adding this instance's peers."""
+        super().share_caps(pools)
+        shared = pools.get(_SHARED_PEERS)
+        if not isinstance(shared, _SharedPeers):
+            shared = pools[_SHARED_PEERS] = _SharedPeers(self.peers.capacity, self.max_peers)
+        for model_id, peers in self.peers.items():
+            population = shared.values(model_id)
+            for who, value in peers.values.items():
+                if who not in population:  # a fresher value from another instance wins
+                    population.insert(who, list(value))
+
+    def _refresh(self, peers: _Peers, population: EntityTable[list[float]]) -> None:
+        if len(population) < self.min_peers:
             peers.limit = math.inf
             return
-        v = np.fromiter((x[0] for _, x in peers.values.items()), dtype=np.float64)
+        v = np.fromiter((x[0] for _, x in population.items()), dtype=np.float64)
         peers.median = float(np.median(v))
         peers.p90 = float(np.quantile(v, 0.9))
         peers.limit = max(float(self.min_cells), self.peer_ratio * peers.p90)

@@ -1,0 +1,84 @@
+"""``extraction.coverage`` judges a caller against the model's callers of every partition.
+
+Issue #14 (``make demo`` missed its model-extraction attack): the model's 11
+callers were spread over 3 input partitions, so each partition instance of the
+detector saw fewer than ``min_peers`` peers and never judged anybody. The
+instances of one configured detector in a process now share a per-model peer
+summary (through the pools the pipeline passes to ``share_caps``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from detectors.abuse.extraction import CoverageExtractionDetector
+from detectors.events import InferenceEvent
+from detectors.findings import Finding
+from detectors.state import CapPool
+from detectors.testing import feed
+
+
+def _q(i: int, who: str, x: np.ndarray) -> InferenceEvent:
+    return InferenceEvent(ts=float(i), model_id="m", request_id=str(i), principal=who,
+                          features=x.tolist(), prediction=0)
+
+
+def _streams() -> list[list[InferenceEvent]]:
+    """12 benign callers, 4 per partition, then a natural-data thief on partition 0."""
+    rng = np.random.default_rng(2)
+    parts: list[list[InferenceEvent]] = [[], [], []]
+    for i in range(3000):
+        who = i % 12
+        parts[who % 3].append(_q(i, f"u{who}", rng.normal(size=8)))
+    parts[0] += [_q(3000 + i, "thief", rng.normal(size=8)) for i in range(1500)]
+    return parts
+
+
+def _run(detectors: list[CoverageExtractionDetector]) -> list[Finding]:
+    parts = _streams()
+    found: list[Finding] = []
+    for p in (1, 2, 0):  # the thief's partition last: its peers are all known by then
+        found += feed(detectors[p], parts[p], partition=p)
+    return found
+
+
+def test_peers_of_other_partitions_count() -> None:
+    pools: dict[str, CapPool] = {}
+    shared = [CoverageExtractionDetector() for _ in range(3)]
+    for d in shared:
+        d.share_caps(pools)
+    assert [f.entity.id for f in _run(shared)] == ["thief"]
+
+
+def test_one_partition_alone_has_too_few_peers() -> None:
+    # The same traffic to unshared instances: 4 peers on the thief's partition.
+    assert _run([CoverageExtractionDetector() for _ in range(3)]) == []
+
+
+def test_restore_counts_nobody_twice_and_snapshot_excludes_the_summary() -> None:
+    pools: dict[str, CapPool] = {}
+    ds = [CoverageExtractionDetector() for _ in range(3)]
+    for d in ds:
+        d.share_caps(pools)
+    parts = _streams()
+    for p in range(3):
+        feed(ds[p], parts[p][:900], partition=p)
+    summary: Any = pools["_coverage_peers"]
+    before = {who: v[0] for who, v in summary.values("m").items()}
+    assert len(before) == 12
+    state = ds[0].snapshot()
+    assert b"_coverage_peers" not in state
+    ds[0].release_caps()
+    again = CoverageExtractionDetector()
+    again.share_caps(pools)
+    again.restore(state)  # as the pipeline does after a rebalance
+    assert {who: v[0] for who, v in summary.values("m").items()} == before
+    # A fresh process: the restored instance alone rebuilds its partition's peers.
+    fresh: dict[str, CapPool] = {}
+    alone = CoverageExtractionDetector()
+    alone.share_caps(fresh)
+    alone.restore(state)
+    rebuilt: Any = fresh["_coverage_peers"]
+    assert sorted(rebuilt.values("m")._items) == ["u0", "u3", "u6", "u9"]
