@@ -531,24 +531,34 @@ _SHARED_PEERS: Final = "_coverage_peers"  # its key in the detector's per-proces
 
 
 class _SharedPeers(CapPool):
-    """Per process and model, the latest coverage of each principal, whatever its partition.
+    """Per process and model, the model's callers as every partition instance sees them.
 
     Every partition instance of one configured coverage detector writes its
-    principals' coverage here and reads the model's whole caller population,
-    so a model whose callers are spread over many input partitions still has
-    ``min_peers`` peers. Keyed by principal: a restored instance re-adding its
-    principals counts nobody twice. Lives in the detector's cap pools (never
-    snapshotted); restored instances merge their own peers back in. Bounded:
+    principals' coverage here, and visits and judges novelty in one shared
+    :class:`_Population`, so a model whose callers are spread over many input
+    partitions still has ``min_peers`` (and ``novelty_min_peers``) peers.
+    Keyed by principal (and cells are a set): a restored instance merging its
+    own peers back in counts nobody twice. Lives in the detector's cap pools,
+    never in a snapshot (an instance's snapshot holds its own principals'
+    coverage and the model's population as it last saw it). Bounded:
     ``models`` models (least recently seen evicted) of ``max_peers`` each.
     """
 
     def __init__(self, models: int, max_peers: int) -> None:
         super().__init__(models)
         self.max_peers = max_peers
-        self.models: EntityTable[EntityTable[list[float]]] = EntityTable(models)
+        self.values: EntityTable[EntityTable[list[float]]] = EntityTable(models)
+        self.populations: EntityTable[_Population] = EntityTable(models)
 
-    def values(self, model_id: str) -> EntityTable[list[float]]:
-        return self.models.touch(model_id, lambda: EntityTable(self.max_peers))
+    def join_model(self, model_id: str, peers: _Peers) -> EntityTable[list[float]]:
+        """The model's shared coverage table; ``peers`` now uses the shared population."""
+        pop = self.populations.touch(model_id, lambda: peers.population)
+        if pop is not peers.population:
+            for who, share in peers.population.shares.items():
+                if who not in pop.shares:  # a fresher value from another instance wins
+                    pop.shares.insert(who, list(share))
+            peers.population = pop
+        return self.values.touch(model_id, lambda: EntityTable(self.max_peers))
 
 
 class CoverageExtractionDetector(BatchedQueryDetector):
@@ -733,6 +743,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             event.model_id,
             lambda: _Peers(self.max_peers, _Population(self.population_slots, self.max_peers)),
         )
+        population = self._population(event.model_id, peers)
         novel = self._novelty(st, peers.population, coarse, event)
         k = self.sketch_k
         st.kmv = kmv_update(st.kmv, hashes, k)
@@ -740,7 +751,6 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         st.examined += len(hashes)
         covered = distinct_estimate(st.kmv, k)
         peers.values.touch(event.principal, list)[:] = [covered]
-        population = self._population(event.model_id, peers)
         if population is not peers.values:
             population.touch(event.principal, list)[:] = [covered]
         peers.updates += 1
@@ -840,9 +850,10 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         return shared if isinstance(shared, _SharedPeers) else None
 
     def _population(self, model_id: str, peers: _Peers) -> EntityTable[list[float]]:
-        """The model's callers' coverage: process-wide if shared, else this instance's."""
+        """The model's callers' coverage: process-wide if shared, else this instance's
+        (sharing also points ``peers.population`` to the process's population)."""
         shared = self._shared()
-        return peers.values if shared is None else shared.values(model_id)
+        return peers.values if shared is None else shared.join_model(model_id, peers)
 
     def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
         """Also join the process's per-model peer summary, adding this instance's peers."""
@@ -851,7 +862,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         if not isinstance(shared, _SharedPeers):
             shared = pools[_SHARED_PEERS] = _SharedPeers(self.peers.capacity, self.max_peers)
         for model_id, peers in self.peers.items():
-            population = shared.values(model_id)
+            population = shared.join_model(model_id, peers)
             for who, value in peers.values.items():
                 if who not in population:  # a fresher value from another instance wins
                     population.insert(who, list(value))

@@ -25,36 +25,54 @@ def _q(i: int, who: str, x: np.ndarray) -> InferenceEvent:
                           features=x.tolist(), prediction=0)
 
 
-def _streams() -> list[list[InferenceEvent]]:
-    """12 benign callers, 4 per partition, then a natural-data thief on partition 0."""
+def _streams(sweep: bool = False) -> list[list[InferenceEvent]]:
+    """12 benign callers, 4 per partition, then a thief on partition 0: natural-data
+    queries, or (``sweep``) a uniform sweep of the input box (found by novelty)."""
     rng = np.random.default_rng(2)
     parts: list[list[InferenceEvent]] = [[], [], []]
     for i in range(3000):
         who = i % 12
         parts[who % 3].append(_q(i, f"u{who}", rng.normal(size=8)))
-    parts[0] += [_q(3000 + i, "thief", rng.normal(size=8)) for i in range(1500)]
+    if sweep:
+        parts[0] += [_q(3000 + i, "thief", rng.uniform(-4, 4, size=8)) for i in range(300)]
+    else:
+        parts[0] += [_q(3000 + i, "thief", rng.normal(size=8)) for i in range(1500)]
     return parts
 
 
-def _run(detectors: list[CoverageExtractionDetector]) -> list[Finding]:
-    parts = _streams()
+def _run(detectors: list[CoverageExtractionDetector], sweep: bool = False) -> list[Finding]:
+    parts = _streams(sweep)
     found: list[Finding] = []
     for p in (1, 2, 0):  # the thief's partition last: its peers are all known by then
         found += feed(detectors[p], parts[p], partition=p)
     return found
 
 
-def test_peers_of_other_partitions_count() -> None:
-    pools: dict[str, CapPool] = {}
-    shared = [CoverageExtractionDetector() for _ in range(3)]
-    for d in shared:
+def _shared() -> list[CoverageExtractionDetector]:
+    pools: dict[str, CapPool] = {}  # as the pipeline passes one detector's instances
+    detectors = [CoverageExtractionDetector() for _ in range(3)]
+    for d in detectors:
         d.share_caps(pools)
-    assert [f.entity.id for f in _run(shared)] == ["thief"]
+    return detectors
+
+
+def test_peers_of_other_partitions_count_for_breadth() -> None:
+    found = _run(_shared())
+    assert [f.entity.id for f in found] == ["thief"]
+    assert found[0].evidence["peers"] == 13
+    assert "observed_cells" in found[0].evidence
+
+
+def test_peers_of_other_partitions_count_for_novelty() -> None:
+    found = _run(_shared(), sweep=True)
+    assert [f.entity.id for f in found] == ["thief"]
+    assert "observed_novel" in found[0].evidence
 
 
 def test_one_partition_alone_has_too_few_peers() -> None:
     # The same traffic to unshared instances: 4 peers on the thief's partition.
     assert _run([CoverageExtractionDetector() for _ in range(3)]) == []
+    assert _run([CoverageExtractionDetector() for _ in range(3)], sweep=True) == []
 
 
 def test_restore_counts_nobody_twice_and_snapshot_excludes_the_summary() -> None:
@@ -66,7 +84,7 @@ def test_restore_counts_nobody_twice_and_snapshot_excludes_the_summary() -> None
     for p in range(3):
         feed(ds[p], parts[p][:900], partition=p)
     summary: Any = pools["_coverage_peers"]
-    before = {who: v[0] for who, v in summary.values("m").items()}
+    before = {who: v[0] for who, v in summary.values.get("m").items()}
     assert len(before) == 12
     state = ds[0].snapshot()
     assert b"_coverage_peers" not in state
@@ -74,11 +92,15 @@ def test_restore_counts_nobody_twice_and_snapshot_excludes_the_summary() -> None
     again = CoverageExtractionDetector()
     again.share_caps(pools)
     again.restore(state)  # as the pipeline does after a rebalance
-    assert {who: v[0] for who, v in summary.values("m").items()} == before
+    assert {who: v[0] for who, v in summary.values.get("m").items()} == before
+    restored = again.peers.get("m")
+    assert restored is not None and restored.population is summary.populations.get("m")
     # A fresh process: the restored instance alone rebuilds its partition's peers.
     fresh: dict[str, CapPool] = {}
     alone = CoverageExtractionDetector()
     alone.share_caps(fresh)
     alone.restore(state)
     rebuilt: Any = fresh["_coverage_peers"]
-    assert sorted(rebuilt.values("m")._items) == ["u0", "u3", "u6", "u9"]
+    assert sorted(rebuilt.values.get("m")._items) == ["u0", "u3", "u6", "u9"]
+    # ... and the model's population as it last saw it (all partitions' shares).
+    assert len(rebuilt.populations.get("m").shares) == 12
