@@ -837,6 +837,9 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
             extra.start()
             added, last_change = True, now
             log_action("add replica", slot=extra.slot)
+        # Alive now: a replica just killed above waits for its restart and is
+        # not the one removed (removing it would cancel that restart).
+        live = [r for r in slots if r.alive and not r.retired and r.restart_at is None]
         if not removed and best >= remove_at and len(live) > 1:
             leaving = rng.choice([r for r in live if r.slot != "r1"] or live)
             leaving.retired = True
