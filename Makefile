@@ -47,7 +47,7 @@ soak: $(VENV)/.installed-lab
 
 ## make fuzz: the decoder fuzzer, 1M seeded inputs (the suite runs 20,000); FUZZ_ARGS="--seed 3"
 FUZZ_ARGS ?=
-fuzz: $(VENV)/.installed-run
+fuzz: $(VENV)/.installed-test
 	$(BIN)/python tests/fuzz/fuzz_decoder.py --inputs 1000000 $(FUZZ_ARGS)
 
 clean:
