@@ -132,3 +132,16 @@ def test_ocsf_records_are_off_without_a_topic_and_follow_the_incident_with_one()
     assert events[1]["unmapped"]["mlwatchd"]["incident"]["id"] == first.finding_id
     assert events[0]["metadata"]["product"]["version"] == "9.9.9"
     assert ("content-type", b"application/json") in (records[0][3] or [])
+
+
+def test_the_ocsf_topic_is_off_by_default_and_refused_as_an_input(tmp_path: Path) -> None:
+    from daemon.settings import ConfigError, Settings, load
+
+    assert Settings().topics.ocsf == ""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("detectors: {}\ntopics: {ocsf: siem.ocsf}\n"
+                   "input:\n  formats:\n    siem.ocsf: {format: contract}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(cfg)
+    assert caught.value.problems == [
+        "input.formats.siem.ocsf: is the ocsf topic, which mlwatchd writes"]
