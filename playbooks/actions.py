@@ -520,9 +520,6 @@ siem-ocsf:
 
     params: OcsfParams
 
-    def destination(self) -> str:
-        return f"ocsf:{self.action_name}"
-
     def event(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
         """The OCSF event this call sends (the outside view: pseudonyms, statistics)."""
         activity, status = _OCSF_PHASE.get(call.phase, (None, None))

@@ -130,6 +130,16 @@ def test_an_escalating_incident_update_is_an_ocsf_update_naming_its_incident(
     assert second["finding_info"]["last_seen_time"] == 1_700_000_600_000
 
 
+def test_a_refused_event_is_reported_failed_without_leaking_the_token(
+        engine_factory: Any, receiver: Any) -> None:
+    receiver.statuses = [400]
+    engine, events = engine_factory(siem_playbook(receiver.url), slack_route=None)
+    engine.submit(build_finding())
+    [failed] = events.wait_for("action_failed")
+    assert failed["status"] == 400 and len(receiver.requests) == 1
+    assert TOKEN not in json.dumps(events.calls, default=str)
+
+
 def test_an_unset_token_variable_fails_the_playbook_at_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pb_helpers import write_playbooks
