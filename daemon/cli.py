@@ -179,9 +179,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _require_lab("bench")
+    if args.formats:
+        from daemon.lab.bench_formats import run_format_bench
+
+        return run_format_bench(messages=args.events or 20_000, repeat=max(args.runs, 3))
     from daemon.lab.bench import run_bench
 
-    return run_bench(events=args.events, decode_only=args.decode, config=args.config,
+    return run_bench(events=args.events or 300_000, decode_only=args.decode, config=args.config,
                      only=args.only, client=args.client, runs=args.runs, gc_only=args.gc)
 
 
@@ -299,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", metavar="PREFIX", action="append",
                    help="enable only detectors whose name starts with PREFIX (repeatable), "
                         "e.g. --only drift. --only confidence.")
-    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--events", type=int, default=None,
+                   help="events to send (default 300000; with --formats: messages per "
+                        "format, default 20000)")
     p.add_argument("--decode", action="store_true",
                    help="only compare event decoders (msgspec vs orjson+Python checks)")
     p.add_argument("--client", choices=["kafka-python", "confluent", "both"],
@@ -307,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=1, help="repeat each measurement; print medians")
     p.add_argument("--gc", action="store_true",
                    help="only measure GC pauses in decode + detect, before/after gc.freeze")
+    p.add_argument("--formats", action="store_true",
+                   help="only measure each input format's decoding cost (us per message and "
+                        "per event, from the format fixtures of a source checkout)")
     p = verb("simulate", "Generate benign traffic with labelled attack scenarios as JSON Lines "
              "or into Kafka.", cmd_simulate)
     where = p.add_mutually_exclusive_group(required=True)

@@ -63,6 +63,7 @@ from detectors.base import Detector
 from detectors.events import BadEvent, Event, InferenceEvent, check_ts_window, event_type_of
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import GLOBAL, Pipeline, is_model_partition, model_partition
+from playbooks.ocsf import ocsf_records
 from playbooks.outbox import OutboxUnavailable
 from playbooks.protocol import ResponseSide
 
@@ -376,6 +377,7 @@ class Daemon:
             (self.settings.topics.findings, f.entity.id.encode(), encode_finding(f), None)
             for f in findings
         ]
+        records.extend(ocsf_records(findings, self.settings.topics.ocsf))
         records.extend(dead)
         if forward:
             records.extend(forward)

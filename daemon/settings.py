@@ -187,6 +187,9 @@ class TopicSettings(_Section):
     #: every replica): compacted, signed with ``state.signing_key``, read whole
     #: by every replica; created if missing.
     context: str = "mlwatchd.context"
+    #: Each finding also as an OCSF 1.8 Detection Finding on this topic, in the
+    #: same acknowledged batch as the findings; empty: off.
+    ocsf: str = ""
 
     def inputs(self) -> dict[str, str]:
         """Input topic -> event type it carries."""
@@ -554,6 +557,8 @@ def _input_format_problems(settings: Settings | None, data: dict[str, Any]) -> l
         state = StateSettings.model_fields["topic"].default
     outputs = {topics.findings: "findings", topics.dlq: "dlq", topics.repartition: "repartition",
                state: "state"}
+    if topics.ocsf:
+        outputs[topics.ocsf] = "ocsf"
     problems: list[str] = []
     for topic, cfg in formats.items():
         where = f"input.formats.{topic}"

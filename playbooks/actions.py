@@ -12,7 +12,7 @@ the outbox (:mod:`playbooks.outbox`) owns retries, backoff, idempotency and
 the audit trail (StreamAlert's outputs registry). :meth:`ActionType.preview`
 is what a dry run records instead.
 
-Privacy: Slack, webhook and PagerDuty actions only ever see the
+Privacy: Slack, webhook, OCSF and PagerDuty actions only ever see the
 *outside* view of a finding (:func:`playbooks.render.outside_view`: pseudonyms
 for principals and IPs when enabled, a masked summary, statistics-only
 evidence). The kafka action talks to the team's own enforcement points, which
@@ -54,6 +54,7 @@ from pydantic import (
 from detectors.findings import Finding
 from playbooks.config import Duration
 from playbooks.http import check_url, post
+from playbooks.ocsf import Activity, to_ocsf
 from playbooks.outcomes import PermanentFailure, RetryLater
 from playbooks.privacy import Pseudonymizer
 from playbooks.render import (
@@ -75,6 +76,7 @@ __all__ = [
     "ActionType",
     "KafkaAction",
     "LogAction",
+    "OcsfAction",
     "PagerDutyAction",
     "Phase",
     "Publish",
@@ -354,7 +356,7 @@ class _HttpParams(Params):
         return value
 
 
-class WebhookParams(_HttpParams):
+class _SignedPostParams(_HttpParams):
     url: str | None = None
     #: Read the URL from this environment variable instead (URLs often embed tokens).
     url_env: str | None = None
@@ -363,16 +365,17 @@ class WebhookParams(_HttpParams):
     secret_file: Path | None = None
     signature_header: str = "X-Mlwatchd-Signature"
     headers: dict[str, str] = Field(default_factory=dict)
-    #: JSON body; string leaves are templates (a lone ``{var}`` keeps the value's type).
-    body: dict[str, Any] = Field(default_factory=lambda: dict(_DEFAULT_BODY))
+    #: Header name -> environment variable holding its value (e.g. a SIEM's
+    #: ``Authorization: Splunk <token>``), so that tokens stay out of the YAML.
+    headers_env: dict[str, str] = Field(default_factory=dict)
     phases: list[_USER_PHASES] | None = None
 
     _secret: SecretStr | None = PrivateAttr(None)
     _url: str = PrivateAttr("")
-    _body: Any = PrivateAttr(None)
+    _headers: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _resolve(self) -> WebhookParams:
+    def _resolve(self) -> _SignedPostParams:
         if bool(self.url) == bool(self.url_env):
             raise ValueError("give exactly one of url, url_env")
         url = self.url
@@ -388,15 +391,67 @@ class WebhookParams(_HttpParams):
         if secret is None:
             raise ValueError("a signing secret is required: secret_env or secret_file")
         self._secret = secret
-        for name in self.headers:
+        headers = dict(self.headers)
+        for name, env in self.headers_env.items():
+            value = os.environ.get(env, "")
+            if not value:
+                raise ValueError(f"headers_env: {name}: environment variable {env} is not set")
+            headers[name] = value
+        for name in headers:
             if name.lower() in ("content-type", "content-length", "host",
                                 self.signature_header.lower()):
                 raise ValueError(f"headers: {name} is set by mlwatchd")
+        self._headers = headers
+        return self
+
+
+class WebhookParams(_SignedPostParams):
+    #: JSON body; string leaves are templates (a lone ``{var}`` keeps the value's type).
+    body: dict[str, Any] = Field(default_factory=lambda: dict(_DEFAULT_BODY))
+
+    _body: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _compile(self) -> WebhookParams:
         self._body = compile_tree(self.body)
         return self
 
 
-class WebhookAction(ActionType):
+class _SignedPost(ActionType):
+    """POST a JSON body signed with HMAC-SHA256; subclasses say what the body is."""
+
+    params: _SignedPostParams
+
+    @abstractmethod
+    def _body(self, call: ActionCall, runtime: ActionRuntime) -> bytes:
+        """The exact bytes sent (and signed)."""
+
+    def deliver(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
+        body = self._body(call, runtime)
+        secret = self.params._secret
+        assert secret is not None
+        signature = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+        headers = {
+            **self.params._headers,
+            "Content-Type": "application/json",
+            "User-Agent": "mlwatchd",
+            self.params.signature_header: f"sha256={signature}",
+            "Idempotency-Key": call.idempotency_key,
+        }
+        answer = post(self.params._url, body, headers, timeout_s=self.params.timeout,
+                      ca_file=self.params.ca_file)
+        return {"status": answer.status}
+
+    def secrets(self) -> list[str]:
+        secret = self.params._secret
+        return [self.params._url, *self.params._headers.values(),
+                *([secret.get_secret_value()] if secret else [])]
+
+    def preview(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
+        return {"body": json.loads(self._body(call, runtime))}
+
+
+class WebhookAction(_SignedPost):
     name = "webhook"
     category = "notification"
     description = ("POST a JSON body (from a template) signed with HMAC-SHA256 over the "
@@ -424,32 +479,59 @@ soar-webhook:
                                                                outside=True))
         return json.dumps(rendered, separators=(",", ":"), sort_keys=True).encode()
 
-    def deliver(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
-        body = self._body(call, runtime)
-        secret = self.params._secret
-        assert secret is not None
-        signature = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-        headers = {
-            **self.params.headers,
-            "Content-Type": "application/json",
-            "User-Agent": "mlwatchd",
-            self.params.signature_header: f"sha256={signature}",
-            "Idempotency-Key": call.idempotency_key,
-        }
-        answer = post(self.params._url, body, headers, timeout_s=self.params.timeout,
-                      ca_file=self.params.ca_file)
-        return {"status": answer.status}
-
     def describe(self, call: ActionCall, runtime: ActionRuntime) -> str:
         return "POST a signed JSON notice to the configured webhook"
 
-    def secrets(self) -> list[str]:
-        secret = self.params._secret
-        return [self.params._url, *self.params.headers.values(),
-                *([secret.get_secret_value()] if secret else [])]
 
-    def preview(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
-        return {"body": json.loads(self._body(call, runtime))}
+# -- ocsf ----------------------------------------------------------------------
+
+
+class OcsfParams(_SignedPostParams):
+    """A SIEM's HTTP collector; the body is the OCSF Detection Finding, not a template."""
+
+
+#: Playbook phase -> (OCSF activity, status); ``alert`` follows the finding.
+_OCSF_PHASE: Final[Mapping[str, tuple[Activity, Literal["in_progress", "resolved"] | None]]] = {
+    "repeat": ("update", None),
+    "escalated": ("update", None),
+    "acknowledged": ("update", "in_progress"),
+    "resolved": ("close", "resolved"),
+}
+
+
+class OcsfAction(_SignedPost):
+    name = "ocsf"
+    category = "siem"
+    description = ("POST each finding as an OCSF 1.8 Detection Finding (class 2004) to a SIEM's "
+                   "HTTP collector: Create for a new incident, Update for an update, Close "
+                   "when resolved; signed like the webhook, pseudonymised, statistics only.")
+    Params = OcsfParams
+    example = """\
+siem-ocsf:
+  type: ocsf
+  params:
+    url_env: MLWATCHD_SIEM_URL          # e.g. https://siem.example.com/services/collector/raw
+    secret_env: MLWATCHD_SIEM_SECRET    # HMAC-SHA256 key (X-Mlwatchd-Signature)
+    headers_env: {Authorization: MLWATCHD_SIEM_AUTH}   # e.g. "Splunk <HEC token>"
+    timeout: 5s
+    phases: [alert, escalated, resolved]
+"""
+    default_phases = ("alert", "repeat", "escalated", "acknowledged", "resolved")
+
+    params: OcsfParams
+
+    def event(self, call: ActionCall, runtime: ActionRuntime) -> dict[str, Any]:
+        """The OCSF event this call sends (the outside view: pseudonyms, statistics)."""
+        activity, status = _OCSF_PHASE.get(call.phase, (None, None))
+        return to_ocsf(call.finding, activity=activity, status=status,
+                       pseudonymizer=runtime.pseudonymizer)
+
+    def _body(self, call: ActionCall, runtime: ActionRuntime) -> bytes:
+        return json.dumps(self.event(call, runtime), separators=(",", ":"),
+                          sort_keys=True).encode()
+
+    def describe(self, call: ActionCall, runtime: ActionRuntime) -> str:
+        return "POST the finding as an OCSF Detection Finding to the SIEM"
 
 
 # -- kafka -------------------------------------------------------------------
@@ -756,7 +838,7 @@ log-finding:
 
 #: The registry: every action type, explicitly (no import side effects).
 ACTION_TYPES: Final[tuple[type[ActionType], ...]] = (
-    SlackAction, WebhookAction, KafkaAction, PagerDutyAction, LogAction,
+    SlackAction, WebhookAction, KafkaAction, PagerDutyAction, LogAction, OcsfAction,
 )
 _BY_NAME: Final[Mapping[str, type[ActionType]]] = {t.name: t for t in ACTION_TYPES}
 

@@ -2,7 +2,10 @@
 
 A pure function: :func:`to_ocsf` maps one finding to one OCSF event, a dict
 ready for JSON. ``activity`` is ``create`` for a new incident (type_uid
-200401) and ``update`` for a repeat of one (200402). What leaves is the same
+200401) and ``update`` for a repeat of one (200402); by default it follows the
+finding: an incident update (``finding.incident.seq > 1``, see
+:mod:`detectors.incidents`) is an ``update``, anything else a ``create``.
+``close`` (200403) is the playbook's "resolved". What leaves is the same
 outside view that chat and webhooks get (:func:`playbooks.render.outside_view`):
 principals and IPs pseudonymised when a pseudonymizer is given, the summary
 masked alike, evidence reduced to statistics (no feature values, payloads or
@@ -15,7 +18,14 @@ identities), ATLAS ids checked.
 - ``metadata.product`` names mlwatchd and its version, ``metadata.version`` the
   OCSF version;
 - ``evidences[0]`` holds the statistics (``data``) and the entity (``user``,
-  ``src_endpoint`` or a resource); ``resources[]`` the model concerned.
+  ``src_endpoint`` or a resource); ``resources[]`` the model concerned;
+- an incident's first and last times and count go to ``finding_info``
+  (``first_seen_time``, ``last_seen_time``) and ``count``; its id, which is the
+  id of its first finding, to ``unmapped.mlwatchd.incident``.
+
+:func:`ocsf_records` gives the Kafka records of a batch's findings for the
+OCSF topic (``topics.ocsf``): the daemon sends them in the same acknowledged
+batch as the findings, so they are at least once like the findings.
 
 >>> from detectors.findings import Entity, Finding, Source
 >>> f = Finding.build(detector="extraction.prada", kind="model_extraction",
@@ -36,20 +46,31 @@ True
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+from collections.abc import Iterable
 from importlib import metadata as _metadata
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
+
+import msgspec
 
 from detectors.findings import Finding
 
 from .privacy import Pseudonymizer
 from .render import outside_view
 
-__all__ = ["OCSF_VERSION", "to_ocsf"]
+__all__ = ["OCSF_VERSION", "Activity", "OcsfRecord", "ocsf_records", "to_ocsf"]
+
+Activity: TypeAlias = Literal["create", "update", "close"]
+#: (topic, key, value, headers): the shape of the daemon's output records.
+OcsfRecord: TypeAlias = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 OCSF_VERSION: Final = "1.8.0"
 _CLASS_UID: Final = 2004
 _CATEGORY_UID: Final = 2
-_ACTIVITY: Final = {"create": (1, "Create"), "update": (2, "Update")}
+_ACTIVITY: Final = {"create": (1, "Create"), "update": (2, "Update"), "close": (3, "Close")}
+_STATUS: Final = {"new": (1, "New"), "in_progress": (2, "In Progress"), "resolved": (4, "Resolved")}
+_HEADERS: Final = [("content-type", b"application/json"),
+                   ("ocsf-class-uid", str(2004).encode())]
 _SEVERITY: Final = {
     "info": (1, "Informational"), "low": (2, "Low"), "medium": (3, "Medium"),
     "high": (4, "High"), "critical": (5, "Critical"),
@@ -60,6 +81,7 @@ _BEHAVIOURAL_KINDS: Final = frozenset(
 )
 
 
+@functools.cache
 def _product_version() -> str:
     try:
         return _metadata.version("mlwatchd")
@@ -82,11 +104,20 @@ def _attack(atlas_id: str) -> dict[str, Any]:
 def to_ocsf(
     finding: Finding,
     *,
-    activity: Literal["create", "update"] = "create",
+    activity: Activity | None = None,
     pseudonymizer: Pseudonymizer | None = None,
     product_version: str | None = None,
+    status: Literal["new", "in_progress", "resolved"] | None = None,
 ) -> dict[str, Any]:
-    """The OCSF Detection Finding for ``finding`` (a JSON-ready dict)."""
+    """The OCSF Detection Finding for ``finding`` (a JSON-ready dict).
+
+    ``activity`` None: ``update`` for an incident update, else ``create``.
+    ``status`` None: ``new`` for a create, ``resolved`` for a close, none for an update.
+    """
+    if activity is None:
+        activity = "update" if finding.is_update else "create"
+    if status is None:
+        status = {"create": "new", "close": "resolved"}.get(activity)  # type: ignore[assignment]
     view = outside_view(finding, pseudonymizer)
     activity_id, activity_name = _ACTIVITY[activity]
     severity_id, severity = _SEVERITY[finding.severity]
@@ -143,9 +174,35 @@ def to_ocsf(
         "evidences": [evidence],
         "unmapped": {"mlwatchd": {"kind": finding.kind, "entity_type": entity_type}},
     }
-    if activity == "create":
-        event["status_id"] = 1
-        event["status"] = "New"
+    if status is not None:
+        event["status_id"], event["status"] = _STATUS[status]
     if resources:
         event["resources"] = resources
+    incident = finding.incident
+    if incident is not None:
+        info = event["finding_info"]
+        info["first_seen_time"] = _millis(incident.first_ts)
+        info["last_seen_time"] = _millis(incident.last_ts)
+        event["count"] = incident.count
+        event["unmapped"]["mlwatchd"]["incident"] = {
+            "id": incident.id, "seq": incident.seq, "count": incident.count,
+            "max_severity": incident.max_severity, "escalated": incident.escalated}
     return event
+
+
+def ocsf_records(
+    findings: Iterable[Finding], topic: str, *, product_version: str | None = None
+) -> list[OcsfRecord]:
+    """One OCSF record per finding for ``topic`` (none when ``topic`` is empty: off).
+
+    Keyed like the findings topic (by entity id), so one entity's findings
+    stay in order. Real ids, like the findings topic this mirrors (the
+    evidence is reduced to statistics all the same); pseudonymised copies
+    for a SIEM outside the team go through the playbook action ``ocsf``.
+    """
+    if not topic:
+        return []
+    version = product_version or _product_version()
+    return [(topic, f.entity.id.encode(),
+             msgspec.json.encode(to_ocsf(f, product_version=version)), list(_HEADERS))
+            for f in findings]

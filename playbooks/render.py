@@ -331,7 +331,12 @@ def render_finding(
     context = f"ATLAS: {_atlas(finding.atlas)} \u00b7 finding {_code(finding.finding_id, 40)}"
     if finding.sources:
         src = finding.sources[0]
-        context += f" \u00b7 source {_code(f'{src.topic}/{src.partition}@{src.offset}', 80)}"
+        # The numbers stay whole when a long topic (or replayed file path) is cut;
+        # ``#item`` names the event inside a message of several (a CloudTrail record).
+        where = f"{_cap(src.topic, 60)}/{src.partition}@{src.offset}"
+        if src.item is not None:
+            where += f"#{src.item}"
+        context += f" \u00b7 source {_code(where, 100)}"
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
     return SlackMessage(text=text, blocks=blocks)
 

@@ -9,6 +9,10 @@ any one message. A request that leaves unanswered, by time or by eviction, is co
 ``unanswered_requests`` (the metric of requests whose response never came). Its
 state is plain JSON (:meth:`snapshot`), checkpointed like a detector's.
 
+:class:`JoinOptions` and :class:`JoiningFormat` are what the formats that join
+(``kserve``, ``oip``) share: the join's bounds as options, and the join built
+from them with its snapshot, restore and stats.
+
 >>> j = RequestResponseJoin(max_pending=2, max_wait_s=10)
 >>> j.offer("a", "request", {"rows": 1}, now=0.0, size=10) is None
 True
@@ -28,9 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, ClassVar, Final, Literal, TypeAlias
 
-__all__ = ["RequestResponseJoin", "Side"]
+from pydantic import Field
+
+from .base import FormatOptions
+
+__all__ = ["JoinOptions", "JoiningFormat", "RequestResponseJoin", "Side"]
 
 Side: TypeAlias = Literal["request", "response"]
 _STATE_VERSION: Final = 1
@@ -127,3 +135,45 @@ class RequestResponseJoin:
         self._counters = counters
         self._pending = pending
         self._bytes = total
+
+
+class JoinOptions(FormatOptions):
+    """The join's bounds (options of every format that joins requests and responses)."""
+
+    max_pending: int = Field(10_000, ge=1, description="halves waiting for their other half")
+    max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                   description="bytes of the messages waiting, at most")
+    max_wait_s: float = Field(60.0, gt=0, description="event time a half waits, at most")
+
+
+class JoiningFormat:
+    """Base of a format that joins: its join, state and stats.
+
+    ``counters`` holds the format's own counters (e.g. kserve's ``skipped``):
+    saved beside the join's state and reported with its stats.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, options: JoinOptions) -> None:
+        self.join = RequestResponseJoin(
+            options.max_pending, options.max_wait_s, options.max_pending_bytes)
+        self.counters: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"join": self.join.snapshot(), **self.counters}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`snapshot`; ValueError (state unchanged) if it is not one."""
+        try:
+            join = state["join"]
+            counters = {name: int(state.get(name, 0)) for name in self.counters}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{self.name} state is malformed: {exc}") from None
+        if not isinstance(join, Mapping):
+            raise ValueError(f"{self.name} state is malformed: no join")
+        self.join.restore(join)
+        self.counters.update(counters)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.join.stats(), **self.counters}

@@ -42,7 +42,6 @@ from detectors.events import BadEvent
 from .base import (
     MAX_STR,
     DeadLetter,
-    FormatOptions,
     Headers,
     Result,
     as_str,
@@ -51,7 +50,7 @@ from .base import (
     load_json,
     rfc3339_seconds,
 )
-from .join import RequestResponseJoin, Side
+from .join import JoiningFormat, JoinOptions, Side
 from .tensors import pair_events, v1_answers, v1_rows, v2_answers, v2_rows
 
 __all__ = ["KServeFormat", "KServeOptions", "caller_from", "check_template", "model_id_from"]
@@ -61,7 +60,7 @@ RESPONSE_TYPE: Final = "org.kubeflow.serving.inference.response"
 _TEMPLATE_FIELDS: Final = frozenset({"name", "namespace", "component", "endpoint"})
 
 
-class KServeOptions(FormatOptions):
+class KServeOptions(JoinOptions):
     """Where the caller is, how a model is named, and the join's bounds."""
 
     principal_headers: list[str] = Field(
@@ -80,9 +79,6 @@ class KServeOptions(FormatOptions):
     )
     prediction_output: str | None = None
     probabilities_output: str | None = None
-    max_pending: int = Field(10_000, ge=1)
-    max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    max_wait_s: float = Field(60.0, gt=0)
 
     _template = field_validator("model_id_template")(lambda value: check_template(value))
 
@@ -130,17 +126,15 @@ def _is_v2(items: Any) -> bool:
     return isinstance(items, list) and bool(items) and isinstance(items[0], dict)
 
 
-class KServeFormat:
+class KServeFormat(JoiningFormat):
     """KServe logger CloudEvents joined into inference events."""
 
     name: ClassVar[str] = "kserve"
 
     def __init__(self, options: KServeOptions | None = None) -> None:
         self.options = options or KServeOptions()
-        self.join = RequestResponseJoin(
-            self.options.max_pending, self.options.max_wait_s, self.options.max_pending_bytes
-        )
-        self.skipped = 0
+        super().__init__(self.options)
+        self.counters["skipped"] = 0
 
     def decode(self, value: bytes, headers: Headers, timestamp_ms: int | None) -> list[Result]:
         return guarded(self.name, self._decode, value, headers, timestamp_ms, self.options)
@@ -169,7 +163,7 @@ class KServeFormat:
         elif ce_type == RESPONSE_TYPE:
             side = "response"
         else:
-            self.skipped += 1  # another event type on a shared broker topic
+            self.counters["skipped"] += 1  # another event type on a shared broker topic
             return []
         ce_id = as_str(attrs.get("id"))
         if ce_id is None:
@@ -238,17 +232,3 @@ class KServeFormat:
             "source_ip": source_ip,
             "attributes": {k: v for k, v in extras.items() if v is not None},
         }
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"join": self.join.snapshot(), "skipped": self.skipped}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        try:
-            join, skipped = state["join"], int(state.get("skipped", 0))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"kserve state is malformed: {exc}") from None
-        self.join.restore(join)
-        self.skipped = skipped
-
-    def stats(self) -> dict[str, int]:
-        return {**self.join.stats(), "skipped": self.skipped}

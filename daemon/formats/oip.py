@@ -28,7 +28,6 @@ else the Kafka message timestamp.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -37,7 +36,6 @@ from detectors.events import BadEvent, parse_ts
 
 from .base import (
     DeadLetter,
-    FormatOptions,
     Headers,
     Result,
     as_str,
@@ -45,13 +43,13 @@ from .base import (
     header,
     load_json,
 )
-from .join import RequestResponseJoin
+from .join import JoiningFormat, JoinOptions
 from .tensors import pair_events, v2_answers, v2_rows
 
 __all__ = ["OipFormat", "OipOptions"]
 
 
-class OipOptions(FormatOptions):
+class OipOptions(JoinOptions):
     """Where the caller is, which outputs hold the answer, and the join's bounds."""
 
     principal_headers: list[str] = Field(
@@ -64,21 +62,16 @@ class OipOptions(FormatOptions):
     default_principal: str | None = "anonymous"
     prediction_output: str | None = None
     probabilities_output: str | None = None
-    max_pending: int = Field(10_000, ge=1)
-    max_pending_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    max_wait_s: float = Field(60.0, gt=0)
 
 
-class OipFormat:
+class OipFormat(JoiningFormat):
     """OIP v2 request/response pairs (one message or two) into inference events."""
 
     name: ClassVar[str] = "oip"
 
     def __init__(self, options: OipOptions | None = None) -> None:
         self.options = options or OipOptions()
-        self.join = RequestResponseJoin(
-            self.options.max_pending, self.options.max_wait_s, self.options.max_pending_bytes
-        )
+        super().__init__(self.options)
 
     def decode(self, value: bytes, headers: Headers, timestamp_ms: int | None) -> list[Result]:
         return guarded(self.name, self._decode, value, headers, timestamp_ms, self.options)
@@ -162,15 +155,3 @@ class OipFormat:
             "attributes": {},
         }
         return {"answers": [[a.prediction, a.probabilities] for a in answers], "ts": ts, "ctx": ctx}
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"join": self.join.snapshot()}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        join = state.get("join") if isinstance(state, Mapping) else None
-        if not isinstance(join, Mapping):
-            raise ValueError("oip state is malformed: no join")
-        self.join.restore(join)
-
-    def stats(self) -> dict[str, int]:
-        return self.join.stats()

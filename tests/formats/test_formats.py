@@ -191,3 +191,28 @@ def test_a_far_future_timestamp_does_not_expire_every_pending_request() -> None:
     _request(fmt, "attacker", "9999-12-31T23:59:59Z")
     assert fmt.stats()["unanswered_requests"] == 0
     assert len(_response(fmt, "a", "2026-01-01T00:00:01Z")) == 1
+
+
+@pytest.mark.parametrize("name", ["kserve", "oip"])
+def test_joining_formats_share_bounds_state_and_stats(name: str) -> None:
+    fmt = make_format(name, {"max_pending": 3, "max_wait_s": 5, "max_pending_bytes": 2048})
+    join = fmt.join  # type: ignore[attr-defined]
+    assert (join.max_pending, join.max_wait_s, join.max_pending_bytes) == (3, 5, 2048)
+    state = json.loads(json.dumps(fmt.snapshot()))
+    assert set(fmt.stats()) >= {"joined", "unanswered_requests", "pending"}
+    other = make_format(name, {})
+    other.restore(state)
+    assert other.snapshot() == state
+    with pytest.raises(ValueError, match=f"^{name} state is malformed"):
+        other.restore({"skipped": 1})
+    with pytest.raises(ValueError, match=f"^{name} state is malformed: no join"):
+        other.restore({"join": [1]})
+
+
+def test_kserve_keeps_its_skipped_count_beside_the_join() -> None:
+    fmt = make_format("kserve", {})
+    fmt.decode(b"{}", [("ce_type", b"dev.knative.other"), ("ce_id", b"x")], 0)
+    assert fmt.stats()["skipped"] == 1
+    restored = make_format("kserve", {})
+    restored.restore(json.loads(json.dumps(fmt.snapshot())))
+    assert restored.stats()["skipped"] == 1

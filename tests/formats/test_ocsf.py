@@ -111,3 +111,37 @@ def test_a_real_self_grant_finding_from_cloudtrail_validates_as_ocsf() -> None:
         event = to_ocsf(finding, pseudonymizer=Pseudonymizer(b"x" * 32))
         assert _errors(event) == []
         assert "arn:aws" not in event["message"]
+
+
+def test_ocsf_records_are_off_without_a_topic_and_follow_the_incident_with_one() -> None:
+    from detectors.incidents import IncidentPolicy, IncidentTable
+    from playbooks.ocsf import ocsf_records
+
+    table = IncidentTable(IncidentPolicy(quiet_s=3600, update_every_s=0))
+    first = table.admit(_finding(Entity("principal", "mallory")))
+    again = table.admit(_finding(Entity("principal", "mallory"), event_ts=1772445900.5,
+                                 sources=[Source("ml.inference", 3, 1300)]))
+    assert first is not None and again is not None and again.is_update
+    assert ocsf_records([first, again], "") == []
+    records = ocsf_records([first, again], "siem.ocsf", product_version="9.9.9")
+    assert [(r[0], r[1]) for r in records] == [("siem.ocsf", b"mallory")] * 2
+    events = [json.loads(r[2] or b"") for r in records]
+    assert [_errors(e) for e in events] == [[], []]
+    assert [e["activity_id"] for e in events] == [1, 2]
+    assert [e["finding_info"]["uid"] for e in events] == [first.finding_id, again.finding_id]
+    assert events[1]["unmapped"]["mlwatchd"]["incident"]["id"] == first.finding_id
+    assert events[0]["metadata"]["product"]["version"] == "9.9.9"
+    assert ("content-type", b"application/json") in (records[0][3] or [])
+
+
+def test_the_ocsf_topic_is_off_by_default_and_refused_as_an_input(tmp_path: Path) -> None:
+    from daemon.settings import ConfigError, Settings, load
+
+    assert Settings().topics.ocsf == ""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("detectors: {}\ntopics: {ocsf: siem.ocsf}\n"
+                   "input:\n  formats:\n    siem.ocsf: {format: contract}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(cfg)
+    assert caught.value.problems == [
+        "input.formats.siem.ocsf: is the ocsf topic, which mlwatchd writes"]

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from kafka.admin import KafkaAdminClient
 
 from daemon.runtime import Daemon
 from daemon.settings import Settings
+from detectors.findings import Entity, Finding, Source
 
 _ids = itertools.count()
 
@@ -138,3 +140,42 @@ def inference(ts: float, principal: str, i: int, model: str = "fraud") -> bytes:
         "features": [0.1 * (i % 7), 1.0, 2.0], "prediction": i % 2,
         "probabilities": [0.3, 0.7],
     })
+
+
+#: The response engine's cross-replica tests: every flood finding to Slack, once per id.
+FLOOD_CHAT_PLAYBOOK = """
+actions:
+  chat: {type: slack, params: {}}
+routes:
+  - name: floods
+    match: {kinds: [denial_of_service]}
+    actions: [chat]
+    dedup: {key: "{finding_id}", window: 30m}
+"""
+
+
+def write_flood_playbook(tmp_path: Path) -> Path:
+    """``tmp_path/pb`` holding :data:`FLOOD_CHAT_PLAYBOOK`; the folder for ``playbooks.dir``."""
+    folder = tmp_path / "pb"
+    folder.mkdir()
+    (folder / "chat.yaml").write_text(FLOOD_CHAT_PLAYBOOK)
+    return folder
+
+
+def flood_finding(i: int, t0: float = 1_767_225_600.0) -> Finding:
+    """Finding ``i`` of :data:`FLOOD_CHAT_PLAYBOOK`'s kind: caller-``i`` flooding model fraud."""
+    return Finding.build(detector="volume.principal_rate", kind="denial_of_service",
+                         severity="high", entity=Entity("principal", f"caller-{i}"),
+                         model_id="fraud", summary="flood", evidence={"count": 100 + i},
+                         atlas=["AML.T0029"], event_ts=t0 + i,
+                         sources=[Source("ml.inference", 0, i)])
+
+
+def replica_settings(broker, slack: Any, group: str, state: dict[str, Any], playbooks: Path,
+                     audit: str) -> Settings:
+    """One replica of a deployment (consumer ``group``) posting to the fake ``slack``."""
+    return make_settings(
+        broker, kafka={"group_id": group}, state=state,
+        slack={"bot_token": slack.token, "channel": "#ml-sec",
+               "api_base_url": slack.api_base_url},
+        playbooks={"dir": str(playbooks), "audit_topic": audit})

@@ -17,15 +17,17 @@ from daemon.lab.fake_slack import FakeSlack
 from daemon.metrics import Metrics
 from daemon.response import build_response
 from daemon.state import Checkpoint, KafkaStateStore
-from detectors.findings import Entity, Finding, Source
 from tests.integration.kafka_helpers import (
     DaemonThread,
     committed,
+    flood_finding,
     inference,
     make_settings,
     produce,
+    replica_settings,
     unique,
     wait_for,
+    write_flood_playbook,
 )
 
 pytestmark = pytest.mark.integration
@@ -212,57 +214,36 @@ def test_an_old_manifest_replayed_does_not_roll_the_state_back(broker, store_set
 
 # -- item 9: peers' audit records suppress alerts only when signed ---------------------------
 
-_CHAT_PLAYBOOK = """
-actions:
-  chat: {type: slack, params: {}}
-routes:
-  - name: floods
-    match: {kinds: [denial_of_service]}
-    actions: [chat]
-    dedup: {key: "{finding_id}", window: 30m}
-"""
-
-
-def _finding(i):
-    return Finding.build(detector="volume.principal_rate", kind="denial_of_service",
-                         severity="high", entity=Entity("principal", f"caller-{i}"),
-                         model_id="fraud", summary="flood", evidence={"count": 100 + i},
-                         atlas=["AML.T0029"], event_ts=T0 + i,
-                         sources=[Source("ml.inference", 0, i)])
-
 
 def test_forged_audit_records_do_not_suppress_alerts(broker, tmp_path):
-    (tmp_path / "pb").mkdir()
-    (tmp_path / "pb" / "chat.yaml").write_text(_CHAT_PLAYBOOK)
+    playbooks = write_flood_playbook(tmp_path)
     audit = unique("audit")
     broker.create_topics([audit], partitions=2)
     with FakeSlack() as slack:
         routes, metrics = [], []
         group = unique("group")  # replicas of one deployment: one consumer group
         for name in ("a", "b"):
-            settings = make_settings(
-                broker, kafka={"group_id": group},
-                state={"dir": str(tmp_path / name), "store": "kafka", "signing_key": KEY},
-                slack={"bot_token": slack.token, "channel": "#ml-sec",
-                       "api_base_url": slack.api_base_url},
-                playbooks={"dir": str(tmp_path / "pb"), "audit_topic": audit})
+            settings = replica_settings(
+                broker, slack, group,
+                {"dir": str(tmp_path / name), "store": "kafka", "signing_key": KEY},
+                playbooks, audit)
             metrics.append(Metrics())
             routes.append(build_response(settings, metrics[-1]))
         a, b = routes
         # Whoever can write the audit topic claims finding 2 was already taken.
         claim = orjson.dumps({"schema": "mlwatchd.audit/v1", "event": "finding_received",
-                              "route": "floods", "finding_id": _finding(2).finding_id})
+                              "route": "floods", "finding_id": flood_finding(2).finding_id})
         wrong = record_mac(b"not-the-state-key-at-all", ["audit/1", "g", audit], claim)
         _write(broker, audit, 0, [(None, claim, []), (None, claim, [(MAC_HEADER, wrong.encode())])])
         for route in routes:
             route.start()
         try:
-            a.submit(_finding(1))
+            a.submit(flood_finding(1))
             assert len(slack.wait_for_delivered(1, timeout=20)) == 1
             assert b.peers.caught_up.wait(20), "b read the audit topic up to its end"
             assert wait_for(lambda: b.peers.marked >= 1, 20), "b read a's signed record"
-            b.submit(_finding(1))  # re-emitted after a move: a's signed record suppresses it
-            b.submit(_finding(2))  # the forged claim does not
+            b.submit(flood_finding(1))  # re-emitted after a move: a's signed record suppresses it
+            b.submit(flood_finding(2))  # the forged claim does not
             slack.wait_for_delivered(2, timeout=20)
             wait_for(lambda: len(slack.delivered) >= 3, 3)
         finally:

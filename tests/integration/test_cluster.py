@@ -11,16 +11,19 @@ from daemon.lab.fake_slack import FakeSlack
 from daemon.metrics import Metrics
 from daemon.response import build_response
 from daemon.state import Checkpoint, KafkaStateStore
-from detectors.findings import Entity, Finding, Source, decode_finding
+from detectors.findings import decode_finding
 from detectors.pipeline import model_partition
 from tests.integration.kafka_helpers import (
     DaemonThread,
     committed,
+    flood_finding,
     make_settings,
     produce,
     read_all,
+    replica_settings,
     unique,
     wait_for,
+    write_flood_playbook,
 )
 
 pytestmark = pytest.mark.integration
@@ -172,29 +175,10 @@ def test_each_model_is_watched_by_one_replica_with_its_whole_traffic(broker, rou
 
 # -- chat dedup across replicas --------------------------------------------------------
 
-_CHAT_PLAYBOOK = """
-actions:
-  chat: {type: slack, params: {}}
-routes:
-  - name: floods
-    match: {kinds: [denial_of_service]}
-    actions: [chat]
-    dedup: {key: "{finding_id}", window: 30m}
-"""
-
-
-def _finding(i):
-    return Finding.build(detector="volume.principal_rate", kind="denial_of_service",
-                         severity="high", entity=Entity("principal", f"caller-{i}"),
-                         model_id="fraud", summary="flood", evidence={"count": 100 + i},
-                         atlas=["AML.T0029"], event_ts=T0 + i,
-                         sources=[Source("ml.inference", 0, i)])
-
 
 @pytest.mark.parametrize("shared", [True, False], ids=["audit-shared", "no-sharing"])
 def test_a_finding_re_emitted_on_another_replica_is_not_posted_again(broker, tmp_path, shared):
-    (tmp_path / "pb").mkdir()
-    (tmp_path / "pb" / "chat.yaml").write_text(_CHAT_PLAYBOOK)
+    playbooks = write_flood_playbook(tmp_path)
     audit = unique("audit")
     broker.create_topics([audit], partitions=2)
     with FakeSlack() as slack:
@@ -204,23 +188,19 @@ def test_a_finding_re_emitted_on_another_replica_is_not_posted_again(broker, tmp
             state = {"dir": str(tmp_path / name)}
             if shared:
                 state.update(store="kafka", signing_key=KEY)
-            settings = make_settings(
-                broker, kafka={"group_id": group}, state=state,
-                slack={"bot_token": slack.token, "channel": "#ml-sec",
-                       "api_base_url": slack.api_base_url},
-                playbooks={"dir": str(tmp_path / "pb"), "audit_topic": audit})
+            settings = replica_settings(broker, slack, group, state, playbooks, audit)
             routes.append(build_response(settings, Metrics()))
         a, b = routes
         for route in routes:
             route.start()
         try:
-            a.submit(_finding(1))
+            a.submit(flood_finding(1))
             assert len(slack.wait_for_delivered(1, timeout=20)) == 1
             if shared:
                 assert wait_for(lambda: b.peers.marked >= 1, 20), "b read a's audit"
             # the partition moved to b, which replays and re-emits the same finding
-            b.submit(_finding(1))
-            b.submit(_finding(2))  # a new one is posted as usual
+            b.submit(flood_finding(1))
+            b.submit(flood_finding(2))  # a new one is posted as usual
             slack.wait_for_delivered(2, timeout=20)
             wait_for(lambda: len(slack.delivered) >= 3, 3)
         finally:

@@ -109,6 +109,9 @@ def test_every_action_type_describes_itself_and_its_example_loads(tmp_path, monk
     monkeypatch.setenv("MLWATCHD_SOAR_URL", "https://soar.example.com/hook")
     monkeypatch.setenv("MLWATCHD_SOAR_SECRET", "x")
     monkeypatch.setenv("MLWATCHD_PD_ROUTING_KEY", "k")
+    monkeypatch.setenv("MLWATCHD_SIEM_URL", "https://siem.example.com/services/collector/raw")
+    monkeypatch.setenv("MLWATCHD_SIEM_SECRET", "x")
+    monkeypatch.setenv("MLWATCHD_SIEM_AUTH", "Splunk 0000")
     names = []
     for kind in ACTION_TYPES:
         assert kind.name and kind.category and kind.description and kind.example

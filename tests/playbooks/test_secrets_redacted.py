@@ -148,3 +148,20 @@ def test_check_config_refuses_a_bad_slack_url_in_one_line_without_quoting_it(
     assert lines[1] == ("config error: slack.api_base_url: must be an http:// or https:// "
                         "URL (scheme: 'ftp')")
     assert "sekrit-value" not in err
+
+
+def test_the_slack_sdk_log_filter_masks_with_the_process_redactor() -> None:
+    import logging
+
+    from playbooks.config import SlackConnection
+    from playbooks.redact import REDACTOR
+    from playbooks.slack_post import SlackPoster
+
+    url = "https://hooks.slack.com/services/T0H23/B0H23/slack-sdk-filter-secret"
+    poster = SlackPoster(SlackConnection(webhook_url=url, timeout_s=1.0))
+    # One redactor: what the sdk filter masks, structlog's processor masks too.
+    assert REDACTOR.text(f"POST {url} failed") == "POST <redacted> failed"
+    record = logging.LogRecord("slack_sdk", logging.WARNING, __file__, 1,
+                               "retrying %s", (url,), None)
+    assert poster.redactor.filter(record)
+    assert record.getMessage() == "retrying <redacted>"
