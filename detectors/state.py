@@ -33,6 +33,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from detectors.state_codec import state_type
+
 __all__ = ["CapPool", "EntityTable"]
 
 V = TypeVar("V")
@@ -79,6 +81,7 @@ class CapPool:
         return self.size
 
 
+@state_type("entity_table")
 class EntityTable(Generic[V]):
     """Least-recently-used map of entity id to state, capped in size."""
 

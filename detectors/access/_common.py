@@ -22,6 +22,8 @@ import math
 import re
 from typing import Final
 
+from detectors.state_codec import state_type
+
 __all__ = [
     "LogBaselines",
     "LogHistogram",
@@ -111,6 +113,7 @@ def resource_tokens(resource: str) -> list[str]:
     return [t for t in _TOKEN_SPLIT.split(resource) if t]
 
 
+@state_type("access.log_baselines")
 class LogBaselines:
     """Robust EWMAs of ``log1p(value)`` for ``k`` metrics updated together.
 
@@ -192,6 +195,7 @@ class LogBaselines:
         self.means, self.devs, self.n = state
 
 
+@state_type("access.log_histogram")
 class LogHistogram:
     """Decaying histogram of values on a log2 scale: a cheap population quantile.
 
@@ -251,6 +255,7 @@ class LogHistogram:
         self.bins, self.count, self.decay, self.pending = state
 
 
+@state_type("access.novelty_rate")
 class NoveltyRate:
     """Laplace-smoothed, exponentially decayed rate of "this is new".
 

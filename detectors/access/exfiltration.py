@@ -25,6 +25,7 @@ from detectors.base import Detector
 from detectors.events import AccessEvent, AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 __all__ = ["ExfiltrationDetector", "UnusualHoursDetector", "hour_mass"]
 
@@ -41,6 +42,7 @@ _MAX_ACTIONS: Final = 1024
 _METRICS: Final = ("bytes", "records", "datasets", "models")
 
 
+@state_type("access.exfiltration_window")
 class _Window:
     __slots__ = (
         "base",
@@ -151,6 +153,8 @@ class ExfiltrationDetector(Detector):
     """
 
     name: ClassVar[str] = "access.exfiltration"
+    state_fields: ClassVar[tuple[str, ...]] = (
+        "table", "peers", "closes", "peer_floor", "peer_limits", "peer_gen")
     event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     def __init__(
@@ -499,6 +503,7 @@ def hour_mass(hist: list[float], hour: int, radius: int) -> float:
     return near / total
 
 
+@state_type("access.hours")
 class _Hours:
     __slots__ = (
         "active_days",
@@ -560,6 +565,7 @@ class UnusualHoursDetector(Detector):
     """
 
     name: ClassVar[str] = "access.unusual_hours"
+    state_fields: ClassVar[tuple[str, ...]] = ("table",)
     event_types: ClassVar[frozenset[str]] = frozenset({"audit", "access"})
 
     def __init__(

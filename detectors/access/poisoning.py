@@ -27,6 +27,7 @@ from detectors.context import (
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 __all__ = ["DeletionDetector", "ModelChangeOutsidePipelineDetector", "TrainingDataWriteDetector"]
 
@@ -36,6 +37,7 @@ _ATLAS_MODEL: Final = ["AML.T0018.000"]
 _WRITE_VERBS: Final = ("write", "append", "upload", "insert", "overwrite", "import", "put")
 
 
+@state_type("access.training_dataset")
 class _Dataset:
     __slots__ = (
         "base",
@@ -114,6 +116,7 @@ class TrainingDataWriteDetector(ContextReader, Detector):
     """
 
     name: ClassVar[str] = "access.training_write"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "_context")
     event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     def __init__(
@@ -310,6 +313,7 @@ _RUN_ID_KEYS: Final = ("run_id", "pipeline_run_id")
 _MAX_RUN_IDS: Final = 16
 
 
+@state_type("access.model_change_runs")
 class _Runs:
     __slots__ = ("cooldown", "end", "first_run_ts", "run_ids", "runs_started", "start")
 
@@ -398,6 +402,7 @@ class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
     """
 
     name: ClassVar[str] = "access.model_change"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "first_ts", "clock", "held", "_context")
     event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     def __init__(
@@ -603,6 +608,7 @@ class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
 
 
 
+@state_type("access.deleter")
 class _Deleter:
     __slots__ = ("base", "cooldown_until", "count", "deletes", "limit", "window", "windows")
 
@@ -650,6 +656,7 @@ class DeletionDetector(Detector):
     """
 
     name: ClassVar[str] = "access.deletion"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "first_ts")
     event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     def __init__(

@@ -24,6 +24,7 @@ from detectors.base import Detector
 from detectors.events import AccessEvent, AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 __all__ = [
     "AuthFailureBurstDetector",
@@ -37,6 +38,7 @@ __all__ = [
 _ATLAS_ACCOUNTS: Final = ["AML.T0012"]
 
 
+@state_type("access.place")
 class _Place:
     __slots__ = ("city", "cooldown_until", "country", "ip", "lat", "lon", "ts")
 
@@ -79,6 +81,7 @@ class ImpossibleTravelDetector(Detector):
     """
 
     name: ClassVar[str] = "access.impossible_travel"
+    state_fields: ClassVar[tuple[str, ...]] = ("table",)
     event_types: ClassVar[frozenset[str]] = frozenset({"access"})
 
     def __init__(
@@ -175,6 +178,7 @@ class ImpossibleTravelDetector(Detector):
 
 
 
+@state_type("access.failures")
 class _Failures:
     __slots__ = ("auth", "authz", "cooldown", "usual")
 
@@ -217,6 +221,7 @@ class AuthFailureBurstDetector(Detector):
     """
 
     name: ClassVar[str] = "access.auth_failure_burst"
+    state_fields: ClassVar[tuple[str, ...]] = ("table",)
     event_types: ClassVar[frozenset[str]] = frozenset({"access", "audit"})
 
     def __init__(
@@ -341,6 +346,7 @@ _MAX_PLACES: Final = 64
 _MAX_AGENTS: Final = 32
 
 
+@state_type("access.places")
 class _Places:
     __slots__ = (
         "agents",
@@ -411,6 +417,7 @@ class NewLocationDetector(Detector):
     """
 
     name: ClassVar[str] = "access.new_location"
+    state_fields: ClassVar[tuple[str, ...]] = ("table",)
     event_types: ClassVar[frozenset[str]] = frozenset({"access"})
 
     def __init__(
@@ -551,6 +558,7 @@ class NewLocationDetector(Detector):
 
 
 
+@state_type("access.pairs")
 class _Pairs:
     __slots__ = ("cooldown_until", "counts", "first_ts", "n", "new_rate")
 
@@ -562,6 +570,7 @@ class _Pairs:
         self.cooldown_until = -math.inf
 
 
+@state_type("access.accessors")
 class _Accessors:
     __slots__ = ("first_ts", "n", "who")
 
@@ -614,6 +623,7 @@ class RareResourceDetector(Detector):
     """
 
     name: ClassVar[str] = "access.rare_resource"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "resources")
     event_types: ClassVar[frozenset[str]] = frozenset({"audit", "access"})
 
     def __init__(
@@ -731,6 +741,7 @@ _GRANTEE_KEYS: Final = ("grantee", "target", "member", "assignee", "user", "prin
 _PRIVILEGED: Final = re.compile(r"admin|owner|root|super|iam|security|full", re.IGNORECASE)
 
 
+@state_type("access.grantor")
 class _Grantor:
     __slots__ = ("first_ts", "grants")
 
@@ -774,6 +785,7 @@ class PrivilegeGrantDetector(Detector):
     """
 
     name: ClassVar[str] = "access.privilege_grant"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "first_ts")
     event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     def __init__(

@@ -18,6 +18,7 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state_codec import state_type
 from detectors.telemetry.stats import (
     alpha_per_evaluation,
     js_distance,
@@ -58,6 +59,7 @@ def reconstruction_errors(z: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return np.asarray(np.mean(residual * residual, axis=1))
 
 
+@state_type("telemetry.feature_reference")
 class _FeatureReference:
     __slots__ = (
         "basis",
@@ -357,6 +359,7 @@ class FeatureDriftDetector(WindowedModelDetector):
         )
 
 
+@state_type("telemetry.prediction_reference")
 class _PredictionReference:
     __slots__ = ("classes", "edges", "labels", "n", "p_ref", "regression", "threshold")
     classes: dict[Any, int]

@@ -19,6 +19,7 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state_codec import state_type
 from detectors.telemetry.adapters import OUTLIER_METHODS, OutlierModel, warm_up
 from detectors.telemetry.stats import alpha_per_evaluation, binomial_count_threshold
 from detectors.telemetry.window import (
@@ -34,6 +35,7 @@ from detectors.telemetry.window import (
 __all__ = ["InputIntegrityDetector"]
 
 
+@state_type("telemetry.integrity_reference")
 class _IntegrityReference:
     __slots__ = ("fill", "fitted_at", "limits", "model", "null_rate", "schema")
     fill: np.ndarray
@@ -44,6 +46,7 @@ class _IntegrityReference:
     schema: FeatureSchema
 
 
+@state_type("telemetry.integrity_recent")
 class _Recent:
     """Recent inputs from quiet windows, for the scheduled refit (bounded rows)."""
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state_codec import state_type
 from detectors.telemetry.adapters import STREAM_DRIFT_METHODS, StreamDrift
 from detectors.telemetry.stats import (
     alpha_per_evaluation,
@@ -49,6 +50,7 @@ def correctness(label: Any, prediction: Any) -> int:
     return int(label == prediction or str(label) == str(prediction))
 
 
+@state_type("telemetry.labels")
 class _Labels:
     """Realised accuracy tracking of one model: baseline, recent labels, river detector."""
 
@@ -64,6 +66,7 @@ class _Labels:
         self.suspect = 0
 
 
+@state_type("telemetry.performance_reference")
 class _PerformanceReference:
     __slots__ = (
         "calibrated",

@@ -49,6 +49,7 @@ from detectors.events import BadEvent, Event, InferenceEvent, decode_event
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.limits import FEATURE_LIMIT, clip_features
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 __all__ = [
     "FEATURE_LIMIT",
@@ -87,6 +88,7 @@ def model_key(model_id: str, version: str | None) -> str:
     return f"{model_id}@{version}" if version is not None else model_id
 
 
+@state_type("telemetry.block")
 class Block:
     """Summary of ``step`` consecutive events of one model (detector-specific payload)."""
 
@@ -98,6 +100,7 @@ class Block:
         self.data = data
 
 
+@state_type("telemetry.model_state")
 class ModelState:
     """Everything a detector keeps about one model version."""
 
@@ -137,6 +140,7 @@ class ModelState:
         self.extra: Any = None
 
 
+@state_type("telemetry.feature_schema")
 class FeatureSchema:
     """Feature names of a model and how to turn events' features into arrays.
 
@@ -366,6 +370,7 @@ class WindowedModelDetector(Detector):
 
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
     scope: ClassVar = "model"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "_hot", "_hot_evicted", "fit_failures")
     #: Threshold parameters a per-model override may set.
     overridable: ClassVar[tuple[str, ...]] = ("ert",)
     #: Skip events without ``confidence`` (confidence and performance detectors).
