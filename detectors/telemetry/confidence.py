@@ -16,14 +16,13 @@ import numpy as np
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
 from detectors.state_codec import state_type
+from detectors.telemetry.features import attribute, scope_phrase
 from detectors.telemetry.stats import alpha_per_evaluation, margin_entropy, normal_isf
 from detectors.telemetry.window import (
     ATLAS_EVASION,
     Block,
     ModelState,
     WindowedModelDetector,
-    attribute,
-    scope_phrase,
 )
 
 __all__ = ["ConfidenceDropDetector", "probability_summary"]

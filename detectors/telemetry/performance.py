@@ -26,6 +26,7 @@ from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
 from detectors.state_codec import state_type
 from detectors.telemetry.adapters import STREAM_DRIFT_METHODS, StreamDrift
+from detectors.telemetry.features import attribute, scope_phrase
 from detectors.telemetry.stats import (
     alpha_per_evaluation,
     apply_isotonic,
@@ -36,8 +37,6 @@ from detectors.telemetry.window import (
     Block,
     ModelState,
     WindowedModelDetector,
-    attribute,
-    scope_phrase,
 )
 
 __all__ = ["PerformanceEstimateDetector", "correctness"]
