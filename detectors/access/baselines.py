@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from detectors.state import Cooldown
 from detectors.state_codec import state_type
 
-__all__ = ["LogBaselines", "LogHistogram", "NoveltyRate"]
+__all__ = ["LogBaselines", "LogHistogram", "NoveltyRate", "WindowedBaseline"]
 
 #: log1p units: the smallest spread assumed for a baseline, so that a perfectly
 #: steady service account (spread 0) does not fire on a 10% wobble.
@@ -209,3 +210,43 @@ class NoveltyRate:
 
     def __setstate__(self, state: tuple[float, float]) -> None:
         self.new, self.total = state
+
+
+class WindowedBaseline(Cooldown):
+    """Base of per-entity state counted per event-time window against its own past.
+
+    The one windowed baseline of the access detectors: ``totals`` of ``k``
+    metrics in the window in progress (number ``window``), and ``base``, a
+    :class:`LogBaselines` of the past *active* windows, with the ``limits``
+    it gives and the count of ``windows`` folded in. A :class:`Cooldown` too:
+    every rule judged on a window reports once per cooldown.
+
+    >>> c = WindowedBaseline(); c.init_window(1, window=0)
+    >>> for w in range(12):
+    ...     c.totals[0] += 10
+    ...     _ = c.close_window(w + 1, alpha=0.1, warmup=5, z=4.0, min_ratio=3.0, floors=(5.0,))
+    >>> c.windows, c.window, c.totals, round(c.limits[0])
+    (12, 12, [0], 30)
+    """
+
+    __slots__ = ("base", "limits", "totals", "window", "windows")
+
+    def init_window(self, k: int, window: int) -> None:
+        self.window = window
+        self.totals = [0] * k
+        self.base = LogBaselines(k)
+        self.limits = [math.inf] * k
+        self.windows = 0
+
+    def close_window(self, window: int, alpha: float, warmup: int, z: float,
+                     min_ratio: float | tuple[float, ...], floors: tuple[float, ...]) -> bool:
+        """Fold the window in progress into the baseline if it was active (some total
+        non-zero; True then), and start window ``window`` from zero."""
+        totals = self.totals
+        active = any(totals)
+        if active:
+            self.windows += 1
+            self.limits = self.base.update(totals, alpha, warmup, z, min_ratio, floors)
+        self.window = window
+        self.totals = [0] * len(totals)
+        return active

@@ -15,28 +15,24 @@ from detectors.access.audit_fields import (
     model_id_of,
     verb_of,
 )
-from detectors.access.baselines import LogBaselines
+from detectors.access.baselines import WindowedBaseline
 from detectors.base import Detector
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
-from detectors.state import Cooldown, EntityTable
+from detectors.state import EntityTable
 from detectors.state_codec import state_type
 
 __all__ = ["DeletionDetector"]
 
 
 @state_type("access.deleter")
-class _Deleter(Cooldown):
-    __slots__ = ("base", "count", "deletes", "limit", "window", "windows")
+class _Deleter(WindowedBaseline):
+    __slots__ = ("deletes",)
 
     def __init__(self, window: int) -> None:
         super().__init__()
-        self.window = window
-        self.count = 0
+        self.init_window(1, window)
         self.deletes = 0
-        self.windows = 0
-        self.base = LogBaselines(1)
-        self.limit = math.inf
 
 
 class DeletionDetector(Detector):
@@ -74,6 +70,9 @@ class DeletionDetector(Detector):
 
     name: ClassVar[str] = "access.deletion"
     state_fields: ClassVar[tuple[str, ...]] = ("table", "first_ts")
+    #: 2: a deleter's window count and limit are ``totals[0]``/``limits[0]``
+    #: (a :class:`~detectors.access.baselines.WindowedBaseline`).
+    state_version: ClassVar[int] = 2
     event_types: ClassVar[frozenset[str]] = frozenset({"audit"})
 
     def __init__(
@@ -117,31 +116,21 @@ class DeletionDetector(Detector):
         window = int(ts // self.window_seconds)
         first = event.actor not in self.table
         st = self.table.touch(event.actor, lambda: _Deleter(window))
-        if window > st.window:
-            if st.count:
-                st.windows += 1
-                # Counts are integers: a limit of 19.999999 (float round-off) means 20.
-                st.limit = st.base.update(
-                    [st.count],
-                    self.alpha,
-                    self.warmup_windows,
-                    self.z_threshold,
-                    self.min_ratio,
-                    (float(self.min_burst),),
-                )[0]
-                st.limit = float(math.floor(st.limit + 1e-6))
-            st.window = window
-            st.count = 0
+        if window > st.window and st.close_window(window, self.alpha, self.warmup_windows,
+                                                  self.z_threshold, self.min_ratio,
+                                                  (float(self.min_burst),)):
+            # Counts are integers: a limit of 19.999999 (float round-off) means 20.
+            st.limits[0] = float(math.floor(st.limits[0] + 1e-6))
         if window == st.window:
-            st.count += 1
+            st.totals[0] += 1
         st.deletes += 1
         if st.cooling_down(ts):
             return None
-        limit = st.limit if st.windows >= self.warmup_windows else float(self.min_burst)
+        limit = st.limits[0] if st.windows >= self.warmup_windows else float(self.min_burst)
         if first and ts - self.first_ts >= self.warmup_seconds:
             rule = "first_delete"
             severity: Severity = "medium"
-        elif st.count > limit:
+        elif st.totals[0] > limit:
             rule = "burst"
             severity = "high"
         else:
@@ -155,7 +144,7 @@ class DeletionDetector(Detector):
             )
         else:
             summary = (
-                f"Principal {event.actor} deleted {st.count} datasets or model versions within "
+                f"Principal {event.actor} deleted {st.totals[0]} datasets or model versions within "
                 f"{self.window_seconds / 3600:g}h, above its threshold of {limit:.0f} "
                 f"(usual {usual:.1f} per active window)."
             )
@@ -171,7 +160,7 @@ class DeletionDetector(Detector):
                     "rule": rule,
                     "resource": resource,
                     "action": event.action,
-                    "deletes_in_window": st.count,
+                    "deletes_in_window": st.totals[0],
                     "window_seconds": self.window_seconds,
                     "threshold": round(limit, 3),
                     "baseline_usual": round(usual, 3),

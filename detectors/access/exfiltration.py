@@ -5,6 +5,10 @@ access events are keyed by the principal). The peer baseline is the
 population of principals on the same partition: since partitions hash
 principal ids, that is a random sample of all principals, smaller when there
 are many partitions.
+
+(About 470 lines, over the ~400 of other modules: one detector whose three
+rules (own baseline, peers, low-and-slow daily volume) judge the same window
+state; split, each part would need the others' internals.)
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from detectors.access.audit_fields import (
     model_id_of,
     verb_of,
 )
-from detectors.access.baselines import LogBaselines, LogHistogram
+from detectors.access.baselines import LogBaselines, LogHistogram, WindowedBaseline
 from detectors.base import Detector
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
-from detectors.state import Cooldown, EntityTable
+from detectors.state import EntityTable
 from detectors.state_codec import state_type
 
 __all__ = ["ExfiltrationDetector"]
@@ -41,9 +45,8 @@ _METRICS: Final = ("bytes", "records", "datasets", "models")
 
 
 @state_type("access.exfiltration_window")
-class _Window(Cooldown):
+class _Window(WindowedBaseline):
     __slots__ = (
-        "base",
         "datasets",
         "day",
         "day_base",
@@ -57,27 +60,19 @@ class _Window(Cooldown):
         "judge_gen",
         "known_datasets",
         "known_models",
-        "limits",
         "models",
-        "totals",
-        "window",
-        "windows",
     )
 
     def __init__(self, window: int, ts: float) -> None:
         super().__init__()
-        self.window = window
         self.first_ts = ts
-        self.totals = [0, 0, 0, 0]  # bytes, records, distinct datasets, distinct models
+        self.init_window(4, window)  # totals: bytes, records, distinct datasets, distinct models
         self.datasets: set[str] = set()
         self.models: set[str] = set()
-        self.base = LogBaselines(4)
-        self.limits = [math.inf, math.inf, math.inf, math.inf]
         #: The limits the window in progress is judged against (own history,
         #: peers, population floor, breadth), and the peer generation they used.
         self.judge = [math.inf, math.inf, math.inf, math.inf]
         self.judge_gen = -1
-        self.windows = 0
         #: Low and slow: this UTC day's bytes and never-read datasets, the
         #: baseline of daily bytes over active days, and today's limits.
         self.day = int(ts // 86400)
@@ -216,16 +211,8 @@ class ExfiltrationDetector(Detector):
     def _close(self, st: _Window, window: int) -> None:
         """Fold a finished window with reads into the baselines; refresh limits."""
         totals = st.totals
-        if totals[0] or totals[1] or totals[2] or totals[3]:
-            st.windows += 1
-            st.limits = st.base.update(
-                totals,
-                self.alpha,
-                self.warmup_windows,
-                self.z_threshold,
-                self.ratios,
-                self.floors,
-            )
+        if st.close_window(window, self.alpha, self.warmup_windows, self.z_threshold,
+                           self.ratios, self.floors):
             self.closes += 1
             # Every closed window joins the peer population until it is large
             # (a new deployment needs its peers on day one), then one in four;
@@ -276,8 +263,6 @@ class ExfiltrationDetector(Detector):
             st.day_bytes = 0
             st.day_new = set()
         st.judge_gen = -1
-        st.window = window
-        st.totals = [0, 0, 0, 0]
         st.datasets = set()
         st.models = set()
 

@@ -10,14 +10,13 @@ never a false one).
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Final
 
 from detectors.access.audit_fields import (
     is_dataset,
     verb_of,
 )
-from detectors.access.baselines import LogBaselines
+from detectors.access.baselines import LogBaselines, WindowedBaseline
 from detectors.access.pipeline_runs import in_expected_run as _in_expected_run
 from detectors.base import Detector
 from detectors.context import (
@@ -25,7 +24,7 @@ from detectors.context import (
 )
 from detectors.events import AuditEvent, Event
 from detectors.findings import Entity, Finding, Severity, Source
-from detectors.state import Cooldown, EntityTable
+from detectors.state import EntityTable
 from detectors.state_codec import state_type
 
 __all__ = ["TrainingDataWriteDetector"]
@@ -37,17 +36,12 @@ _WRITE_VERBS: Final = ("write", "append", "upload", "insert", "overwrite", "impo
 
 
 @state_type("access.training_dataset")
-class _Dataset(Cooldown):
+class _Dataset(WindowedBaseline):
     __slots__ = (
-        "base",
         "first_ts",
-        "limits",
         "plain_writes",
         "run_writes",
         "sizes",
-        "totals",
-        "window",
-        "windows",
         "writers",
         "writes",
     )
@@ -63,11 +57,7 @@ class _Dataset(Cooldown):
         #: Robust running centre of log1p(records) per write (usual write size).
         self.sizes = LogBaselines(1)
         self.first_ts = ts
-        self.window = window
-        self.totals = [0, 0]  # bytes, records written in the window
-        self.base = LogBaselines(2)
-        self.limits = [math.inf, math.inf]
-        self.windows = 0
+        self.init_window(2, window)  # totals: bytes, records written in the window
 
 
 class TrainingDataWriteDetector(ContextReader, Detector):
@@ -155,20 +145,6 @@ class TrainingDataWriteDetector(ContextReader, Detector):
         self.table: EntityTable[_Dataset] = EntityTable(max_datasets)
         self._init_context()
 
-    def _close(self, st: _Dataset, window: int) -> None:
-        if st.totals[0] or st.totals[1]:
-            st.windows += 1
-            st.limits = st.base.update(
-                st.totals,
-                self.alpha,
-                self.warmup_windows,
-                self.z_threshold,
-                self.min_ratio,
-                self.floors,
-            )
-        st.window = window
-        st.totals = [0, 0]
-
     def process(self, event: Event, source: Source) -> list[Finding] | None:
         assert isinstance(event, AuditEvent)
         if (
@@ -181,7 +157,8 @@ class TrainingDataWriteDetector(ContextReader, Detector):
         window = int(ts // self.window_seconds)
         st = self.table.touch(event.resource, lambda: _Dataset(ts, window))
         if window > st.window:
-            self._close(st, window)
+            st.close_window(window, self.alpha, self.warmup_windows, self.z_threshold,
+                            self.min_ratio, self.floors)
         actor = event.actor
         found: list[Finding] = []
         writers = st.writers
