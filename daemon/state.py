@@ -191,7 +191,7 @@ class LocalStateStore:
     """Checkpoints as one file per state partition in ``directory`` (atomic replace).
 
     A file is ``MAGIC`` (says signed or not), a 64-hex-digit tag, then the body:
-    the generation (8 bytes, big endian) and the pickled checkpoint. The tag
+    the generation (8 bytes, big endian) and the checkpoint record. The tag
     is the HMAC of the body bound to (group, directory, partition) when
     ``signing_key`` is given, else the body's SHA-256 (integrity only).
     """
