@@ -1,11 +1,9 @@
 """Prediction drift of a model against its reference.
 
-Both compare the binned distribution of a sliding window with the reference by
-the population stability index (PSI) on reference-quantile bins, one bin more
-for missing values; Jensen-Shannon distance is reported alongside. A window
-drifts when an effect is both statistically beyond the false-alarm budget and
-at least a minimum size (``min_psi``): a p-value alone would flag every
-feature of a large enough window.
+The same test as :mod:`detectors.telemetry.feature_drift`, on the model's
+predictions: the population stability index of a sliding window against
+reference bins (classes, or quantile bins of a regression's values), beyond
+both the false-alarm budget and ``min_psi``.
 """
 
 from __future__ import annotations
