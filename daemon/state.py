@@ -48,6 +48,10 @@ not verify, and one older than a generation this process has already seen
 is refused (rollback). Checkpoints written by mlwatchd before this format
 (including the pickled record of format 1) are refused too: their state is
 relearnt once after an upgrade.
+
+(About 560 lines, over the ~400 of other modules: the two stores share the
+record encoding, the envelope, the generation rules and the partition
+names, and most of the length is the explanation of each.)
 """
 
 from __future__ import annotations
