@@ -81,6 +81,11 @@ class Metrics:
             "mlwatchd_internal_records_rejected_total",
             "Internal records (checkpoints, state manifests, audit records) refused: "
             "unsigned, bad MAC, malformed, rolled back", ["record", "reason"], registry=r)
+        self.state_restore_failed = Counter(
+            "mlwatchd_state_restore_failed_total",
+            "Saved detector states that could not be restored (another state version, "
+            "unknown type, corrupt); that detector started afresh and relearns",
+            ["detector", "reason"], registry=r)
         self.detector_gauge = Gauge("mlwatchd_detector_state", "Detector state gauges "
                                     "(entities tracked, evictions, ...)",
                                     ["detector", "stat"], registry=r)

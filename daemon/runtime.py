@@ -662,6 +662,7 @@ class Daemon:
             checkpoint = self.store.load(partition)
         except ValueError as exc:
             log.error("checkpoint_unreadable", partition=partition, error=str(exc))
+            self.metrics.state_restore_failed.labels("*", "checkpoint").inc()
             return None
         if checkpoint is None:
             return None
@@ -670,7 +671,10 @@ class Daemon:
         stale = sorted(set(checkpoint.detectors) - set(usable))
         if stale:
             log.warning("checkpoint_config_changed", partition=partition, relearning=stale)
-        self.pipeline.restore(partition, usable)
+        for name, reason in self.pipeline.restore(partition, usable):
+            log.error("detector_state_unreadable", partition=partition, detector=name,
+                      reason=reason, action="relearning")
+            self.metrics.state_restore_failed.labels(name, reason).inc()
         if is_model_partition(partition):
             self._seen[partition] = dict(getattr(checkpoint, "sources", {}))
             self._seen_items[partition] = dict(getattr(checkpoint, "source_items", {}))

@@ -9,18 +9,27 @@ deterministic for a given ``seed``.
 Hyperparameters are keyword arguments of ``__init__`` with type hints and
 immutable defaults; :func:`detectors.registry.build` validates a config's
 params against that signature, so typos fail at start, not when an event comes.
+
+What a snapshot holds is declared, not the whole object: ``state_fields``
+names the attributes that are learnt (tables, baselines, counters), and
+``state_version`` says which layout they have. Config-derived attributes are
+never saved, so a release that changes a default takes effect on restart. A
+snapshot of another version, or one that cannot be decoded, raises
+:class:`~detectors.state_codec.StateUnreadable` and the caller starts that
+detector afresh. Objects in the state are encoded by their stable
+:func:`~detectors.state_codec.state_type` names, not their module paths.
 """
 
 from __future__ import annotations
 
 import abc
-import pickle
 from collections.abc import Callable, MutableMapping, Sequence
-from typing import ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from detectors.events import Event
 from detectors.findings import Finding, Source
 from detectors.state import CapPool, EntityTable
+from detectors.state_codec import StateUnreadable, decode, encode
 
 __all__ = ["Detector", "EventErrorSink", "Scope"]
 
@@ -45,6 +54,12 @@ class Detector(abc.ABC):
     #: Event kinds this detector wants: subset of {"inference", "audit", "access"}.
     event_types: ClassVar[frozenset[str]]
     scope: ClassVar[Scope] = "partition"
+    #: Layout of the saved state: bump it when ``state_fields`` or what they hold
+    #: change meaning; a snapshot of another version is not restored (relearnt).
+    state_version: ClassVar[int] = 1
+    #: Attributes that are learnt from events and saved by :meth:`snapshot`;
+    #: everything else is rebuilt from config by ``__init__``.
+    state_fields: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def process(self, event: Event, source: Source) -> list[Finding] | None:
@@ -119,17 +134,26 @@ class Detector(abc.ABC):
                 table._pool.leave(table)
 
     def snapshot(self) -> bytes:
-        """Serialised state; :meth:`restore` on a fresh instance continues identically."""
-        state = {k: v for k, v in self.__dict__.items() if k != _POOLS}
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        """Serialised learnt state; :meth:`restore` on a fresh instance continues identically."""
+        fields = {k: self.__dict__[k] for k in self.state_fields if k in self.__dict__}
+        return encode({"detector": self.name, "version": self.state_version, "state": fields})
 
     def restore(self, state: bytes) -> None:
+        """Load a :meth:`snapshot`; raises :class:`StateUnreadable` (and changes nothing)
+        when it is of another version, names an unknown type or is corrupt."""
         # Snapshots are written and read only by mlwatchd itself (local disk or
         # its own compacted topic); see README "State" for the trust boundary.
+        saved: Any = decode(state)
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+            raise StateUnreadable("corrupt", "not a detector snapshot")
+        if saved.get("version") != self.state_version:
+            raise StateUnreadable("version", f"state version {saved.get('version')!r}, "
+                                  f"this {self.name} reads {self.state_version}")
+        fields = {k: v for k, v in saved["state"].items() if k in self.state_fields}
         pools = self.__dict__.get(_POOLS)
         if pools is not None:
             self.release_caps()  # the tables being replaced give their room back
-        self.__dict__.update(pickle.loads(state))
+        self.__dict__.update(fields)
         if pools is not None:
             self.share_caps(pools)
 

@@ -97,20 +97,24 @@ _TS_MIN: Final = _dt.datetime(1, 1, 1, tzinfo=_dt.UTC).timestamp()
 _TS_MAX: Final = _dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=_dt.UTC).timestamp()
 
 
-def _rfc3339(seconds: float) -> str:
-    """RFC 3339 UTC time, clamped to years 1..9999 (NaN reads as the epoch).
+def rfc3339(seconds: float, *, millis: bool = True) -> str:
+    """RFC 3339 UTC time (to the millisecond, or to the second), clamped to years
+    1..9999 (NaN reads as the epoch). The one formatter of times for findings,
+    incidents, audit records and action payloads.
 
     The event's sender chooses its time; a finding about it must still be built.
 
-    >>> _rfc3339(1e300), _rfc3339(-1e300), _rfc3339(float("nan"))
+    >>> rfc3339(1e300), rfc3339(-1e300), rfc3339(float("nan"))
     ('9999-12-31T23:59:59.000Z', '0001-01-01T00:00:00.000Z', '1970-01-01T00:00:00.000Z')
+    >>> rfc3339(0.0, millis=False)
+    '1970-01-01T00:00:00Z'
     """
     if not math.isfinite(seconds):
         seconds = 0.0 if math.isnan(seconds) else seconds
     seconds = min(max(seconds, _TS_MIN), _TS_MAX)
     moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
-    return f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S.") + \
-        f"{moment.microsecond // 1000:03d}Z"
+    text = f"{moment.year:04d}" + moment.strftime("-%m-%dT%H:%M:%S")
+    return text + (f".{moment.microsecond // 1000:03d}Z" if millis else "Z")
 
 
 def jsonable(value: Any) -> Any:
@@ -209,7 +213,7 @@ class Finding(msgspec.Struct, kw_only=True, omit_defaults=True):
         ).hexdigest()[:32]
         return cls(
             finding_id=digest,
-            ts=_rfc3339(event_ts),
+            ts=rfc3339(event_ts),
             detector=detector,
             kind=kind,
             severity=severity,

@@ -50,7 +50,7 @@ from typing import Final
 
 import msgspec
 
-from detectors.findings import SEVERITIES, Finding, Incident, Severity, _rfc3339
+from detectors.findings import SEVERITIES, Finding, Incident, Severity, rfc3339
 from detectors.state import CapPool, EntityTable
 
 __all__ = ["DEFAULT_POLICY", "IncidentPolicy", "IncidentTable", "finding_seconds"]
@@ -171,8 +171,8 @@ class IncidentTable:
     def _stamp(finding: Finding, cur: _Open, *, escalated: bool) -> Finding:
         severity: Severity = SEVERITIES[cur.max_rank]  # type: ignore[assignment]
         return msgspec.structs.replace(finding, incident=Incident(
-            id=cur.id, seq=cur.seq, first_ts=_rfc3339(cur.first_ts),
-            last_ts=_rfc3339(cur.last_ts), count=cur.count, max_severity=severity,
+            id=cur.id, seq=cur.seq, first_ts=rfc3339(cur.first_ts),
+            last_ts=rfc3339(cur.last_ts), count=cur.count, max_severity=severity,
             escalated=escalated))
 
     def __len__(self) -> int:

@@ -287,18 +287,39 @@ class Pipeline:
                 _wrap(d.snapshot(), incidents.snapshot())
         return out
 
-    def restore(self, partition: int, states: Mapping[str, bytes]) -> None:
-        """Load saved state into a partition's detectors (unknown names are ignored)."""
+    def restore(self, partition: int, states: Mapping[str, bytes]) -> list[tuple[str, str]]:
+        """Load saved state into a partition's detectors (unknown names are ignored).
+
+        A detector whose entry cannot be read (another state version, a type
+        this release does not know, corrupt bytes) starts afresh and relearns;
+        the others restore normally. Returns (detector name, reason) of each
+        one that started afresh, for the caller to log and count.
+        """
         group = self._global if partition == GLOBAL else self._set(partition)
-        for detector in group.detectors:
+        failed: list[tuple[str, str]] = []
+        for index, detector in enumerate(group.detectors):
             raw = states.get(detector.name)
             if raw is None:
                 continue
             state, incidents = _unwrap(raw)
-            detector.restore(state)
             table = group.incidents.get(detector.name)
-            if incidents is not None and table is not None:
-                table.restore(incidents)
+            try:
+                detector.restore(state)
+                if incidents is not None and table is not None:
+                    table.restore(incidents)
+            except Exception as exc:
+                failed.append((detector.name, str(getattr(exc, "reason", "corrupt"))))
+                spec = next(s for s in self.specs if s.name == detector.name)
+                detector.release_caps()
+                fresh = self._build([spec])[0]
+                group.detectors[index] = fresh
+                for wanted in group.by_type.values():
+                    wanted[:] = [fresh if d is detector else d for d in wanted]
+                if table is not None:
+                    table.release()
+                    group.incidents[detector.name] = IncidentTable(
+                        spec.incidents, self._incident_pools[spec.name])
+        return failed
 
     def drop(self, partition: int) -> None:
         """Forget a partition's state (after it was revoked and checkpointed)."""

@@ -29,11 +29,14 @@ the pool's largest table (the flooded one).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["CapPool", "EntityTable"]
+from detectors.state_codec import state_type
+
+__all__ = ["CapPool", "Cooldown", "EntityTable"]
 
 V = TypeVar("V")
 
@@ -79,6 +82,7 @@ class CapPool:
         return self.size
 
 
+@state_type("entity_table")
 class EntityTable(Generic[V]):
     """Least-recently-used map of entity id to state, capped in size."""
 
@@ -152,3 +156,29 @@ class EntityTable(Generic[V]):
         self.evicted = state["evicted"]  # type: ignore[assignment]
         self._items = OrderedDict(state["items"])  # type: ignore[call-overload]
         self._pool = None
+
+
+class Cooldown:
+    """Base of per-entity state that reports once, then keeps quiet for a while.
+
+    The one cooldown of the detectors: after a finding about an entity,
+    :meth:`start_cooldown` silences that entity's rule until ``ts + seconds``
+    (event time); :meth:`cooling_down` says whether it is still quiet.
+
+    >>> st = Cooldown()
+    >>> st.cooling_down(100.0), st.start_cooldown(100.0, 60.0), st.cooling_down(159.0)
+    (False, None, True)
+    >>> st.cooling_down(160.0)
+    False
+    """
+
+    __slots__ = ("cooldown_until",)
+
+    def __init__(self) -> None:
+        self.cooldown_until = -math.inf
+
+    def cooling_down(self, ts: float) -> bool:
+        return ts < self.cooldown_until
+
+    def start_cooldown(self, ts: float, seconds: float) -> None:
+        self.cooldown_until = ts + seconds

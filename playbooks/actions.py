@@ -28,7 +28,6 @@ expired).
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import hmac
 import json
@@ -51,7 +50,7 @@ from pydantic import (
     model_validator,
 )
 
-from detectors.findings import Finding
+from detectors.findings import Finding, rfc3339
 from playbooks.config import Duration
 from playbooks.http import check_url, post
 from playbooks.ocsf import Activity, to_ocsf
@@ -99,11 +98,6 @@ _USER_PHASES = Literal["alert", "repeat", "escalated", "acknowledged", "resolved
 Publish: TypeAlias = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]]], None]
 
 _log = structlog.get_logger("mlwatchd.playbooks")
-
-
-def _rfc3339(seconds: float) -> str:
-    moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -154,8 +148,8 @@ class ActionCall:
             "action": self.action,
             "phase": self.phase,
             "incident.count": self.incident_count,
-            "incident.first_seen": _rfc3339(self.incident_first_seen or self.extra.get(
-                "now", 0.0)),
+            "incident.first_seen": rfc3339(self.incident_first_seen or self.extra.get(
+                "now", 0.0), millis=False),
         })
         return view
 
@@ -290,7 +284,7 @@ slack-security:
                 call.finding, p, route=call.route, action=str(extra.get("target_action", "")),
                 action_type=str(extra.get("target_type", "")), what=str(extra.get("what", "")),
                 approval_id=str(extra["approval_id"]) if runtime.interactivity else None,
-                expires=_rfc3339(float(extra.get("expires_at", 0.0))),
+                expires=rfc3339(float(extra.get("expires_at", 0.0)), millis=False),
                 mitigations=call.mitigations,
             )
         return render_notice(call.finding, p, headline=str(extra.get("headline", call.phase)),
@@ -620,7 +614,7 @@ rate-limit-caller:
                 "action": REVERT.get(str(original.get("action")), "revert"),
                 "action_id": call.idempotency_key,
                 "revert_of": original.get("action_id"),
-                "issued_at": _rfc3339(now),
+                "issued_at": rfc3339(now, millis=False),
                 "expires_at": None,
             }
         target = self._target(call)
@@ -634,8 +628,9 @@ rate-limit-caller:
             "action": self.params.action,
             "target": {"type": _TARGET_TYPE[self.params.action], "id": target},
             "params": dict(self.params.params),
-            "issued_at": _rfc3339(now),
-            "expires_at": _rfc3339(now + self.params.ttl) if self.params.ttl else None,
+            "issued_at": rfc3339(now, millis=False),
+            "expires_at": rfc3339(now + self.params.ttl, millis=False) if self.params.ttl
+            else None,
             "revert_of": None,
             "reason": {
                 "finding_id": f.finding_id, "kind": f.kind, "detector": f.detector,

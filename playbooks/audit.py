@@ -9,7 +9,6 @@ thread of the engine) publishes the queue in order with backoff.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import sqlite3
 import threading
@@ -18,24 +17,16 @@ from typing import Any
 
 import structlog
 
+from detectors.findings import rfc3339
 from playbooks.actions import Publish
 from playbooks.outbox import Outbox
 from playbooks.redact import Redactor
 
-__all__ = ["AuditTrail", "OnEvent", "rfc3339"]
+__all__ = ["AuditTrail", "OnEvent"]
 
 OnEvent = Callable[[str, dict[str, Any]], None]
 
 log = structlog.get_logger("mlwatchd.playbooks")
-
-
-def rfc3339(seconds: float) -> str:
-    """Seconds since the epoch as RFC 3339 UTC, to the second.
-
-    >>> rfc3339(0.0)
-    '1970-01-01T00:00:00Z'
-    """
-    return _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AuditTrail:
@@ -51,7 +42,8 @@ class AuditTrail:
 
     @staticmethod
     def payload(event: str, now: float, fields: dict[str, Any]) -> bytes:
-        record = {"schema": "mlwatchd.audit/v1", "ts": rfc3339(now), "event": event,
+        record = {"schema": "mlwatchd.audit/v1", "ts": rfc3339(now, millis=False),
+                  "event": event,
                   **{k: v for k, v in fields.items() if v is not None}}
         return json.dumps(record, separators=(",", ":"), default=str).encode()
 

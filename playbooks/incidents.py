@@ -17,8 +17,9 @@ from typing import Any
 
 import structlog
 
+from detectors.findings import rfc3339
 from playbooks.approvals import Approvals
-from playbooks.audit import AuditTrail, rfc3339
+from playbooks.audit import AuditTrail
 from playbooks.config import PlaybookSettings
 from playbooks.model import PlaybookSet, Route
 from playbooks.outbox import Outbox, OutboxUnavailable
@@ -116,7 +117,7 @@ class Incidents:
                              suffix=str(row["count"]),
                              extra={"headline": headline, "repeats": pending,
                                     "detail": f"{row['count']} findings since "
-                                              f"{rfc3339(row['opened_at'])}",
+                                              f"{rfc3339(row['opened_at'], millis=False)}",
                                     "wait_for_thread": True})
         self.audit.record(db, "incident_repeat", now, finding_id=finding.finding_id,
                           route=route.name, incident_id=row["id"], repeats=pending)

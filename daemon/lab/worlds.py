@@ -44,7 +44,7 @@ import numpy as np
 
 from daemon.lab.scenarios import DAY, HOUR, T0, Scenario, SimEvent
 from daemon.lab.victims import SHAPES, Victim, victim
-from detectors.access._common import haversine_km
+from detectors.access.audit_fields import haversine_km
 
 __all__ = ["World", "WorldSpec", "draw", "world_events"]
 

@@ -50,6 +50,8 @@ from typing import Final
 
 import numpy as np
 
+from detectors.state_codec import state_type
+
 __all__ = ["TailCalibration", "TailRule", "binomial_critical", "calibrate_tail",
            "check_calibration"]
 
@@ -57,6 +59,7 @@ __all__ = ["TailCalibration", "TailRule", "binomial_critical", "calibrate_tail",
 CONFIDENCE: Final = 0.95
 
 
+@state_type("abuse.tail_rule")
 class TailRule:
     """A calibrated marking threshold and count-in-window rule (see the module doc)."""
 
@@ -243,6 +246,7 @@ def _rule(
     return TailRule(t, p0, k, n, 0, ())
 
 
+@state_type("abuse.tail_calibration")
 class TailCalibration:
     """One model's calibration: a sample of statistics, and the latest :class:`TailRule`.
 

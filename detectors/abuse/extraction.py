@@ -44,6 +44,7 @@ from detectors.base import _POOLS
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Source
 from detectors.state import CapPool, EntityTable
+from detectors.state_codec import state_type
 
 __all__ = [
     "CoverageExtractionDetector",
@@ -104,6 +105,7 @@ def shapiro_w(distances: np.ndarray, clip_sigma: float = 3.0) -> float:
     return min(w, 1.0)
 
 
+@state_type("abuse.prada_principal")
 class _PradaState(QueryState):
     __slots__ = (
         "class_ids",
@@ -149,6 +151,7 @@ def _log_gap(w: float) -> float:
     return math.log(max(1.0 - w, 1e-12))
 
 
+@state_type("abuse.prada_peers")
 class _PradaPeers:
     """The model's principals' latest log(1 - W)."""
 
@@ -210,6 +213,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
     """
 
     name: ClassVar[str] = "extraction.prada"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "spaces", "peers")
     kind: ClassVar[str] = "model_extraction"
     atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
     skip_repeats: ClassVar[bool] = True
@@ -470,6 +474,7 @@ def kmv_update(kmv: np.ndarray, hashes: np.ndarray, k: int) -> np.ndarray:
 _EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)
 
 
+@state_type("abuse.coverage_principal")
 class _CoverageState(QueryState):
     __slots__ = ("block_n", "block_novel", "kmv")
 
@@ -480,6 +485,7 @@ class _CoverageState(QueryState):
         self.block_novel = 0  # of which landed in cells no other principal visited
 
 
+@state_type("abuse.coverage_population")
 class _Population:
     """Which coarse cells of a model's input space its callers have visited.
 
@@ -512,6 +518,7 @@ class _Population:
         return int(len(cells) - familiar.sum())
 
 
+@state_type("abuse.coverage_peers")
 class _Peers:
     """Latest coverage of the model's principals and their robust summary."""
 
@@ -627,6 +634,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     """
 
     name: ClassVar[str] = "extraction.coverage"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "spaces", "peers", "rotations")
     kind: ClassVar[str] = "model_extraction"
     atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
 

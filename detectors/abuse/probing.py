@@ -45,6 +45,7 @@ from detectors.base import Detector
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Source
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 __all__ = [
     "BlacklightProbingDetector",
@@ -89,6 +90,7 @@ def knn_mean_distances(batch: np.ndarray, buffer: np.ndarray, k: int) -> np.ndar
     return out
 
 
+@state_type("abuse.knn_principal")
 class _KnnState(QueryState):
     __slots__ = ("buffer", "flags", "judged")
 
@@ -144,6 +146,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     """
 
     name: ClassVar[str] = "probing.stateful_knn"
+    state_fields: ClassVar[tuple[str, ...]] = ("calibrations", "table", "spaces")
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
     skip_repeats: ClassVar[bool] = True
@@ -328,6 +331,7 @@ def blacklight_fingerprints(
     return result
 
 
+@state_type("abuse.blacklight_index")
 class _BlacklightIndex:
     """Inverted index hash -> latest query id as a fixed-size numpy hash table.
 
@@ -433,6 +437,7 @@ def _dedupe_rows(fps: np.ndarray) -> np.ndarray:
     return fps
 
 
+@state_type("abuse.blacklight_principal")
 class _BlacklightState(QueryState):
     __slots__ = ("flags", "partners")
 
@@ -491,6 +496,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     """
 
     name: ClassVar[str] = "probing.blacklight"
+    state_fields: ClassVar[tuple[str, ...]] = ("calibrations", "table", "spaces", "indexes")
     kind: ClassVar[str] = "adversarial_probing"
     atlas: ClassVar[list[str]] = ATLAS_PROBING
     skip_repeats: ClassVar[bool] = True
@@ -676,6 +682,7 @@ def binomial_critical_count(n: int, p0_permille: int, alpha: float) -> int:
     return binomial_critical(n, min(max(p0_permille, 1), 999) / 1000.0, alpha)
 
 
+@state_type("abuse.low_confidence_principal")
 class _ConfState:
     __slots__ = ("count", "critical", "fired_block", "low", "total")
 
@@ -687,6 +694,7 @@ class _ConfState:
         self.fired_block = -1
 
 
+@state_type("abuse.low_confidence_model")
 class _ModelConf:
     __slots__ = ("low", "n", "seen")
 
@@ -722,6 +730,7 @@ class LowConfidenceProbingDetector(Detector):
     """
 
     name: ClassVar[str] = "probing.low_confidence"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "models", "quiet_until")
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
 
     def __init__(

@@ -41,6 +41,7 @@ from typing import Any, Final
 import numpy as np
 
 from detectors.limits import clip_features
+from detectors.state_codec import state_type
 
 __all__ = ["ModelSpace", "as_matrix", "pairwise_sq_dists", "stable_seed", "stacked_sq_dists"]
 
@@ -123,6 +124,7 @@ def stacked_sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
+@state_type("abuse.model_space")
 class ModelSpace:
     """Fixed layout, frozen scale and projection of one model's feature vectors."""
 

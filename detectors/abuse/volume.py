@@ -37,6 +37,7 @@ from detectors.base import Detector
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 __all__ = ["PeerRateDetector", "PrincipalRateDetector"]
 
@@ -45,6 +46,7 @@ _ATLAS: Final = ["AML.T0029", "AML.T0034", "AML.T0040"]
 _MAX_IDLE_UPDATES: Final = 32
 
 
+@state_type("abuse.principal_rate")
 class _Rate:
     __slots__ = ("bucket", "count", "fired", "limit", "mean", "n", "var")
 
@@ -62,6 +64,7 @@ class PrincipalRateDetector(Detector):
     """Query rate per principal far above the principal's own history."""
 
     name: ClassVar[str] = "volume.principal_rate"
+    state_fields: ClassVar[tuple[str, ...]] = ("table",)
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
 
     def __init__(
@@ -144,6 +147,7 @@ class PrincipalRateDetector(Detector):
 
 
 
+@state_type("abuse.peer_rate_principal")
 class _PeerRate:
     __slots__ = ("bucket", "count", "quiet_until")
 
@@ -153,6 +157,7 @@ class _PeerRate:
         self.quiet_until = -math.inf
 
 
+@state_type("abuse.peer_rate_model")
 class _ModelRates:
     """Recent closed per-principal bucket counts of one model (a ring) and the limit."""
 
@@ -207,6 +212,7 @@ class PeerRateDetector(Detector):
     """
 
     name: ClassVar[str] = "volume.peer_rate"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "models")
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
 
     def __init__(

@@ -7,9 +7,10 @@ budget they share.
 
 from detectors.base import Detector
 from detectors.telemetry.confidence import ConfidenceDropDetector
-from detectors.telemetry.drift import FeatureDriftDetector, PredictionDriftDetector
+from detectors.telemetry.feature_drift import FeatureDriftDetector
 from detectors.telemetry.integrity import InputIntegrityDetector
 from detectors.telemetry.performance import PerformanceEstimateDetector
+from detectors.telemetry.prediction_drift import PredictionDriftDetector
 
 DETECTORS: tuple[type[Detector], ...] = (
     FeatureDriftDetector,

@@ -28,6 +28,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from detectors.state_codec import state_type
+
 __all__ = ["OUTLIER_METHODS", "STREAM_DRIFT_METHODS", "OutlierModel", "StreamDrift", "warm_up"]
 
 STREAM_DRIFT_METHODS: Final = ("ddm", "eddm", "hddm_a", "hddm_w", "adwin", "page_hinkley")
@@ -56,6 +58,7 @@ def _river_detector(method: str, params: dict[str, Any]) -> Any:
     raise ValueError(f"this river release has no {method} detector")
 
 
+@state_type("telemetry.stream_drift")
 class StreamDrift:
     """One river drift detector behind ``update(value) -> bool``."""
 
@@ -72,6 +75,7 @@ class StreamDrift:
         return bool(getattr(self._detector, "drift_detected", False))
 
 
+@state_type("telemetry.numpy_hbos")
 class NumpyHBOS:
     """pyod's HBOS (static bins), fitted and scored with numpy alone.
 
@@ -129,6 +133,7 @@ def _pyod_model(method: str, seed: int) -> Any:
     raise ValueError(f"unknown outlier method {method!r}; one of {OUTLIER_METHODS}")
 
 
+@state_type("telemetry.outlier_model")
 class OutlierModel:
     """A pyod outlier model with a calibrated cut: rows above it are outlying.
 

@@ -15,14 +15,14 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state_codec import state_type
+from detectors.telemetry.features import attribute, scope_phrase
 from detectors.telemetry.stats import alpha_per_evaluation, margin_entropy, normal_isf
 from detectors.telemetry.window import (
     ATLAS_EVASION,
     Block,
     ModelState,
     WindowedModelDetector,
-    attribute,
-    scope_phrase,
 )
 
 __all__ = ["ConfidenceDropDetector", "probability_summary"]
@@ -48,6 +48,7 @@ def probability_summary(rows: list[Any]) -> tuple[float, float, int]:
     return float(margin.sum()), float(entropy.sum()), len(same)
 
 
+@state_type("telemetry.confidence_reference")
 class _ConfidenceReference:
     __slots__ = ("entropy", "low_cut", "low_share", "margin", "mean", "n", "sd", "threshold")
     entropy: float | None

@@ -17,23 +17,24 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from detectors.binomial import binomial_critical
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state_codec import state_type
 from detectors.telemetry.adapters import OUTLIER_METHODS, OutlierModel, warm_up
-from detectors.telemetry.stats import alpha_per_evaluation, binomial_count_threshold
+from detectors.telemetry.features import FeatureSchema, attribute, scope_phrase
+from detectors.telemetry.stats import alpha_per_evaluation
 from detectors.telemetry.window import (
     ATLAS_EVASION,
     Block,
-    FeatureSchema,
     ModelState,
     WindowedModelDetector,
-    attribute,
-    scope_phrase,
 )
 
 __all__ = ["InputIntegrityDetector"]
 
 
+@state_type("telemetry.integrity_reference")
 class _IntegrityReference:
     __slots__ = ("fill", "fitted_at", "limits", "model", "null_rate", "schema")
     fill: np.ndarray
@@ -44,6 +45,7 @@ class _IntegrityReference:
     schema: FeatureSchema
 
 
+@state_type("telemetry.integrity_recent")
 class _Recent:
     """Recent inputs from quiet windows, for the scheduled refit (bounded rows)."""
 
@@ -186,7 +188,7 @@ class InputIntegrityDetector(WindowedModelDetector):
         if limit is None:  # scipy's binomial quantile is slow; n is almost always window
             alpha = alpha_per_evaluation(self.step, st.params["ert"])
             limit = ref.limits[n] = max(
-                binomial_count_threshold(n, ref.null_rate, alpha),
+                binomial_critical(n, ref.null_rate, alpha),
                 math.ceil(st.params["min_ratio"] * ref.null_rate * n),
             )
         if count < limit:

@@ -24,7 +24,9 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state_codec import state_type
 from detectors.telemetry.adapters import STREAM_DRIFT_METHODS, StreamDrift
+from detectors.telemetry.features import attribute, scope_phrase
 from detectors.telemetry.stats import (
     alpha_per_evaluation,
     apply_isotonic,
@@ -35,8 +37,6 @@ from detectors.telemetry.window import (
     Block,
     ModelState,
     WindowedModelDetector,
-    attribute,
-    scope_phrase,
 )
 
 __all__ = ["PerformanceEstimateDetector", "correctness"]
@@ -49,6 +49,7 @@ def correctness(label: Any, prediction: Any) -> int:
     return int(label == prediction or str(label) == str(prediction))
 
 
+@state_type("telemetry.labels")
 class _Labels:
     """Realised accuracy tracking of one model: baseline, recent labels, river detector."""
 
@@ -64,6 +65,7 @@ class _Labels:
         self.suspect = 0
 
 
+@state_type("telemetry.performance_reference")
 class _PerformanceReference:
     __slots__ = (
         "calibrated",

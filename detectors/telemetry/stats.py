@@ -15,7 +15,8 @@ Effect sizes (PSI, Jensen-Shannon), null thresholds for a false-alarm budget
 
 from __future__ import annotations
 
-from typing import Final
+from collections import Counter
+from typing import Any, Final
 
 import numpy as np
 from scipy import stats as _st
@@ -23,7 +24,7 @@ from scipy import stats as _st
 __all__ = [
     "alpha_per_evaluation",
     "apply_isotonic",
-    "binomial_count_threshold",
+    "category_codes",
     "fit_isotonic",
     "gamma_tail",
     "js_distance",
@@ -122,11 +123,6 @@ def psi_null_thresholds(
     return gamma_tail(psi(ref, win), alpha)
 
 
-def binomial_count_threshold(n: int, rate: float, alpha: float) -> int:
-    """Smallest count k with P(Binomial(n, rate) >= k) <= alpha."""
-    return int(_st.binom.isf(alpha, n, rate)) + 1
-
-
 def fit_isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Non-decreasing least-squares fit of y on x (pool adjacent violators).
 
@@ -168,3 +164,10 @@ def margin_entropy(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         ent = -np.sum(np.where(probs > 0, probs * np.log(probs), 0.0), axis=1)
     return margin, ent
+
+
+def category_codes(values: list[Any], limit: int) -> dict[Any, int]:
+    """Codes of the ``limit`` most frequent non-missing values, in order of frequency."""
+    counts = Counter(v for v in values if v is not None)
+    return {v: i for i, (v, _) in enumerate(counts.most_common(limit))}
+

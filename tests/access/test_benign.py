@@ -9,7 +9,7 @@ import pytest
 from access_traffic import DAY, T0, benign_traffic
 
 from detectors.access import DETECTORS
-from detectors.access._common import haversine_km
+from detectors.access.audit_fields import haversine_km
 from detectors.events import AccessEvent, AuditEvent, Event, Geo
 from detectors.findings import Finding
 from detectors.testing import feed

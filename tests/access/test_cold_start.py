@@ -16,7 +16,7 @@ import orjson
 
 from daemon.replay import replay
 from detectors.access.exfiltration import ExfiltrationDetector
-from detectors.access.poisoning import TrainingDataWriteDetector
+from detectors.access.training_writes import TrainingDataWriteDetector
 from detectors.events import AuditEvent
 from detectors.findings import Source
 from detectors.pipeline import DetectorSpec, Pipeline

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.access.poisoning import (
-    ModelChangeOutsidePipelineDetector,
-    TrainingDataWriteDetector,
-)
+from detectors.access.model_changes import ModelChangeOutsidePipelineDetector
+from detectors.access.training_writes import TrainingDataWriteDetector
 from detectors.context import InMemoryContextTable
 from detectors.events import AuditEvent
 from detectors.findings import Finding, Source

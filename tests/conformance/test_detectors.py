@@ -6,6 +6,7 @@ Adding a detector to a family's DETECTORS tuple enrols it here; nothing else to 
 from __future__ import annotations
 
 import copy
+import pickle
 import socket
 
 import msgspec
@@ -15,6 +16,7 @@ from detectors.base import Detector
 from detectors.events import event_type_of
 from detectors.findings import KINDS, SEVERITIES, decode_finding, encode_finding
 from detectors.registry import REGISTRY, build, params_model
+from detectors.state_codec import decode
 from detectors.testing import feed, mixed_stream, sourced
 
 NAMES = sorted(REGISTRY)
@@ -86,6 +88,29 @@ def test_snapshot_restore_continues_identically(name):
     # Same offsets for the second half in both: feed() restarts positions, so
     # compare the two continuations with each other.
     assert _encoded(feed(original, STREAM[half:])) == _encoded(feed(restored, STREAM[half:]))
+
+
+#: Attributes outside ``state_fields`` that processing may change: memos of a
+#: pure function of config, rebuilt on demand after a restore.
+_MEMOS = {"access.exfiltration": {"_is_read"}}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_its_learnt_state_and_keeps_config_out_of_it(name):
+    """What processing changes is declared state; the rest comes from config, so a
+    changed default takes effect after a restart instead of coming back from it."""
+    cls = REGISTRY[name]
+    assert cls.state_fields and isinstance(cls.state_version, int)
+    fresh, fed = build(name), build(name)
+    assert set(cls.state_fields) <= set(fed.__dict__), "declares attributes it has"
+    feed(fed, STREAM)
+    for attr, value in fed.__dict__.items():
+        if attr in cls.state_fields or attr in _MEMOS.get(name, ()) or attr == "_cap_pools":
+            continue
+        assert pickle.dumps(value) == pickle.dumps(fresh.__dict__[attr]), \
+            f"{attr} changes with events but is not in state_fields"
+    saved = decode(fed.snapshot())
+    assert set(saved["state"]) <= set(cls.state_fields)
 
 
 @pytest.mark.parametrize("name", NAMES)

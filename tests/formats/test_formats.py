@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from daemon.formats import FORMATS, DeadLetter, Decoded, FormatConfigError, make_format
-from detectors.access.suspicious import PrivilegeGrantDetector
+from detectors.access.privilege_grants import PrivilegeGrantDetector
 from detectors.events import decode_event
 from detectors.findings import Source
 

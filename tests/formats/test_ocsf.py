@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from daemon.formats import Decoded, make_format
-from detectors.access.suspicious import PrivilegeGrantDetector
+from detectors.access.privilege_grants import PrivilegeGrantDetector
 from detectors.findings import Entity, Finding, Source
 from playbooks.ocsf import to_ocsf
 from playbooks.privacy import Pseudonymizer

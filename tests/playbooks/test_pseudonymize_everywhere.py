@@ -16,7 +16,7 @@ from pb_helpers import PSEUDO_KEY, Receiver, build_finding
 
 from daemon.lab.fake_slack import FakeSlack
 from detectors.findings import Entity, Finding
-from detectors.telemetry.window import scope_phrase
+from detectors.telemetry.features import scope_phrase
 from playbooks.privacy import Pseudonymizer, pseudonymize_finding
 from playbooks.render import outside_view, render_alert
 

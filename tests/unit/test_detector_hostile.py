@@ -24,7 +24,7 @@ from detectors.findings import Entity, Finding, Source
 from detectors.incidents import IncidentPolicy
 from detectors.pipeline import DetectorSpec, Pipeline
 from detectors.state import CapPool, EntityTable
-from detectors.telemetry.drift import FeatureDriftDetector
+from detectors.telemetry.feature_drift import FeatureDriftDetector
 from detectors.telemetry.integrity import InputIntegrityDetector
 from detectors.telemetry.window import FEATURE_LIMIT, Block, ModelState
 from detectors.testing import feed, sourced

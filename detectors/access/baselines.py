@@ -1,13 +1,9 @@
-"""Pure functions and small state types shared by the access and audit detectors.
+"""Small learnt baselines of the access and audit detectors.
 
-Everything here is either a pure function (great-circle distance, local solar
-hour, resource parsing) or a tiny ``__slots__`` class holding numbers, so the
-detectors' state pickles (snapshot/restore) and costs little memory.
+Each is a tiny ``__slots__`` class holding numbers (robust log-space
+baselines, a decaying log histogram, a novelty rate), registered as a state
+type so the detectors' snapshots name it by a stable name.
 
->>> round(haversine_km(52.52, 13.40, 40.71, -74.01))   # Berlin - New York
-6385
->>> model_id_of("model:fraud-scorer:3"), model_id_of("dataset:x")
-('fraud-scorer', None)
 >>> b = LogBaselines(2)
 >>> for v in (100, 120, 90, 110, 100, 95, 105, 130, 85, 100):
 ...     limits = b.update([v, 10 * v], alpha=0.05, warmup=5, z=4.0, min_ratio=5.0,
@@ -19,23 +15,13 @@ detectors' state pickles (snapshot/restore) and costs little memory.
 from __future__ import annotations
 
 import math
-import re
 from typing import Final
 
-__all__ = [
-    "LogBaselines",
-    "LogHistogram",
-    "NoveltyRate",
-    "haversine_km",
-    "ip_prefix",
-    "is_dataset",
-    "is_model",
-    "local_hour",
-    "model_id_of",
-    "verb_of",
-]
+from detectors.state import Cooldown
+from detectors.state_codec import state_type
 
-_EARTH_RADIUS_KM: Final = 6371.0088
+__all__ = ["LogBaselines", "LogHistogram", "NoveltyRate", "WindowedBaseline"]
+
 #: log1p units: the smallest spread assumed for a baseline, so that a perfectly
 #: steady service account (spread 0) does not fire on a 10% wobble.
 _MIN_LOG_SD: Final = 0.25
@@ -48,69 +34,7 @@ _HUBER_K: Final = 3.0
 _DECAY_EVERY: Final = 64
 
 
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in kilometres between two points given in degrees."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp = p2 - p1
-    dl = math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
-
-
-def local_hour(ts: float, lon: float | None) -> int:
-    """Hour of the day (0-23) in local solar time at longitude ``lon`` (UTC if None).
-
-    Solar time follows the person when they travel, without a time-zone
-    database; it differs from civil time by an hour or two at most, which the
-    detectors' hour tolerance absorbs.
-
-    >>> local_hour(0.0, None), local_hour(0.0, 135.0), local_hour(0.0, -75.0)
-    (0, 9, 19)
-    """
-    offset = 0.0 if lon is None else lon / 15.0
-    return int((ts / 3600.0 + offset) % 24.0)
-
-
-def verb_of(action: str) -> str:
-    """The verb of a dotted action: ``dataset.read`` -> ``read``."""
-    return action.rpartition(".")[2]
-
-
-def is_dataset(resource: str, resource_type: str | None) -> bool:
-    return resource_type == "dataset" or resource.startswith("dataset:")
-
-
-def is_model(resource: str, resource_type: str | None) -> bool:
-    return resource_type == "model" or resource.startswith("model:")
-
-
-def model_id_of(resource: str | None) -> str | None:
-    """Model name of a ``model:NAME[:VERSION]`` resource, else None."""
-    if not resource or not resource.startswith("model:"):
-        return None
-    name = resource.split(":", 2)[1]
-    return name or None
-
-
-def ip_prefix(ip: str) -> str:
-    """The /24 of an IPv4 address or the /48 of an IPv6 one: one network, not one host.
-
-    >>> ip_prefix("203.0.113.7"), ip_prefix("2001:db8:1:2::5")
-    ('203.0.113', '2001:db8:1')
-    """
-    if ":" in ip:
-        return ":".join(ip.split(":")[:3])
-    return ip.rpartition(".")[0] or ip
-
-
-_TOKEN_SPLIT: Final = re.compile(r"[:/@,;=\s|]+")
-
-
-def resource_tokens(resource: str) -> list[str]:
-    """Parts of a resource name: ``role:admin:alice`` -> ``['role', 'admin', 'alice']``."""
-    return [t for t in _TOKEN_SPLIT.split(resource) if t]
-
-
+@state_type("access.log_baselines")
 class LogBaselines:
     """Robust EWMAs of ``log1p(value)`` for ``k`` metrics updated together.
 
@@ -192,6 +116,7 @@ class LogBaselines:
         self.means, self.devs, self.n = state
 
 
+@state_type("access.log_histogram")
 class LogHistogram:
     """Decaying histogram of values on a log2 scale: a cheap population quantile.
 
@@ -251,6 +176,7 @@ class LogHistogram:
         self.bins, self.count, self.decay, self.pending = state
 
 
+@state_type("access.novelty_rate")
 class NoveltyRate:
     """Laplace-smoothed, exponentially decayed rate of "this is new".
 
@@ -284,3 +210,43 @@ class NoveltyRate:
 
     def __setstate__(self, state: tuple[float, float]) -> None:
         self.new, self.total = state
+
+
+class WindowedBaseline(Cooldown):
+    """Base of per-entity state counted per event-time window against its own past.
+
+    The one windowed baseline of the access detectors: ``totals`` of ``k``
+    metrics in the window in progress (number ``window``), and ``base``, a
+    :class:`LogBaselines` of the past *active* windows, with the ``limits``
+    it gives and the count of ``windows`` folded in. A :class:`Cooldown` too:
+    every rule judged on a window reports once per cooldown.
+
+    >>> c = WindowedBaseline(); c.init_window(1, window=0)
+    >>> for w in range(12):
+    ...     c.totals[0] += 10
+    ...     _ = c.close_window(w + 1, alpha=0.1, warmup=5, z=4.0, min_ratio=3.0, floors=(5.0,))
+    >>> c.windows, c.window, c.totals, round(c.limits[0])
+    (12, 12, [0], 30)
+    """
+
+    __slots__ = ("base", "limits", "totals", "window", "windows")
+
+    def init_window(self, k: int, window: int) -> None:
+        self.window = window
+        self.totals = [0] * k
+        self.base = LogBaselines(k)
+        self.limits = [math.inf] * k
+        self.windows = 0
+
+    def close_window(self, window: int, alpha: float, warmup: int, z: float,
+                     min_ratio: float | tuple[float, ...], floors: tuple[float, ...]) -> bool:
+        """Fold the window in progress into the baseline if it was active (some total
+        non-zero; True then), and start window ``window`` from zero."""
+        totals = self.totals
+        active = any(totals)
+        if active:
+            self.windows += 1
+            self.limits = self.base.update(totals, alpha, warmup, z, min_ratio, floors)
+        self.window = window
+        self.totals = [0] * len(totals)
+        return active
