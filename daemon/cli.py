@@ -52,7 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"config error: {line}", file=sys.stderr)
         return 2
-    daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
+    from playbooks.outbox import UnsafeStateFile
+
+    try:
+        daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
+    except UnsafeStateFile as exc:  # e.g. a planted checkpoint directory: one line, exit 2
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     quiet_gc()  # detectors are built: freeze them out of every GC pass
     try:
         return daemon.run()

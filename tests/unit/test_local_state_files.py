@@ -79,3 +79,28 @@ def test_a_checkpoint_others_can_write_is_refused(tmp_path):
     path.chmod(0o666)
     with pytest.raises(ValueError, match="writable by group or others"):
         LocalStateStore(tmp_path, "g", KEY).load(0)
+
+
+def test_run_with_a_planted_group_directory_exits_2_with_one_line(tmp_path):
+    """`mlwatchd run` refuses a symlinked checkpoint directory like a config error."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (state / "planted").symlink_to(elsewhere)
+    config = tmp_path / "mlwatchd.yaml"
+    config.write_text(
+        "kafka: {bootstrap_servers: '127.0.0.1:1', group_id: planted}\n"
+        f"state: {{dir: '{state}'}}\n"
+        "observability: {http_port: 0}\n"
+        "playbooks: {enabled: false}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("config error: ") and "planted" in last and "refused" in last
