@@ -262,7 +262,12 @@ class ModelStageAlignment:
         aligner = self._aligners[partition] = EventTimeAligner(
             self.max_wait_s, self.max_buffered, now)
         if state:
-            aligner.restore(state, now)
+            try:
+                aligner.restore(state, now)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                self._aligners[partition] = EventTimeAligner(
+                    self.max_wait_s, self.max_buffered, now)
+                raise ValueError(f"alignment state unreadable: {exc}") from None
 
     def drop(self, partition: int) -> None:
         self._aligners.pop(partition, None)

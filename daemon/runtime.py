@@ -33,6 +33,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.align import ModelStageAlignment
 from daemon.bootstrap import Bootstrap
 from daemon.context import KafkaContextTable
 from daemon.formats import DeadLetter, Format, make_format
@@ -118,6 +119,13 @@ class Daemon:
                         if self.pipeline.repartitioned and self.pipeline.has_model_scope()
                         else None)
         self.alerter = alerter
+        # [align] Event-time alignment of the model stage (daemon/align.py): its held
+        # events are checkpointed state, so only with a store (none: unaligned).
+        state = settings.state
+        self._align = (ModelStageAlignment(state.model_stage_max_wait_s,
+                                           state.model_stage_max_buffered, self.metrics.registry)
+                       if self._rtopic is not None and (state.store == "kafka" or state.dir)
+                       else None)
         self.health = Health(settings.observability.stall_after_s)
         self.stopping = stopping or threading.Event()
         self.status: StatusServer | None = None
@@ -328,7 +336,7 @@ class Daemon:
             if self._to_record:
                 todo, self._to_record = self._to_record, []
                 self._record_start(todo)
-            if batch:
+            if batch or (self._align is not None and self._align.holding()):  # [align]
                 self._process(batch)
             now = time.monotonic()
             if now - self._gauges_at >= _GAUGE_EVERY_S:
@@ -349,6 +357,9 @@ class Daemon:
                 partition = model_partition(tp.partition)
                 events = list(self._unseen(partition, _origins(messages),
                                            self._decoded(tp, messages, dead)))
+                if self._align is not None:  # [align] held; released below in event-time order
+                    self._align.push(partition, events, time.monotonic())
+                    events = []
             else:
                 if tp.topic not in self._inputs:
                     continue
@@ -372,6 +383,10 @@ class Daemon:
             self.metrics.events.labels(tp.topic).inc(len(messages))
             count += len(messages)
             offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, None, -1)
+        if self._align is not None:  # [align] what is due, in one order whatever the arrivals
+            for partition, released in self._align.release(time.monotonic(), self._restored):
+                for kind, run in _runs(released):
+                    findings.extend(self.pipeline.process_many(kind, partition, run))
         records: list[OutRecord] = [
             (self.settings.topics.findings, f.entity.id.encode(), encode_finding(f), None)
             for f in findings
@@ -406,8 +421,9 @@ class Daemon:
         self._pending.update(offsets)
         self._commit()
         self.processed += count
-        self.metrics.batch_events.observe(count)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        if count:  # [align] not the rounds that only release held events
+            self.metrics.batch_events.observe(count)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _format(self, tp: TopicPartition) -> Format:
         """The format reading ``tp`` (made on first use; the repartition topic's is contract)."""
@@ -636,7 +652,8 @@ class Daemon:
                     p, offsets, snapshot_detectors(self.pipeline, p, self._fingerprints),
                     sources=dict(self._seen.get(p, {})),
                     source_items=dict(self._seen_items.get(p, {})),
-                    formats=self._format_states(p)))
+                    formats=self._format_states(p),
+                    aligned=self._align.snapshot(p) if self._align is not None else {}))  # [align]
             if not self.pipeline.repartitioned:
                 size += self.store.save(Checkpoint(
                     GLOBAL, {f"{tp.topic}:{tp.partition}": off for tp, off in positions.items()},
@@ -672,6 +689,12 @@ class Daemon:
         if is_model_partition(partition):
             self._seen[partition] = dict(getattr(checkpoint, "sources", {}))
             self._seen_items[partition] = dict(getattr(checkpoint, "source_items", {}))
+            if self._align is not None:  # [align] the held events continue from the checkpoint
+                try:
+                    self._align.restore(partition, getattr(checkpoint, "aligned", {}),
+                                        time.monotonic())
+                except ValueError as exc:
+                    log.error("alignment_state_unreadable", partition=partition, error=str(exc))
         self._restore_formats(partition, getattr(checkpoint, "formats", {}))
         return checkpoint
 
@@ -770,6 +793,8 @@ class Daemon:
                 self.bootstrap.forget(list(gone))
             self._seen.pop(partition, None)
             self._seen_items.pop(partition, None)
+            if self._align is not None:  # [align]
+                self._align.drop(partition)
             self._unsaved.discard(partition)
         if self.store is not None and GLOBAL not in self._restored \
                 and not self.pipeline.repartitioned:

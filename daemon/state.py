@@ -102,6 +102,9 @@ class Checkpoint:
     #: Input topic -> its format's state (``Format.snapshot()``, plain JSON:
     #: e.g. the requests a KServe join still waits to answer), for this partition.
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Model partitions: the events held for event-time alignment
+    #: (``EventTimeAligner.snapshot()``, plain JSON), not yet fed to the state.
+    aligned: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
