@@ -266,3 +266,23 @@ def test_model_stage_alignment_releases_owned_partitions_and_keeps_metrics():
     stage.restore(m1, state, now=10.0)
     assert stage.release(10.5, owned=[m1]) == []  # warm-up after a restore
     assert [len(events) for _, events in stage.release(11.0, owned=[m1])] == [100]
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_alignment_knobs_are_validated_with_one_line_per_problem(tmp_path):
+    from daemon.settings import ConfigError, load
+
+    good = tmp_path / "good.yaml"
+    good.write_text("state: {model_stage_max_wait_s: 2.5, model_stage_max_buffered: 0}\n")
+    state = load(good).state
+    assert (state.model_stage_max_wait_s, state.model_stage_max_buffered) == (2.5, 0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("state: {model_stage_max_wait_s: -1, model_stage_max_buffered: lots}\n")
+    with pytest.raises(ConfigError) as err:
+        load(bad)
+    problems = err.value.problems
+    assert len(problems) == 2, problems
+    assert any("state.model_stage_max_wait_s" in p for p in problems)
+    assert any("state.model_stage_max_buffered" in p for p in problems)
