@@ -217,6 +217,8 @@ class ModelStageAlignment:
         self.buffered = Gauge("mlwatchd_model_stage_buffered_events",
                               "Model-stage events held for event-time alignment",
                               registry=registry)
+        # Read when scraped: a partition dropped or restored changes it too.
+        self.buffered.set_function(self.held)
         self.forced = Counter("mlwatchd_model_stage_forced_total",
                               "Model-stage events released unaligned: over "
                               "state.model_stage_max_buffered", registry=registry)
@@ -239,6 +241,10 @@ class ModelStageAlignment:
         """True if some partition holds events."""
         return any(len(a) for a in self._aligners.values())
 
+    def held(self) -> int:
+        """Events held over all partitions (safe from the metrics server's thread)."""
+        return sum(len(a) for a in list(self._aligners.values()))
+
     def release(self, now: float, owned: Iterable[int]) -> list[tuple[int, list[_Item]]]:
         """(partition, events due) for the partitions in ``owned`` that have some."""
         out: list[tuple[int, list[_Item]]] = []
@@ -250,7 +256,6 @@ class ModelStageAlignment:
             self.late.inc(aligner.late - late)
             if events:
                 out.append((partition, events))
-        self.buffered.set(sum(len(a) for a in self._aligners.values()))
         return out
 
     def snapshot(self, partition: int) -> dict[str, Any]:

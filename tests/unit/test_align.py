@@ -14,6 +14,7 @@ import random
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from daemon.align import EventTimeAligner, ModelStageAlignment
 from detectors.events import Event, InferenceEvent
@@ -259,11 +260,22 @@ def test_model_stage_alignment_releases_owned_partitions_and_keeps_metrics():
                                                           key=lambda it: (it[0].ts,
                                                                           it[1].partition,
                                                                           it[1].offset)))]
-    assert stage.buffered._value.get() == 100  # type: ignore[attr-defined]
+    registry = CollectorRegistry()
+    stage = ModelStageAlignment(1.0, 10**6, registry)
+    stage.push(m0, items[:100], now=0.0)
+    stage.push(m1, items[100:], now=0.0)
+
+    def gauge() -> float | None:
+        return registry.get_sample_value("mlwatchd_model_stage_buffered_events")
+
+    assert gauge() == 200
+    assert [len(events) for _, events in stage.release(5.0, owned=[m0])] == [100]
+    assert gauge() == 100
     state = stage.snapshot(m1)
-    stage.drop(m1)
-    assert not stage.holding() and stage.snapshot(m1) == {}
+    stage.drop(m1)  # the partition went to another replica: it holds nothing here
+    assert not stage.holding() and stage.snapshot(m1) == {} and gauge() == 0
     stage.restore(m1, state, now=10.0)
+    assert gauge() == 100
     assert stage.release(10.5, owned=[m1]) == []  # warm-up after a restore
     assert [len(events) for _, events in stage.release(11.0, owned=[m1])] == [100]
 
