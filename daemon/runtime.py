@@ -153,6 +153,11 @@ class Daemon:
         self._to_restore: dict[int, list[TopicPartition]] = {}
         #: State partitions with no checkpoint yet: saved before their first commit.
         self._unsaved: set[int] = set()
+        #: Partitions restored from a checkpoint older than the group's commit: that
+        #: commit, which their replay must not move back (a stop mid-replay would
+        #: leave the group's offsets lower than they were; the checkpoint says
+        #: where the replay is).
+        self._floor: dict[TopicPartition, int] = {}
         #: Re-gained input partitions whose start offset is still to be recorded.
         self._to_record: list[TopicPartition] = []
         #: Model partitions: source "topic:partition" -> last source offset seen,
@@ -418,12 +423,23 @@ class Daemon:
                 self._checkpoint(sorted(self._restored))
             elif self._unsaved:
                 self._checkpoint(sorted(self._unsaved))
-        self._pending.update(offsets)
+        self._pending.update((tp, self._not_back(tp, meta)) for tp, meta in offsets.items())
         self._commit()
         self.processed += count
         if count:  # [align] not the rounds that only release held events
             self.metrics.batch_events.observe(count)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _not_back(self, tp: TopicPartition, meta: OffsetAndMetadata) -> OffsetAndMetadata:
+        """The offset to commit: the group's commit while a replay is still below it
+        (the state's own position, in the checkpoint, stays the replay's)."""
+        floor = self._floor.get(tp)
+        if floor is None:
+            return meta
+        if meta.offset >= floor:
+            del self._floor[tp]
+            return meta
+        return OffsetAndMetadata(floor, None, -1)
 
     def _format(self, tp: TopicPartition) -> Format:
         """The format reading ``tp`` (made on first use; the repartition topic's is contract)."""
@@ -758,6 +774,7 @@ class Daemon:
             self._to_restore.pop(partition, None)
         for tp in revoked:
             self._positions.pop(tp, None)
+            self._floor.pop(tp, None)
         self._to_record = [tp for tp in self._to_record if tp not in set(revoked)]
         log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
 
@@ -825,6 +842,8 @@ class Daemon:
                     # it is processed again, so state == never stopped.
                     self._consumer.seek(tp, offset)
                     self._positions[tp] = offset
+                    if committed.get(tp, -1) > offset:
+                        self._floor[tp] = committed[tp]
                     if offset > committed.get(tp, -1):
                         # The last owner saved this far but could not commit:
                         # commit it now, or the lag stays even with nothing to read.
