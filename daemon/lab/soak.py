@@ -77,6 +77,9 @@ _HELD: Final = "mlwatchd_model_stage_buffered_events"
 #: A run is over when, besides the input, the model stage's committed offsets
 #: have not moved for this long and no replica holds events for alignment.
 _MODEL_STAGE_QUIET_S: Final = 3.0
+#: Model-stage events judged out of the aligned order (reported per run).
+_ALIGNMENT_COUNTERS: Final = ("mlwatchd_model_stage_late_total",
+                              "mlwatchd_model_stage_forced_total")
 
 
 @dataclass
@@ -353,7 +356,7 @@ def _scrape(port: int) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         base = name.split("{", 1)[0]
         if base in ("mlwatchd_events_consumed_total", "mlwatchd_dlq_messages_total",
-                    "mlwatchd_findings_total", _HELD):
+                    "mlwatchd_findings_total", _HELD, *_ALIGNMENT_COUNTERS):
             with contextlib.suppress(ValueError):
                 out[base] = out.get(base, 0.0) + float(value)
     return out
@@ -494,6 +497,14 @@ def _committed(admin: Any, group: str) -> dict[str, int]:
 
 def _unprocessed(ends: Mapping[str, int], committed: Mapping[str, int]) -> int:
     return sum(max(0, end - committed.get(name, 0)) for name, end in ends.items())
+
+
+def _alignment(lives: list[Incarnation]) -> dict[str, int]:
+    """Model-stage events released out of the aligned order, over every incarnation
+    (as last scraped: a process killed between scrapes may have counted more)."""
+    return {name.removeprefix("mlwatchd_model_stage_").removesuffix("_total"):
+            int(sum(life.metrics.get(name, 0.0) for life in lives))
+            for name in _ALIGNMENT_COUNTERS}
 
 
 def _held(replicas: list[Replica]) -> int:
@@ -729,7 +740,7 @@ def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica:
     replica.terminate()
     replica.wait(60)
     life = replica.current
-    return {"wall_s": round(wall, 1), "unprocessed": left,
+    return {"wall_s": round(wall, 1), "unprocessed": left, "model_stage": _alignment([life]),
             "peak_rss_mib": round(life.hwm_kib / 1024, 1),
             "events_consumed_metric": life.metrics.get("mlwatchd_events_consumed_total"),
             "exit_code": life.exit_code, "log": life.log}
@@ -932,6 +943,7 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
         }
     consumed = sum(life.metrics.get("mlwatchd_events_consumed_total", 0.0) for life in lives)
     return {
+        "model_stage": _alignment(lives),
         "wall_s": round(wall, 1),
         "timed_out": timed_out,
         "stalled": stalled,
@@ -1103,6 +1115,8 @@ def _print_report(r: Mapping[str, Any]) -> None:
         out(f"  finding ids vs clean: {'IDENTICAL' if cmp_['identical'] else 'DIFFERENT'} "
             f"(clean {cmp_['clean']:,}, faulty {cmp_['faulty']:,}, only in clean "
             f"{cmp_['only_clean']:,}, only in faulty {cmp_['only_faulty']:,})")
+        out(f"  model stage out of aligned order (late, forced): faulty "
+            f"{faulty.get('model_stage', {})}, clean {r['clean'].get('model_stage', {})}")
         for name, row in cmp_["by_detector"].items():
             flag = "" if not row["only_clean"] and not row["only_faulty"] else "  <--"
             out(f"    {name:28s} clean {row['clean']:>6,} faulty {row['faulty']:>6,} "
