@@ -356,7 +356,8 @@ def _scrape(port: int) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         base = name.split("{", 1)[0]
         if base in ("mlwatchd_events_consumed_total", "mlwatchd_dlq_messages_total",
-                    "mlwatchd_findings_total", _HELD, *_ALIGNMENT_COUNTERS):
+                    "mlwatchd_findings_total", "mlwatchd_assigned_partitions", _HELD,
+                    *_ALIGNMENT_COUNTERS):
             with contextlib.suppress(ValueError):
                 out[base] = out.get(base, 0.0) + float(value)
     return out
@@ -508,12 +509,17 @@ def _alignment(lives: list[Incarnation]) -> dict[str, int]:
 
 
 def _held(replicas: list[Replica]) -> int:
-    """Events the live replicas' model stages still hold for alignment (scraped now)."""
+    """Events the live replicas' model stages still hold for alignment (scraped now);
+    -1 while a live replica has not answered or holds no partition yet: one restarted
+    after a kill may be about to restore a checkpoint that holds some."""
     held = 0
     for r in replicas:
         if r.alive and not r.retired:
-            r.sample(scrape=True)
-            held += int(r.current.metrics.get(_HELD, 0))
+            got = _scrape(r.current.port)
+            if not got.get("mlwatchd_assigned_partitions"):
+                return -1
+            r.current.metrics = got
+            held += int(got.get(_HELD, 0))
     return held
 
 
