@@ -16,7 +16,10 @@ model is watched by exactly one replica, with state that is checkpointed and
 handed over like any partition's. A forwarder that crashes before its commit
 forwards some events again; each copy names its source partition and offset,
 and the model stage skips what it has already seen (the high-water offsets
-are part of its checkpointed state).
+are part of its checkpointed state). [align] With a store, the model stage
+merges the copies of its sources in event-time order before the detectors
+see them (daemon/align.py); the events it holds are part of the same
+checkpoint.
 """
 
 from __future__ import annotations
