@@ -16,7 +16,10 @@ model is watched by exactly one replica, with state that is checkpointed and
 handed over like any partition's. A forwarder that crashes before its commit
 forwards some events again; each copy names its source partition and offset,
 and the model stage skips what it has already seen (the high-water offsets
-are part of its checkpointed state).
+are part of its checkpointed state). [align] With a store, the model stage
+merges the copies of its sources in event-time order before the detectors
+see them (daemon/align.py); the events it holds are part of the same
+checkpoint.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from daemon.align import ModelStageAlignment
 from daemon.bootstrap import Bootstrap
 from daemon.context import KafkaContextTable
 from daemon.formats import DeadLetter, Format, make_format
@@ -119,6 +123,13 @@ class Daemon:
                         if self.pipeline.repartitioned and self.pipeline.has_model_scope()
                         else None)
         self.alerter = alerter
+        # [align] Event-time alignment of the model stage (daemon/align.py): its held
+        # events are checkpointed state, so only with a store (none: unaligned).
+        state = settings.state
+        self._align = (ModelStageAlignment(state.model_stage_max_wait_s,
+                                           state.model_stage_max_buffered, self.metrics.registry)
+                       if self._rtopic is not None and (state.store == "kafka" or state.dir)
+                       else None)
         self.health = Health(settings.observability.stall_after_s)
         self.stopping = stopping or threading.Event()
         self.status: StatusServer | None = None
@@ -146,6 +157,11 @@ class Daemon:
         self._to_restore: dict[int, list[TopicPartition]] = {}
         #: State partitions with no checkpoint yet: saved before their first commit.
         self._unsaved: set[int] = set()
+        #: Partitions restored from a checkpoint older than the group's commit: that
+        #: commit, which their replay must not move back (a stop mid-replay would
+        #: leave the group's offsets lower than they were; the checkpoint says
+        #: where the replay is).
+        self._floor: dict[TopicPartition, int] = {}
         #: Re-gained input partitions whose start offset is still to be recorded.
         self._to_record: list[TopicPartition] = []
         #: Model partitions: source "topic:partition" -> last source offset seen,
@@ -329,7 +345,7 @@ class Daemon:
             if self._to_record:
                 todo, self._to_record = self._to_record, []
                 self._record_start(todo)
-            if batch:
+            if batch or (self._align is not None and self._align.holding()):  # [align]
                 self._process(batch)
             now = time.monotonic()
             if now - self._gauges_at >= _GAUGE_EVERY_S:
@@ -350,6 +366,9 @@ class Daemon:
                 partition = model_partition(tp.partition)
                 events = list(self._unseen(partition, _origins(messages),
                                            self._decoded(tp, messages, dead)))
+                if self._align is not None:  # [align] held; released below in event-time order
+                    self._align.push(partition, events, time.monotonic())
+                    events = []
             else:
                 if tp.topic not in self._inputs:
                     continue
@@ -373,6 +392,10 @@ class Daemon:
             self.metrics.events.labels(tp.topic).inc(len(messages))
             count += len(messages)
             offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, None, -1)
+        if self._align is not None:  # [align] what is due, in one order whatever the arrivals
+            for partition, released in self._align.release(time.monotonic(), self._restored):
+                for kind, run in _runs(released):
+                    findings.extend(self.pipeline.process_many(kind, partition, run))
         records: list[OutRecord] = [
             (self.settings.topics.findings, f.entity.id.encode(), encode_finding(f), None)
             for f in findings
@@ -405,11 +428,23 @@ class Daemon:
                 self._checkpoint(sorted(self._restored))
             elif self._unsaved:
                 self._checkpoint(sorted(self._unsaved))
-        self._pending.update(offsets)
+        self._pending.update((tp, self._not_back(tp, meta)) for tp, meta in offsets.items())
         self._commit()
         self.processed += count
-        self.metrics.batch_events.observe(count)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        if count:  # [align] not the rounds that only release held events
+            self.metrics.batch_events.observe(count)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _not_back(self, tp: TopicPartition, meta: OffsetAndMetadata) -> OffsetAndMetadata:
+        """The offset to commit: the group's commit while a replay is still below it
+        (the state's own position, in the checkpoint, stays the replay's)."""
+        floor = self._floor.get(tp)
+        if floor is None:
+            return meta
+        if meta.offset >= floor:
+            del self._floor[tp]
+            return meta
+        return OffsetAndMetadata(floor, None, -1)
 
     def _format(self, tp: TopicPartition) -> Format:
         """The format reading ``tp`` (made on first use; the repartition topic's is contract)."""
@@ -638,7 +673,8 @@ class Daemon:
                     p, offsets, snapshot_detectors(self.pipeline, p, self._fingerprints),
                     sources=dict(self._seen.get(p, {})),
                     source_items=dict(self._seen_items.get(p, {})),
-                    formats=self._format_states(p)))
+                    formats=self._format_states(p),
+                    aligned=self._align.snapshot(p) if self._align is not None else {}))  # [align]
             if not self.pipeline.repartitioned:
                 size += self.store.save(Checkpoint(
                     GLOBAL, {f"{tp.topic}:{tp.partition}": off for tp, off in positions.items()},
@@ -678,6 +714,12 @@ class Daemon:
         if is_model_partition(partition):
             self._seen[partition] = dict(getattr(checkpoint, "sources", {}))
             self._seen_items[partition] = dict(getattr(checkpoint, "source_items", {}))
+            if self._align is not None:  # [align] the held events continue from the checkpoint
+                try:
+                    self._align.restore(partition, checkpoint.aligned,
+                                        time.monotonic())
+                except ValueError as exc:
+                    log.error("alignment_state_unreadable", partition=partition, error=str(exc))
         self._restore_formats(partition, getattr(checkpoint, "formats", {}))
         return checkpoint
 
@@ -741,6 +783,7 @@ class Daemon:
             self._to_restore.pop(partition, None)
         for tp in revoked:
             self._positions.pop(tp, None)
+            self._floor.pop(tp, None)
         self._to_record = [tp for tp in self._to_record if tp not in set(revoked)]
         log.info("partitions_revoked", partitions=[f"{t.topic}:{t.partition}" for t in revoked])
 
@@ -776,6 +819,8 @@ class Daemon:
                 self.bootstrap.forget(list(gone))
             self._seen.pop(partition, None)
             self._seen_items.pop(partition, None)
+            if self._align is not None:  # [align]
+                self._align.drop(partition)
             self._unsaved.discard(partition)
         if self.store is not None and GLOBAL not in self._restored \
                 and not self.pipeline.repartitioned:
@@ -806,6 +851,8 @@ class Daemon:
                     # it is processed again, so state == never stopped.
                     self._consumer.seek(tp, offset)
                     self._positions[tp] = offset
+                    if committed.get(tp, -1) > offset:
+                        self._floor[tp] = committed[tp]
                     if offset > committed.get(tp, -1):
                         # The last owner saved this far but could not commit:
                         # commit it now, or the lag stays even with nothing to read.

@@ -358,6 +358,18 @@ class StateSettings(_Section):
     #: model is watched by one replica whatever the partitioning (right for
     #: several). ``auto``: ``repartition`` with store ``kafka``, else ``local``.
     model_routing: Literal["auto", "local", "repartition"] = "auto"
+    #: Repartitioned model stage with a store: a model's events from several
+    #: input partitions are merged in event-time order (daemon/align.py), so a
+    #: run under faults gives the findings of a clean run. A source partition
+    #: that has sent nothing for this long (wall clock) is not waited for; 0
+    #: waits for none. Held events are part of the checkpointed state. The
+    #: default outlasts a killed forwarder's handoff under Kafka's default
+    #: 45 s session timeout; it delays a model's findings only while one of
+    #: its source partitions is quiet.
+    model_stage_max_wait_s: float = Field(60.0, ge=0, le=600)
+    #: At most this many events held per model partition; over it the oldest
+    #: go on unaligned (counted in ``mlwatchd_model_stage_forced_total``); 0: no alignment.
+    model_stage_max_buffered: int = Field(20_000, ge=0, le=1_000_000)
 
     @model_validator(mode="before")
     @classmethod

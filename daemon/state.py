@@ -117,6 +117,9 @@ class Checkpoint:
     #: Input topic -> its format's state (``Format.snapshot()``, plain JSON:
     #: e.g. the requests a KServe join still waits to answer), for this partition.
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Model partitions: the events held for event-time alignment
+    #: (``EventTimeAligner.snapshot()``, plain JSON), not yet fed to the state.
+    aligned: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
@@ -153,6 +156,7 @@ class _CheckpointRecord(msgspec.Struct, forbid_unknown_fields=False):
     sources: dict[str, int] = {}
     source_items: dict[str, int] = {}
     formats: dict[str, dict[str, Any]] = {}
+    aligned: dict[str, Any] = {}
 
 
 _RECORD_DECODER = msgspec.msgpack.Decoder(_CheckpointRecord)
@@ -162,7 +166,8 @@ def _encode(checkpoint: Checkpoint) -> bytes:
     checkpoint.saved_at = time.time()
     return msgspec.msgpack.encode(_CheckpointRecord(
         _FORMAT, checkpoint.partition, checkpoint.offsets, checkpoint.detectors,
-        checkpoint.saved_at, checkpoint.sources, checkpoint.source_items, checkpoint.formats))
+        checkpoint.saved_at, checkpoint.sources, checkpoint.source_items, checkpoint.formats,
+        checkpoint.aligned))
 
 
 def _decode(raw: bytes, where: str, partition: int) -> Checkpoint:
@@ -178,7 +183,7 @@ def _decode(raw: bytes, where: str, partition: int) -> Checkpoint:
     if record.partition != partition:
         raise ValueError(f"{where}: holds partition {record.partition}, not {partition}")
     return Checkpoint(record.partition, record.offsets, record.detectors, record.saved_at,
-                      record.sources, record.source_items, record.formats)
+                      record.sources, record.source_items, record.formats, record.aligned)
 
 
 def _check_key(signing_key: bytes | None) -> None:

@@ -72,6 +72,14 @@ _KAFKA_ENV: Final = {"MLWATCHD_KAFKA__FETCH_MAX_WAIT_MS": "20"}
 _SIM_FIXED: Final = 8_200
 _SIM_PER_SCALE: Final = 41_800
 _FINDING_IN_TEXT: Final = re.compile(r"finding `([0-9a-f]{16,64})`")
+#: Gauge of the model-stage events a replica holds for event-time alignment.
+_HELD: Final = "mlwatchd_model_stage_buffered_events"
+#: A run is over when, besides the input, the model stage's committed offsets
+#: have not moved for this long and no replica holds events for alignment.
+_MODEL_STAGE_QUIET_S: Final = 3.0
+#: Model-stage events judged out of the aligned order (reported per run).
+_ALIGNMENT_COUNTERS: Final = ("mlwatchd_model_stage_late_total",
+                              "mlwatchd_model_stage_forced_total")
 
 
 @dataclass
@@ -348,7 +356,8 @@ def _scrape(port: int) -> dict[str, float]:
         name, _, value = line.rpartition(" ")
         base = name.split("{", 1)[0]
         if base in ("mlwatchd_events_consumed_total", "mlwatchd_dlq_messages_total",
-                    "mlwatchd_findings_total"):
+                    "mlwatchd_findings_total", "mlwatchd_assigned_partitions", _HELD,
+                    *_ALIGNMENT_COUNTERS):
             with contextlib.suppress(ValueError):
                 out[base] = out.get(base, 0.0) + float(value)
     return out
@@ -489,6 +498,29 @@ def _committed(admin: Any, group: str) -> dict[str, int]:
 
 def _unprocessed(ends: Mapping[str, int], committed: Mapping[str, int]) -> int:
     return sum(max(0, end - committed.get(name, 0)) for name, end in ends.items())
+
+
+def _alignment(lives: list[Incarnation]) -> dict[str, int]:
+    """Model-stage events released out of the aligned order, over every incarnation
+    (as last scraped: a process killed between scrapes may have counted more)."""
+    return {name.removeprefix("mlwatchd_model_stage_").removesuffix("_total"):
+            int(sum(life.metrics.get(name, 0.0) for life in lives))
+            for name in _ALIGNMENT_COUNTERS}
+
+
+def _held(replicas: list[Replica]) -> int:
+    """Events the live replicas' model stages still hold for alignment (scraped now);
+    -1 while a live replica has not answered or holds no partition yet: one restarted
+    after a kill may be about to restore a checkpoint that holds some."""
+    held = 0
+    for r in replicas:
+        if r.alive and not r.retired:
+            got = _scrape(r.current.port)
+            if not got.get("mlwatchd_assigned_partitions"):
+                return -1
+            r.current.metrics = got
+            held += int(got.get(_HELD, 0))
+    return held
 
 
 def _read_topic(bootstrap: str, topic: str, idle_s: float = 3.0,
@@ -669,6 +701,13 @@ def _clean_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], workd
     env = _base_env(bootstrap, "soak-clean", "soak.findings.clean", "soak.dlq.clean",
                     opts.max_message_bytes, opts.session_timeout_ms)
     env["MLWATCHD_PLAYBOOKS__ENABLED"] = "false"
+    if opts.state_store == "kafka":
+        # The faulty run repartitions (the Kafka store's default): so does the clean
+        # one, with a local store for its aligned model stage, or their model-scoped
+        # findings would be compared across two routings.
+        env.update({"MLWATCHD_STATE__DIR": str(workdir / "state-clean"),
+                    "MLWATCHD_STATE__MODEL_ROUTING": "repartition",
+                    "MLWATCHD_TOPICS__REPARTITION": "soak.repartition.clean"})
     replica = Replica("clean", env, workdir, opts.config)
     started = time.monotonic()
     replica.start()
@@ -686,12 +725,18 @@ def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica:
     deadline = started + opts.timeout_s
     last_note = 0.0
     left = total
+    last_committed: dict[str, int] = {}
+    moved_at = started
     while time.monotonic() < deadline:
         replica.sample(scrape=time.monotonic() - last_note > 2)
         if not replica.alive:
             raise RuntimeError(f"the clean replica exited early; see {replica.current.log}")
-        left = _unprocessed(ends, _committed(admin, "soak-clean"))
-        if left == 0:
+        committed = _committed(admin, "soak-clean")
+        if committed != last_committed:
+            last_committed, moved_at = committed, time.monotonic()
+        left = _unprocessed(ends, committed)
+        if left == 0 and time.monotonic() - moved_at >= _MODEL_STAGE_QUIET_S \
+                and _held([replica]) == 0:
             break
         if time.monotonic() - last_note > 15:
             last_note = time.monotonic()
@@ -701,7 +746,7 @@ def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica:
     replica.terminate()
     replica.wait(60)
     life = replica.current
-    return {"wall_s": round(wall, 1), "unprocessed": left,
+    return {"wall_s": round(wall, 1), "unprocessed": left, "model_stage": _alignment([life]),
             "peak_rss_mib": round(life.hwm_kib / 1024, 1),
             "events_consumed_metric": life.metrics.get("mlwatchd_events_consumed_total"),
             "exit_code": life.exit_code, "log": life.log}
@@ -869,7 +914,8 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
         outbox = _outbox_status(outboxes)
         finished = (left == 0 and faults_done and outbox.get("due", 0) == 0
                     and all(r.alive or r.retired for r in slots)
-                    and now - last_change >= opts.settle_s)
+                    and now - last_change >= opts.settle_s
+                    and now - moved_at >= _MODEL_STAGE_QUIET_S and _held(slots) == 0)
         if finished:
             done_since = done_since or now
             if now - done_since >= 2.0:
@@ -903,6 +949,7 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
         }
     consumed = sum(life.metrics.get("mlwatchd_events_consumed_total", 0.0) for life in lives)
     return {
+        "model_stage": _alignment(lives),
         "wall_s": round(wall, 1),
         "timed_out": timed_out,
         "stalled": stalled,
@@ -1074,6 +1121,8 @@ def _print_report(r: Mapping[str, Any]) -> None:
         out(f"  finding ids vs clean: {'IDENTICAL' if cmp_['identical'] else 'DIFFERENT'} "
             f"(clean {cmp_['clean']:,}, faulty {cmp_['faulty']:,}, only in clean "
             f"{cmp_['only_clean']:,}, only in faulty {cmp_['only_faulty']:,})")
+        out(f"  model stage out of aligned order (late, forced): faulty "
+            f"{faulty.get('model_stage', {})}, clean {r['clean'].get('model_stage', {})}")
         for name, row in cmp_["by_detector"].items():
             flag = "" if not row["only_clean"] and not row["only_faulty"] else "  <--"
             out(f"    {name:28s} clean {row['clean']:>6,} faulty {row['faulty']:>6,} "
