@@ -59,7 +59,7 @@ import orjson
 import structlog
 
 from daemon.integrity import MAC_HEADER, MIN_KEY_BYTES, RejectHook, header, record_mac, verify_mac
-from detectors.pipeline import GLOBAL, DetectorSpec, is_model_partition, repartition_of
+from detectors.pipeline import DetectorSpec, StatePartition
 
 __all__ = ["Checkpoint", "KafkaStateStore", "LocalStateStore", "StateStore", "spec_fingerprint"]
 
@@ -120,11 +120,7 @@ class StateStore(Protocol):
 
 def partition_name(partition: int) -> str:
     """``p3`` for input partition 3, ``m2`` for repartition partition 2, ``global``."""
-    if partition == GLOBAL:
-        return "global"
-    if is_model_partition(partition):
-        return f"m{repartition_of(partition)}"
-    return f"p{partition}"
+    return str(StatePartition.from_code(partition))
 
 
 def _encode(checkpoint: Checkpoint) -> bytes:
@@ -495,7 +491,7 @@ class KafkaStateStore:
 
 
 def snapshot_detectors(
-    pipeline: Any, partition: int, fingerprints: Mapping[str, str]
+    pipeline: Any, partition: StatePartition, fingerprints: Mapping[str, str]
 ) -> dict[str, tuple[str, bytes]]:
     return {name: (fingerprints.get(name, ""), state)
             for name, state in pipeline.snapshot(partition).items()}
