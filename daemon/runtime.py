@@ -392,16 +392,17 @@ def _status_servers(settings: Settings, metrics: Metrics, health: Health,
 def _update_gauges(consumer: Consumer | None, pipeline: Pipeline, intake: Intake,
                    metrics: Metrics) -> None:
     """Consumer lag, detector state gauges and format counters."""
-    for tp in consumer.assignment() if consumer is not None else ():
-        high = consumer.highwater(tp)
-        if high is None:
-            continue
-        try:
-            position = consumer.position(tp, timeout_ms=1000)
-        except Exception:
-            continue
-        if position is not None:
-            metrics.lag.labels(tp.topic, str(tp.partition)).set(high - position)
+    if consumer is not None:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = consumer.position(tp, timeout_ms=1000)
+            except Exception:
+                continue
+            if position is not None:
+                metrics.lag.labels(tp.topic, str(tp.partition)).set(high - position)
     totals: dict[tuple[str, str], float] = {}
     for _, detector in pipeline.detectors():
         for stat, value in detector.stats().items():
