@@ -43,13 +43,14 @@ from daemon.bootstrap import Bootstrap
 from daemon.checkpoints import Checkpoints, state_partition_of
 from daemon.context import KafkaContextTable
 from daemon.delivery import ACK_TIMEOUT_S, FindingHandoff, RecordDelivery
-from daemon.intake import FORMAT_HEADER, ITEM_HEADER, Intake
-from daemon.kafka_io import Consumer, OutRecord, connect, ensure_topics, new_consumer, new_producer
+from daemon.intake import FORMAT_HEADER, ITEM_HEADER, Decoded, Intake
+from daemon.kafka_io import Consumer, OutRecord, new_consumer, new_producer
 from daemon.metrics import Health, Metrics
 from daemon.model_stage import SOURCE_HEADER, ModelStage
 from daemon.rebalance import Offsets, Ownership, RebalanceListener
 from daemon.settings import Settings
-from daemon.state import KafkaStateStore, LocalStateStore
+from daemon.startup import Retrier, open_internal, status_servers
+from daemon.state import LocalStateStore
 from daemon.status_server import StatusServer
 from detectors.base import Detector
 from detectors.events import Event, event_type_of
@@ -135,8 +136,8 @@ class Daemon:
 
     def run(self) -> int:
         """Consume until stopped. Returns the process exit code."""
-        self.status, self.interactions = _status_servers(self.settings, self.metrics,
-                                                         self.health, self.alerter)
+        self.status, self.interactions = status_servers(self.settings, self.metrics,
+                                                        self.health, self.alerter)
         for server in (self.status, self.interactions):
             if server is not None:
                 server.start()
@@ -158,57 +159,22 @@ class Daemon:
         self.health.reason = "connecting to Kafka"
         if not self.delivery.connect():
             return False
-        self._consumer = connect(lambda: new_consumer(kafka), "consumer", self.stopping,
-                                 kafka.reconnect_backoff_max_s, self.metrics.broker_reconnects.inc)
+        retried = Retrier(self.stopping, kafka.reconnect_backoff_max_s, self.metrics)
+        self._consumer = retried(lambda: new_consumer(kafka), "consumer")
         if self._consumer is None:
             return False
         self.offsets.consumer = self.ownership.consumer = self._consumer
-        if not self._internal_topics(self._consumer):
+        opened, store = open_internal(
+            self.settings, self._consumer, retried, inputs=self.intake.inputs,
+            repartition_topic=self.intake.repartition_topic, context=self.context,
+            on_reject=self._rejected)
+        if store is not None:
+            self.checkpoints.store = store
+        if not opened:
             return False
         rtopic = self.intake.repartition_topic
         topics = sorted(self.intake.inputs) + ([rtopic] if rtopic else [])
         self._consumer.subscribe(topics=topics, listener=RebalanceListener(self.ownership))
-        return True
-
-    def _internal_topics(self, consumer: Consumer) -> bool:
-        """Create the repartition, state and context topics if needed; open the Kafka store
-        and the context table."""
-        state, kafka = self.settings.state, self.settings.kafka
-        rtopic, inputs = self.intake.repartition_topic, self.intake.inputs
-        if rtopic is None and state.store != "kafka" and self.context is None:
-            return True
-
-        def retried(make: Any, what: str) -> Any:
-            return connect(make, what, self.stopping, kafka.reconnect_backoff_max_s,
-                           self.metrics.broker_reconnects.inc)
-
-        counts = [len(consumer.partitions_for_topic(t) or ()) for t in inputs]
-        topic = self.settings.topics.inference
-        inference = len(consumer.partitions_for_topic(topic) or ()) if topic in inputs else 0
-        wanted: dict[str, tuple[int, dict[str, str]]] = {}
-        if self.context is not None:
-            wanted[self.context.topic] = (1, {"cleanup.policy": "compact"})
-        if rtopic is not None:
-            wanted[rtopic] = (inference or max(counts) or 1, {})
-        if state.store == "kafka":
-            wanted[state.topic] = (2 * (max(counts) or 1), {"cleanup.policy": "compact"})
-        if retried(lambda: ensure_topics(kafka, wanted), "admin") is None:
-            return False
-        if self.context is not None:
-            if not self.context.signed:
-                log.warning("context_unsigned", topic=self.context.topic,
-                            hint="set state.signing_key so that context records are signed")
-            if retried(self.context.start, "context table") is None:
-                return False
-        if state.store == "kafka":
-            assert state.signing_key is not None
-            key = state.signing_key.get_secret_value().encode()
-            self.checkpoints.store = retried(
-                lambda: KafkaStateStore(kafka, state.topic, kafka.group_id, key,
-                                        state.chunk_bytes, on_reject=self._rejected),
-                "state store")
-            if self.checkpoints.store is None:
-                return False
         return True
 
     def _shutdown(self) -> None:
@@ -265,7 +231,7 @@ class Daemon:
         _update_gauges(self._consumer, self.pipeline, self.intake, self.metrics)
 
     def _events(self, tp: TopicPartition, messages: list[Any], dead: list[OutRecord],
-                forward: list[OutRecord]) -> list[tuple[Event, Source]] | None:
+                forward: list[OutRecord]) -> Decoded | None:
         """The events of one partition's messages to judge (None: not a topic of ours)."""
         stage = self.model_stage
         if stage is not None and tp.topic == stage.topic:
@@ -277,17 +243,7 @@ class Daemon:
             forward.extend(stage.forward(messages, events,
                                          self.intake.format(tp).name == "contract"))
         if self.bootstrap is not None and self.bootstrap.learning:
-            # Retained history on a first start: the detectors learn it,
-            # its findings are dropped (counted); the rest is judged.
-            history = self.bootstrap.split(tp, messages)
-            if history:
-                cut = messages[history - 1].offset
-                old = [e for e in events if e[1].offset <= cut]
-                events = events[len(old):]
-                self.bootstrap.learnt.inc(len(old))
-                for kind, run in _runs(old):
-                    self.bootstrap.suppressed.inc(
-                        len(self.pipeline.process_many(kind, tp.partition, run)))
+            return _learn_history(self.bootstrap, self.pipeline, tp, messages, events)
         return events
 
     def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -360,33 +316,19 @@ class Daemon:
                       error=f"{type(exc).__name__}: {exc}")
 
 
-def _status_servers(settings: Settings, metrics: Metrics, health: Health,
-                    response: ResponseSide | None) -> tuple[StatusServer | None,
-                                                            StatusServer | None]:
-    """(status server, interactivity listener), each None when not configured (not started).
-
-    Slack's callbacks go to their own listener when ``interactivity_port`` is
-    set, else to the status server.
-    """
-    obs = settings.observability
-    routes = {}
-    interactivity = settings.playbooks.interactivity
-    if interactivity.enabled and response is not None:
-        routes[interactivity.path] = response.handle_slack_interaction
-    cap, timeout = obs.http_max_connections, obs.http_request_timeout_s
-    interactions = None
-    if obs.interactivity_port is not None and routes:
-        interactions = StatusServer(
-            metrics, health, obs.interactivity_host or obs.http_host,
-            obs.interactivity_port, routes, status_pages=False, name="interactivity",
-            max_connections=cap, max_per_client=max(1, cap // 4), request_timeout_s=timeout)
-        routes = {}
-    status = None
-    if obs.http_port is not None:
-        status = StatusServer(metrics, health, obs.http_host, obs.http_port, routes,
-                              max_connections=cap, max_per_client=max(1, cap // 4),
-                              request_timeout_s=timeout)
-    return status, interactions
+def _learn_history(bootstrap: Bootstrap, pipeline: Pipeline, tp: TopicPartition,
+                   messages: list[Any], events: Decoded) -> Decoded:
+    """Retained history on a first start: the detectors learn it, its findings are
+    dropped (counted); the events to judge are returned."""
+    history = bootstrap.split(tp, messages)
+    if not history:
+        return events
+    cut = messages[history - 1].offset
+    old = [e for e in events if e[1].offset <= cut]
+    bootstrap.learnt.inc(len(old))
+    for kind, run in _runs(old):
+        bootstrap.suppressed.inc(len(pipeline.process_many(kind, tp.partition, run)))
+    return events[len(old):]
 
 
 def _update_gauges(consumer: Consumer | None, pipeline: Pipeline, intake: Intake,
