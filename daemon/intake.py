@@ -12,8 +12,8 @@ KServe join) belongs to its partition and moves with its checkpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 import structlog
 from kafka import TopicPartition
@@ -24,7 +24,7 @@ from daemon.metrics import Metrics
 from detectors.events import BadEvent, Event, check_ts_window
 from detectors.findings import Source
 
-__all__ = ["FORMAT_HEADER", "ITEM_HEADER", "Decoded", "Intake"]
+__all__ = ["FORMAT_HEADER", "ITEM_HEADER", "Decoded", "Intake", "KafkaRecord"]
 
 log = structlog.get_logger("mlwatchd.runtime")
 
@@ -36,6 +36,26 @@ ITEM_HEADER: Final = "mlwatchd.source.item"
 
 #: What one partition's messages gave: events with their sources, in order.
 Decoded = list[tuple[Event, Source]]
+
+
+class KafkaRecord(Protocol):
+    """A consumed message as either client gives it (kafka-python's ``ConsumerRecord``,
+    :mod:`daemon.kafka_confluent`'s record)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def timestamp(self) -> int | None: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
 
 
 class Intake:
@@ -76,7 +96,8 @@ class Intake:
             fmt = self.formats[tp] = make_format(name, {"max_bytes": self.max_bytes, **options})
         return fmt
 
-    def decode(self, tp: TopicPartition, messages: list[Any], dead: list[OutRecord]) -> Decoded:
+    def decode(self, tp: TopicPartition, messages: Sequence[KafkaRecord],
+               dead: list[OutRecord]) -> Decoded:
         """Events of a partition's messages, in order; the rest appended to ``dead``."""
         now = time.time()
         topic, partition = tp.topic, tp.partition
@@ -86,7 +107,9 @@ class Intake:
         out: Decoded = []
         for message in messages:
             try:
-                results = fmt.decode(message.value, message.headers or [], message.timestamp)
+                # A tombstone's None goes in as it is: the format dead-letters it.
+                results = fmt.decode(message.value,  # type: ignore[arg-type]
+                                     message.headers or [], message.timestamp)
             except Exception as exc:  # a format never raises; if one does, one message pays
                 results = [DeadLetter(fmt.name, "undecodable", f"{type(exc).__name__}: {exc}")]
             for result in results:
@@ -105,7 +128,7 @@ class Intake:
         return out
 
     def dead_letter(
-        self, tp: TopicPartition, message: Any, fmt: str, reason: str, detail: str,
+        self, tp: TopicPartition, message: KafkaRecord, fmt: str, reason: str, detail: str,
         item: int | None, contract: bool,
     ) -> OutRecord:
         """One dead letter: the message unchanged, with the contract's headers (and, for

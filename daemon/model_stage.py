@@ -21,17 +21,17 @@ aligner) goes right after it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from kafka import TopicPartition
 
-from daemon.intake import Decoded
+from daemon.intake import Decoded, KafkaRecord
 from daemon.kafka_io import OutRecord
 from daemon.metrics import Metrics
-from detectors.events import InferenceEvent
+from detectors.events import Event, InferenceEvent
 from detectors.findings import Source
 from detectors.pipeline import StatePartition
 
@@ -45,7 +45,7 @@ SOURCE_HEADER: Final = "mlwatchd.source"
 Origins = dict[int, tuple[str, int, int | None]]
 
 
-def origins(messages: list[Any]) -> Origins:
+def origins(messages: Sequence[KafkaRecord]) -> Origins:
     """Repartition offset -> ("topic:partition", offset, item) of the original event."""
     out: Origins = {}
     for message in messages:
@@ -80,7 +80,8 @@ class ModelStage:
         self.metrics = metrics
         self._seen: dict[StatePartition, SeenSources] = {}
 
-    def forward(self, messages: list[Any], events: Decoded, contract: bool) -> list[OutRecord]:
+    def forward(self, messages: Sequence[KafkaRecord], events: Decoded,
+                contract: bool) -> list[OutRecord]:
         """Copies of ``events`` (decoded from ``messages``) for the repartition topic.
 
         Contract events go on unchanged; others as the contract event read.
@@ -88,7 +89,7 @@ class ModelStage:
         must not be able to make the model stage skip events.
         """
         out: list[OutRecord] = []
-        by_offset: dict[int, Any] | None = None
+        by_offset: dict[int, KafkaRecord] | None = None
         for event, source in events:
             if not isinstance(event, InferenceEvent) or not self.wants(event.model_id):
                 continue
@@ -103,12 +104,13 @@ class ModelStage:
                         [*headers, (SOURCE_HEADER, origin.encode())]))
         return out
 
-    def admit(self, tp: TopicPartition, messages: list[Any], events: Decoded) -> Decoded:
+    def admit(self, tp: TopicPartition, messages: Sequence[KafkaRecord],
+              events: Decoded) -> Decoded:
         """The repartitioned ``events`` not seen yet, each with its original source."""
         return list(self._unseen(StatePartition.model(tp.partition), origins(messages), events))
 
     def _unseen(self, partition: StatePartition, found: Origins,
-                events: Decoded) -> Iterator[tuple[Any, Source]]:
+                events: Decoded) -> Iterator[tuple[Event, Source]]:
         """Copies from one source partition arrive in (offset, item) order (one
         idempotent producer per batch), except that a forwarder which crashed
         before committing forwards a stretch again: anything at or below the

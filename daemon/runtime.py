@@ -31,8 +31,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final
 
 import structlog
 from kafka import TopicPartition
@@ -43,7 +43,7 @@ from daemon.bootstrap import Bootstrap
 from daemon.checkpoints import Checkpoints, state_partition_of
 from daemon.context import KafkaContextTable
 from daemon.delivery import ACK_TIMEOUT_S, FindingHandoff, RecordDelivery
-from daemon.intake import FORMAT_HEADER, ITEM_HEADER, Decoded, Intake
+from daemon.intake import FORMAT_HEADER, ITEM_HEADER, Decoded, Intake, KafkaRecord
 from daemon.kafka_io import Consumer, OutRecord, new_consumer, new_producer
 from daemon.metrics import Health, Metrics
 from daemon.model_stage import SOURCE_HEADER, ModelStage
@@ -230,7 +230,7 @@ class Daemon:
         """Refresh consumer lag (once connected), detector state gauges and format counters."""
         _update_gauges(self._consumer, self.pipeline, self.intake, self.metrics)
 
-    def _events(self, tp: TopicPartition, messages: list[Any], dead: list[OutRecord],
+    def _events(self, tp: TopicPartition, messages: Sequence[KafkaRecord], dead: list[OutRecord],
                 forward: list[OutRecord]) -> Decoded | None:
         """The events of one partition's messages to judge (None: not a topic of ours)."""
         stage = self.model_stage
@@ -246,7 +246,7 @@ class Daemon:
             return _learn_history(self.bootstrap, self.pipeline, tp, messages, events)
         return events
 
-    def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _process(self, batch: Mapping[TopicPartition, Sequence[KafkaRecord]]) -> None:
         started = time.perf_counter()
         findings: list[Finding] = []
         dead: list[OutRecord] = []
@@ -317,7 +317,7 @@ class Daemon:
 
 
 def _learn_history(bootstrap: Bootstrap, pipeline: Pipeline, tp: TopicPartition,
-                   messages: list[Any], events: Decoded) -> Decoded:
+                   messages: Sequence[KafkaRecord], events: Decoded) -> Decoded:
     """Retained history on a first start: the detectors learn it, its findings are
     dropped (counted); the events to judge are returned."""
     history = bootstrap.split(tp, messages)
