@@ -127,9 +127,18 @@ class StatePartition:
 GLOBAL: Final = StatePartition("global")
 
 
+#: Input partitions by number, made once (``process`` runs per event in replay).
+_INPUTS: dict[int, StatePartition] = {}
+
+
 def _partition(partition: StatePartition | int) -> StatePartition:
     """A bare int is an input partition number (what ``Source.partition`` holds)."""
-    return partition if isinstance(partition, StatePartition) else StatePartition.input(partition)
+    if isinstance(partition, StatePartition):
+        return partition
+    found = _INPUTS.get(partition)
+    if found is None:
+        found = _INPUTS[partition] = StatePartition.input(partition)  # refuses a negative
+    return found
 
 
 #: Prefix of a snapshot entry holding a detector's state and its open incidents.
