@@ -44,6 +44,7 @@ released twice.
 
 >>> from detectors.events import InferenceEvent
 >>> from detectors.findings import Source
+from detectors.pipeline import StatePartition
 >>> def ev(ts: float) -> InferenceEvent:
 ...     return InferenceEvent(ts=ts, model_id="m", request_id=str(ts), principal="p",
 ...                           features=[1.0], prediction=1)
@@ -68,6 +69,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from detectors.events import Event, decode_any
 from detectors.findings import Source
+from detectors.pipeline import StatePartition
 
 __all__ = ["EventTimeAligner", "ModelStageAlignment"]
 
@@ -213,7 +215,7 @@ class ModelStageAlignment:
                  registry: CollectorRegistry | None = None) -> None:
         self.max_wait_s = max_wait_s
         self.max_buffered = max_buffered
-        self._aligners: dict[int, EventTimeAligner] = {}
+        self._aligners: dict[StatePartition, EventTimeAligner] = {}
         self.buffered = Gauge("mlwatchd_model_stage_buffered_events",
                               "Model-stage events held for event-time alignment",
                               registry=registry)
@@ -227,14 +229,14 @@ class ModelStageAlignment:
                             "(their source was not waited for, or the cap forced it)",
                             registry=registry)
 
-    def _aligner(self, partition: int, now: float) -> EventTimeAligner:
+    def _aligner(self, partition: StatePartition, now: float) -> EventTimeAligner:
         found = self._aligners.get(partition)
         if found is None:
             found = self._aligners[partition] = EventTimeAligner(
                 self.max_wait_s, self.max_buffered, now)
         return found
 
-    def push(self, partition: int, events: Iterable[_Item], now: float) -> None:
+    def push(self, partition: StatePartition, events: Iterable[_Item], now: float) -> None:
         self._aligner(partition, now).push(events, now)
 
     def holding(self) -> bool:
@@ -245,9 +247,10 @@ class ModelStageAlignment:
         """Events held over all partitions (safe from the metrics server's thread)."""
         return sum(len(a) for a in list(self._aligners.values()))
 
-    def release(self, now: float, owned: Iterable[int]) -> list[tuple[int, list[_Item]]]:
+    def release(self, now: float, owned: Iterable[StatePartition]
+                ) -> list[tuple[StatePartition, list[_Item]]]:
         """(partition, events due) for the partitions in ``owned`` that have some."""
-        out: list[tuple[int, list[_Item]]] = []
+        out: list[tuple[StatePartition, list[_Item]]] = []
         for partition in sorted(set(owned) & set(self._aligners)):
             aligner = self._aligners[partition]
             forced, late = aligner.forced, aligner.late
@@ -258,11 +261,11 @@ class ModelStageAlignment:
                 out.append((partition, events))
         return out
 
-    def snapshot(self, partition: int) -> dict[str, Any]:
+    def snapshot(self, partition: StatePartition) -> dict[str, Any]:
         aligner = self._aligners.get(partition)
         return aligner.snapshot() if aligner is not None else {}
 
-    def restore(self, partition: int, state: Mapping[str, Any], now: float) -> None:
+    def restore(self, partition: StatePartition, state: Mapping[str, Any], now: float) -> None:
         """Continue a partition's aligner from its checkpoint (a fresh one without)."""
         aligner = self._aligners[partition] = EventTimeAligner(
             self.max_wait_s, self.max_buffered, now)
@@ -274,5 +277,5 @@ class ModelStageAlignment:
                     self.max_wait_s, self.max_buffered, now)
                 raise ValueError(f"alignment state unreadable: {exc}") from None
 
-    def drop(self, partition: int) -> None:
+    def drop(self, partition: StatePartition) -> None:
         self._aligners.pop(partition, None)

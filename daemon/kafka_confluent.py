@@ -24,6 +24,10 @@ The daemon's consumer and every producer made by
 :func:`daemon.kafka_io.new_producer` (findings and dead letters, the
 playbooks' publisher) use this transport; topic creation, the Kafka state
 store and the audit-topic reader stay on kafka-python (off the hot path).
+
+Why one module of ~400 lines: it is one adapter with one job (kafka-python's
+shape over librdkafka); its consumer, producer, record and error mapping
+share the same conversions, and each half alone would not run the loop.
 """
 
 from __future__ import annotations

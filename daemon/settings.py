@@ -5,6 +5,14 @@ values of object or list fields are JSON. Secrets are ``SecretStr`` and can
 also be read from files (``*_file`` keys), so they need never sit in the YAML.
 :func:`load` returns the settings or raises :class:`ConfigError` with one line
 per problem.
+
+Why one module of ~600 lines: it is the whole config schema, one pydantic
+model per YAML section plus the cross-field checks that need several
+sections at once (topics vs formats vs state store), and reading it top to
+bottom is how an operator or reviewer checks what a config key means. Split
+across modules, each section would import the others for those checks.
+Several people edit it at once; it stays one file until the input adapters
+work settles.
 """
 
 from __future__ import annotations

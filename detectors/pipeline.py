@@ -6,7 +6,7 @@ so their state can move with the partition between replicas. Model-scoped
 detectors get either one instance per process (``GLOBAL``: right for a single
 replica), or, when the daemon repartitions inference events by model, one
 instance per partition of the repartition topic (state partition
-``model_partition(r)``), which moves between replicas like any other.
+``StatePartition.model(r)``), which moves between replicas like any other.
 
 Every detector's findings go through its :class:`~detectors.incidents.IncidentTable`
 of the same state partition: one incident per (detector, entity); a repeat is
@@ -19,11 +19,12 @@ with its state, so a restart keeps them.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 from detectors.base import Detector
 from detectors.context import ContextTable, InMemoryContextTable
@@ -33,8 +34,7 @@ from detectors.incidents import DEFAULT_POLICY, IncidentPolicy, IncidentTable
 from detectors.registry import REGISTRY, build
 from detectors.state import CapPool
 
-__all__ = ["GLOBAL", "DetectorSpec", "Pipeline", "is_model_partition", "model_partition",
-           "repartition_of"]
+__all__ = ["GLOBAL", "DetectorSpec", "Pipeline", "StatePartition"]
 
 
 @dataclass(frozen=True)
@@ -58,25 +58,87 @@ class DetectorSpec:
         return build(self.name, self.params)
 
 
-#: Key of the model-scoped detector set in snapshots (without repartitioning).
-GLOBAL = -1
+@functools.total_ordering
+@dataclass(frozen=True, slots=True)
+class StatePartition:
+    """Whose detector state: an input partition, a model partition, or the process.
 
+    - ``StatePartition.input(n)``: the partition-scoped detectors of input
+      partition ``n`` (co-partitioned input topics share the number);
+    - ``StatePartition.model(r)``: the model-scoped detectors fed by partition
+      ``r`` of the repartition topic;
+    - ``GLOBAL``: the model-scoped detectors of this process (no repartitioning).
 
-def model_partition(repartition: int) -> int:
-    """State partition of the model-scoped detectors fed by repartition partition r.
+    :attr:`code` is the integer that names it in checkpoints (``n``, ``-2 - r``,
+    ``-1``), unchanged from the releases that used bare integers, so their
+    checkpoints stay readable. Ordered by that code.
 
-    >>> model_partition(0), repartition_of(model_partition(5)), is_model_partition(-2)
-    (-2, 5, True)
+    >>> StatePartition.model(5), StatePartition.from_code(-7), str(StatePartition.input(3))
+    (StatePartition(kind='model', index=5), StatePartition(kind='model', index=5), 'p3')
     """
-    return -2 - repartition
+
+    kind: Literal["input", "model", "global"]
+    index: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("input", "model", "global") or self.index < 0 \
+                or (self.kind == "global" and self.index != 0):
+            raise ValueError(f"not a state partition: {self.kind} {self.index}")
+
+    @classmethod
+    def input(cls, partition: int) -> StatePartition:
+        return cls("input", partition)
+
+    @classmethod
+    def model(cls, repartition: int) -> StatePartition:
+        return cls("model", repartition)
+
+    @classmethod
+    def from_code(cls, code: int) -> StatePartition:
+        """The partition a checkpoint's integer names (see :attr:`code`)."""
+        if code >= 0:
+            return cls("input", code)
+        return cls("global") if code == -1 else cls("model", -2 - code)
+
+    @property
+    def code(self) -> int:
+        if self.kind == "input":
+            return self.index
+        return -1 if self.kind == "global" else -2 - self.index
+
+    @property
+    def is_model(self) -> bool:
+        """True for a repartition topic's partition (not for GLOBAL)."""
+        return self.kind == "model"
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, StatePartition):
+            return NotImplemented
+        return self.code < other.code
+
+    def __str__(self) -> str:
+        """``p3`` for input partition 3, ``m2`` for repartition partition 2, ``global``."""
+        if self.kind == "global":
+            return "global"
+        return f"{'p' if self.kind == 'input' else 'm'}{self.index}"
 
 
-def repartition_of(partition: int) -> int:
-    return -2 - partition
+#: The model-scoped detector set of this process (without repartitioning).
+GLOBAL: Final = StatePartition("global")
 
 
-def is_model_partition(partition: int) -> bool:
-    return partition <= -2
+#: Input partitions by number, made once (``process`` runs per event in replay).
+_INPUTS: dict[int, StatePartition] = {}
+
+
+def _partition(partition: StatePartition | int) -> StatePartition:
+    """A bare int is an input partition number (what ``Source.partition`` holds)."""
+    if isinstance(partition, StatePartition):
+        return partition
+    found = _INPUTS.get(partition)
+    if found is None:
+        found = _INPUTS[partition] = StatePartition.input(partition)  # refuses a negative
+    return found
 
 
 #: Prefix of a snapshot entry holding a detector's state and its open incidents.
@@ -135,7 +197,7 @@ class Pipeline:
         self._filters = {s.name: s.model_filter() for s in self.specs}
         self._partition_specs = [s for s in self.specs if REGISTRY[s.name].scope == "partition"]
         self._model_specs = [s for s in self.specs if REGISTRY[s.name].scope == "model"]
-        self._sets: dict[int, _Set] = {}
+        self._sets: dict[StatePartition, _Set] = {}
         #: Repartitioned: model-scoped detectors live in model partitions instead.
         self.repartitioned = repartitioned
         #: Detector name -> its tables' cap pools: memory caps hold per process,
@@ -164,10 +226,10 @@ class Pipeline:
                     {s.name: IncidentTable(s.incidents, self._incident_pools[s.name])
                      for s in specs})
 
-    def _set(self, partition: int) -> _Set:
+    def _set(self, partition: StatePartition) -> _Set:
         found = self._sets.get(partition)
         if found is None:
-            specs = self._model_specs if is_model_partition(partition) else self._partition_specs
+            specs = self._model_specs if partition.is_model else self._partition_specs
             found = self._sets[partition] = self._new_set(specs)
         return found
 
@@ -201,7 +263,7 @@ class Pipeline:
         return self.process_many(event_type_of(event), source.partition, ((event, source),))
 
     def process_many(
-        self, kind: str, partition: int, items: Iterable[tuple[Event, Source]]
+        self, kind: str, partition: StatePartition | int, items: Iterable[tuple[Event, Source]]
     ) -> list[Finding]:
         """Findings of a run of events of one kind from one partition.
 
@@ -210,7 +272,7 @@ class Pipeline:
         ``errors``) and costs only that event: the detector goes on with the
         rest of the run, and the other detectors and the stream go on.
         """
-        own = self._set(partition)
+        own = self._set(_partition(partition))
         detectors = [(d, own) for d in own.by_type[kind]] + \
             [(d, self._global) for d in self._global.by_type[kind]]
         findings: list[Finding] = []
@@ -248,7 +310,7 @@ class Pipeline:
 
         return failed
 
-    def detectors(self) -> Iterator[tuple[int, Detector]]:
+    def detectors(self) -> Iterator[tuple[StatePartition, Detector]]:
         """(state partition, detector) pairs; model-scoped ones under ``GLOBAL``."""
         for partition, group in self._sets.items():
             for detector in group.detectors:
@@ -268,15 +330,16 @@ class Pipeline:
 
     # -- state handoff -----------------------------------------------------
 
-    def partitions(self) -> list[int]:
+    def partitions(self) -> list[StatePartition]:
         return sorted(self._sets)
 
-    def snapshot(self, partition: int) -> dict[str, bytes]:
+    def snapshot(self, partition: StatePartition | int) -> dict[str, bytes]:
         """State of one state partition (or GLOBAL), detector name -> bytes.
 
         Each entry holds the detector's state and its open incidents together,
         so both follow the detector's config fingerprint in checkpoints.
         """
+        partition = _partition(partition)
         group = self._global if partition == GLOBAL else self._sets.get(partition)
         if group is None:
             return {}
@@ -287,7 +350,8 @@ class Pipeline:
                 _wrap(d.snapshot(), incidents.snapshot())
         return out
 
-    def restore(self, partition: int, states: Mapping[str, bytes]) -> list[tuple[str, str]]:
+    def restore(self, partition: StatePartition | int,
+                states: Mapping[str, bytes]) -> list[tuple[str, str]]:
         """Load saved state into a partition's detectors (unknown names are ignored).
 
         A detector whose entry cannot be read (another state version, a type
@@ -295,6 +359,7 @@ class Pipeline:
         the others restore normally. Returns (detector name, reason) of each
         one that started afresh, for the caller to log and count.
         """
+        partition = _partition(partition)
         group = self._global if partition == GLOBAL else self._set(partition)
         failed: list[tuple[str, str]] = []
         for index, detector in enumerate(group.detectors):
@@ -321,9 +386,9 @@ class Pipeline:
                         spec.incidents, self._incident_pools[spec.name])
         return failed
 
-    def drop(self, partition: int) -> None:
+    def drop(self, partition: StatePartition | int) -> None:
         """Forget a partition's state (after it was revoked and checkpointed)."""
-        dropped = self._sets.pop(partition, None)
+        dropped = self._sets.pop(_partition(partition), None)
         for detector in dropped.detectors if dropped is not None else ():
             detector.release_caps()
         for table in dropped.incidents.values() if dropped is not None else ():

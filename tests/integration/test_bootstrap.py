@@ -66,7 +66,7 @@ def _run(broker, history_s: float, reset: str = "earliest"):
     produce(broker, settings.topics.audit, history)
     time.sleep(0.05)  # broker timestamps of the history strictly before the start
     with DaemonThread(settings) as d:
-        assert wait_for(lambda: d.daemon.health.ready and bool(d.daemon._restored), 30)
+        assert wait_for(lambda: d.daemon.health.ready and bool(d.daemon.ownership.restored), 30)
         if reset == "earliest":
             assert wait_for(lambda: d.daemon.processed >= len(history), 60)
         else:

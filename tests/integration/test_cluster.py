@@ -12,7 +12,7 @@ from daemon.metrics import Metrics
 from daemon.response import build_response
 from daemon.state import Checkpoint, KafkaStateStore
 from detectors.findings import decode_finding
-from detectors.pipeline import model_partition
+from detectors.pipeline import StatePartition
 from tests.integration.kafka_helpers import (
     DaemonThread,
     committed,
@@ -55,7 +55,7 @@ def test_chunked_checkpoints_round_trip_and_the_newest_wins(store_settings):
     try:
         assert store.load(3) is None
         store.save(_checkpoint(3, 10_000, 1))  # ten chunks of 1 KiB
-        store.save(_checkpoint(model_partition(0), 500, 7))
+        store.save(_checkpoint(StatePartition.model(0).code, 500, 7))
         store.save(_checkpoint(3, 5_000, 2))
     finally:
         store.close()
@@ -64,7 +64,7 @@ def test_chunked_checkpoints_round_trip_and_the_newest_wins(store_settings):
         got = other.load(3)
         assert got is not None and got.offsets == {"ml.inference": 5_000}
         assert got.detectors["det"] == ("fp", bytes([2]) * 5_000)
-        model = other.load(model_partition(0))
+        model = other.load(StatePartition.model(0).code)
         assert model is not None and model.sources == {"ml.inference:0": 7}
     finally:
         other.close()

@@ -152,7 +152,7 @@ def test_a_kserve_request_pending_at_shutdown_joins_its_response_after_a_restart
     _send(broker, kserve, [(*response, None)])
     with DaemonThread(settings) as run:
         assert wait_for(lambda: run.daemon.processed >= 1), run.daemon.processed
-        formats = run.daemon._formats
+        formats = run.daemon.intake.formats
         stats = next(f.stats() for tp, f in formats.items() if tp.topic == kserve)
     assert stats["joined"] == 1 and stats["pending"] == 0, stats
     assert read_all(broker, settings.topics.dlq, expect=0, settle_s=0.5) == []

@@ -104,7 +104,7 @@ def _run(broker, settings, landing: list[Copy]) -> list[str]:
     _forward(broker, settings.topics.repartition, settings.topics.inference, landing)
     with DaemonThread(settings) as thread:
         assert wait_for(lambda: _consumed(broker, settings, len(landing)), 60)
-        align = thread.daemon._align
+        align = thread.daemon.align
         assert wait_for(lambda: align is None or not align.holding(), 30)
     return _finding_ids(broker, settings)
 
@@ -137,14 +137,14 @@ def test_events_held_at_a_stop_are_checkpointed_and_judged_after_the_restart(bro
     _forward(broker, settings.topics.repartition, settings.topics.inference, landing[:half])
     with DaemonThread(settings) as first:
         assert wait_for(lambda: _consumed(broker, settings, half), 60)
-        align = first.daemon._align
+        align = first.daemon.align
         assert align is not None and align.holding(), "the stop must find events held"
     # Committed past the held events: only the checkpoint still has them.
     assert committed(broker, settings.kafka.group_id)[(settings.topics.repartition, 0)] == half
     _forward(broker, settings.topics.repartition, settings.topics.inference, landing[half:])
     with DaemonThread(settings) as second:
         assert wait_for(lambda: _consumed(broker, settings, len(landing)), 60)
-        align = second.daemon._align
+        align = second.daemon.align
         assert align is not None
         assert wait_for(lambda: not align.holding(), 30)
         assert second.daemon.metrics.repartition_duplicates._value.get() == 0  # type: ignore[attr-defined]

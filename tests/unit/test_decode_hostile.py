@@ -215,7 +215,7 @@ def _decoded(daemon: Daemon, values: Sequence[bytes | None]) -> tuple[list[int],
     dead: list[OutRecord] = []
     messages = [Message(i, b"k", v, [], None) for i, v in enumerate(values)]
     kept = [src.offset for _, src in
-            daemon._decoded(TopicPartition("ml.inference", 0), messages, dead)]
+            daemon.intake.decode(TopicPartition("ml.inference", 0), messages, dead)]
     reasons = {}
     for _, _, _, headers in dead:
         h = dict(headers or ())

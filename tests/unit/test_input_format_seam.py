@@ -15,11 +15,11 @@ from kafka import TopicPartition
 
 from daemon.formats import Decoded, make_format
 from daemon.kafka_io import DLQ_HEADERS
-from daemon.runtime import FORMAT_HEADER, ITEM_HEADER, SOURCE_HEADER, Daemon, _origins
+from daemon.runtime import FORMAT_HEADER, ITEM_HEADER, SOURCE_HEADER, Daemon
 from daemon.settings import ConfigError, Settings, load
 from detectors.events import InferenceEvent, decode_event
 from detectors.findings import Entity, Finding, Source, encode_finding
-from detectors.pipeline import model_partition
+from detectors.pipeline import StatePartition
 from tests.formats.fixture_io import ROOT, read_fixture
 
 Message = namedtuple("Message", "offset key value headers timestamp")
@@ -134,7 +134,7 @@ def test_bad_input_formats_fail_at_start_with_one_line_per_problem(tmp_path: Pat
 def test_a_kserve_topic_gives_joined_events_with_item_sources_and_format_dead_letters() -> None:
     daemon = Daemon(_settings())
     dead: list[Any] = []
-    events = daemon._decoded(TopicPartition(KSERVE, 2), _fixture("kserve"), dead)
+    events = daemon.intake.decode(TopicPartition(KSERVE, 2), _fixture("kserve"), dead)
     assert [(s.topic, s.partition, s.offset, s.item) for _, s in events] == [
         (KSERVE, 2, 1, 0), (KSERVE, 2, 1, 1), (KSERVE, 2, 3, None)]
     first = events[0][0]
@@ -153,7 +153,7 @@ def test_a_cloudtrail_batch_with_one_bad_record_keeps_the_good_ones() -> None:
     daemon = Daemon(_settings())
     dead: list[Any] = []
     batch = _fixture("cloudtrail")[:1]
-    events = daemon._decoded(TopicPartition(TRAIL, 0), batch, dead)
+    events = daemon.intake.decode(TopicPartition(TRAIL, 0), batch, dead)
     items = [s.item for _, s in events]
     assert items == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert len(dead) == 1
@@ -165,7 +165,7 @@ def test_a_cloudtrail_batch_with_one_bad_record_keeps_the_good_ones() -> None:
 def test_contract_dead_letters_keep_exactly_the_contract_headers() -> None:
     daemon = Daemon(_settings())
     dead: list[Any] = []
-    daemon._decoded(TopicPartition("ml.audit", 0),
+    daemon.intake.decode(TopicPartition("ml.audit", 0),
                     [Message(0, b"k", b"not json", [("x", b"y")], None)], dead)
     assert [h for h, _ in dead[0][3]] == ["x", *DLQ_HEADERS]
 
@@ -179,7 +179,8 @@ def test_a_runaway_event_time_dead_letters_one_item_not_the_message() -> None:
     recent = {**record, "eventTime": "2026-01-01T00:00:00Z"}
     value = json.dumps({"Records": [recent, record]}).encode()
     dead: list[Any] = []
-    events = daemon._decoded(TopicPartition(TRAIL, 0), [Message(4, None, value, [], None)], dead)
+    events = daemon.intake.decode(TopicPartition(TRAIL, 0), [Message(4, None, value, [], None)],
+                                  dead)
     assert [s.item for _, s in events] == [0]
     assert _headers(dead[0])[ITEM_HEADER] == b"1"
     assert _headers(dead[0])[DLQ_HEADERS[3]] == b"ts_out_of_range"
@@ -188,8 +189,10 @@ def test_a_runaway_event_time_dead_letters_one_item_not_the_message() -> None:
 def test_repartitioned_copies_of_a_batch_carry_the_item_and_decode_as_contract_events() -> None:
     daemon = Daemon(_settings(detectors={"drift.features": {}},
                               state={"model_routing": "repartition"}))
-    forward: list[Any] = []
-    events = daemon._decoded(TopicPartition(KSERVE, 0), _fixture("kserve")[:2], [], forward)
+    messages = _fixture("kserve")[:2]
+    events = daemon.intake.decode(TopicPartition(KSERVE, 0), messages, [])
+    assert daemon.model_stage is not None
+    forward = daemon.model_stage.forward(messages, events, contract=False)
     assert len(forward) == 2
     origins = [_headers(r)[SOURCE_HEADER] for r in forward]
     assert origins == [f"{KSERVE}:0:1#0".encode(), f"{KSERVE}:0:1#1".encode()]
@@ -210,12 +213,13 @@ def test_the_model_stage_skips_copies_it_has_seen_item_by_item() -> None:
 
     first = [copy(0, "in:0:5#0"), copy(1, "in:0:5#1"), copy(2, "in:0:6")]
     again = [copy(3, "in:0:5#1"), copy(4, "in:0:6"), copy(5, "in:0:7#0"), copy(6, "in:0:7#1")]
-    partition = model_partition(0)
+    stage = daemon.model_stage
+    assert stage is not None
     seen = []
     for batch in (first, again):
-        decoded = daemon._decoded(TopicPartition(rtopic, 0), batch, [])
+        decoded = daemon.intake.decode(TopicPartition(rtopic, 0), batch, [])
         seen += [(s.offset, s.item) for _, s in
-                 daemon._unseen(partition, _origins(batch), decoded)]
+                 stage.admit(TopicPartition(rtopic, 0), batch, decoded)]
     assert seen == [(5, 0), (5, 1), (6, None), (7, 0), (7, 1)]
     assert daemon.metrics.repartition_duplicates._value.get() == 2
 
@@ -239,29 +243,29 @@ def test_a_pending_kserve_request_survives_a_restart_through_the_signed_checkpoi
     request, response = _fixture("kserve")[:2]
     before = daemon()
     tp = TopicPartition(KSERVE, 0)
-    assert before._decoded(tp, [request], []) == []
-    before._update_gauges()
+    assert before.intake.decode(tp, [request], []) == []
+    before.update_gauges()
     gauge = before.metrics.format_gauge.labels(KSERVE, "kserve", "pending")
     assert gauge._value.get() == 1
-    before._checkpoint([0])
+    before.checkpoints.save([StatePartition.input(0)], {}, set())
 
     after = daemon()
-    assert after._restore(0) is not None
-    events = after._decoded(tp, [response], [])
+    assert after.checkpoints.load(StatePartition.input(0)) is not None
+    events = after.intake.decode(tp, [response], [])
     assert [s.item for _, s in events] == [0, 1], "the response joined the restored request"
 
     fresh = daemon()  # no restore: the response has no request to join
-    assert fresh._decoded(tp, [response], []) == []
+    assert fresh.intake.decode(tp, [response], []) == []
 
 
 def test_a_saved_format_state_is_not_given_to_another_format(tmp_path: Path) -> None:
     settings = {"dir": str(tmp_path)}
     first = Daemon(_settings(state=settings))
-    first._decoded(TopicPartition(KSERVE, 0), _fixture("kserve")[:1], [])
-    first._checkpoint([0])
+    first.intake.decode(TopicPartition(KSERVE, 0), _fixture("kserve")[:1], [])
+    first.checkpoints.save([StatePartition.input(0)], {}, set())
     changed = Daemon(_settings(input={"formats": {KSERVE: {"format": "oip"}}}, state=settings))
-    changed._restore(0)
-    assert changed._formats[TopicPartition(KSERVE, 0)].snapshot()["join"]["pending"] == []
+    changed.checkpoints.load(StatePartition.input(0))
+    assert changed.intake.formats[TopicPartition(KSERVE, 0)].snapshot()["join"]["pending"] == []
 
 
 # -- replay --format -----------------------------------------------------------
