@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from daemon.align import EventTimeAligner, ModelStageAlignment
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Source
-from detectors.pipeline import DetectorSpec, Pipeline, model_partition
+from detectors.pipeline import DetectorSpec, Pipeline, StatePartition
 
 T0 = 1_767_225_600.0
 TOPIC = "ml.inference"
@@ -115,7 +115,7 @@ def finding_ids(chunks: list[list[Item]]) -> list[str]:
     found = []
     for chunk in chunks:
         if chunk:
-            found += pipeline.process_many("inference", model_partition(0), chunk)
+            found += pipeline.process_many("inference", StatePartition.model(0), chunk)
     return [f.finding_id for f in found]
 
 
@@ -252,7 +252,7 @@ def test_snapshot_restore_mid_stream_loses_and_repeats_nothing():
 def test_model_stage_alignment_releases_owned_partitions_and_keeps_metrics():
     items = stream(200, seed=8)
     stage = ModelStageAlignment(1.0, 10**6)
-    m0, m1 = model_partition(0), model_partition(1)
+    m0, m1 = StatePartition.model(0), StatePartition.model(1)
     stage.push(m0, items[:100], now=0.0)
     stage.push(m1, items[100:], now=0.0)
     assert stage.holding()

@@ -22,7 +22,7 @@ from detectors.abuse.volume import PeerRateDetector, PrincipalRateDetector
 from detectors.base import Detector
 from detectors.events import InferenceEvent
 from detectors.findings import Source, encode_finding
-from detectors.pipeline import DetectorSpec, Pipeline
+from detectors.pipeline import DetectorSpec, Pipeline, StatePartition
 from detectors.registry import build
 from detectors.state_codec import StateUnreadable, decode, encode, state_type
 
@@ -134,7 +134,7 @@ def _learnt_pipeline_state() -> dict[str, bytes]:
 
 
 def _entities(pipeline: Pipeline, name: str) -> float:
-    [detector] = [d for p, d in pipeline.detectors() if p == 0 and d.name == name]
+    [detector] = [d for p, d in pipeline.detectors() if p == StatePartition.input(0) and d.name == name]
     return detector.stats().get("entities", 0.0)
 
 
