@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy import stats as _st
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
@@ -325,7 +326,10 @@ class FeatureDriftDetector(WindowedModelDetector):
         inv_eff += unknown * unknown / max(ref.n, 1)
         n_eff = max(int(1.0 / inv_eff), 1) if inv_eff > 0 else max(ref.n, 1)
         alpha = alpha_per_evaluation(self.step, st.params["ert"]) / max(len(ref.names), 1)
-        null = psi_null_thresholds(expected, n_eff, n, alpha, self.rng_for(st))
+        # PSI of two multinomial samples is asymptotically chi-square / (harmonic
+        # size): the closed form, as a bootstrap per evaluation costs ~30 ms.
+        bins = np.maximum((expected > 0).sum(axis=1) - 1, 1)
+        null = (1.0 / n_eff + 1.0 / n) * _st.chi2.isf(alpha, bins)
         ratios = psi(expected, p_win) / np.maximum(st.params["min_psi"], null)
         score = float(ratios.max()) if len(ratios) else 0.0
         if ref.basis is not None and ref.mv_mean > 0:
