@@ -252,20 +252,24 @@ def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str
 
 
 def _calibration_lines(rows: list[WorldRow]) -> list[str]:
-    """Per detector and world, the sample sizes its thresholds were calibrated on."""
+    """Per detector, the sample sizes its thresholds were calibrated on, per world
+    (one line per detector and size: one value if every world had it, else the
+    values in the order of the table's worlds, '-' where the world had none)."""
     names = sorted({n for r in rows for n in r.calibration})
     if not names:
         return []
     parts = rows[0].partitions
-    lines = [f"  calibration sample sizes per world (largest over {parts} partition"
-             f"{'s' if parts != 1 else ''}' instances; seed: sizes):"]
+    lines = ["  calibration sample sizes per world (largest instance of "
+             f"{parts} partition{'s' if parts != 1 else ''}):"]
     for name in names:
-        lines.append(f"    {name}")
-        for r in rows:
-            sizes = r.calibration.get(name)
-            if sizes:
-                lines.append(f"      {r.seed:>8}: " + ", ".join(
-                    f"{k} {v:,.0f}" for k, v in sizes.items()))
+        keys = sorted({k for r in rows for k in r.calibration.get(name, {})})
+        for key in keys:
+            values = [r.calibration.get(name, {}).get(key) for r in rows]
+            shown = {v for v in values if v is not None}
+            text = (f"{shown.pop():,.0f} in every world" if len(shown) == 1
+                    and None not in values else
+                    " ".join("-" if v is None else f"{v:,.0f}" for v in values))
+            lines.append(f"    {name + ' ' + key:<58} {text}")
     return lines
 
 

@@ -31,6 +31,7 @@ attack, a caller that usually sends 20 and now sends 2,000 is.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import ClassVar, Final
 
 from detectors.base import Detector
@@ -391,8 +392,8 @@ class PeerRateDetector(Detector):
         ]
 
     def stats(self) -> dict[str, float]:
-        """Also the calibration sample sizes: closed buckets in the peer rings (the
-        largest model's), models calibrated, principals with own bursts."""
+        """Also the calibration sample sizes: closed buckets in the peer rings and
+        callers (of the largest model), models calibrated, principals with own bursts."""
         out = super().stats()
         rings = [len(m.ring) for _, m in self.models.items()]
         out["calibration_peer_windows"] = max(rings, default=0)
@@ -400,4 +401,6 @@ class PeerRateDetector(Detector):
                                         if m.limit != math.inf)
         out["calibration_principals_with_bursts"] = sum(
             1 for _, st in self.table.items() if st.hours is not None)
+        callers = Counter(key.rpartition("\x1f")[2] for key in self.table)
+        out["calibration_callers"] = max(callers.values(), default=0)
         return out

@@ -68,7 +68,7 @@ def test_partition_instances_and_calibration_sizes_are_reported() -> None:
     assert len(pipeline.partitions()) == 3  # one set of partition-scoped detectors each
     assert row.partitions == 3
     peer = row.calibration["volume.peer_rate"]
-    assert peer["peer_windows"] > 0 and peer["models"] >= 1
+    assert peer["peer_windows"] > 0 and peer["models"] >= 1 and peer["callers"] >= 2
     drift = row.calibration["drift.features"]
     assert drift["reference_events"] == 2000 and drift["callers_with_own_reference"] >= 1
 
@@ -78,8 +78,8 @@ def test_the_text_report_lists_calibration_sizes_per_world() -> None:
     run_worlds(lambda: Pipeline(load(None).detector_specs()), 1, days=1, scale=0.05, out=out,
                partitions=2)
     text = out.getvalue()
-    assert "calibration sample sizes per world (largest over 2 partitions' instances" in text
+    assert "calibration sample sizes per world (largest instance of 2 partitions)" in text
     block = text.split("calibration sample sizes")[1]
-    assert "volume.peer_rate" in block and "peer_windows" in block
+    assert "volume.peer_rate peer_windows" in block and "drift.features reference_events" in block
     with pytest.raises(ValueError):
         run_worlds(lambda: None, 1, partitions=0)
