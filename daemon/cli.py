@@ -229,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             return run_worlds(lambda: Pipeline(settings.detector_specs()), args.worlds,
                               held_out=args.held_out, days=args.days, as_json=args.json,
-                              scale=args.scale)
+                              scale=args.scale, partitions=args.partitions)
         except ValueError as exc:
             print(f"mlwatchd eval: {exc}", file=sys.stderr)
             return 2
@@ -353,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --worlds: multiply benign inference volume (default 1)")
     p.add_argument("--json", action="store_true", help="with --worlds: print JSON")
+    p.add_argument("--partitions", type=int, default=1, metavar="P",
+                   help="with --worlds: feed the events from P input partitions, keyed "
+                        "like the daemon's input (default 1)")
     p.add_argument("--from-kafka", action="store_true",
                    help="score the findings a running daemon wrote to the config's findings "
                         "topic (after `simulate --bootstrap`), instead of replaying the files")

@@ -11,13 +11,24 @@ that updates an open incident is not a new finding (counted apart, as
 
 Seeds: the tuning worlds are 1..N-K; the K held-out worlds have seeds from
 :data:`HELD_OUT_BASE` + 1 on, which no tuning run draws.
+
+``partitions`` > 1 feeds the events as the daemon gets them from input topics
+of that many partitions: each event in the partition Kafka's default
+partitioner gives its key (the principal or actor, as ``simulate`` sends it),
+each batch split by partition, so partition-scoped detectors run one instance
+per partition and what their peers share across partitions is exercised.
+
+Per world, the sample sizes each peer/population-calibrated detector's
+thresholds rest on are gathered from :meth:`Detector.stats` (its
+``calibration_*`` gauges; for reference-window detectors, the reference events
+of its models), the largest over the detector's instances.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
@@ -52,6 +63,9 @@ class WorldRow:
     detectors: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> true/false/other
     false_by_role: dict[str, int] = field(default_factory=dict)  # "detector|role" -> count
     false_entities: dict[str, int] = field(default_factory=dict)  # "detector|entity" -> count
+    #: detector -> calibration sample sizes (largest over its instances)
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)
+    partitions: int = 1
 
     @property
     def false_per_million(self) -> float:
@@ -66,42 +80,94 @@ def seeds(worlds: int, held_out: int) -> list[tuple[int, str]]:
             + [(HELD_OUT_BASE + k, "held-out") for k in range(1, held_out + 1)])
 
 
-def _feed(pipeline: Any, world: World) -> tuple[list[EventInfo], list[Hit]]:
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java
+    client and kafka-python do) among ``partitions``.
+
+    >>> partition_of("21", 1000)  # murmur2("21") = -973932308 in Kafka's tests
+    340
+    >>> partition_of("alice", 1)
+    0
+    """
+    if partitions <= 1:
+        return 0
+    from kafka.partitioner.default import murmur2
+
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _feed(pipeline: Any, world: World, partitions: int = 1) -> tuple[list[EventInfo], list[Hit]]:
     from detectors.events import decode_any
     from detectors.findings import Source
 
     infos: list[EventInfo] = []
     hits: list[Hit] = []
-    run: list[tuple[Any, Any]] = []
-    kind = ""
+    chunk: list[tuple[int, str, Any, Any]] = []  # partition, kind, event, source
+    where: dict[str, int] = {}
 
-    def flush() -> None:
-        if not run:
-            return
-        for f in pipeline.process_many(kind, 0, run):
+    def process(kind: str, partition: int, run: list[tuple[Any, Any]]) -> None:
+        for f in pipeline.process_many(kind, partition, run):
             at = [s.offset for s in f.sources if s.topic == _SOURCE]
             index = max(at) if at else int(run[-1][1].offset)
             hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id,
                             f.is_update))
-        run.clear()
+
+    def flush() -> None:
+        # One poll: each partition's records in order, in runs of one kind.
+        for partition in sorted({c[0] for c in chunk}):
+            run: list[tuple[Any, Any]] = []
+            kind = ""
+            for p, k, event, source in chunk:
+                if p != partition:
+                    continue
+                if k != kind and run:
+                    process(kind, partition, run)
+                    run = []
+                kind = k
+                run.append((event, source))
+            if run:
+                process(kind, partition, run)
+        chunk.clear()
 
     for i, e in enumerate(world.events):
         event = decode_any(encode(e))  # the wire form, as replay reads it
-        if e.kind != kind or len(run) >= _BATCH:
-            flush()
-            kind = e.kind
-        run.append((event, Source(_SOURCE, 0, i)))
+        partition = where.get(e.key)
+        if partition is None:
+            partition = where[e.key] = partition_of(e.key, partitions)
+        if partitions <= 1 and chunk and e.kind != chunk[-1][1]:
+            flush()  # one partition: runs of one kind, as before
+        chunk.append((partition, e.kind, event, Source(_SOURCE, partition, i)))
         infos.append(EventInfo(e.ts, e.scenario, e.body.get("model_id")))
+        if len(chunk) >= _BATCH:
+            flush()
     flush()
     return infos, hits
 
 
+def calibration_sizes(pipeline: Any) -> dict[str, dict[str, float]]:
+    """Detector name -> its calibration sample sizes, the largest over its instances."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    walk = getattr(pipeline, "detectors", None)
+    for _, detector in walk() if callable(walk) else ():
+        stats = detector.stats()
+        sizes = {k.removeprefix("calibration_"): v for k, v in stats.items()
+                 if k.startswith("calibration_")}
+        if not sizes and stats.get("models_with_reference") and \
+                hasattr(detector, "reference_size"):
+            sizes = {"reference_events": float(detector.reference_size)}
+        mine = out[detector.name]
+        for k, v in sizes.items():
+            mine[k] = max(mine.get(k, 0.0), float(v))
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
 def run_world(seed: int, pipeline: Any, days: int | None = None, group: str = "tuning",
-              scale: float = 1.0) -> tuple[WorldRow, Scorecard]:
-    """Generate world ``seed``, run ``pipeline`` over it and score it."""
+              scale: float = 1.0, partitions: int = 1) -> tuple[WorldRow, Scorecard]:
+    """Generate world ``seed``, run ``pipeline`` over it (fed from ``partitions``
+    input partitions) and score it."""
     started = time.perf_counter()
     world = world_events(draw(seed, days=days, scale=scale))
-    infos, hits = _feed(pipeline, world)
+    infos, hits = _feed(pipeline, world, partitions)
     card = score(infos, hits, world.scenarios)
     present = [r.scenario.name for r in card.scenarios]
     by_role: Counter[str] = Counter()
@@ -120,7 +186,8 @@ def run_world(seed: int, pipeline: Any, days: int | None = None, group: str = "t
         detectors={n: {"true": c.true, "false": c.false, "other": c.other,
                        "updates": c.updates}
                    for n, c in sorted(card.detectors.items())},
-        false_by_role=dict(by_role.most_common()), false_entities=dict(by_entity.most_common()))
+        false_by_role=dict(by_role.most_common()), false_entities=dict(by_entity.most_common()),
+        calibration=calibration_sizes(pipeline), partitions=partitions)
     return row, card
 
 
@@ -180,19 +247,45 @@ def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str
         lines.append("  false findings by detector and entity:")
         for key, n in list(totals["false_by_role"].items())[:15]:
             lines.append(f"    {key:<60} {n:>6}")
+    lines += _calibration_lines(rows)
+    return lines
+
+
+def _calibration_lines(rows: list[WorldRow]) -> list[str]:
+    """Per detector, the sample sizes its thresholds were calibrated on, per world
+    (one line per detector and size: one value if every world had it, else the
+    values in the order of the table's worlds, '-' where the world had none)."""
+    names = sorted({n for r in rows for n in r.calibration})
+    if not names:
+        return []
+    parts = rows[0].partitions
+    lines = ["  calibration sample sizes per world (largest instance of "
+             f"{parts} partition{'s' if parts != 1 else ''}):"]
+    for name in names:
+        keys = sorted({k for r in rows for k in r.calibration.get(name, {})})
+        for key in keys:
+            values = [r.calibration.get(name, {}).get(key) for r in rows]
+            shown = {v for v in values if v is not None}
+            text = (f"{shown.pop():,.0f} in every world" if len(shown) == 1
+                    and None not in values else
+                    " ".join("-" if v is None else f"{v:,.0f}" for v in values))
+            lines.append(f"    {name + ' ' + key:<58} {text}")
     return lines
 
 
 def run_worlds(make_pipeline: Callable[[], Any], worlds: int, held_out: int = 0,
                days: int | None = None, as_json: bool = False, scale: float = 1.0,
-               out: Any = None) -> int:
+               out: Any = None, partitions: int = 1) -> int:
     """Run the suite; print the tables (or JSON). A fresh pipeline per world."""
+    if partitions < 1:
+        raise ValueError("--partitions must be at least 1")
     import orjson
 
     out = out if out is not None else sys.stdout
     rows: list[WorldRow] = []
     for seed, group in seeds(worlds, held_out):
-        row, _card = run_world(seed, make_pipeline(), days=days, group=group, scale=scale)
+        row, _card = run_world(seed, make_pipeline(), days=days, group=group, scale=scale,
+                               partitions=partitions)
         rows.append(row)
         print(f"world {seed} ({group}, {row.victim}): {row.events:,} events, "
               f"{len(row.detected)}/{len(row.attacks)} attacks, {row.false_findings} false, "

@@ -31,6 +31,7 @@ attack, a caller that usually sends 20 and now sends 2,000 is.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import ClassVar, Final
 
 from detectors.base import Detector
@@ -44,6 +45,8 @@ __all__ = ["PeerRateDetector", "PrincipalRateDetector"]
 _ATLAS: Final = ["AML.T0029", "AML.T0034", "AML.T0040"]
 #: Idle buckets replayed into the baseline at most (older history is ~forgotten anyway).
 _MAX_IDLE_UPDATES: Final = 32
+#: Bursts at one hour of day less than this apart are one occasion (one night's job).
+_SAME_OCCASION_S: Final = 12 * 3_600
 
 
 @state_type("abuse.principal_rate")
@@ -149,12 +152,25 @@ class PrincipalRateDetector(Detector):
 
 @state_type("abuse.peer_rate_principal")
 class _PeerRate:
-    __slots__ = ("bucket", "count", "quiet_until")
+    __slots__ = ("bucket", "count", "first_bucket", "hours", "last_burst", "past_end",
+                 "past_peak", "quiet_until", "run_peak")
 
     def __init__(self, bucket: int) -> None:
         self.bucket = bucket
         self.count = 0
         self.quiet_until = -math.inf
+        self.first_bucket = bucket
+        #: The principal's own bursts (closed buckets of at least ``min_count``): the
+        #: largest of the latest run of consecutive ones and that run's last bucket,
+        #: the largest of the runs before it and their last bucket ...
+        self.run_peak = 0
+        self.last_burst = -1
+        self.past_peak = 0
+        self.past_end = -1
+        #: ... and per hour of day (None: never burst): the largest burst of the
+        #: latest occasion at that hour and its bucket, and the largest of an
+        #: earlier day and its bucket.
+        self.hours: list[tuple[int, int, int, int]] | None = None
 
 
 @state_type("abuse.peer_rate_model")
@@ -197,6 +213,21 @@ class PeerRateDetector(Detector):
     only ``min_samples`` closed buckets per model. One finding per principal and
     ``cooldown_seconds``.
 
+    **Own bursts.** Scheduled callers (a nightly batch scorer) send far more in
+    a minute than the daytime peers do, every night. A principal above the peer
+    limit is not reported while its count stays within ``self_ratio`` times its
+    own reference: the largest bucket it sent at this hour of day (this hour or
+    the next or previous one, on an earlier day, within ``history_days``); and,
+    while its own history is shorter than a day (cold start), the largest
+    bucket of any of its earlier bursts that ended at least ``burst_gap_seconds``
+    before. A burst is a closed bucket of at least ``min_count`` requests; a
+    burst counts once it is over, so a flood never excuses itself. On day one,
+    then: a principal's first burst is judged against the peers alone (a fresh
+    key flooding is reported from its first minute), its later bursts of a
+    similar size are not; from its second day on, a burst at an hour when it
+    never burst before is judged against the peers again (``self_ratio: 0``
+    turns own bursts off).
+
     >>> from detectors.events import InferenceEvent
     >>> from detectors.findings import Source
     >>> det = PeerRateDetector()
@@ -225,10 +256,15 @@ class PeerRateDetector(Detector):
         min_samples: int = 100,
         refresh: int = 64,
         cooldown_seconds: float = 3600.0,
+        self_ratio: float = 2.0,
+        history_days: float = 7.0,
+        burst_gap_seconds: float = 3600.0,
         max_principals: int = 200_000,
     ) -> None:
         if bucket_seconds <= 0 or not 0 < peer_quantile < 1 or peer_ratio < 1:
             raise ValueError("bucket_seconds > 0, peer_quantile in (0, 1), peer_ratio >= 1")
+        if self_ratio < 0 or history_days <= 0 or burst_gap_seconds < 0:
+            raise ValueError("self_ratio >= 0, history_days > 0, burst_gap_seconds >= 0")
         self.bucket_seconds = bucket_seconds
         self.peer_quantile = peer_quantile
         self.peer_ratio = peer_ratio
@@ -237,6 +273,9 @@ class PeerRateDetector(Detector):
         self.min_samples = min_samples
         self.refresh = refresh
         self.cooldown_seconds = cooldown_seconds
+        self.self_ratio = self_ratio
+        self.history_days = history_days
+        self.burst_gap_seconds = burst_gap_seconds
         self.table: EntityTable[_PeerRate] = EntityTable(max_principals)
         self.models: EntityTable[_ModelRates] = EntityTable(1024)
 
@@ -253,6 +292,58 @@ class PeerRateDetector(Detector):
                 m.ring, self.peer_quantile, self.peer_ratio, float(self.min_count)
             )
 
+    def _hour(self, bucket: int) -> int:
+        return int((bucket * self.bucket_seconds) % 86_400 // 3_600)
+
+    def _remember_burst(self, st: _PeerRate) -> None:
+        """Keep the closed bucket ``st.bucket`` (``st.count`` requests) if it was a burst."""
+        if st.count < self.min_count:
+            return
+        if st.last_burst >= 0 and st.bucket - st.last_burst > 1:  # a new run of bursts
+            st.past_peak, st.past_end = max(st.past_peak, st.run_peak), st.last_burst
+            st.run_peak = 0
+        st.run_peak = max(st.run_peak, st.count)
+        st.last_burst = st.bucket
+        if st.hours is None:
+            st.hours = [(0, -1, 0, -1)] * 24
+        h = self._hour(st.bucket)
+        peak, at, old_peak, old_at = st.hours[h]
+        if at >= 0 and (st.bucket - at) * self.bucket_seconds < _SAME_OCCASION_S:
+            st.hours[h] = (max(peak, st.count), st.bucket, old_peak, old_at)
+            return
+        # An occasion at this hour on another day: the previous one becomes the
+        # older reference if it beats the one kept (or that one is too old).
+        too_old = old_at < 0 or (st.bucket - old_at) * self.bucket_seconds \
+            > self.history_days * 86_400
+        if at >= 0 and (too_old or peak >= old_peak):
+            old_peak, old_at = peak, at
+        st.hours[h] = (st.count, st.bucket, old_peak, old_at)
+
+    def own_reference(self, st: _PeerRate, bucket: int) -> tuple[int, str]:
+        """(largest own earlier burst this judgement may lean on, which rule gave it)."""
+        if st.hours is None or self.self_ratio <= 0:
+            return 0, "none"
+        secs = self.bucket_seconds
+        best, rule = 0, "none"
+        h = self._hour(bucket)
+        for dh in (-1, 0, 1):
+            cur_peak, cur_at, old_peak, old_at = st.hours[(h + dh) % 24]
+            for peak, at in ((cur_peak, cur_at), (old_peak, old_at)):
+                age = (bucket - at) * secs
+                if at >= 0 and _SAME_OCCASION_S <= age <= self.history_days * 86_400 \
+                        and peak > best:
+                    best, rule = peak, "hour_of_day"
+        if (bucket - st.first_bucket) * secs >= 86_400:
+            return best, rule
+        gap = self.burst_gap_seconds
+        # Runs of bursts that are over, ended at least ``gap`` before this bucket:
+        # the latest run is over once a bucket without a burst followed it.
+        for peak, end in ((st.run_peak, st.last_burst), (st.past_peak, st.past_end)):
+            if end >= 0 and bucket - end > 1 and (bucket - end - 1) * secs >= gap \
+                    and peak > best:
+                best, rule = peak, "earlier_burst"
+        return best, rule
+
     def process(self, event: Event, source: Source) -> list[Finding] | None:
         assert isinstance(event, InferenceEvent)
         ts = float(event.ts)
@@ -263,11 +354,15 @@ class PeerRateDetector(Detector):
         if bucket > st.bucket:
             if st.count:
                 self._close(m, st.count)
+                self._remember_burst(st)
                 self.models.touch(model, _ModelRates)  # keep an active model recently used
             st.bucket, st.count = bucket, 0
         st.count += 1
         if st.count < m.limit or ts < st.quiet_until:
             return None
+        own, rule = self.own_reference(st, bucket)
+        if st.count <= self.self_ratio * own:
+            return None  # in line with the principal's own bursts (at this hour)
         st.quiet_until = ts + self.cooldown_seconds
         ratio = st.count / max(m.peer_q, 1.0)
         return [
@@ -290,6 +385,9 @@ class PeerRateDetector(Detector):
                     "threshold": round(m.limit, 3),
                     "ratio": round(ratio, 2),
                     "peer_windows": len(m.ring),
+                    "own_reference_count": own,
+                    "own_reference_rule": rule,
+                    "own_history_seconds": (bucket - st.first_bucket) * self.bucket_seconds,
                     "queries_examined": st.count,
                 },
                 atlas=_ATLAS,
@@ -299,3 +397,16 @@ class PeerRateDetector(Detector):
             )
         ]
 
+    def stats(self) -> dict[str, float]:
+        """Also the calibration sample sizes: closed buckets in the peer rings and
+        callers (of the largest model), models calibrated, principals with own bursts."""
+        out = super().stats()
+        rings = [len(m.ring) for _, m in self.models.items()]
+        out["calibration_peer_windows"] = max(rings, default=0)
+        out["calibration_models"] = sum(1 for _, m in self.models.items()
+                                        if m.limit != math.inf)
+        out["calibration_principals_with_bursts"] = sum(
+            1 for _, st in self.table.items() if st.hours is not None)
+        callers = Counter(key.rpartition("\x1f")[2] for key in self.table)
+        out["calibration_callers"] = max(callers.values(), default=0)
+        return out

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
+from scipy import stats as _st
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
+from detectors.state import EntityTable
 from detectors.state_codec import state_type
 from detectors.telemetry.features import FeatureSchema, attribute, scope_phrase
 from detectors.telemetry.stats import (
@@ -51,10 +53,24 @@ def reconstruction_errors(z: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return np.asarray(np.mean(residual * residual, axis=1))
 
 
+@state_type("telemetry.caller_reference")
+class _CallerReference:
+    """One caller's own reference: bin counts (features, bins + 1) and summed
+    reconstruction errors of its first rows after the model's reference."""
+
+    __slots__ = ("counts", "errors", "rows")
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.counts = np.zeros(shape)
+        self.errors = 0.0
+        self.rows = 0
+
+
 @state_type("telemetry.feature_reference")
 class _FeatureReference:
     __slots__ = (
         "basis",
+        "callers",
         "cat_maps",
         "center",
         "edges",
@@ -69,6 +85,7 @@ class _FeatureReference:
         "thresholds",
     )
     basis: np.ndarray | None
+    callers: EntityTable[_CallerReference]
     cat_maps: list[dict[Any, int]]
     center: np.ndarray
     edges: list[np.ndarray]
@@ -98,6 +115,21 @@ class FeatureDriftDetector(WindowedModelDetector):
     feature shows; it drifts above ``min_error_ratio`` times its reference mean
     and its null threshold. Findings name the top drifting features (never
     their values) and the callers whose traffic explains the drift.
+
+    **Caller mix.** A model's callers differ (their own segment, noise, a set
+    of repeated inputs), and which of them are active follows the clock (time
+    zones, a nightly batch): the window's caller mix moves every day though no
+    caller's inputs change. Each caller has its own reference: its rows in the
+    model's reference and later ones, used once it holds ``caller_reference``
+    rows; it grows (up to ``reference_size`` rows, then frozen) only from
+    windows that did not drift, so a drift does not teach itself. A window that drifts against the
+    model's reference is also compared with the mix of its own callers'
+    references, weighted by their share of the window (callers without one
+    count with the model's reference, so a new caller with odd inputs still
+    drifts), with a threshold from the same false-alarm budget for the mix's
+    sample size; the finding needs both. From the first day on, then, a caller
+    is compared with itself once it has sent ``caller_reference`` rows; before,
+    with the model's reference. ``caller_reference: 0`` turns this off.
 
     Tune per model with ``overrides={"model-id": {"min_psi": 0.2, "ert": 1e9}}``.
 
@@ -133,9 +165,15 @@ class FeatureDriftDetector(WindowedModelDetector):
         reference_path: str | None = None,
         overrides: Mapping[str, Mapping[str, float]] | None = None,
         seed: int = 0,
+        caller_reference: int = 50,
+        max_callers: int = 2000,
     ) -> None:
         if bins < 2:
             raise ValueError("bins must be at least 2")
+        if caller_reference < 0 or max_callers < 1:
+            raise ValueError("caller_reference must be >= 0 and max_callers >= 1")
+        self.caller_reference = caller_reference
+        self.max_callers = max_callers
         self.bins = bins
         self.min_psi = min_psi
         self.min_error_ratio = min_error_ratio
@@ -215,7 +253,90 @@ class FeatureDriftDetector(WindowedModelDetector):
         )
         ref.thresholds = np.maximum(st.params["min_psi"], null)
         self._fit_multivariate(st, ref, x, rng, alpha)
+        ref.callers = EntityTable(self.max_callers)
+        if self.caller_reference and len(x):
+            errors = None
+            if ref.basis is not None:
+                errors = reconstruction_errors(self._standardise(ref, x), ref.basis)
+                np.minimum(errors, ref.mv_cap, out=errors)
+            # All of a caller's rows in the model's reference: never a smaller own
+            # reference than the model's for a caller that sent all of it.
+            self._learn_callers(ref, codes, [p for b in blocks for p in b.principals], errors,
+                                limit=len(x))
         return ref
+
+    def _learn_callers(
+        self,
+        ref: _FeatureReference,
+        codes: np.ndarray,
+        principals: list[str],
+        errors: np.ndarray | None,
+        limit: int | None = None,
+    ) -> None:
+        """Add rows to the own references of callers that have fewer than ``limit``
+        (``caller_reference``) rows."""
+        if not principals:
+            return
+        limit = self.caller_reference if limit is None else limit
+        shape = (len(ref.names), self.bins + 1)
+        uniq, inverse = np.unique(np.asarray(principals, dtype=object), return_inverse=True)
+        for i, who in enumerate(uniq.tolist()):
+            own = ref.callers.get(who)
+            if own is None:
+                own = ref.callers.touch(who, lambda: _CallerReference(shape))
+            if own.rows >= limit:
+                continue
+            rows = np.flatnonzero(inverse == i)[: limit - own.rows]
+            own.counts += _bin_counts(codes[rows], self.bins + 1)
+            own.rows += len(rows)
+            if errors is not None:
+                own.errors += float(errors[rows].sum())
+
+    def _mix_score(
+        self,
+        st: ModelState,
+        ref: _FeatureReference,
+        blocks: list[Block],
+        p_win: np.ndarray,
+        mv_mean: float,
+    ) -> dict[str, Any]:
+        """The window against the mix of its callers' own references (see class doc)."""
+        principals = [p for b in blocks for p in b.principals]
+        n = len(principals)
+        uniq, counts = np.unique(np.asarray(principals, dtype=object), return_counts=True)
+        expected = np.zeros_like(ref.p_ref)
+        inv_eff, unknown, err, own_rows, own_callers = 0.0, 0.0, 0.0, 0, 0
+        for who, k in zip(uniq.tolist(), counts.tolist(), strict=True):
+            w = k / n
+            own = ref.callers.get(who)
+            if own is not None and own.rows >= self.caller_reference:
+                expected += w * own.counts / own.rows
+                inv_eff += w * w / own.rows
+                err += w * own.errors / own.rows
+                own_rows += k
+                own_callers += 1
+            else:
+                unknown += w
+        expected += unknown * ref.p_ref
+        inv_eff += unknown * unknown / max(ref.n, 1)
+        n_eff = max(int(1.0 / inv_eff), 1) if inv_eff > 0 else max(ref.n, 1)
+        alpha = alpha_per_evaluation(self.step, st.params["ert"]) / max(len(ref.names), 1)
+        # PSI of two multinomial samples is asymptotically chi-square / (harmonic
+        # size): the closed form, as a bootstrap per evaluation costs ~30 ms.
+        bins = np.maximum((expected > 0).sum(axis=1) - 1, 1)
+        null = (1.0 / n_eff + 1.0 / n) * _st.chi2.isf(alpha, bins)
+        ratios = psi(expected, p_win) / np.maximum(st.params["min_psi"], null)
+        score = float(ratios.max()) if len(ratios) else 0.0
+        if ref.basis is not None and ref.mv_mean > 0:
+            err += unknown * ref.mv_mean
+            score = max(score, mv_mean / (ref.mv_threshold * err / ref.mv_mean))
+        return {
+            "score": round(score, 3),
+            "top_features": [ref.names[j] for j in np.argsort(-ratios)[:3].tolist()],
+            "callers_with_own_reference": own_callers,
+            "share_judged_against_own_reference": round(own_rows / max(n, 1), 4),
+            "reference_rows_effective": n_eff,
+        }
 
     def _fit_multivariate(
         self,
@@ -254,6 +375,17 @@ class FeatureDriftDetector(WindowedModelDetector):
         ref.mv_mean = mean
         ref.mv_threshold = max(st.params["min_error_ratio"] * mean, mean + normal_isf(alpha) * se)
 
+    def stats(self) -> dict[str, float]:
+        """Also the calibration sample sizes (of the model with the most): reference
+        rows, callers with a complete own reference."""
+        out = super().stats()
+        refs = [st.ref for _, st in self.table.items() if isinstance(st.ref, _FeatureReference)]
+        out["calibration_reference_events"] = max((r.n for r in refs), default=0)
+        out["calibration_callers_with_own_reference"] = max(
+            (sum(1 for _, c in getattr(r, "callers", {}).items()
+                 if c.rows >= self.caller_reference) for r in refs), default=0)
+        return out
+
     # -- windows ---------------------------------------------------------------------
 
     def evaluate(
@@ -272,7 +404,18 @@ class FeatureDriftDetector(WindowedModelDetector):
             mv_mean = float(sum(b.data[2].sum() for b in blocks) / n)
             mv_ratio = mv_mean / ref.mv_threshold
         score = max(float(ratios.max()), mv_ratio)
-        if score < 1.0:
+        mix = None
+        if score >= 1.0 and self.caller_reference:
+            mix = self._mix_score(st, ref, blocks, p_win, mv_mean)
+        quiet = score < 1.0 or (mix is not None and mix["score"] < 1.0)
+        if self.caller_reference:
+            # The window's oldest block, judged for the last time (a block is never
+            # judged against itself), teaches callers with fewer than
+            # caller_reference rows; while the window is quiet, up to reference_size.
+            oldest = blocks[0]
+            self._learn_callers(ref, oldest.data[0], oldest.principals, oldest.data[2],
+                                limit=self.reference_size if quiet else None)
+        if quiet:
             return None
 
         drifting = np.flatnonzero(ratios >= 1.0)
@@ -344,6 +487,7 @@ class FeatureDriftDetector(WindowedModelDetector):
                 "type_errors_total": ref.schema.type_errors,
                 "out_of_range_total": ref.schema.out_of_range,
                 "attribution": who,
+                "caller_mix": mix,
             },
             atlas=ATLAS_EVASION if single else [],
             event=event,

@@ -172,7 +172,9 @@ def _run(pipeline: Pipeline, stream: list[tuple[InferenceEvent, Source]],
 
 
 def _peer_rate(policy: IncidentPolicy) -> Pipeline:
-    return Pipeline([DetectorSpec("volume.peer_rate", {"cooldown_seconds": 300},
+    # self_ratio 0: every flood is a raw finding (its own earlier floods would
+    # otherwise excuse the same flood again after hours of quiet).
+    return Pipeline([DetectorSpec("volume.peer_rate", {"cooldown_seconds": 300, "self_ratio": 0.0},
                                   incidents=policy)])
 
 
