@@ -7,7 +7,7 @@ import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
-from detectors.telemetry.drift import FeatureDriftDetector
+from detectors.telemetry.feature_drift import FeatureDriftDetector
 from detectors.testing import feed
 
 DAY = 86_400.0

@@ -134,7 +134,8 @@ def _learnt_pipeline_state() -> dict[str, bytes]:
 
 
 def _entities(pipeline: Pipeline, name: str) -> float:
-    [detector] = [d for p, d in pipeline.detectors() if p == StatePartition.input(0) and d.name == name]
+    [detector] = [d for p, d in pipeline.detectors()
+                  if p == StatePartition.input(0) and d.name == name]
     return detector.stats().get("entities", 0.0)
 
 
