@@ -218,7 +218,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
     def __init__(
         self,
         delta: float = 0.9,
-        max_w: float = 0.98,
+        max_w: float = 0.9,
         alpha: float = 1e-6,
         min_peers: int = 4,
         max_peers: int = 4096,
