@@ -471,13 +471,14 @@ _EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)
 
 
 class _CoverageState(QueryState):
-    __slots__ = ("block_n", "block_novel", "kmv")
+    __slots__ = ("block_cells", "block_n", "block_novel", "kmv")
 
     def __init__(self) -> None:
         super().__init__()
         self.kmv = _EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
         self.block_n = 0  # queries in the current novelty block
         self.block_novel = 0  # of which landed in cells no other principal visited
+        self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
 
 
 class _Population:
@@ -498,6 +499,14 @@ class _Population:
         #: Each principal's novel share in its latest unflagged block.
         self.shares: EntityTable[list[float]] = EntityTable(peers)
         self.p0 = math.nan  # the peer quantile at the latest block's end
+
+    def still_novel(self, cells: np.ndarray, who: int) -> int:
+        """How many of ``cells`` (visited by ``who``) no other principal has visited
+        since, as far as the table knows (a cell it lost counts as novel)."""
+        slots = (cells & np.uint64(len(self.cells) - 1)).astype(np.intp)
+        known = self.cells[slots] == cells
+        familiar = known & (self.shared[slots] | (self.first[slots] != who))
+        return int(len(cells) - familiar.sum())
 
     def visit(self, cells: np.ndarray, who: int) -> int:
         """Visit ``cells`` as principal ``who``; how many were new to the others."""
@@ -602,8 +611,12 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     ``novelty_min_peers`` other principals have a share (with few peers the
     quantile is near their maximum: conservative); one value per principal and
     never the judged one's own, so one account cannot raise the bar (a Sybil
-    group of more than a tenth of the callers could), and flagged blocks are
-    never recorded. Limit: a few random axes
+    group of more than a tenth of the callers could). Every block's share is
+    recorded, flagged or not, and a block's novel count is recounted at its end
+    against the others' visits up to then: after an upstream change every
+    caller enters a region nobody visited, their shares rise together and so
+    does the quantile they are judged by (before, only the first caller into
+    the region is likely reported). Limit: a few random axes
     see a sweep that leaves the population's region (the simulator's uniform
     queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
     images project onto the natural digits' region and look familiar.
@@ -790,14 +803,25 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     ) -> tuple[int, int, float, int] | None:
         """Count the batch's novel queries; at a block's end, (novel, queries, p0,
         critical count) if the block is beyond its threshold, else None."""
-        st.block_novel += pop.visit(coarse, stable_seed(event.principal))
+        who = stable_seed(event.principal)
+        st.block_novel += pop.visit(coarse, who)
         st.block_n += len(coarse)
+        cells = getattr(st, "block_cells", None)
+        if cells is None:
+            cells = st.block_cells = []
+        cells.append(coarse)
         if st.block_n < self.novelty_block:
             return None
-        novel, n = st.block_novel, st.block_n
+        # Judged against the others' visits up to the block's end, not only those
+        # before each query: when the model's inputs move (an upstream change),
+        # its callers enter the new region together and share its cells.
+        novel = min(st.block_novel, pop.still_novel(np.concatenate(cells), who))
+        n = st.block_n
         st.block_novel = st.block_n = 0
+        st.block_cells = []
         me = event.principal
         values = [v[0] for who, v in pop.shares.items() if who != me]
+        found = None
         pop.p0 = math.nan
         if len(values) >= self.novelty_min_peers:
             pop.p0 = float(np.quantile(values, self.novelty_quantile))
@@ -807,9 +831,11 @@ class CoverageExtractionDetector(BatchedQueryDetector):
                 math.ceil(self.min_novel_share * n),
             )
             if novel >= critical:
-                return novel, n, pop.p0, critical
+                found = novel, n, pop.p0, critical
+        # Flagged blocks count too: when the model's inputs move, every caller's
+        # share rises and the others' quantile with it (never one's own bar).
         pop.shares.touch(event.principal, list)[:] = [novel / n]
-        return None
+        return found
 
     def _novelty_finding(
         self,
