@@ -37,6 +37,8 @@ from detectors.abuse.common import (
     Judgement,
     QueryState,
     by_model,
+    peer_values,
+    share_peer_values,
 )
 from detectors.abuse.probing import binomial_critical_count
 from detectors.abuse.space import ModelSpace, stable_seed, stacked_sq_dists
@@ -149,8 +151,11 @@ def _log_gap(w: float) -> float:
     return math.log(max(1.0 - w, 1e-12))
 
 
+_PRADA_PEERS: Final = "_prada_peers"  # its key in the detector's per-process pools
+
+
 class _PradaPeers:
-    """The model's principals' latest log(1 - W)."""
+    """The model's principals' latest log(1 - W) (as this instance saw them)."""
 
     __slots__ = ("values",)
 
@@ -192,7 +197,11 @@ class PradaExtractionDetector(BatchedQueryDetector):
     value (its latest, flagged or not: a model whose callers all look
     non-normal must still calibrate) and is judged against the others only,
     so neither one account nor fewer than half of the callers can move the
-    bar (median and MAD).
+    bar (median and MAD). In the pipeline the peers are the model's callers of
+    every partition the process holds (a per-process table shared by the
+    detector's partition instances,
+    :class:`~detectors.abuse.common.SharedPeerValues`), not only those of the
+    judged principal's partition.
 
     >>> from detectors.testing import feed
     >>> rng = np.random.default_rng(1)
@@ -379,8 +388,14 @@ class PradaExtractionDetector(BatchedQueryDetector):
         st.last_test = st.examined
         st.w = shapiro_w(st.dists[:held])
         peers = self.peers.touch(event.model_id, lambda: _PradaPeers(self.max_peers))
-        threshold, median_w, n_peers = self.limit(peers, event.principal, held)
-        peers.values.touch(event.principal, list)[:] = [_log_gap(st.w)]
+        # The model's callers of every partition of the process (shared), else this
+        # instance's: the same table when the detector runs unpartitioned.
+        values = peer_values(self, _PRADA_PEERS, event.model_id, peers.values)
+        threshold, median_w, n_peers = self.limit(values, event.principal, held)
+        gap = [_log_gap(st.w)]
+        values.touch(event.principal, list)[:] = gap
+        if values is not peers.values:  # kept for this instance's snapshot
+            peers.values.touch(event.principal, list)[:] = gap
         if st.w >= threshold or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
@@ -409,14 +424,21 @@ class PradaExtractionDetector(BatchedQueryDetector):
             },
         )
 
+    def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
+        """Also judge against the model's callers of every partition (see
+        :class:`~detectors.abuse.common.SharedPeerValues`)."""
+        super().share_caps(pools)
+        share_peer_values(pools, _PRADA_PEERS, self.peers.capacity, self.max_peers,
+                          self.peers, lambda p: p.values)
+
     def limit(
-        self, peers: _PradaPeers, principal: str, held: int
+        self, peers: EntityTable[list[float]], principal: str, held: int
     ) -> tuple[float, float, int]:
         """(W threshold, the other principals' median W, their number) for ``principal``.
 
         The fixed ``delta`` until ``min_peers`` others have been tested.
         """
-        values = [v[0] for who, v in peers.values.items() if who != principal]
+        values = [v[0] for who, v in peers.items() if who != principal]
         if len(values) < self.min_peers:
             return self.delta, math.nan, len(values)
         gaps = np.array(values)
