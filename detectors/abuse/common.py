@@ -18,6 +18,12 @@ values, not on a distance). Skipped queries are counted in ``stats()``.
 
 Both tables are :class:`EntityTable` s: a flood of new principal (or model)
 ids evicts the least recently seen ones and is counted in ``stats()``.
+
+Peer baselines: :class:`SharedPeerValues` is the per-process, per-model table
+of each principal's latest value of a statistic, shared by the partition
+instances of one configured detector, so a principal is judged against the
+model's callers of every partition (``extraction.coverage`` and
+``extraction.prada`` use it).
 """
 
 from __future__ import annotations

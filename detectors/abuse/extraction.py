@@ -36,6 +36,7 @@ from detectors.abuse.common import (
     BatchedQueryDetector,
     Judgement,
     QueryState,
+    SharedPeerValues,
     by_model,
     peer_values,
     share_peer_values,
@@ -571,11 +572,12 @@ class _Peers:
 _SHARED_PEERS: Final = "_coverage_peers"  # its key in the detector's per-process pools
 
 
-class _SharedPeers(CapPool):
+class _SharedPeers(SharedPeerValues):
     """Per process and model, the model's callers as every partition instance sees them.
 
     Every partition instance of one configured coverage detector writes its
-    principals' coverage here, and visits and judges novelty in one shared
+    principals' coverage here (the :class:`SharedPeerValues` table PRADA uses
+    too), and visits and judges novelty in one shared
     :class:`_Population`, so a model whose callers are spread over many input
     partitions still has ``min_peers`` (and ``novelty_min_peers``) peers.
     Keyed by principal (and cells are a set): a restored instance merging its
@@ -586,9 +588,7 @@ class _SharedPeers(CapPool):
     """
 
     def __init__(self, models: int, max_peers: int) -> None:
-        super().__init__(models)
-        self.max_peers = max_peers
-        self.values: EntityTable[EntityTable[list[float]]] = EntityTable(models)
+        super().__init__(models, max_peers)
         self.populations: EntityTable[_Population] = EntityTable(models)
 
     def join_model(self, model_id: str, peers: _Peers) -> EntityTable[list[float]]:
@@ -599,7 +599,7 @@ class _SharedPeers(CapPool):
                 if who not in pop.shares:  # a fresher value from another instance wins
                     pop.shares.insert(who, list(share))
             peers.population = pop
-        return self.values.touch(model_id, lambda: EntityTable(self.max_peers))
+        return self.table(model_id)
 
 
 class CoverageExtractionDetector(BatchedQueryDetector):
