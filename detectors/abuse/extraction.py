@@ -504,7 +504,7 @@ _EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)
 
 
 class _CoverageState(QueryState):
-    __slots__ = ("block_cells", "block_n", "block_novel", "kmv")
+    __slots__ = ("block_cells", "block_n", "block_novel", "block_start", "kmv")
 
     def __init__(self) -> None:
         super().__init__()
@@ -512,6 +512,7 @@ class _CoverageState(QueryState):
         self.block_n = 0  # queries in the current novelty block
         self.block_novel = 0  # of which landed in cells no other principal visited
         self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
+        self.block_start = (0.0, 0.0)  # the model's (novel, queries) when the block started
 
 
 class _Population:
@@ -523,7 +524,7 @@ class _Population:
     new cells from one caller cannot erase the population's map.
     """
 
-    __slots__ = ("cells", "first", "p0", "shared", "shares")
+    __slots__ = ("cells", "first", "p0", "shared", "shares", "totals")
 
     def __init__(self, size: int, peers: int) -> None:
         self.cells = np.zeros(size, dtype=np.uint64)
@@ -532,6 +533,7 @@ class _Population:
         #: Each principal's novel share in its latest unflagged block.
         self.shares: EntityTable[list[float]] = EntityTable(peers)
         self.p0 = math.nan  # the peer quantile at the latest block's end
+        self.totals = [0.0, 0.0]  # novel queries and queries ever visited, all callers
 
     def still_novel(self, cells: np.ndarray, who: int) -> int:
         """How many of ``cells`` (visited by ``who``) no other principal has visited
@@ -836,7 +838,15 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         """Count the batch's novel queries; at a block's end, (novel, queries, p0,
         critical count) if the block is beyond its threshold, else None."""
         who = stable_seed(event.principal)
-        st.block_novel += pop.visit(coarse, who)
+        totals = getattr(pop, "totals", None)
+        if totals is None:
+            totals = pop.totals = [0.0, 0.0]
+        if st.block_n == 0:  # the model's counts when the block starts
+            st.block_start = (totals[0], totals[1])
+        fresh = pop.visit(coarse, who)
+        totals[0] += fresh
+        totals[1] += len(coarse)
+        st.block_novel += fresh
         st.block_n += len(coarse)
         cells = getattr(st, "block_cells", None)
         if cells is None:
@@ -849,6 +859,10 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         # its callers enter the new region together and share its cells.
         novel = min(st.block_novel, pop.still_novel(np.concatenate(cells), who))
         n = st.block_n
+        # The other callers' queries during the block: how novel they were.
+        start = getattr(st, "block_start", (totals[0], totals[1]))
+        others_n = totals[1] - start[1] - n
+        others = (totals[0] - start[0] - st.block_novel) / others_n if others_n >= n else 0.0
         st.block_novel = st.block_n = 0
         st.block_cells = []
         me = event.principal
@@ -856,7 +870,9 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         found = None
         pop.p0 = math.nan
         if len(values) >= self.novelty_min_peers:
-            pop.p0 = float(np.quantile(values, self.novelty_quantile))
+            # The peers' quantile, or their novel share meanwhile if higher: a
+            # block is judged against the callers at the same time too.
+            pop.p0 = max(float(np.quantile(values, self.novelty_quantile)), others)
         if not math.isnan(pop.p0):
             critical = max(
                 binomial_critical_count(n, round(pop.p0 * 1000), self.novelty_alpha),
