@@ -649,8 +649,12 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     recorded, flagged or not, and a block's novel count is recounted at its end
     against the others' visits up to then: after an upstream change every
     caller enters a region nobody visited, their shares rise together and so
-    does the quantile they are judged by (before, only the first caller into
-    the region is likely reported). Limit: a few random axes
+    does the quantile they are judged by. And p0 is at least the other
+    callers' pooled novel share during the block (when they sent at least as
+    many queries meanwhile): a block as novel as everybody's at the same time
+    is a change of the model's inputs (the drift detectors' finding), not one
+    caller exploring; so an extraction that coincides with such a change waits
+    until the others' traffic is familiar again. Limit: a few random axes
     see a sweep that leaves the population's region (the simulator's uniform
     queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
     images project onto the natural digits' region and look familiar.
