@@ -30,7 +30,9 @@ are set per model from the model's own traffic, not by hand:
    caller marked as often as the 90th-percentile peer is reported on about
    ``alpha`` of its windows.
 
-The rule is recomputed from each following sample of ``target`` queries, so
+The rule also records the median of the sample it was computed from (the
+model's typical value of the statistic): the yardstick of a detector's minimum
+effect size. The rule is recomputed from each following sample of ``target`` queries, so
 it follows the model's traffic. Calibration queries are assumed benign, as
 the model-space calibration is.
 Against attackers active during calibration: the first rule is computed from
@@ -63,7 +65,7 @@ CONFIDENCE: Final = 0.95
 class TailRule:
     """A calibrated marking threshold and count-in-window rule (see the module doc)."""
 
-    __slots__ = ("excluded", "min_flagged", "p0", "principals", "queries", "threshold")
+    __slots__ = ("excluded", "median", "min_flagged", "p0", "principals", "queries", "threshold")
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class TailRule:
         queries: int,
         principals: int,
         excluded: tuple[str, ...],
+        median: float = math.nan,
     ) -> None:
         self.threshold = threshold
         self.p0 = p0
@@ -80,6 +83,9 @@ class TailRule:
         self.queries = queries
         self.principals = principals
         self.excluded = excluded
+        #: Median of the calibration sample: the model's typical value of the
+        #: statistic, the yardstick of a minimum effect size.
+        self.median = median
 
     def __repr__(self) -> str:
         return (
@@ -243,7 +249,7 @@ def _rule(
         marked = n - marked
     p0 = max(q, _upper_bound(marked, n))
     k = binomial_critical(window, p0, alpha)
-    return TailRule(t, p0, k, n, 0, ())
+    return TailRule(t, p0, k, n, 0, (), float(np.median(values)))
 
 
 @state_type("abuse.tail_calibration")

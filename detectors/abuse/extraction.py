@@ -36,7 +36,10 @@ from detectors.abuse.common import (
     BatchedQueryDetector,
     Judgement,
     QueryState,
+    SharedPeerValues,
     by_model,
+    peer_values,
+    share_peer_values,
 )
 from detectors.abuse.probing import binomial_critical_count
 from detectors.abuse.space import ModelSpace, stable_seed, stacked_sq_dists
@@ -151,9 +154,12 @@ def _log_gap(w: float) -> float:
     return math.log(max(1.0 - w, 1e-12))
 
 
+_PRADA_PEERS: Final = "_prada_peers"  # its key in the detector's per-process pools
+
+
 @state_type("abuse.prada_peers")
 class _PradaPeers:
-    """The model's principals' latest log(1 - W)."""
+    """The model's principals' latest log(1 - W) (as this instance saw them)."""
 
     __slots__ = ("values",)
 
@@ -185,15 +191,21 @@ class PradaExtractionDetector(BatchedQueryDetector):
     z = Phi^-1(1 - ``alpha``) (a principal as typical as its peers is reported
     on about ``alpha`` of its tests), a deviation being 1.4826 x their median
     absolute deviation and at least the sampling deviation of log(1 - W) for
-    the number of distances tested (Royston), and when W < ``max_w`` (the
-    most normal-looking samples are never reported). Until ``min_peers``
+    the number of distances tested (Royston), and when W < ``max_w`` (0.9, the
+    paper's delta: on the world suite benign callers whose W was 0.91-0.98
+    exceeded their peers' bar while no attack was found by it; a caller must
+    be non-normal by the paper's bar and against its peers). Until ``min_peers``
     other principals of the model have a value, the fixed threshold ``delta``
     of the paper applies (W < 0.9: attacks that start before the model's
     callers have been tested are still seen). Each principal contributes one
     value (its latest, flagged or not: a model whose callers all look
     non-normal must still calibrate) and is judged against the others only,
     so neither one account nor fewer than half of the callers can move the
-    bar (median and MAD).
+    bar (median and MAD). In the pipeline the peers are the model's callers of
+    every partition the process holds (a per-process table shared by the
+    detector's partition instances,
+    :class:`~detectors.abuse.common.SharedPeerValues`), not only those of the
+    judged principal's partition.
 
     >>> from detectors.testing import feed
     >>> rng = np.random.default_rng(1)
@@ -207,9 +219,17 @@ class PradaExtractionDetector(BatchedQueryDetector):
     >>> steps = [seeds[i % 4] + 10 ** rng.uniform(-3, 0) * rng.normal(size=8)
     ...          for i in range(300)]
     >>> thief = [q(1800 + i, "thief", x) for i, x in enumerate(steps)]
-    >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
-    ...  feed(PradaExtractionDetector(), natural + thief)]
-    [('thief', 128)]
+    >>> [(f.entity.id, f.evidence["queries_examined"], f.evidence["observed_w"]) for f in
+    ...  feed(PradaExtractionDetector(max_w=0.98), natural + thief)]
+    [('thief', 128, 0.9214)]
+
+    Its W of 0.92 is within what benign callers of other data show (0.91-0.98
+    in the world suite, against peers at 0.99): by default the threshold is
+    never above the paper's 0.9, and such a thief is left to the near-duplicate
+    detectors (kNN, Blacklight).
+
+    >>> feed(PradaExtractionDetector(), natural + thief)
+    []
     """
 
     name: ClassVar[str] = "extraction.prada"
@@ -222,7 +242,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
     def __init__(
         self,
         delta: float = 0.9,
-        max_w: float = 0.98,
+        max_w: float = 0.9,
         alpha: float = 1e-6,
         min_peers: int = 4,
         max_peers: int = 4096,
@@ -373,8 +393,14 @@ class PradaExtractionDetector(BatchedQueryDetector):
         st.last_test = st.examined
         st.w = shapiro_w(st.dists[:held])
         peers = self.peers.touch(event.model_id, lambda: _PradaPeers(self.max_peers))
-        threshold, median_w, n_peers = self.limit(peers, event.principal, held)
-        peers.values.touch(event.principal, list)[:] = [_log_gap(st.w)]
+        # The model's callers of every partition of the process (shared), else this
+        # instance's: the same table when the detector runs unpartitioned.
+        values = peer_values(self, _PRADA_PEERS, event.model_id, peers.values)
+        threshold, median_w, n_peers = self.limit(values, event.principal, held)
+        gap = [_log_gap(st.w)]
+        values.touch(event.principal, list)[:] = gap
+        if values is not peers.values:  # kept for this instance's snapshot
+            peers.values.touch(event.principal, list)[:] = gap
         if st.w >= threshold or self.quiet(st, event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
@@ -403,14 +429,21 @@ class PradaExtractionDetector(BatchedQueryDetector):
             },
         )
 
+    def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
+        """Also judge against the model's callers of every partition (see
+        :class:`~detectors.abuse.common.SharedPeerValues`)."""
+        super().share_caps(pools)
+        share_peer_values(pools, _PRADA_PEERS, self.peers.capacity, self.max_peers,
+                          self.peers, lambda p: p.values)
+
     def limit(
-        self, peers: _PradaPeers, principal: str, held: int
+        self, peers: EntityTable[list[float]], principal: str, held: int
     ) -> tuple[float, float, int]:
         """(W threshold, the other principals' median W, their number) for ``principal``.
 
         The fixed ``delta`` until ``min_peers`` others have been tested.
         """
-        values = [v[0] for who, v in peers.values.items() if who != principal]
+        values = [v[0] for who, v in peers.items() if who != principal]
         if len(values) < self.min_peers:
             return self.delta, math.nan, len(values)
         gaps = np.array(values)
@@ -476,13 +509,15 @@ _EMPTY_SKETCH: Final = np.empty(0, dtype=np.uint64)
 
 @state_type("abuse.coverage_principal")
 class _CoverageState(QueryState):
-    __slots__ = ("block_n", "block_novel", "kmv")
+    __slots__ = ("block_cells", "block_n", "block_novel", "block_start", "kmv")
 
     def __init__(self) -> None:
         super().__init__()
         self.kmv = _EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
         self.block_n = 0  # queries in the current novelty block
         self.block_novel = 0  # of which landed in cells no other principal visited
+        self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
+        self.block_start = (0.0, 0.0)  # the model's (novel, queries) when the block started
 
 
 @state_type("abuse.coverage_population")
@@ -495,7 +530,7 @@ class _Population:
     new cells from one caller cannot erase the population's map.
     """
 
-    __slots__ = ("cells", "first", "p0", "shared", "shares")
+    __slots__ = ("cells", "first", "p0", "shared", "shares", "totals")
 
     def __init__(self, size: int, peers: int) -> None:
         self.cells = np.zeros(size, dtype=np.uint64)
@@ -504,6 +539,15 @@ class _Population:
         #: Each principal's novel share in its latest unflagged block.
         self.shares: EntityTable[list[float]] = EntityTable(peers)
         self.p0 = math.nan  # the peer quantile at the latest block's end
+        self.totals = [0.0, 0.0]  # novel queries and queries ever visited, all callers
+
+    def still_novel(self, cells: np.ndarray, who: int) -> int:
+        """How many of ``cells`` (visited by ``who``) no other principal has visited
+        since, as far as the table knows (a cell it lost counts as novel)."""
+        slots = (cells & np.uint64(len(self.cells) - 1)).astype(np.intp)
+        known = self.cells[slots] == cells
+        familiar = known & (self.shared[slots] | (self.first[slots] != who))
+        return int(len(cells) - familiar.sum())
 
     def visit(self, cells: np.ndarray, who: int) -> int:
         """Visit ``cells`` as principal ``who``; how many were new to the others."""
@@ -537,11 +581,12 @@ class _Peers:
 _SHARED_PEERS: Final = "_coverage_peers"  # its key in the detector's per-process pools
 
 
-class _SharedPeers(CapPool):
+class _SharedPeers(SharedPeerValues):
     """Per process and model, the model's callers as every partition instance sees them.
 
     Every partition instance of one configured coverage detector writes its
-    principals' coverage here, and visits and judges novelty in one shared
+    principals' coverage here (the :class:`SharedPeerValues` table PRADA uses
+    too), and visits and judges novelty in one shared
     :class:`_Population`, so a model whose callers are spread over many input
     partitions still has ``min_peers`` (and ``novelty_min_peers``) peers.
     Keyed by principal (and cells are a set): a restored instance merging its
@@ -552,9 +597,7 @@ class _SharedPeers(CapPool):
     """
 
     def __init__(self, models: int, max_peers: int) -> None:
-        super().__init__(models)
-        self.max_peers = max_peers
-        self.values: EntityTable[EntityTable[list[float]]] = EntityTable(models)
+        super().__init__(models, max_peers)
         self.populations: EntityTable[_Population] = EntityTable(models)
 
     def join_model(self, model_id: str, peers: _Peers) -> EntityTable[list[float]]:
@@ -565,7 +608,7 @@ class _SharedPeers(CapPool):
                 if who not in pop.shares:  # a fresher value from another instance wins
                     pop.shares.insert(who, list(share))
             peers.population = pop
-        return self.values.touch(model_id, lambda: EntityTable(self.max_peers))
+        return self.table(model_id)
 
 
 class CoverageExtractionDetector(BatchedQueryDetector):
@@ -609,8 +652,16 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     ``novelty_min_peers`` other principals have a share (with few peers the
     quantile is near their maximum: conservative); one value per principal and
     never the judged one's own, so one account cannot raise the bar (a Sybil
-    group of more than a tenth of the callers could), and flagged blocks are
-    never recorded. Limit: a few random axes
+    group of more than a tenth of the callers could). Every block's share is
+    recorded, flagged or not, and a block's novel count is recounted at its end
+    against the others' visits up to then: after an upstream change every
+    caller enters a region nobody visited, their shares rise together and so
+    does the quantile they are judged by. And p0 is at least the other
+    callers' pooled novel share during the block (when they sent at least as
+    many queries meanwhile): a block as novel as everybody's at the same time
+    is a change of the model's inputs (the drift detectors' finding), not one
+    caller exploring; so an extraction that coincides with such a change waits
+    until the others' traffic is familiar again. Limit: a few random axes
     see a sweep that leaves the population's region (the simulator's uniform
     queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
     images project onto the natural digits' region and look familiar.
@@ -798,26 +849,53 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     ) -> tuple[int, int, float, int] | None:
         """Count the batch's novel queries; at a block's end, (novel, queries, p0,
         critical count) if the block is beyond its threshold, else None."""
-        st.block_novel += pop.visit(coarse, stable_seed(event.principal))
+        who = stable_seed(event.principal)
+        totals = getattr(pop, "totals", None)
+        if totals is None:
+            totals = pop.totals = [0.0, 0.0]
+        if st.block_n == 0:  # the model's counts when the block starts
+            st.block_start = (totals[0], totals[1])
+        fresh = pop.visit(coarse, who)
+        totals[0] += fresh
+        totals[1] += len(coarse)
+        st.block_novel += fresh
         st.block_n += len(coarse)
+        cells = getattr(st, "block_cells", None)
+        if cells is None:
+            cells = st.block_cells = []
+        cells.append(coarse)
         if st.block_n < self.novelty_block:
             return None
-        novel, n = st.block_novel, st.block_n
+        # Judged against the others' visits up to the block's end, not only those
+        # before each query: when the model's inputs move (an upstream change),
+        # its callers enter the new region together and share its cells.
+        novel = min(st.block_novel, pop.still_novel(np.concatenate(cells), who))
+        n = st.block_n
+        # The other callers' queries during the block: how novel they were.
+        start = getattr(st, "block_start", (totals[0], totals[1]))
+        others_n = totals[1] - start[1] - n
+        others = (totals[0] - start[0] - st.block_novel) / others_n if others_n >= n else 0.0
         st.block_novel = st.block_n = 0
+        st.block_cells = []
         me = event.principal
         values = [v[0] for who, v in pop.shares.items() if who != me]
+        found = None
         pop.p0 = math.nan
         if len(values) >= self.novelty_min_peers:
-            pop.p0 = float(np.quantile(values, self.novelty_quantile))
+            # The peers' quantile, or their novel share meanwhile if higher: a
+            # block is judged against the callers at the same time too.
+            pop.p0 = max(float(np.quantile(values, self.novelty_quantile)), others)
         if not math.isnan(pop.p0):
             critical = max(
                 binomial_critical_count(n, round(pop.p0 * 1000), self.novelty_alpha),
                 math.ceil(self.min_novel_share * n),
             )
             if novel >= critical:
-                return novel, n, pop.p0, critical
+                found = novel, n, pop.p0, critical
+        # Flagged blocks count too: when the model's inputs move, every caller's
+        # share rises and the others' quantile with it (never one's own bar).
         pop.shares.touch(event.principal, list)[:] = [novel / n]
-        return None
+        return found
 
     def _novelty_finding(
         self,

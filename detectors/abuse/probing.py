@@ -92,13 +92,17 @@ def knn_mean_distances(batch: np.ndarray, buffer: np.ndarray, k: int) -> np.ndar
 
 @state_type("abuse.knn_principal")
 class _KnnState(QueryState):
-    __slots__ = ("buffer", "flags", "judged")
+    __slots__ = ("buffer", "flags", "judged", "level", "level_n")
 
     def __init__(self) -> None:
         super().__init__()
         self.buffer: np.ndarray = np.empty((0, 0), dtype=np.float32)
         self.flags = 0  # last `window` judged queries, 1 = suspiciously close
         self.judged = 0
+        #: The principal's own typical ratio: running mean of the medians of its
+        #: batches without a marked query (the last ~32 of them weigh).
+        self.level = math.nan
+        self.level_n = 0  # batches in ``level``
 
 
 class StatefulKnnProbingDetector(BatchedQueryDetector):
@@ -128,6 +132,20 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     is not. Until a model is calibrated, the fixed ``distance_ratio`` and
     ``min_flagged`` apply (conservative values: attacks that begin before
     calibration, or models with too few callers to calibrate, are still seen).
+
+    **Minimum effect size and self-baseline.** A population quantile alone
+    marks the closest 0.1% of benign queries whatever their distance, and a
+    lone heavy caller (or every caller after an upstream change) keeps
+    producing them: natural queries sit at 0.5-1.0 of the model's typical
+    ratio, iterative attacks at 0.02-0.06. So a query is marked only when its
+    ratio is also below ``min_effect`` times a reference level: the median
+    ratio of the model's calibration sample (the population's typical
+    value), or the principal's own typical ratio if that is lower (the running
+    mean of the medians of its unmarked batches, once it has
+    ``self_batches`` of them): a caller is judged against its peers and
+    against its own earlier behaviour. Batches with a marked query never
+    enter the principal's level, so a probe cannot make itself the norm; a
+    new account is judged against the population only.
 
     >>> import random
     >>> from detectors.testing import feed
@@ -163,6 +181,8 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         alpha: float = 1e-6,
         calibration_queries: int = 500,
         calibration_principals: int = 10,
+        min_effect: float = 0.2,
+        self_batches: int = 4,
         batch_size: int = 32,
         cooldown_seconds: float = 3600.0,
         calibration_rows: int = 256,
@@ -172,7 +192,11 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
     ) -> None:
         if not 1 <= k < buffer_size or not 1 <= min_flagged <= window:
             raise ValueError("need 1 <= k < buffer_size and 1 <= min_flagged <= window")
+        if not 0 < min_effect <= 1 or self_batches < 0:
+            raise ValueError("min_effect in (0, 1], self_batches >= 0")
         check_calibration(quantile, alpha, calibration_principals)
+        self.min_effect = min_effect
+        self.self_batches = self_batches
         self.k = k
         self.buffer_size = buffer_size
         self.distance_ratio = distance_ratio
@@ -237,12 +261,24 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
             if rule is not None
             else (self.distance_ratio, self.min_flagged)
         )
+        typical, own = self._levels(rule, st)
+        if not math.isnan(typical):  # the minimum effect size (see the class doc)
+            limit = min(limit, self.min_effect * min(typical, own))
         flags, mask = st.flags, (1 << self.window) - 1
         judged = ratios[~np.isnan(ratios)]  # NaN: too few neighbours to judge
+        marked = 0
         for r in judged.tolist():
-            flags = ((flags << 1) | (r < limit)) & mask
+            close = r < limit
+            marked += close
+            flags = ((flags << 1) | close) & mask
         st.judged += len(judged)
         st.flags = flags
+        if not marked and len(judged) >= 8:  # an unmarked batch: the principal's own level
+            n = getattr(st, "level_n", 0) + 1
+            level = getattr(st, "level", math.nan)
+            batch = float(np.median(judged))
+            st.level = batch if n == 1 else level + (batch - level) / min(n, 32)
+            st.level_n = n
         # Calibrate on queries judged against a full buffer: with fewer earlier
         # queries the nearest ones are farther, so the threshold that marks q of
         # those marks fewer of the rest (conservative), not more.
@@ -274,6 +310,9 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
                 "statistic": "mean distance to k nearest earlier queries / model spread",
                 "observed_median_ratio": median,
                 "threshold_ratio": round(limit, 6),
+                "typical_ratio": None if math.isnan(typical) else round(typical, 6),
+                "own_typical_ratio": None if math.isinf(own) else round(own, 6),
+                "min_effect": self.min_effect,
                 "flagged_queries": flagged,
                 "window_queries": min(st.judged, self.window),
                 "min_flagged": need,
@@ -283,6 +322,16 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
                 "model_spread": round(space.spread, 6),
             },
         )
+
+
+    def _levels(self, rule: TailRule | None, st: _KnnState) -> tuple[float, float]:
+        """(the model's typical ratio, the principal's own: inf until it has
+        ``self_batches`` unmarked batches); NaN typical before calibration."""
+        typical = getattr(rule, "median", math.nan) if rule is not None else math.nan
+        own = math.inf
+        if self.self_batches and getattr(st, "level_n", 0) >= self.self_batches:
+            own = st.level
+        return typical, own
 
 
 def _calibration_evidence(rule: TailRule | None) -> dict[str, Any]:
