@@ -76,25 +76,43 @@ class Intake:
         max_future_skew_s: float | None,
         max_age_s: float | None,
         repartition_topic: str | None = None,
+        join_groups: Mapping[str, str] | None = None,
     ) -> None:
         self.inputs = dict(inputs)
+        #: Input topic -> join group: the group's topics share one format
+        #: instance per partition number (a request here, its response there).
+        self.join_groups = dict(join_groups or {})
         self.dlq_topic = dlq_topic
         self.metrics = metrics
         self.max_bytes = max_bytes
         self.max_future_skew_s = max_future_skew_s
         self.max_age_s = max_age_s
         self.repartition_topic = repartition_topic
-        #: One format instance per partition read (made on first use).
+        #: One format instance per partition read (made on first use; shared by
+        #: the topics of a join group with the same partition number).
         self.formats: dict[TopicPartition, Format] = {}
 
     def format(self, tp: TopicPartition) -> Format:
         """The format reading ``tp`` (made on first use; the repartition topic's is contract)."""
         fmt = self.formats.get(tp)
         if fmt is None:
-            name, options = (("contract", {"event_type": "inference"})
-                             if tp.topic == self.repartition_topic else self.inputs[tp.topic])
-            fmt = self.formats[tp] = make_format(name, {"max_bytes": self.max_bytes, **options})
+            fmt = self._joined(tp)
+            if fmt is None:
+                name, options = (("contract", {"event_type": "inference"})
+                                 if tp.topic == self.repartition_topic else self.inputs[tp.topic])
+                fmt = make_format(name, {"max_bytes": self.max_bytes, **options})
+            self.formats[tp] = fmt
         return fmt
+
+    def _joined(self, tp: TopicPartition) -> Format | None:
+        """The instance another topic of ``tp``'s join group already reads this partition with."""
+        group = self.join_groups.get(tp.topic)
+        if group is None:
+            return None
+        for other, fmt in self.formats.items():
+            if other.partition == tp.partition and self.join_groups.get(other.topic) == group:
+                return fmt
+        return None
 
     def decode(self, tp: TopicPartition, messages: Sequence[KafkaRecord],
                dead: list[OutRecord]) -> Decoded:
@@ -156,8 +174,12 @@ class Intake:
     def snapshot(self, partition: int) -> dict[str, dict[str, Any]]:
         """Input topic -> {format, state} of the stateful formats of ``partition``."""
         out: dict[str, dict[str, Any]] = {}
+        saved: set[int] = set()
         for tp in self._own(partition):
             fmt = self.formats[tp]
+            if id(fmt) in saved:  # a join group's shared instance: saved once
+                continue
+            saved.add(id(fmt))
             state = fmt.snapshot()
             if state:
                 out[tp.topic] = {"format": fmt.name, "state": state}
@@ -190,7 +212,11 @@ class Intake:
     def stats(self) -> dict[tuple[str, str, str], int]:
         """(topic, format, counter) -> count, summed over the topic's partitions."""
         counters: dict[tuple[str, str, str], int] = {}
+        counted: set[int] = set()
         for tp, fmt in list(self.formats.items()):
+            if id(fmt) in counted:  # a join group's shared instance: under its first topic
+                continue
+            counted.add(id(fmt))
             for stat, count in fmt.stats().items():
                 where = (tp.topic, fmt.name, stat)
                 counters[where] = counters.get(where, 0) + count

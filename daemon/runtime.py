@@ -106,7 +106,8 @@ class Daemon:
             settings.input_formats(), dlq_topic=settings.topics.dlq, metrics=self.metrics,
             max_bytes=settings.kafka.max_message_bytes,
             max_future_skew_s=settings.input.max_future_skew_s,
-            max_age_s=settings.input.max_age_s, repartition_topic=rtopic)
+            max_age_s=settings.input.max_age_s, repartition_topic=rtopic,
+            join_groups=settings.input_join_groups())
         self.model_stage = (ModelStage(rtopic, self.pipeline.model_scope_wants, self.metrics)
                             if rtopic is not None else None)
         # Event-time alignment of the model stage: its held events are

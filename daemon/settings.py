@@ -139,6 +139,10 @@ class KafkaSettings(_Section):
         return max(self.max_message_bytes + 64 * 1024, 1_048_576)
 
 
+#: Formats that join a request with its response (``join_group`` applies).
+_JOINING: Final = ("kserve", "oip")
+
+
 class InputFormatSettings(_Section):
     """How one input topic's messages are read: a format name and its options."""
 
@@ -146,6 +150,11 @@ class InputFormatSettings(_Section):
     #: The format's own options (``mlwatchd formats`` in the README lists them);
     #: checked at start, one line per problem.
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Topics with the same ``join_group`` share one format instance per
+    #: partition number, so a request on one topic and its response on another
+    #: are joined (Seldon Core 2's ``.inputs`` / ``.outputs``). The topics must
+    #: be co-partitioned: same partition count, same key (the request id).
+    join_group: str | None = None
 
     @field_validator("format")
     @classmethod
@@ -162,6 +171,25 @@ class InputSettings(_Section):
     #: are read as ``contract`` with their kind unless named here; any other
     #: topic named here is consumed too.
     formats: dict[str, InputFormatSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _join_groups(self) -> InputSettings:
+        groups: dict[str, list[tuple[str, InputFormatSettings]]] = {}
+        for topic, cfg in self.formats.items():
+            if cfg.join_group is not None:
+                groups.setdefault(cfg.join_group, []).append((topic, cfg))
+        for group, members in groups.items():
+            names = ", ".join(t for t, _ in members)
+            if len(members) < 2:
+                raise ValueError(f"join_group {group!r} names one topic only ({names})")
+            if any(cfg.format not in _JOINING for _, cfg in members):
+                raise ValueError(f"join_group {group!r}: only {', '.join(_JOINING)} topics join")
+            first = members[0][1]
+            if any((cfg.format, cfg.options) != (first.format, first.options)
+                   for _, cfg in members[1:]):
+                raise ValueError(f"join_group {group!r}: topics {names} need the same format "
+                                 "and options (one instance reads them all)")
+        return self
 
     #: Events whose ``ts`` is further ahead of the wall clock go to the
     #: dead-letter topic (``ts_out_of_range``); null: no bound. Detectors keep
@@ -458,6 +486,11 @@ class Settings(BaseSettings):
         for topic, cfg in self.input.formats.items():
             out[topic] = (cfg.format, dict(cfg.options))
         return out
+
+    def input_join_groups(self) -> dict[str, str]:
+        """Input topic -> its ``join_group``, for the topics that have one."""
+        return {topic: cfg.join_group for topic, cfg in self.input.formats.items()
+                if cfg.join_group is not None}
 
     def detector_specs(self) -> list[DetectorSpec]:
         return [
