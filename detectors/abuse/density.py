@@ -23,7 +23,7 @@ thieves are, by construction, not visible to it.
 from __future__ import annotations
 
 from collections import deque
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from detectors.abuse.space import ModelSpace, stable_seed
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
 from detectors.state import EntityTable
+
+#: Batches of the model's traffic that tell whether the whole population is far.
+_RECENT_BATCHES: Final = 32
 
 __all__ = ["DensityExtractionDetector", "PopulationSample", "calibrate_far", "knn_distance"]
 
@@ -73,42 +76,52 @@ def knn_distance(
 
 
 class PopulationSample:
-    """A model's reference sample: a ring of embedded inputs of its principals.
+    """A model's reference sample: embedded inputs of its principals, balanced by owner.
 
-    Each principal holds at most ``capacity // min_owners`` rows, so one busy
-    caller (or one attacker) cannot stand for the population; the ring replaces
-    the oldest rows, so the sample follows the model's traffic.
+    Each principal holds at most ``capacity // min_owners`` rows; once the
+    sample is full, a newcomer's row replaces one of the principal holding
+    the most, and a principal at its share replaces its own rows in turn (so
+    its rows follow its traffic). One busy caller, or an attacker, cannot
+    stand for the population, and an hour when few callers are active does
+    not empty the sample of the others.
     """
 
-    __slots__ = ("count", "filled", "owners", "per_owner", "pos", "rows")
+    __slots__ = ("count", "filled", "owners", "per_owner", "rows", "turn")
 
     def __init__(self, capacity: int, dims: int, min_owners: int) -> None:
         self.rows = np.zeros((capacity, dims), dtype=np.float32)
         self.owners = np.zeros(capacity, dtype=np.int64)
         self.filled = 0
-        self.pos = 0
+        self.turn = 0
         self.per_owner = max(capacity // min_owners, 1)
         self.count: dict[int, int] = {}
 
     def add(self, rows: np.ndarray, owner: int) -> None:
-        capacity = len(self.rows)
+        count = self.count
         for row in rows:
-            if self.count.get(owner, 0) >= self.per_owner:
-                return
-            at = self.pos
-            if self.filled == capacity:
-                old = int(self.owners[at])
-                left = self.count[old] - 1
-                if left:
-                    self.count[old] = left
-                else:
-                    del self.count[old]
-            else:
-                self.filled += 1
+            have = count.get(owner, 0)
+            victim = owner
+            if have < self.per_owner:
+                if self.filled < len(self.rows):
+                    at = self.filled
+                    self.filled += 1
+                    count[owner] = have + 1
+                    self.rows[at] = row
+                    self.owners[at] = owner
+                    continue
+                largest = max(count, key=lambda o: (count[o], o))
+                if count[largest] > have:
+                    victim = largest
+            slots = np.flatnonzero(self.owners[: self.filled] == victim)
+            self.turn += 1
+            at = int(slots[self.turn % len(slots)])
+            if victim != owner:
+                count[victim] -= 1
+                if not count[victim]:
+                    del count[victim]
+                count[owner] = have + 1
             self.rows[at] = row
             self.owners[at] = owner
-            self.count[owner] = self.count.get(owner, 0) + 1
-            self.pos = (at + 1) % capacity
 
     def ready(self, min_owners: int) -> bool:
         """Half full, with rows of at least ``min_owners`` principals."""
@@ -153,11 +166,22 @@ def calibrate_far(
 
 
 class _ModelState:
-    __slots__ = ("calibration", "sample")
+    __slots__ = ("calibration", "recent", "sample")
 
     def __init__(self) -> None:
         self.sample: PopulationSample | None = None
         self.calibration = TailCalibration()
+        #: The latest judged batches of every principal: (owner, far, queries).
+        self.recent: deque[tuple[int, int, int]] = deque(maxlen=_RECENT_BATCHES)
+
+    def others_share(self, owner: int) -> float:
+        """Share of far queries in the other principals' latest batches (0 if none)."""
+        far = n = 0
+        for who, f, k in self.recent:
+            if who != owner:
+                far += f
+                n += k
+        return far / n if n else 0.0
 
 
 class _DensityState(QueryState):
@@ -195,6 +219,9 @@ class DensityExtractionDetector(BatchedQueryDetector):
     recomputed from every following sample, so it follows the traffic. Nothing
     is judged before the first rule (a cold start of some thousand queries).
 
+    When more than ``drift_share`` of the other principals' queries in the
+    model's latest batches are far too, the whole population has moved (an
+    upstream change, which the drift detectors report): nobody is reported.
     A reported principal's inputs never enter the sample; its next finding
     comes after ``cooldown_seconds`` at the earliest (the pipeline turns it
     into an update of the open incident). Principals in ``exempt_principals``
@@ -237,6 +264,7 @@ class DensityExtractionDetector(BatchedQueryDetector):
         alpha: float = 1e-6,
         window: int = 64,
         calibration_queries: int = 4096,
+        drift_share: float = 0.05,
         exempt_principals: tuple[str, ...] = (),
         batch_size: int = 32,
         cooldown_seconds: float = 86_400.0,
@@ -259,6 +287,7 @@ class DensityExtractionDetector(BatchedQueryDetector):
         self.alpha = alpha
         self.window = window
         self.calibration_queries = calibration_queries
+        self.drift_share = drift_share
         self.exempt_principals = frozenset(exempt_principals)
         self.models: EntityTable[_ModelState] = EntityTable(max_models)
         self._setup(
@@ -311,26 +340,31 @@ class DensityExtractionDetector(BatchedQueryDetector):
                 cal.samples, cal.queries = {}, 0
             rule = model.calibration.rule
             if rule is not None:
-                found = self._judge(j, st, rule, stat)
+                found = self._judge(j, st, rule, stat, model)
         if not st.fired and found is None:
             sample.add(x[:: self.sample_every], st.owner)
         return found
 
     def _judge(
-        self, j: Judgement, st: _DensityState, rule: TailRule, stat: list[float]
+        self, j: Judgement, st: _DensityState, rule: TailRule, stat: list[float],
+        model: _ModelState,
     ) -> list[Finding] | None:
         marks = st.marks
         limit = rule.threshold
-        for s in stat:
-            marks.append(1 if s >= limit else 0)
+        new = [1 if s >= limit else 0 for s in stat]
+        marks.extend(new)
         while len(marks) > self.window:
             marks.popleft()
+        others = model.others_share(st.owner)
+        model.recent.append((st.owner, sum(new), len(new)))
         event = j.event
         if len(marks) < self.window or event.principal in self.exempt_principals:
             return None
         far = sum(marks)
         if far < rule.min_flagged or self.quiet(st, float(event.ts)):
             return None
+        if others > self.drift_share:
+            return None  # the whole population moved (an upstream change): drift, not theft
         share = far / self.window
         marks.clear()
         return self.finding(
