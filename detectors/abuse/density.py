@@ -48,7 +48,7 @@ from detectors.findings import Finding
 from detectors.state import EntityTable
 
 #: Batches of the model's traffic that tell whether the whole population is far.
-_RECENT_BATCHES: Final = 32
+_RECENT_BATCHES: Final = 16
 
 __all__ = ["DensityExtractionDetector", "PopulationSample", "calibrate_far", "knn_distance"]
 
@@ -165,14 +165,41 @@ def calibrate_far(
     return TailRule(t, p0, k, rule.queries, rule.principals, rule.excluded)
 
 
+class _DensityState(QueryState):
+    __slots__ = ("marks", "owner", "pending")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: deque[int] = deque()
+        self.owner = 0
+        self.pending = False
+
+
+class _Pending:
+    """A principal over the count rule, reported once the others' next batches are seen."""
+
+    __slots__ = ("due", "event", "far", "rule", "source", "st")
+
+    def __init__(self, st: _DensityState, j: Judgement, far: int, rule: TailRule,
+                 due: int) -> None:
+        self.st = st
+        self.event = j.event
+        self.source = j.source
+        self.far = far
+        self.rule = rule
+        self.due = due
+
+
 class _ModelState:
-    __slots__ = ("calibration", "recent", "sample")
+    __slots__ = ("batches", "calibration", "pending", "recent", "sample")
 
     def __init__(self) -> None:
         self.sample: PopulationSample | None = None
         self.calibration = TailCalibration()
         #: The latest judged batches of every principal: (owner, far, queries).
         self.recent: deque[tuple[int, int, int]] = deque(maxlen=_RECENT_BATCHES)
+        self.batches = 0  # batches judged
+        self.pending: list[_Pending] = []
 
     def others_share(self, owner: int) -> float:
         """Share of far queries in the other principals' latest batches (0 if none)."""
@@ -182,15 +209,6 @@ class _ModelState:
                 far += f
                 n += k
         return far / n if n else 0.0
-
-
-class _DensityState(QueryState):
-    __slots__ = ("marks", "owner")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.marks: deque[int] = deque()
-        self.owner = 0
 
 
 class DensityExtractionDetector(BatchedQueryDetector):
@@ -219,9 +237,10 @@ class DensityExtractionDetector(BatchedQueryDetector):
     recomputed from every following sample, so it follows the traffic. Nothing
     is judged before the first rule (a cold start of some thousand queries).
 
-    When more than ``drift_share`` of the other principals' queries in the
-    model's latest batches are far too, the whole population has moved (an
-    upstream change, which the drift detectors report): nobody is reported.
+    A principal over the rule is reported after the model's next 16 judged
+    batches, unless more than ``drift_share`` of the other principals' queries
+    in them are far too: then the whole population has moved (an upstream
+    change, which the drift detectors report) and nobody is reported.
     A reported principal's inputs never enter the sample; its next finding
     comes after ``cooldown_seconds`` at the earliest (the pipeline turns it
     into an update of the open incident). Principals in ``exempt_principals``
@@ -340,37 +359,55 @@ class DensityExtractionDetector(BatchedQueryDetector):
                 cal.samples, cal.queries = {}, 0
             rule = model.calibration.rule
             if rule is not None:
-                found = self._judge(j, st, rule, stat, model)
-        if not st.fired and found is None:
+                self._judge(j, st, rule, stat, model)
+            found = self._due(model)
+        if not st.fired and not st.pending:
             sample.add(x[:: self.sample_every], st.owner)
         return found
 
     def _judge(
         self, j: Judgement, st: _DensityState, rule: TailRule, stat: list[float],
         model: _ModelState,
-    ) -> list[Finding] | None:
+    ) -> None:
         marks = st.marks
         limit = rule.threshold
         new = [1 if s >= limit else 0 for s in stat]
         marks.extend(new)
         while len(marks) > self.window:
             marks.popleft()
-        others = model.others_share(st.owner)
         model.recent.append((st.owner, sum(new), len(new)))
+        model.batches += 1
         event = j.event
         if len(marks) < self.window or event.principal in self.exempt_principals:
-            return None
+            return
         far = sum(marks)
-        if far < rule.min_flagged or self.quiet(st, float(event.ts)):
+        if far < rule.min_flagged or st.pending or self.quiet(st, float(event.ts)):
+            return
+        # Reported once the model's next batches show whether only this principal
+        # is far, or the whole population moved (an upstream change: drift, not theft).
+        st.pending = True
+        model.pending.append(_Pending(st, j, far, rule, model.batches + _RECENT_BATCHES))
+
+    def _due(self, model: _ModelState) -> list[Finding] | None:
+        if not model.pending or model.pending[0].due > model.batches:
             return None
-        if others > self.drift_share:
-            return None  # the whole population moved (an upstream change): drift, not theft
+        out: list[Finding] = []
+        while model.pending and model.pending[0].due <= model.batches:
+            p = model.pending.pop(0)
+            p.st.pending = False
+            p.st.marks.clear()
+            if model.others_share(p.st.owner) <= self.drift_share:
+                out.extend(self._finding(p))
+        return out or None
+
+    def _finding(self, p: _Pending) -> list[Finding]:
+        st, rule, far, event = p.st, p.rule, p.far, p.event
+        assert isinstance(event, InferenceEvent)
         share = far / self.window
-        marks.clear()
         return self.finding(
             st,
             event,
-            j.source,
+            p.source,
             severity="high" if share >= 0.5 else "medium",
             summary=(
                 f"{far} of the principal's last {self.window} queries lie where the model's "
