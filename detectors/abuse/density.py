@@ -50,6 +50,9 @@ from detectors.state import EntityTable
 #: Batches of the model's traffic that tell whether the whole population is far.
 _RECENT_BATCHES: Final = 16
 
+#: Batches after a population-wide move during which nobody is reported.
+_SETTLE_BATCHES: Final = 256
+
 __all__ = ["DensityExtractionDetector", "PopulationSample", "calibrate_far", "knn_distance"]
 
 
@@ -148,8 +151,9 @@ def calibrate_far(
     rule = calibrate_tail(samples, q=q, alpha=alpha, window=window, low=False)
     if rule is None:
         return None
+    # Every caller's tail (a median: robust to attackers fewer than half of them).
+    tails = [float(np.quantile(v, 0.99)) for v in samples.values() if len(v) >= 100]
     kept = {p: np.asarray(v) for p, v in samples.items() if v and p not in rule.excluded}
-    tails = [float(np.quantile(v, 0.99)) for v in kept.values() if len(v) >= 100]
     if not tails or float(np.median(tails)) <= rule.threshold:
         return rule
     t = float(np.median(tails))
@@ -191,7 +195,7 @@ class _Pending:
 
 
 class _ModelState:
-    __slots__ = ("batches", "calibration", "pending", "recent", "sample")
+    __slots__ = ("batches", "calibration", "pending", "recent", "sample", "settle_until")
 
     def __init__(self) -> None:
         self.sample: PopulationSample | None = None
@@ -200,6 +204,9 @@ class _ModelState:
         self.recent: deque[tuple[int, int, int]] = deque(maxlen=_RECENT_BATCHES)
         self.batches = 0  # batches judged
         self.pending: list[_Pending] = []
+        #: After a population-wide move, nobody is reported until this batch
+        #: (the sample takes a while to follow the new traffic).
+        self.settle_until = 0
 
     def others_share(self, owner: int) -> float:
         """Share of far queries in the other principals' latest batches (0 if none)."""
@@ -240,7 +247,8 @@ class DensityExtractionDetector(BatchedQueryDetector):
     A principal over the rule is reported after the model's next 16 judged
     batches, unless more than ``drift_share`` of the other principals' queries
     in them are far too: then the whole population has moved (an upstream
-    change, which the drift detectors report) and nobody is reported.
+    change, which the drift detectors report) and nobody is reported for the
+    model's next 256 batches, while its sample follows the new traffic.
     A reported principal's inputs never enter the sample; its next finding
     comes after ``cooldown_seconds`` at the earliest (the pipeline turns it
     into an update of the open incident). Principals in ``exempt_principals``
@@ -383,6 +391,9 @@ class DensityExtractionDetector(BatchedQueryDetector):
         far = sum(marks)
         if far < rule.min_flagged or st.pending or self.quiet(st, float(event.ts)):
             return
+        if model.batches < model.settle_until:
+            marks.clear()
+            return
         # Reported once the model's next batches show whether only this principal
         # is far, or the whole population moved (an upstream change: drift, not theft).
         st.pending = True
@@ -398,6 +409,8 @@ class DensityExtractionDetector(BatchedQueryDetector):
             p.st.marks.clear()
             if model.others_share(p.st.owner) <= self.drift_share:
                 out.extend(self._finding(p))
+            else:
+                model.settle_until = model.batches + _SETTLE_BATCHES
         return out or None
 
     def _finding(self, p: _Pending) -> list[Finding]:

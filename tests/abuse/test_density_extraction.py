@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.abuse.calibration import calibrate_tail
 from detectors.abuse.density import DensityExtractionDetector, PopulationSample, calibrate_far
 from detectors.events import InferenceEvent
 from detectors.testing import feed
@@ -29,24 +28,40 @@ def _world(seed: int, n: int = 9000, callers: int = 12, noisy: bool = True) -> t
     return rng, centres, [_q(i, f"u{w}", x[i]) for i, w in enumerate(who)]
 
 
+def _with_thief(seed: int, n_thief: int, thief_rows: np.ndarray | None = None,
+                who: str = "thief") -> tuple[list[InferenceEvent], list[InferenceEvent]]:
+    """Benign traffic, then more of it with a thief's queries mixed in (one in four)."""
+    rng, _, users = _world(seed, n=12_000)
+    head, tail = users[:8000], users[8000:]
+    rows = thief_rows if thief_rows is not None else rng.uniform(-8, 8, size=(n_thief, DIMS))
+    mixed: list[InferenceEvent] = []
+    k = 0
+    for i, e in enumerate(tail):
+        mixed.append(e)
+        if i % 3 == 2 and k < len(rows):
+            mixed.append(_q(20_000 + k, who, rows[k]))
+            k += 1
+    return head, mixed
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_box_uniform_thief_is_found_and_benign_callers_never(seed):
-    rng, _, users = _world(seed)
-    assert feed(DensityExtractionDetector(), users) == []
-    box = rng.uniform(-8, 8, size=(400, DIMS))
-    thief = [_q(len(users) + i, "thief", x) for i, x in enumerate(box)]
-    found = feed(DensityExtractionDetector(), users + thief)
+    head, mixed = _with_thief(seed, 400)
+    benign = [e for e in mixed if e.principal != "thief"]
+    assert feed(DensityExtractionDetector(), head + benign) == []
+    found = feed(DensityExtractionDetector(), head + mixed)
     assert [(f.entity.id, f.kind) for f in found] == [("thief", "model_extraction")]
     ev = found[0].evidence
-    assert ev["queries_examined"] <= 128 and ev["observed_far"] >= ev["threshold_count"]
+    assert ev["queries_examined"] <= 256 and ev["observed_far"] >= ev["threshold_count"]
     assert "AML.T0024.002" in found[0].atlas
 
 
 def test_natural_data_thief_at_volume_is_not_this_detectors_business():
-    rng, centres, users = _world(4)
-    x = centres[rng.integers(5, size=1500)] + rng.normal(size=(1500, DIMS))
-    thief = [_q(len(users) + i, "thief", row) for i, row in enumerate(x)]
-    assert feed(DensityExtractionDetector(), users + thief) == []
+    _, centres, _ = _world(4)
+    rng = np.random.default_rng(40)
+    x = centres[rng.integers(5, size=1000)] + rng.normal(size=(1000, DIMS))
+    head, mixed = _with_thief(4, 1000, thief_rows=x)
+    assert feed(DensityExtractionDetector(), head + mixed) == []
 
 
 def test_nothing_is_judged_before_the_population_calibrates():
@@ -62,15 +77,14 @@ def test_a_population_wide_shift_is_drift_not_extraction():
     after = [_q(len(users) + i, f"u{i % 12}", x) for i, x in enumerate(moved)]
     assert feed(DensityExtractionDetector(), users + after) == []
     # The same shift by one principal only is reported.
-    alone = [_q(len(users) + i, "odd", x) for i, x in enumerate(moved[:400])]
-    assert [f.entity.id for f in feed(DensityExtractionDetector(), users + alone)] == ["odd"]
+    head, mixed = _with_thief(6, 400, thief_rows=moved[:400], who="odd")
+    assert [f.entity.id for f in feed(DensityExtractionDetector(), head + mixed)] == ["odd"]
 
 
 def test_evidence_carries_statistics_not_feature_values():
-    rng, _, users = _world(7)
-    box = rng.uniform(-8, 8, size=(200, DIMS))
-    found = feed(DensityExtractionDetector(), users + [_q(len(users) + i, "thief", x)
-                                                      for i, x in enumerate(box)])
+    box = np.random.default_rng(70).uniform(-8, 8, size=(300, DIMS))
+    head, mixed = _with_thief(7, 300, thief_rows=box)
+    found = feed(DensityExtractionDetector(), head + mixed)
     assert found
     for value in found[0].evidence.values():
         assert isinstance(value, (int, float, str))
@@ -78,18 +92,20 @@ def test_evidence_carries_statistics_not_feature_values():
 
 
 def test_calibration_keeps_the_threshold_in_every_typical_callers_tail():
-    """A pooled 0.1% tail set by clean callers would mark a noisy caller's ordinary
-    queries; the per-caller floor does not."""
+    """The threshold is at least the median of the callers' own 99th percentiles,
+    so a noisy (but typical) caller's ordinary window is not reported."""
     rng = np.random.default_rng(8)
-    clean = {f"c{i}": rng.normal(1.0, 0.05, 300).tolist() for i in range(10)}
-    noisy = {f"n{i}": rng.normal(1.15, 0.05, 300).tolist() for i in range(8)}
+    clean = {f"c{i}": rng.normal(1.0, 0.05, 300).tolist() for i in range(8)}
+    noisy = {f"n{i}": rng.normal(1.15, 0.05, 300).tolist() for i in range(10)}
     samples = {**clean, **noisy}
-    pooled = calibrate_tail(samples, q=0.001, alpha=1e-6, window=64, low=False)
-    floored = calibrate_far(samples, q=0.001, alpha=1e-6, window=64)
-    assert pooled is not None and floored is not None
+    rule = calibrate_far(samples, q=0.001, alpha=1e-6, window=64)
+    assert rule is not None
+    tails = sorted(float(np.quantile(v, 0.99)) for v in samples.values())
+    assert rule.threshold >= float(np.median(tails))
     fresh = rng.normal(1.15, 0.05, 64)  # a window of a noisy caller's ordinary queries
-    assert (fresh >= pooled.threshold).sum() >= pooled.min_flagged  # would be reported
-    assert (fresh >= floored.threshold).sum() < floored.min_flagged
+    assert (fresh >= rule.threshold).sum() < rule.min_flagged
+    far = rng.normal(1.6, 0.1, 64)  # far beyond every caller
+    assert (far >= rule.threshold).sum() >= rule.min_flagged
 
 
 def test_population_sample_is_balanced_by_owner():
@@ -100,8 +116,9 @@ def test_population_sample_is_balanced_by_owner():
     for owner in (2, 3, 4, 5, 6):
         sample.add(rows, owner=owner)
     assert sample.filled == 64 and sum(sample.count.values()) == 64
-    assert max(sample.count.values()) <= 16 and len(sample.count) >= 4
-    assert sorted(np.bincount(sample.owners)[1:].tolist(), reverse=True)[:1] == [16]
+    held = np.bincount(sample.owners, minlength=7)[1:].tolist()
+    assert held == [sample.count.get(o, 0) for o in range(1, 7)]  # the books match the rows
+    assert max(held) - min(held) <= 1  # newcomers took rows from the largest holders
 
 
 def test_params_are_checked():
