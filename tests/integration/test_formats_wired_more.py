@@ -104,7 +104,7 @@ def test_oip_topic_with_seldon_headers_gives_a_rate_finding_and_dead_letters(bro
         findings = [decode_finding(m.value) for m in
                     read_all(broker, settings.topics.findings, expect=1, settle_s=2)]
         dead = read_all(broker, settings.topics.dlq, expect=1, settle_s=1)
-        stats = next(f.stats() for tp, f in run.daemon._formats.items() if tp.topic == oip)
+        stats = next(f.stats() for tp, f in run.daemon.intake.formats.items() if tp.topic == oip)
 
     assert _flooders(findings, oip) == ["mallory"], findings
     assert stats["joined"] >= 420, stats  # every Seldon request met its response
