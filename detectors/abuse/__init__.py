@@ -1,6 +1,5 @@
 """Inference-abuse detectors: abusive volume, model extraction, adversarial probing."""
 
-from detectors.abuse.density import DensityExtractionDetector
 from detectors.abuse.extraction import CoverageExtractionDetector, PradaExtractionDetector
 from detectors.abuse.probing import (
     BlacklightProbingDetector,
@@ -15,7 +14,6 @@ DETECTORS: tuple[type[Detector], ...] = (
     PeerRateDetector,
     PradaExtractionDetector,
     CoverageExtractionDetector,
-    DensityExtractionDetector,
     StatefulKnnProbingDetector,
     BlacklightProbingDetector,
     LowConfidenceProbingDetector,
