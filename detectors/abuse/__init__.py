@@ -1,11 +1,10 @@
 """Inference-abuse detectors: abusive volume, model extraction, adversarial probing."""
 
-from detectors.abuse.extraction import CoverageExtractionDetector, PradaExtractionDetector
-from detectors.abuse.probing import (
-    BlacklightProbingDetector,
-    LowConfidenceProbingDetector,
-    StatefulKnnProbingDetector,
-)
+from detectors.abuse.blacklight import BlacklightProbingDetector
+from detectors.abuse.coverage import CoverageExtractionDetector
+from detectors.abuse.knn import StatefulKnnProbingDetector
+from detectors.abuse.low_confidence import LowConfidenceProbingDetector
+from detectors.abuse.prada import PradaExtractionDetector
 from detectors.abuse.volume import PeerRateDetector, PrincipalRateDetector
 from detectors.base import Detector
 

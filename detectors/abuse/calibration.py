@@ -48,13 +48,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
+from detectors.binomial import binomial_critical
 from detectors.state_codec import state_type
 
-__all__ = ["TailCalibration", "TailRule", "binomial_critical", "calibrate_tail",
+__all__ = ["TailCalibration", "TailRule", "calibrate_tail", "calibration_evidence",
            "check_calibration"]
 
 #: Confidence of the upper bound on the per-query false-alarm rate.
@@ -102,15 +103,16 @@ def check_calibration(quantile: float, alpha: float, principals: int) -> None:
         raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
 
 
-def binomial_critical(n: int, p0: float, alpha: float) -> int:
-    """Smallest k >= 1 with P(X >= k) <= alpha for X ~ Binomial(n, p0).
-
-    >>> binomial_critical(50, 0.001, 1e-6), binomial_critical(50, 0.1, 1e-6)
-    (4, 18)
-    """
-    from scipy.stats import binom
-
-    return max(int(binom.isf(alpha, n, min(max(p0, 1e-12), 1.0 - 1e-12))) + 1, 1)
+def calibration_evidence(rule: TailRule | None) -> dict[str, Any]:
+    """How the thresholds of a finding were set (calibrated per model, or not yet)."""
+    if rule is None:
+        return {"calibrated": False}
+    return {
+        "calibrated": True,
+        "benign_mark_rate_bound": round(rule.p0, 6),
+        "calibration_queries": rule.queries,
+        "calibration_principals": rule.principals,
+    }
 
 
 def _upper_bound(marked: int, n: int) -> float:

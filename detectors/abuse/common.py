@@ -18,24 +18,19 @@ values, not on a distance). Skipped queries are counted in ``stats()``.
 
 Both tables are :class:`EntityTable` s: a flood of new principal (or model)
 ids evicts the least recently seen ones and is counted in ``stats()``.
-
-Peer baselines: :class:`SharedPeerValues` is the per-process, per-model table
-of each principal's latest value of a statistic, shared by the partition
-instances of one configured detector, so a principal is judged against the
-model's callers of every partition (``extraction.coverage`` and
-``extraction.prada`` use it).
+Peer baselines shared across partitions are in :mod:`detectors.abuse.peers`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 
 from detectors.abuse.space import ModelSpace, stable_seed
-from detectors.base import _POOLS, Detector, EventErrorSink
+from detectors.base import Detector, EventErrorSink
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
-from detectors.state import CapPool, EntityTable
+from detectors.state import EntityTable
 
 __all__ = [
     "ATLAS_EXTRACTION",
@@ -44,10 +39,7 @@ __all__ = [
     "BatchedQueryDetector",
     "Judgement",
     "QueryState",
-    "SharedPeerValues",
     "by_model",
-    "peer_values",
-    "share_peer_values",
 ]
 
 ATLAS_EXTRACTION: Final = ["AML.T0024.002", "AML.T0005.001", "AML.T0040"]
@@ -333,64 +325,3 @@ def by_model(run: list[Judgement]) -> list[list[int]]:
     for i, j in enumerate(run):
         groups.setdefault(id(j.space), []).append(i)
     return list(groups.values())
-
-
-class SharedPeerValues(CapPool):
-    """Per process and model, each principal's latest value of a peer statistic.
-
-    A partition-scoped detector sees only its partition's callers of a model;
-    its peer baseline (the population a principal is judged against) should be
-    the model's callers of every partition the process holds. Every partition
-    instance of one configured detector writes its principals' values here
-    (through the pools the pipeline passes to ``share_caps``) and judges
-    against the whole table. Keyed by principal: a restored instance merging
-    its own values back in counts nobody twice, and a fresher value already
-    here wins. Lives in the pools, never in a snapshot (an instance's snapshot
-    keeps its own principals' values). Bounded: ``models`` models (least
-    recently seen evicted) of ``max_peers`` principals each.
-    """
-
-    def __init__(self, models: int, max_peers: int) -> None:
-        super().__init__(models)
-        self.max_peers = max_peers
-        self.values: EntityTable[EntityTable[list[float]]] = EntityTable(models)
-
-    def table(self, model_id: str) -> EntityTable[list[float]]:
-        """The model's shared table of principal -> [latest value]."""
-        return self.values.touch(model_id, lambda: EntityTable(self.max_peers))
-
-    def merge(self, model_id: str, own: EntityTable[list[float]]) -> None:
-        """Add an instance's own values (those not already here)."""
-        shared = self.table(model_id)
-        for who, value in own.items():
-            if who not in shared:
-                shared.insert(who, list(value))
-
-
-def peer_values(
-    detector: Detector, key: str, model_id: str, own: EntityTable[list[float]]
-) -> EntityTable[list[float]]:
-    """The model's peer table for ``detector``: the process-wide one under
-    ``key`` if the detector joined its pools (:func:`share_peer_values`), else
-    its own."""
-    pools = detector.__dict__.get(_POOLS)
-    shared = None if pools is None else pools.get(key)
-    return shared.table(model_id) if isinstance(shared, SharedPeerValues) else own
-
-
-def share_peer_values(
-    pools: MutableMapping[str, CapPool],
-    key: str,
-    models: int,
-    max_peers: int,
-    own: EntityTable[Any],
-    values_of: Any,
-) -> None:
-    """Join (creating if needed) the process's :class:`SharedPeerValues` under
-    ``key`` and merge this instance's per-model values into it;
-    ``values_of(entry)`` gives a model entry's principal table."""
-    shared = pools.get(key)
-    if not isinstance(shared, SharedPeerValues):
-        shared = pools[key] = SharedPeerValues(models, max_peers)
-    for model_id, entry in own.items():
-        shared.merge(model_id, values_of(entry))

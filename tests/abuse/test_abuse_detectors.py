@@ -19,12 +19,11 @@ import pytest
 import traffic as T
 
 from detectors.abuse import DETECTORS
-from detectors.abuse.extraction import CoverageExtractionDetector, PradaExtractionDetector
-from detectors.abuse.probing import (
-    BlacklightProbingDetector,
-    LowConfidenceProbingDetector,
-    StatefulKnnProbingDetector,
-)
+from detectors.abuse.blacklight import BlacklightProbingDetector
+from detectors.abuse.coverage import CoverageExtractionDetector
+from detectors.abuse.knn import StatefulKnnProbingDetector
+from detectors.abuse.low_confidence import LowConfidenceProbingDetector
+from detectors.abuse.prada import PradaExtractionDetector
 from detectors.abuse.volume import PeerRateDetector, PrincipalRateDetector
 from detectors.events import InferenceEvent
 from detectors.findings import Finding

@@ -13,8 +13,9 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from detectors.abuse.extraction import PradaExtractionDetector
-from detectors.abuse.probing import BlacklightProbingDetector, StatefulKnnProbingDetector
+from detectors.abuse.blacklight import BlacklightProbingDetector
+from detectors.abuse.knn import StatefulKnnProbingDetector
+from detectors.abuse.prada import PradaExtractionDetector
 from detectors.abuse.space import ModelSpace
 from detectors.events import InferenceEvent
 from detectors.testing import feed

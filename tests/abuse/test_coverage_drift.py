@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.abuse.extraction import CoverageExtractionDetector, _Population
+from detectors.abuse.coverage import CoverageExtractionDetector
+from detectors.abuse.population import Population
 from detectors.events import InferenceEvent
 from detectors.testing import feed
 
@@ -58,7 +59,7 @@ def test_a_sweep_is_still_exploration() -> None:
 
 
 def test_a_block_is_recounted_against_the_others_later_visits() -> None:
-    pop = _Population(1024, 16)
+    pop = Population(1024, 16)
     cells = np.arange(1, 11, dtype=np.uint64) * np.uint64(7919)
     assert pop.visit(cells, 1) == 10  # nobody else was there
     assert pop.still_novel(cells, 1) == 10

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.abuse.extraction import CoverageExtractionDetector
+from detectors.abuse.coverage import CoverageExtractionDetector
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
 from detectors.state import CapPool

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.abuse.probing import StatefulKnnProbingDetector
+from detectors.abuse.knn import StatefulKnnProbingDetector
 from detectors.events import InferenceEvent
 from detectors.testing import feed
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.abuse.extraction import PradaExtractionDetector
+from detectors.abuse.prada import PradaExtractionDetector
 from detectors.events import InferenceEvent
 from detectors.testing import feed
 

@@ -6,7 +6,7 @@ their log(1 - W)); until ``min_peers`` of them were tested the paper's fixed
 callers, so a model whose callers are spread over partitions stayed on the
 fixed threshold. The instances of one configured detector now share a
 per-process, per-model table of principals' values
-(:class:`detectors.abuse.common.SharedPeerValues`, the mechanism
+(:class:`detectors.abuse.peers.SharedPeerValues`, the mechanism
 ``extraction.coverage`` uses too).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.abuse.extraction import PradaExtractionDetector
+from detectors.abuse.prada import PradaExtractionDetector
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
 from detectors.state import CapPool

@@ -1,0 +1,412 @@
+"""``extraction.coverage``: a principal exploring more of the model's input space than its peers.
+
+After Kesarwani et al. 2018: how much of the model's input space a principal
+has explored (distinct cells of a random-projection grid, counted with a
+bounded sketch, :mod:`detectors.abuse.sketch`), against the other principals
+of the same model (:mod:`detectors.abuse.population`). This is the signal that
+also catches a natural-data "knockoff" thief, whose single queries look like
+anybody's but whose breadth does not; a fast thief is also caught by
+``volume.peer_rate``.
+
+Measured on the digits victim of ``tests/abuse`` (``evaluate_abuse.py``, three
+seeds, 40 benign callers each, no benign finding): the natural-data knockoff
+thief evades PRADA entirely; coverage finds it after 560-624 queries, fast or
+slow (by then its copy is 87-91% accurate against the victim's 95%, so
+coverage limits, not prevents, theft); ``volume.peer_rate`` finds the fast one
+(1 query/s) after 30-36.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from detectors.abuse.common import (
+    ATLAS_EXTRACTION,
+    BatchedQueryDetector,
+    Judgement,
+    QueryState,
+    by_model,
+)
+from detectors.abuse.population import SHARED_PEERS, CoveragePeers, Population, SharedCoveragePeers
+from detectors.abuse.sketch import EMPTY_SKETCH, distinct_estimate, kmv_update, mix64
+from detectors.abuse.space import ModelSpace, stable_seed
+from detectors.base import _POOLS
+from detectors.binomial import binomial_critical_count
+from detectors.events import InferenceEvent
+from detectors.findings import Finding, Source
+from detectors.state import CapPool, EntityTable
+from detectors.state_codec import state_type
+
+__all__ = ["CoverageExtractionDetector"]
+
+
+@state_type("abuse.coverage_principal")
+class _CoverageState(QueryState):
+    __slots__ = ("block_cells", "block_n", "block_novel", "block_start", "kmv")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kmv = EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
+        self.block_n = 0  # queries in the current novelty block
+        self.block_novel = 0  # of which landed in cells no other principal visited
+        self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
+        self.block_start = (0.0, 0.0)  # the model's (novel, queries) when the block started
+
+
+
+class CoverageExtractionDetector(BatchedQueryDetector):
+    """A principal exploring far more of the model's input space than its peers.
+
+    Two signals, both judged against the model's other callers:
+
+    **Breadth** (catches natural-data "knockoff" thieves, whose single queries
+    look like anybody's): each query falls in a cell of a grid over
+    ``grid_dims`` random orthonormal axes of the standardised input
+    (``grid_levels`` bins per projection, bin edges at multiples of
+    ``bin_width`` model spreads). Distinct cells per (principal, model) are
+    counted with a K-minimum-values sketch of ``sketch_k`` hashes (exact up to
+    ``sketch_k``, about 1/sqrt(k) relative error above): 8 bytes per hash,
+    whatever the volume. Every ``peer_refresh`` batches, the model's peer
+    summary is recomputed from the latest coverage of up to ``max_peers``
+    principals. A principal is reported when its coverage exceeds ``min_cells``
+    and ``peer_ratio`` times the peers' 90th percentile (needs ``min_peers``
+    peers). In the pipeline the peers are the model's callers of every
+    partition the process holds (a per-process summary shared by the
+    detector's partition instances, see :class:`SharedCoveragePeers`), not only those
+    of the judged principal's partition. On natural data nearly every query
+    is a new fine cell, so this is breadth of exploration at volume: a benign
+    caller as busy as the thief covers as much (a limit no per-query signal
+    can lift).
+
+    **Novelty** (volume-robust; catches synthetic exploration such as uniform
+    sweeps of the input box or Jacobian augmentation): a coarse grid over the
+    first ``novelty_dims`` of those axes, cells ``novelty_width`` typical
+    per-axis deviations wide and unbounded, and per model a fixed table of the
+    cells its callers visited (``population_slots`` slots; a cell visited by two
+    principals is kept for good). A query is *novel* when no other principal
+    has visited its cell. Per principal, queries are counted in blocks of
+    ``novelty_block``; the model keeps each principal's novel share in its
+    latest unflagged block. Calibration: with p0 the ``novelty_quantile``
+    quantile of the other principals' shares, a block is reported when its
+    novel count reaches the binomial critical value at false-alarm probability
+    ``novelty_alpha`` per block (a caller as novel as the 90th-percentile peer
+    fires on about ``novelty_alpha`` of its blocks) and at least
+    ``min_novel_share`` of the block. Nothing is judged before
+    ``novelty_min_peers`` other principals have a share (with few peers the
+    quantile is near their maximum: conservative); one value per principal and
+    never the judged one's own, so one account cannot raise the bar (a Sybil
+    group of more than a tenth of the callers could). Every block's share is
+    recorded, flagged or not, and a block's novel count is recounted at its end
+    against the others' visits up to then: after an upstream change every
+    caller enters a region nobody visited, their shares rise together and so
+    does the quantile they are judged by. And p0 is at least the other
+    callers' pooled novel share during the block (when they sent at least as
+    many queries meanwhile): a block as novel as everybody's at the same time
+    is a change of the model's inputs (the drift detectors' finding), not one
+    caller exploring; so an extraction that coincides with such a change waits
+    until the others' traffic is familiar again. Limit: a few random axes
+    see a sweep that leaves the population's region (the simulator's uniform
+    queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
+    images project onto the natural digits' region and look familiar.
+
+    Principals listed in ``exempt_principals`` (batch scoring services that
+    legitimately sweep the input space) are not reported. The evidence gives the
+    statistic, its threshold and the queries examined.
+
+    >>> from detectors.testing import feed
+    >>> rng = np.random.default_rng(2)
+    >>> def q(i, who, x):
+    ...     return InferenceEvent(ts=float(i), model_id="m", request_id=str(i),
+    ...         principal=who, features=x.tolist(), prediction=0)
+    >>> users = [q(i, f"u{i % 30}", rng.normal(size=8)) for i in range(3000)]
+    >>> feed(CoverageExtractionDetector(), users)
+    []
+    >>> thief = [q(3000 + i, "thief", rng.normal(size=8)) for i in range(1500)]
+    >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
+    ...  feed(CoverageExtractionDetector(), users + thief)]
+    [('thief', 416)]
+    """
+
+    name: ClassVar[str] = "extraction.coverage"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "spaces", "peers", "rotations")
+    kind: ClassVar[str] = "model_extraction"
+    atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
+
+    def __init__(
+        self,
+        grid_dims: int = 10,
+        grid_levels: int = 4,
+        bin_width: float = 0.25,
+        sketch_k: int = 512,
+        min_cells: int = 400,
+        peer_ratio: float = 3.0,
+        min_peers: int = 10,
+        max_peers: int = 4096,
+        peer_refresh: int = 64,
+        exempt_principals: tuple[str, ...] = (),
+        novelty_dims: int = 4,
+        novelty_width: float = 1.5,
+        novelty_block: int = 64,
+        novelty_alpha: float = 1e-6,
+        novelty_quantile: float = 0.9,
+        min_novel_share: float = 0.5,
+        novelty_min_peers: int = 5,
+        population_slots: int = 1 << 16,
+        batch_size: int = 16,
+        cooldown_seconds: float = 86_400.0,
+        calibration_rows: int = 256,
+        max_principals: int = 100_000,
+        seed: int = 0,
+    ) -> None:
+        if grid_levels < 2 or grid_dims < 1 or sketch_k < 16 or min_cells < 1:
+            raise ValueError("grid_levels >= 2, grid_dims >= 1, sketch_k >= 16, min_cells >= 1")
+        if not 1 <= novelty_dims <= grid_dims or novelty_width <= 0 or novelty_block < 5:
+            raise ValueError("novelty_dims in [1, grid_dims], novelty_width > 0, novelty_block > 4")
+        if not 0 < novelty_alpha < 1 or not 0 < novelty_quantile < 1:
+            raise ValueError("novelty_alpha and novelty_quantile in (0, 1)")
+        self.novelty_dims = novelty_dims
+        self.novelty_width = novelty_width
+        self.novelty_block = novelty_block
+        self.novelty_alpha = novelty_alpha
+        self.novelty_quantile = novelty_quantile
+        self.min_novel_share = min_novel_share
+        self.novelty_min_peers = novelty_min_peers
+        self.population_slots = 1 << max(int(population_slots - 1).bit_length(), 4)
+        self.grid_dims = grid_dims
+        self.grid_levels = grid_levels
+        self.bin_width = bin_width
+        self.sketch_k = sketch_k
+        self.min_cells = min_cells
+        self.peer_ratio = peer_ratio
+        self.min_peers = min_peers
+        self.max_peers = max_peers
+        self.peer_refresh = peer_refresh
+        self.exempt_principals = frozenset(exempt_principals)
+        self._setup(
+            batch_size=batch_size,
+            cooldown_seconds=cooldown_seconds,
+            max_principals=max_principals,
+            calibration_rows=calibration_rows,
+            max_dims=32,
+            seed=seed,
+        )
+        self.peers: EntityTable[CoveragePeers] = EntityTable(1024)
+        self.place = (grid_levels ** np.arange(grid_dims)).astype(np.uint64)
+        rng = np.random.default_rng(stable_seed(seed, "novelty"))
+        self.novelty_mult = rng.integers(1, 2**62, size=novelty_dims, dtype=np.int64) | 1
+        self.rotations: dict[tuple[int, int], np.ndarray] = {}
+
+    def new_state(self) -> QueryState:
+        return _CoverageState()
+
+    def cells(self, space: ModelSpace, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Hashed fine (breadth) and coarse (novelty) grid cells of ``rows``, one per row."""
+        e = space.embed_stack(rows, self.batch_size)
+        key = (e.shape[2], space.seed)
+        rotation = self.rotations.get(key)
+        if rotation is None:
+            # A seeded random orthonormal map to grid_dims axes: every input
+            # feature counts, and each axis keeps the embedding's scale.
+            g = np.random.default_rng(space.seed).normal(size=(e.shape[2], e.shape[2]))
+            rotation = np.linalg.qr(g)[0][:, : self.grid_dims].astype(np.float32)
+            if len(self.rotations) >= 1024:
+                self.rotations.clear()
+            self.rotations[key] = rotation
+        axes = np.matmul(e, rotation).reshape(len(rows), -1)
+        z = axes / (self.bin_width * space.spread)
+        half = self.grid_levels // 2
+        bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
+        fine = mix64((bins * self.place[: bins.shape[1]]).sum(axis=1))
+        # Coarse cells in units of a typical per-axis deviation: two inputs of the
+        # embedding are about ``spread`` apart, sqrt(2 * dims) deviations.
+        axis_sd = space.spread / math.sqrt(2.0 * e.shape[2])
+        n = min(self.novelty_dims, axes.shape[1])
+        coarse = np.floor(axes[:, :n] / (self.novelty_width * axis_sd)).astype(np.int64)
+        with np.errstate(over="ignore"):
+            ids = (coarse * self.novelty_mult[:n]).sum(axis=1)
+        return fine, mix64(ids.view(np.uint64))
+
+    def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
+        out: list[list[Finding] | None] = [None] * len(run)
+        bs = self.batch_size
+        for at in by_model(run):
+            fine, coarse = self.cells(run[at[0]].space, [r for i in at for r in run[i].rows])
+            for b, i in enumerate(at):
+                part = slice(b * bs, (b + 1) * bs)
+                out[i] = self._judged_batch(run[i], fine[part], coarse[part])
+        return out
+
+    def _judged_batch(
+        self, j: Judgement, hashes: np.ndarray, coarse: np.ndarray
+    ) -> list[Finding] | None:
+        st, event, source = j.st, j.event, j.source
+        assert isinstance(st, _CoverageState)
+        peers = self.peers.touch(
+            event.model_id,
+            lambda: CoveragePeers(
+                self.max_peers, Population(self.population_slots, self.max_peers)
+            ),
+        )
+        population = self._population(event.model_id, peers)
+        novel = self._novelty(st, peers.population, coarse, event)
+        k = self.sketch_k
+        st.kmv = kmv_update(st.kmv, hashes, k)
+        peers.kmv = kmv_update(peers.kmv, hashes, 4 * k)
+        st.examined += len(hashes)
+        covered = distinct_estimate(st.kmv, k)
+        peers.values.touch(event.principal, list)[:] = [covered]
+        if population is not peers.values:
+            population.touch(event.principal, list)[:] = [covered]
+        peers.updates += 1
+        if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
+            self._refresh(peers, population)
+        if event.principal in self.exempt_principals or self.quiet(st, event.ts):  # type: ignore[arg-type]
+            return None
+        if covered < peers.limit:
+            return self._novelty_finding(st, event, source, novel) if novel else None
+        model_cells = max(distinct_estimate(peers.kmv, 4 * k), covered)
+        ratio = covered / max(peers.p90, 1.0)
+        return self.finding(
+            st,
+            event,
+            source,
+            severity="high" if ratio >= 3 * self.peer_ratio else "medium",
+            summary=(
+                f"Principal's queries cover about {covered:.0f} input-space cells, "
+                f"{ratio:.1f}x the 90th percentile of the model's other callers: "
+                f"systematic exploration as in model extraction; review its volume and purpose."
+            ),
+            evidence={
+                "statistic": "distinct input-space grid cells queried (KMV estimate)",
+                "observed_cells": round(covered, 1),
+                "peer_median_cells": round(peers.median, 1),
+                "peer_p90_cells": round(peers.p90, 1),
+                "threshold_cells": round(peers.limit, 1),
+                "peers": len(population),
+                "share_of_explored_space": round(covered / model_cells, 4),
+                "queries_examined": st.examined,
+                "cells_per_query": round(covered / st.examined, 4),
+            },
+        )
+
+    def _novelty(
+        self, st: _CoverageState, pop: Population, coarse: np.ndarray, event: InferenceEvent
+    ) -> tuple[int, int, float, int] | None:
+        """Count the batch's novel queries; at a block's end, (novel, queries, p0,
+        critical count) if the block is beyond its threshold, else None."""
+        who = stable_seed(event.principal)
+        totals = getattr(pop, "totals", None)
+        if totals is None:
+            totals = pop.totals = [0.0, 0.0]
+        if st.block_n == 0:  # the model's counts when the block starts
+            st.block_start = (totals[0], totals[1])
+        fresh = pop.visit(coarse, who)
+        totals[0] += fresh
+        totals[1] += len(coarse)
+        st.block_novel += fresh
+        st.block_n += len(coarse)
+        cells = getattr(st, "block_cells", None)
+        if cells is None:
+            cells = st.block_cells = []
+        cells.append(coarse)
+        if st.block_n < self.novelty_block:
+            return None
+        # Judged against the others' visits up to the block's end, not only those
+        # before each query: when the model's inputs move (an upstream change),
+        # its callers enter the new region together and share its cells.
+        novel = min(st.block_novel, pop.still_novel(np.concatenate(cells), who))
+        n = st.block_n
+        # The other callers' queries during the block: how novel they were.
+        start = getattr(st, "block_start", (totals[0], totals[1]))
+        others_n = totals[1] - start[1] - n
+        others = (totals[0] - start[0] - st.block_novel) / others_n if others_n >= n else 0.0
+        st.block_novel = st.block_n = 0
+        st.block_cells = []
+        me = event.principal
+        values = [v[0] for who, v in pop.shares.items() if who != me]
+        found = None
+        pop.p0 = math.nan
+        if len(values) >= self.novelty_min_peers:
+            # The peers' quantile, or their novel share meanwhile if higher: a
+            # block is judged against the callers at the same time too.
+            pop.p0 = max(float(np.quantile(values, self.novelty_quantile)), others)
+        if not math.isnan(pop.p0):
+            critical = max(
+                binomial_critical_count(n, round(pop.p0 * 1000), self.novelty_alpha),
+                math.ceil(self.min_novel_share * n),
+            )
+            if novel >= critical:
+                found = novel, n, pop.p0, critical
+        # Flagged blocks count too: when the model's inputs move, every caller's
+        # share rises and the others' quantile with it (never one's own bar).
+        pop.shares.touch(event.principal, list)[:] = [novel / n]
+        return found
+
+    def _novelty_finding(
+        self,
+        st: _CoverageState,
+        event: InferenceEvent,
+        source: Source,
+        novel: tuple[int, int, float, int],
+    ) -> list[Finding]:
+        count, n, p0, critical = novel
+        share = count / n
+        return self.finding(
+            st,
+            event,
+            source,
+            severity="high" if share >= 0.8 else "medium",
+            summary=(
+                f"{count} of the principal's last {n} queries fell in regions of the input "
+                f"space no other caller of the model has visited ({share:.0%}, against "
+                f"{p0:.0%} for the model's callers): synthetic exploration as in model "
+                f"extraction; review its purpose and rate-limit it."
+            ),
+            evidence={
+                "statistic": "share of queries in coarse input-space cells no other caller visited",
+                "observed_novel": count,
+                "block_queries": n,
+                "observed_share": round(share, 4),
+                "peer_share_quantile": self.novelty_quantile,
+                "baseline_share": round(p0, 4),
+                "threshold_count": critical,
+                "alpha": self.novelty_alpha,
+                "queries_examined": st.examined,
+            },
+        )
+
+    def _shared(self) -> SharedCoveragePeers | None:
+        pools = self.__dict__.get(_POOLS)
+        shared = None if pools is None else pools.get(SHARED_PEERS)
+        return shared if isinstance(shared, SharedCoveragePeers) else None
+
+    def _population(self, model_id: str, peers: CoveragePeers) -> EntityTable[list[float]]:
+        """The model's callers' coverage: process-wide if shared, else this instance's
+        (sharing also points ``peers.population`` to the process's population)."""
+        shared = self._shared()
+        return peers.values if shared is None else shared.join_model(model_id, peers)
+
+    def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
+        """Also join the process's per-model peer summary, adding this instance's peers."""
+        super().share_caps(pools)
+        shared = pools.get(SHARED_PEERS)
+        if not isinstance(shared, SharedCoveragePeers):
+            shared = pools[SHARED_PEERS] = SharedCoveragePeers(self.peers.capacity, self.max_peers)
+        for model_id, peers in self.peers.items():
+            population = shared.join_model(model_id, peers)
+            for who, value in peers.values.items():
+                if who not in population:  # a fresher value from another instance wins
+                    population.insert(who, list(value))
+
+    def _refresh(self, peers: CoveragePeers, population: EntityTable[list[float]]) -> None:
+        if len(population) < self.min_peers:
+            peers.limit = math.inf
+            return
+        v = np.fromiter((x[0] for _, x in population.items()), dtype=np.float64)
+        peers.median = float(np.median(v))
+        peers.p90 = float(np.quantile(v, 0.9))
+        peers.limit = max(float(self.min_cells), self.peer_ratio * peers.p90)

@@ -1,0 +1,113 @@
+"""Who has been where in a model's input space: ``extraction.coverage``'s peer state.
+
+:class:`Population` is the map of coarse cells a model's callers visited (the
+novelty signal); :class:`CoveragePeers` the model's callers' latest breadth
+and its robust summary; :class:`SharedCoveragePeers` both, per process, for
+the partition instances of one configured detector.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numpy as np
+
+from detectors.abuse.peers import SharedPeerValues
+from detectors.abuse.sketch import EMPTY_SKETCH
+from detectors.state import EntityTable
+from detectors.state_codec import state_type
+
+__all__ = ["SHARED_PEERS", "CoveragePeers", "Population", "SharedCoveragePeers"]
+
+
+@state_type("abuse.coverage_population")
+class Population:
+    """Which coarse cells of a model's input space its callers have visited.
+
+    A fixed open-addressing table (a cell hashes to one slot): the cell, the
+    first principal seen there, and whether another principal has been there
+    too. A cell shared by two principals is never overwritten, so a flood of
+    new cells from one caller cannot erase the population's map.
+    """
+
+    __slots__ = ("cells", "first", "p0", "shared", "shares", "totals")
+
+    def __init__(self, size: int, peers: int) -> None:
+        self.cells = np.zeros(size, dtype=np.uint64)
+        self.first = np.zeros(size, dtype=np.int64)
+        self.shared = np.zeros(size, dtype=bool)
+        #: Each principal's novel share in its latest unflagged block.
+        self.shares: EntityTable[list[float]] = EntityTable(peers)
+        self.p0 = math.nan  # the peer quantile at the latest block's end
+        self.totals = [0.0, 0.0]  # novel queries and queries ever visited, all callers
+
+    def still_novel(self, cells: np.ndarray, who: int) -> int:
+        """How many of ``cells`` (visited by ``who``) no other principal has visited
+        since, as far as the table knows (a cell it lost counts as novel)."""
+        slots = (cells & np.uint64(len(self.cells) - 1)).astype(np.intp)
+        known = self.cells[slots] == cells
+        familiar = known & (self.shared[slots] | (self.first[slots] != who))
+        return int(len(cells) - familiar.sum())
+
+    def visit(self, cells: np.ndarray, who: int) -> int:
+        """Visit ``cells`` as principal ``who``; how many were new to the others."""
+        slots = (cells & np.uint64(len(self.cells) - 1)).astype(np.intp)
+        known = self.cells[slots] == cells
+        first = self.first[slots]
+        familiar = known & (self.shared[slots] | (first != who))
+        self.shared[slots[known & (first != who)]] = True
+        free = ~known & ~self.shared[slots]  # empty, or held by one other principal
+        self.cells[slots[free]] = cells[free]
+        self.first[slots[free]] = who
+        return int(len(cells) - familiar.sum())
+
+
+@state_type("abuse.coverage_peers")
+class CoveragePeers:
+    """Latest coverage of the model's principals and their robust summary."""
+
+    __slots__ = ("kmv", "limit", "median", "p90", "population", "updates", "values")
+
+    def __init__(self, capacity: int, population: Population) -> None:
+        self.values: EntityTable[list[float]] = EntityTable(capacity)
+        self.population = population
+        self.updates = 0
+        self.median = math.nan
+        self.p90 = math.nan
+        self.limit = math.inf
+        self.kmv = EMPTY_SKETCH  # all principals together: the model's explored space
+
+
+SHARED_PEERS: Final = "_coverage_peers"  # its key in the detector's per-process pools
+
+
+class SharedCoveragePeers(SharedPeerValues):
+    """Per process and model, the model's callers as every partition instance sees them.
+
+    Every partition instance of one configured coverage detector writes its
+    principals' coverage here (the :class:`SharedPeerValues` table PRADA uses
+    too), and visits and judges novelty in one shared
+    :class:`Population`, so a model whose callers are spread over many input
+    partitions still has ``min_peers`` (and ``novelty_min_peers``) peers.
+    Keyed by principal (and cells are a set): a restored instance merging its
+    own peers back in counts nobody twice. Lives in the detector's cap pools,
+    never in a snapshot (an instance's snapshot holds its own principals'
+    coverage and the model's population as it last saw it). Bounded:
+    ``models`` models (least recently seen evicted) of ``max_peers`` each.
+    """
+
+    def __init__(self, models: int, max_peers: int) -> None:
+        super().__init__(models, max_peers)
+        self.populations: EntityTable[Population] = EntityTable(models)
+
+    def join_model(self, model_id: str, peers: CoveragePeers) -> EntityTable[list[float]]:
+        """The model's shared coverage table; ``peers`` now uses the shared population."""
+        pop = self.populations.touch(model_id, lambda: peers.population)
+        if pop is not peers.population:
+            for who, share in peers.population.shares.items():
+                if who not in pop.shares:  # a fresher value from another instance wins
+                    pop.shares.insert(who, list(share))
+            peers.population = pop
+        return self.table(model_id)
+
