@@ -235,7 +235,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         ):
             cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=False)
         flagged = flags.bit_count()
-        if flagged < need or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        if flagged < need or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
         partners = sorted(st.partners, key=st.partners.__getitem__, reverse=True)[:5]
         shared_with = f" (also matching {len(st.partners)} other principals)" if partners else ""

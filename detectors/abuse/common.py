@@ -30,7 +30,7 @@ from detectors.abuse.space import ModelSpace, stable_seed
 from detectors.base import Detector, EventErrorSink
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
-from detectors.state import EntityTable
+from detectors.state import Cooldown, EntityTable
 
 __all__ = [
     "ATLAS_EXTRACTION",
@@ -39,6 +39,7 @@ __all__ = [
     "BatchedQueryDetector",
     "Judgement",
     "QueryState",
+    "QuietCooldown",
     "by_model",
 ]
 
@@ -47,17 +48,36 @@ ATLAS_PROBING: Final = ["AML.T0043.001", "AML.T0015", "AML.T0042"]
 ATLAS_VOLUME: Final = ["AML.T0029", "AML.T0034"]
 
 
-class QueryState:
+class QuietCooldown(Cooldown):
+    """The abuse states' :class:`~detectors.state.Cooldown`.
+
+    Their checkpoints written before it (main c992264 and earlier) name the
+    field ``quiet_until``: restoring one sets ``cooldown_until`` through this
+    alias (``tests/abuse/test_old_checkpoints.py``).
+    """
+
+    __slots__ = ()
+
+    @property
+    def quiet_until(self) -> float:
+        return self.cooldown_until
+
+    @quiet_until.setter
+    def quiet_until(self, value: float) -> None:
+        self.cooldown_until = value
+
+
+class QueryState(QuietCooldown):
     """Per (principal, model) base state: pending rows, counts, cooldown."""
 
-    __slots__ = ("examined", "fired", "quiet_until", "recent", "rows")
+    __slots__ = ("examined", "fired", "recent", "rows")
 
     def __init__(self) -> None:
+        super().__init__()
         self.rows: list[Any] = []
         self.recent: dict[int, None] = {}  # hashes of the latest distinct queries, oldest first
         self.examined = 0  # queries judged so far
         self.fired = 0  # findings emitted so far
-        self.quiet_until = float("-inf")
 
 
 class Judgement:
@@ -265,9 +285,6 @@ class BatchedQueryDetector(Detector):
         # One judgement of the run failed: judge each alone, so it costs only itself.
         return [f for j in run for f in self._judged([j], on_error)]
 
-    def quiet(self, st: QueryState, ts: float) -> bool:
-        return ts < st.quiet_until
-
     def finding(
         self,
         st: QueryState,
@@ -286,7 +303,7 @@ class BatchedQueryDetector(Detector):
         same principal (even after its state was evicted) gets a new one.
         """
         ts = float(event.ts)
-        st.quiet_until = ts + self.cooldown_seconds
+        st.start_cooldown(ts, self.cooldown_seconds)
         st.fired += 1
         return [
             Finding.build(

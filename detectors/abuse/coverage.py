@@ -264,7 +264,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         peers.updates += 1
         if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
             self._refresh(peers, population)
-        if event.principal in self.exempt_principals or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        if event.principal in self.exempt_principals or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
         if covered < peers.limit:
             return self._novelty_finding(st, event, source, novel) if novel else None

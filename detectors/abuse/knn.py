@@ -272,7 +272,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         ):
             cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=True)
         flagged = flags.bit_count()
-        if flagged < need or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        if flagged < need or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
         median = float(np.median(judged)) if judged.size else None
         return self.finding(

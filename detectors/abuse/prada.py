@@ -322,7 +322,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
         values.touch(event.principal, list)[:] = gap
         if values is not peers.values:  # kept for this instance's snapshot
             peers.values.touch(event.principal, list)[:] = gap
-        if st.w >= threshold or self.quiet(st, event.ts):  # type: ignore[arg-type]
+        if st.w >= threshold or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
             st,

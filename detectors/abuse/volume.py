@@ -34,6 +34,7 @@ import math
 from collections import Counter
 from typing import ClassVar, Final
 
+from detectors.abuse.common import QuietCooldown
 from detectors.base import Detector
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
@@ -151,14 +152,14 @@ class PrincipalRateDetector(Detector):
 
 
 @state_type("abuse.peer_rate_principal")
-class _PeerRate:
+class _PeerRate(QuietCooldown):
     __slots__ = ("bucket", "count", "first_bucket", "hours", "last_burst", "past_end",
-                 "past_peak", "quiet_until", "run_peak")
+                 "past_peak", "run_peak")
 
     def __init__(self, bucket: int) -> None:
+        super().__init__()
         self.bucket = bucket
         self.count = 0
-        self.quiet_until = -math.inf
         self.first_bucket = bucket
         #: The principal's own bursts (closed buckets of at least ``min_count``): the
         #: largest of the latest run of consecutive ones and that run's last bucket,
@@ -358,12 +359,12 @@ class PeerRateDetector(Detector):
                 self.models.touch(model, _ModelRates)  # keep an active model recently used
             st.bucket, st.count = bucket, 0
         st.count += 1
-        if st.count < m.limit or ts < st.quiet_until:
+        if st.count < m.limit or st.cooling_down(ts):
             return None
         own, rule = self.own_reference(st, bucket)
         if st.count <= self.self_ratio * own:
             return None  # in line with the principal's own bursts (at this hour)
-        st.quiet_until = ts + self.cooldown_seconds
+        st.start_cooldown(ts, self.cooldown_seconds)
         ratio = st.count / max(m.peer_q, 1.0)
         return [
             Finding.build(
