@@ -32,6 +32,7 @@ from detectors.abuse.common import (
 )
 from detectors.abuse.normality import log_gap, royston_sigma, shapiro_w
 from detectors.abuse.peers import peer_values, share_peer_values
+from detectors.abuse.prada_state import PradaState
 from detectors.abuse.space import stacked_sq_dists
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
@@ -39,41 +40,6 @@ from detectors.state import CapPool, EntityTable
 from detectors.state_codec import state_type
 
 __all__ = ["PradaExtractionDetector"]
-
-_DUPLICATE: Final = 1e-6  # distance below which a query repeats an earlier one
-
-
-@state_type("abuse.prada_principal")
-class _PradaState(QueryState):
-    __slots__ = (
-        "class_ids",
-        "dists",
-        "g_cls",
-        "g_rows",
-        "g_stats",
-        "growing",
-        "last_test",
-        "n_dists",
-        "preds",
-        "thresholds",
-        "w",
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.preds: list[Any] = []
-        self.g_rows: np.ndarray | None = None  # the growing set G (capped ring)
-        self.g_cls: np.ndarray = np.empty(0, dtype=np.int32)  # class id of each G row
-        self.class_ids: dict[Any, int] = {}  # prediction -> small int
-        self.growing = 0  # rows ever added to G
-        self.thresholds: dict[Any, float] = {}  # T_c
-        self.g_stats: dict[Any, list[float]] = {}  # per class [n, sum, sum of squares]
-        self.dists = np.empty(0, dtype=np.float32)  # ring of the last recorded distances
-        self.n_dists = 0  # distances ever recorded
-        self.last_test = 0
-        self.w = 1.0
-
-
 
 _PRADA_PEERS: Final = "_prada_peers"  # its key in the detector's per-process pools
 
@@ -86,6 +52,56 @@ class _PradaPeers:
 
     def __init__(self, capacity: int) -> None:
         self.values: EntityTable[list[float]] = EntityTable(capacity)
+
+
+class PradaBar:
+    """The W threshold a principal is judged by: calibrated on the model's other
+    callers' log(1 - W) once ``min_peers`` have one, the fixed ``delta`` before
+    (see :class:`PradaExtractionDetector`)."""
+
+    __slots__ = ("alpha", "delta", "max_w", "min_peers", "z")
+
+    def __init__(self, delta: float, max_w: float, alpha: float, min_peers: int) -> None:
+        from scipy.stats import norm
+
+        self.delta = delta
+        self.max_w = max_w
+        self.alpha = alpha
+        self.z = float(norm.isf(alpha))
+        self.min_peers = min_peers
+
+    def judge(
+        self,
+        values: EntityTable[list[float]],
+        own: EntityTable[list[float]],
+        principal: str,
+        w: float,
+        held: int,
+    ) -> tuple[float, float, int]:
+        """:meth:`limit` for ``principal``, then its latest log(1 - W) recorded in the
+        model's peer table ``values`` (and in this instance's ``own``, its snapshot)."""
+        out = self.limit(values, principal, held)
+        gap = [log_gap(w)]
+        values.touch(principal, list)[:] = gap
+        if values is not own:
+            own.touch(principal, list)[:] = gap
+        return out
+
+    def limit(
+        self, peers: EntityTable[list[float]], principal: str, held: int
+    ) -> tuple[float, float, int]:
+        """(W threshold, the other principals' median W, their number) for ``principal``.
+
+        The fixed ``delta`` until ``min_peers`` others have been tested.
+        """
+        values = [v[0] for who, v in peers.items() if who != principal]
+        if len(values) < self.min_peers:
+            return self.delta, math.nan, len(values)
+        gaps = np.array(values)
+        median = float(np.median(gaps))
+        spread = max(1.4826 * float(np.median(np.abs(gaps - median))), royston_sigma(held))
+        threshold = min(1.0 - math.exp(median + self.z * spread), self.max_w)
+        return threshold, 1.0 - math.exp(median), len(values)
 
 
 class PradaExtractionDetector(BatchedQueryDetector):
@@ -184,13 +200,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
             )
         if not 0 < alpha < 1 or min_peers < 1 or max_peers < min_peers:
             raise ValueError("alpha in (0, 1), 1 <= min_peers <= max_peers")
-        from scipy.stats import norm
-
-        self.delta = delta
-        self.max_w = max_w
-        self.alpha = alpha
-        self.z = float(norm.isf(alpha))
-        self.min_peers = min_peers
+        self.bar = PradaBar(delta, max_w, alpha, min_peers)
         self.max_peers = max_peers
         self.min_distances = min_distances
         self.max_distances = max_distances
@@ -207,7 +217,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
         )
 
     def new_state(self) -> QueryState:
-        return _PradaState()
+        return PradaState()
 
     def remember(self, st: QueryState, event: InferenceEvent) -> None:
         st.preds.append(event.prediction)  # type: ignore[attr-defined]
@@ -215,22 +225,6 @@ class PradaExtractionDetector(BatchedQueryDetector):
     def take(self, st: QueryState) -> Any:
         preds, st.preds = st.preds, []  # type: ignore[attr-defined]
         return preds
-
-    def _class_ids(self, st: _PradaState, preds: list[Any], dims: int) -> np.ndarray:
-        """Class ids of the batch's predictions; (re)creates G when needed."""
-        ids = st.class_ids
-        if len(ids) > 4 * self.max_growing:  # a regression output: start over, bounded
-            ids.clear()
-            st.thresholds.clear()
-            st.g_stats.clear()
-            st.growing = 0
-            st.g_cls[:] = -1
-        pc = np.fromiter((ids.setdefault(c, len(ids)) for c in preds), np.int32, len(preds))
-        if st.g_rows is None or st.g_rows.shape[1] != dims:
-            st.g_rows = np.zeros((min(32, self.max_growing), dims), dtype=np.float32)
-            st.g_cls = np.full(len(st.g_rows), -1, dtype=np.int32)
-            st.growing = 0
-        return pc
 
     def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
         out: list[list[Finding] | None] = [None] * len(run)
@@ -240,7 +234,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
             )
             states = [run[i].st for i in at]
             pcs = [
-                self._class_ids(st, run[i].taken, x.shape[2])  # type: ignore[arg-type]
+                st.class_ids_of(run[i].taken, x.shape[2], self.max_growing)  # type: ignore[attr-defined]
                 for st, i in zip(states, at, strict=True)
             ]
             within = np.sqrt(stacked_sq_dists(x, x))
@@ -273,42 +267,9 @@ class PradaExtractionDetector(BatchedQueryDetector):
         within: list[list[float]],
     ) -> list[Finding] | None:
         st, event, source = j.st, j.event, j.source
-        assert isinstance(st, _PradaState)
-        added: list[tuple[int, int]] = []  # batch rows that joined G in this batch
-        dists: list[float] = []  # recorded in this batch
-        thresholds, g_stats = st.thresholds, st.g_stats
-        for i, c in enumerate(pc.tolist()):
-            d = first[i]
-            if added:
-                row = within[i]
-                for k, ck in added:
-                    if ck == c and row[k] < d:
-                        d = row[k]
-            if d < _DUPLICATE:
-                continue
-            if d == math.inf:  # first query of this class: it seeds G_c
-                self._grow(st, x[i], c)
-                added.append((i, c))
-                continue
-            dists.append(d)
-            if d > thresholds.get(c, 0.0):
-                self._grow(st, x[i], c)
-                added.append((i, c))
-                n_s_q = g_stats.setdefault(c, [0.0, 0.0, 0.0])
-                n_s_q[0] += 1
-                n_s_q[1] += d
-                n_s_q[2] += d * d
-                mean = n_s_q[1] / n_s_q[0]
-                sd = math.sqrt(max(n_s_q[2] / n_s_q[0] - mean * mean, 0.0))
-                thresholds[c] = max(thresholds.get(c, 0.0), mean - sd)
-        if dists:
-            if len(st.dists) < self.max_distances:
-                st.dists = np.zeros(self.max_distances, dtype=np.float32)
-            at = (st.n_dists + np.arange(len(dists))) % self.max_distances
-            st.dists[at] = dists
-            st.n_dists += len(dists)
+        assert isinstance(st, PradaState)
+        held = st.record(st.admit(x, pc, first, within, self.max_growing), self.max_distances)
         st.examined += len(pc)
-        held = min(st.n_dists, self.max_distances)
         if held < self.min_distances or st.examined - st.last_test < self.test_every:
             return None
         st.last_test = st.examined
@@ -317,11 +278,9 @@ class PradaExtractionDetector(BatchedQueryDetector):
         # The model's callers of every partition of the process (shared), else this
         # instance's: the same table when the detector runs unpartitioned.
         values = peer_values(self, _PRADA_PEERS, event.model_id, peers.values)
-        threshold, median_w, n_peers = self.limit(values, event.principal, held)
-        gap = [log_gap(st.w)]
-        values.touch(event.principal, list)[:] = gap
-        if values is not peers.values:  # kept for this instance's snapshot
-            peers.values.touch(event.principal, list)[:] = gap
+        threshold, median_w, n_peers = self.bar.judge(
+            values, peers.values, event.principal, st.w, held
+        )
         if st.w >= threshold or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
         return self.finding(
@@ -341,8 +300,8 @@ class PradaExtractionDetector(BatchedQueryDetector):
                 "threshold_w": round(threshold, 4),
                 "peer_median_w": round(median_w, 4) if n_peers else None,
                 "peers": n_peers,
-                "calibrated": n_peers >= self.min_peers,
-                "alpha": self.alpha,
+                "calibrated": n_peers >= self.bar.min_peers,
+                "alpha": self.bar.alpha,
                 "distances_tested": held,
                 "queries_examined": st.examined,
                 "growing_set_size": min(st.growing, self.max_growing),
@@ -356,33 +315,3 @@ class PradaExtractionDetector(BatchedQueryDetector):
         super().share_caps(pools)
         share_peer_values(pools, _PRADA_PEERS, self.peers.capacity, self.max_peers,
                           self.peers, lambda p: p.values)
-
-    def limit(
-        self, peers: EntityTable[list[float]], principal: str, held: int
-    ) -> tuple[float, float, int]:
-        """(W threshold, the other principals' median W, their number) for ``principal``.
-
-        The fixed ``delta`` until ``min_peers`` others have been tested.
-        """
-        values = [v[0] for who, v in peers.items() if who != principal]
-        if len(values) < self.min_peers:
-            return self.delta, math.nan, len(values)
-        gaps = np.array(values)
-        median = float(np.median(gaps))
-        spread = max(1.4826 * float(np.median(np.abs(gaps - median))), royston_sigma(held))
-        threshold = min(1.0 - math.exp(median + self.z * spread), self.max_w)
-        return threshold, 1.0 - math.exp(median), len(values)
-
-    def _grow(self, st: _PradaState, row: np.ndarray, c: int) -> None:
-        """Add ``row`` (class id ``c``) to G: grow the arrays, then overwrite the oldest."""
-        g = st.g_rows
-        assert g is not None
-        if st.growing >= len(g) and len(g) < self.max_growing:
-            size = min(2 * len(g), self.max_growing)
-            st.g_rows = g = np.concatenate([g, np.zeros((size - len(g), g.shape[1]), g.dtype)])
-            st.g_cls = np.concatenate([st.g_cls, np.full(size - len(st.g_cls), -1, np.int32)])
-        slot = st.growing % self.max_growing
-        g[slot] = row
-        st.g_cls[slot] = c
-        st.growing += 1
-
