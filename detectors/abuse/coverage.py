@@ -31,31 +31,22 @@ from detectors.abuse.common import (
     QueryState,
     by_model,
 )
-from detectors.abuse.population import SHARED_PEERS, CoveragePeers, Population, SharedCoveragePeers
-from detectors.abuse.sketch import EMPTY_SKETCH, distinct_estimate, kmv_update, mix64
-from detectors.abuse.space import ModelSpace, stable_seed
-from detectors.base import _POOLS
-from detectors.binomial import binomial_critical_count
-from detectors.events import InferenceEvent
-from detectors.findings import Finding, Source
+from detectors.abuse.grid import CoverageGrid
+from detectors.abuse.novelty import NoveltyRule
+from detectors.abuse.peers import join_pool, pooled
+from detectors.abuse.population import (
+    SHARED_PEERS,
+    CoveragePeers,
+    CoverageState,
+    Population,
+    SharedCoveragePeers,
+)
+from detectors.abuse.sketch import distinct_estimate, kmv_update
+from detectors.abuse.space import ModelSpace
+from detectors.findings import Finding
 from detectors.state import CapPool, EntityTable
-from detectors.state_codec import state_type
 
 __all__ = ["CoverageExtractionDetector"]
-
-
-@state_type("abuse.coverage_principal")
-class _CoverageState(QueryState):
-    __slots__ = ("block_cells", "block_n", "block_novel", "block_start", "kmv")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.kmv = EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
-        self.block_n = 0  # queries in the current novelty block
-        self.block_novel = 0  # of which landed in cells no other principal visited
-        self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
-        self.block_start = (0.0, 0.0)  # the model's (novel, queries) when the block started
-
 
 
 class CoverageExtractionDetector(BatchedQueryDetector):
@@ -117,6 +108,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     legitimately sweep the input space) are not reported. The evidence gives the
     statistic, its threshold and the queries examined.
 
+    >>> from detectors.events import InferenceEvent
     >>> from detectors.testing import feed
     >>> rng = np.random.default_rng(2)
     >>> def q(i, who, x):
@@ -168,17 +160,13 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             raise ValueError("novelty_dims in [1, grid_dims], novelty_width > 0, novelty_block > 4")
         if not 0 < novelty_alpha < 1 or not 0 < novelty_quantile < 1:
             raise ValueError("novelty_alpha and novelty_quantile in (0, 1)")
-        self.novelty_dims = novelty_dims
-        self.novelty_width = novelty_width
-        self.novelty_block = novelty_block
-        self.novelty_alpha = novelty_alpha
-        self.novelty_quantile = novelty_quantile
-        self.min_novel_share = min_novel_share
-        self.novelty_min_peers = novelty_min_peers
+        self.grid = CoverageGrid(
+            grid_dims, grid_levels, bin_width, novelty_dims, novelty_width, seed
+        )
+        self.novelty = NoveltyRule(
+            novelty_block, novelty_alpha, novelty_quantile, min_novel_share, novelty_min_peers
+        )
         self.population_slots = 1 << max(int(population_slots - 1).bit_length(), 4)
-        self.grid_dims = grid_dims
-        self.grid_levels = grid_levels
-        self.bin_width = bin_width
         self.sketch_k = sketch_k
         self.min_cells = min_cells
         self.peer_ratio = peer_ratio
@@ -195,40 +183,14 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             seed=seed,
         )
         self.peers: EntityTable[CoveragePeers] = EntityTable(1024)
-        self.place = (grid_levels ** np.arange(grid_dims)).astype(np.uint64)
-        rng = np.random.default_rng(stable_seed(seed, "novelty"))
-        self.novelty_mult = rng.integers(1, 2**62, size=novelty_dims, dtype=np.int64) | 1
         self.rotations: dict[tuple[int, int], np.ndarray] = {}
 
     def new_state(self) -> QueryState:
-        return _CoverageState()
+        return CoverageState()
 
     def cells(self, space: ModelSpace, rows: list[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Hashed fine (breadth) and coarse (novelty) grid cells of ``rows``, one per row."""
-        e = space.embed_stack(rows, self.batch_size)
-        key = (e.shape[2], space.seed)
-        rotation = self.rotations.get(key)
-        if rotation is None:
-            # A seeded random orthonormal map to grid_dims axes: every input
-            # feature counts, and each axis keeps the embedding's scale.
-            g = np.random.default_rng(space.seed).normal(size=(e.shape[2], e.shape[2]))
-            rotation = np.linalg.qr(g)[0][:, : self.grid_dims].astype(np.float32)
-            if len(self.rotations) >= 1024:
-                self.rotations.clear()
-            self.rotations[key] = rotation
-        axes = np.matmul(e, rotation).reshape(len(rows), -1)
-        z = axes / (self.bin_width * space.spread)
-        half = self.grid_levels // 2
-        bins = np.clip(np.floor(z) + half, 0, self.grid_levels - 1).astype(np.uint64)
-        fine = mix64((bins * self.place[: bins.shape[1]]).sum(axis=1))
-        # Coarse cells in units of a typical per-axis deviation: two inputs of the
-        # embedding are about ``spread`` apart, sqrt(2 * dims) deviations.
-        axis_sd = space.spread / math.sqrt(2.0 * e.shape[2])
-        n = min(self.novelty_dims, axes.shape[1])
-        coarse = np.floor(axes[:, :n] / (self.novelty_width * axis_sd)).astype(np.int64)
-        with np.errstate(over="ignore"):
-            ids = (coarse * self.novelty_mult[:n]).sum(axis=1)
-        return fine, mix64(ids.view(np.uint64))
+        return self.grid.cells(space, rows, self.batch_size, self.rotations)
 
     def judge_run(self, run: list[Judgement]) -> list[list[Finding] | None]:
         out: list[list[Finding] | None] = [None] * len(run)
@@ -244,7 +206,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         self, j: Judgement, hashes: np.ndarray, coarse: np.ndarray
     ) -> list[Finding] | None:
         st, event, source = j.st, j.event, j.source
-        assert isinstance(st, _CoverageState)
+        assert isinstance(st, CoverageState)
         peers = self.peers.touch(
             event.model_id,
             lambda: CoveragePeers(
@@ -252,7 +214,7 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             ),
         )
         population = self._population(event.model_id, peers)
-        novel = self._novelty(st, peers.population, coarse, event)
+        novel = self.novelty.judge(st, peers.population, coarse, event.principal)
         k = self.sketch_k
         st.kmv = kmv_update(st.kmv, hashes, k)
         peers.kmv = kmv_update(peers.kmv, hashes, 4 * k)
@@ -263,150 +225,33 @@ class CoverageExtractionDetector(BatchedQueryDetector):
             population.touch(event.principal, list)[:] = [covered]
         peers.updates += 1
         if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
-            self._refresh(peers, population)
+            peers.refresh(population, self.min_peers, self.min_cells, self.peer_ratio)
         if event.principal in self.exempt_principals or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
         if covered < peers.limit:
-            return self._novelty_finding(st, event, source, novel) if novel else None
-        model_cells = max(distinct_estimate(peers.kmv, 4 * k), covered)
-        ratio = covered / max(peers.p90, 1.0)
-        return self.finding(
-            st,
-            event,
-            source,
-            severity="high" if ratio >= 3 * self.peer_ratio else "medium",
-            summary=(
-                f"Principal's queries cover about {covered:.0f} input-space cells, "
-                f"{ratio:.1f}x the 90th percentile of the model's other callers: "
-                f"systematic exploration as in model extraction; review its volume and purpose."
-            ),
-            evidence={
-                "statistic": "distinct input-space grid cells queried (KMV estimate)",
-                "observed_cells": round(covered, 1),
-                "peer_median_cells": round(peers.median, 1),
-                "peer_p90_cells": round(peers.p90, 1),
-                "threshold_cells": round(peers.limit, 1),
-                "peers": len(population),
-                "share_of_explored_space": round(covered / model_cells, 4),
-                "queries_examined": st.examined,
-                "cells_per_query": round(covered / st.examined, 4),
-            },
+            if novel is None:
+                return None
+            severity, summary, evidence = self.novelty.report(novel, st.examined)
+            return self.finding(st, event, source, severity=severity, summary=summary,
+                                evidence=evidence)
+        severity, summary, evidence = peers.report(
+            covered, st.examined, len(population), 4 * k, self.peer_ratio
         )
-
-    def _novelty(
-        self, st: _CoverageState, pop: Population, coarse: np.ndarray, event: InferenceEvent
-    ) -> tuple[int, int, float, int] | None:
-        """Count the batch's novel queries; at a block's end, (novel, queries, p0,
-        critical count) if the block is beyond its threshold, else None."""
-        who = stable_seed(event.principal)
-        totals = getattr(pop, "totals", None)
-        if totals is None:
-            totals = pop.totals = [0.0, 0.0]
-        if st.block_n == 0:  # the model's counts when the block starts
-            st.block_start = (totals[0], totals[1])
-        fresh = pop.visit(coarse, who)
-        totals[0] += fresh
-        totals[1] += len(coarse)
-        st.block_novel += fresh
-        st.block_n += len(coarse)
-        cells = getattr(st, "block_cells", None)
-        if cells is None:
-            cells = st.block_cells = []
-        cells.append(coarse)
-        if st.block_n < self.novelty_block:
-            return None
-        # Judged against the others' visits up to the block's end, not only those
-        # before each query: when the model's inputs move (an upstream change),
-        # its callers enter the new region together and share its cells.
-        novel = min(st.block_novel, pop.still_novel(np.concatenate(cells), who))
-        n = st.block_n
-        # The other callers' queries during the block: how novel they were.
-        start = getattr(st, "block_start", (totals[0], totals[1]))
-        others_n = totals[1] - start[1] - n
-        others = (totals[0] - start[0] - st.block_novel) / others_n if others_n >= n else 0.0
-        st.block_novel = st.block_n = 0
-        st.block_cells = []
-        me = event.principal
-        values = [v[0] for who, v in pop.shares.items() if who != me]
-        found = None
-        pop.p0 = math.nan
-        if len(values) >= self.novelty_min_peers:
-            # The peers' quantile, or their novel share meanwhile if higher: a
-            # block is judged against the callers at the same time too.
-            pop.p0 = max(float(np.quantile(values, self.novelty_quantile)), others)
-        if not math.isnan(pop.p0):
-            critical = max(
-                binomial_critical_count(n, round(pop.p0 * 1000), self.novelty_alpha),
-                math.ceil(self.min_novel_share * n),
-            )
-            if novel >= critical:
-                found = novel, n, pop.p0, critical
-        # Flagged blocks count too: when the model's inputs move, every caller's
-        # share rises and the others' quantile with it (never one's own bar).
-        pop.shares.touch(event.principal, list)[:] = [novel / n]
-        return found
-
-    def _novelty_finding(
-        self,
-        st: _CoverageState,
-        event: InferenceEvent,
-        source: Source,
-        novel: tuple[int, int, float, int],
-    ) -> list[Finding]:
-        count, n, p0, critical = novel
-        share = count / n
-        return self.finding(
-            st,
-            event,
-            source,
-            severity="high" if share >= 0.8 else "medium",
-            summary=(
-                f"{count} of the principal's last {n} queries fell in regions of the input "
-                f"space no other caller of the model has visited ({share:.0%}, against "
-                f"{p0:.0%} for the model's callers): synthetic exploration as in model "
-                f"extraction; review its purpose and rate-limit it."
-            ),
-            evidence={
-                "statistic": "share of queries in coarse input-space cells no other caller visited",
-                "observed_novel": count,
-                "block_queries": n,
-                "observed_share": round(share, 4),
-                "peer_share_quantile": self.novelty_quantile,
-                "baseline_share": round(p0, 4),
-                "threshold_count": critical,
-                "alpha": self.novelty_alpha,
-                "queries_examined": st.examined,
-            },
-        )
-
-    def _shared(self) -> SharedCoveragePeers | None:
-        pools = self.__dict__.get(_POOLS)
-        shared = None if pools is None else pools.get(SHARED_PEERS)
-        return shared if isinstance(shared, SharedCoveragePeers) else None
+        return self.finding(st, event, source, severity=severity, summary=summary,
+                            evidence=evidence)
 
     def _population(self, model_id: str, peers: CoveragePeers) -> EntityTable[list[float]]:
         """The model's callers' coverage: process-wide if shared, else this instance's
         (sharing also points ``peers.population`` to the process's population)."""
-        shared = self._shared()
+        shared = pooled(self, SHARED_PEERS, SharedCoveragePeers)
         return peers.values if shared is None else shared.join_model(model_id, peers)
 
     def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
         """Also join the process's per-model peer summary, adding this instance's peers."""
         super().share_caps(pools)
-        shared = pools.get(SHARED_PEERS)
-        if not isinstance(shared, SharedCoveragePeers):
-            shared = pools[SHARED_PEERS] = SharedCoveragePeers(self.peers.capacity, self.max_peers)
+        shared = join_pool(
+            pools, SHARED_PEERS, SharedCoveragePeers, self.peers.capacity, self.max_peers
+        )
         for model_id, peers in self.peers.items():
-            population = shared.join_model(model_id, peers)
-            for who, value in peers.values.items():
-                if who not in population:  # a fresher value from another instance wins
-                    population.insert(who, list(value))
-
-    def _refresh(self, peers: CoveragePeers, population: EntityTable[list[float]]) -> None:
-        if len(population) < self.min_peers:
-            peers.limit = math.inf
-            return
-        v = np.fromiter((x[0] for _, x in population.items()), dtype=np.float64)
-        peers.median = float(np.median(v))
-        peers.p90 = float(np.quantile(v, 0.9))
-        peers.limit = max(float(self.min_cells), self.peer_ratio * peers.p90)
+            shared.join_model(model_id, peers)
+            shared.merge(model_id, peers.values)  # a fresher value from another instance wins

@@ -11,12 +11,14 @@ partition, not only those of its own (``extraction.coverage`` and
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from detectors.base import _POOLS, Detector
 from detectors.state import CapPool, EntityTable
 
-__all__ = ["SharedPeerValues", "peer_values", "share_peer_values"]
+__all__ = ["SharedPeerValues", "join_pool", "peer_values", "pooled", "share_peer_values"]
+
+S = TypeVar("S", bound="SharedPeerValues")
 
 
 class SharedPeerValues(CapPool):
@@ -51,15 +53,31 @@ class SharedPeerValues(CapPool):
                 shared.insert(who, list(value))
 
 
+def pooled(detector: Detector, key: str, cls: type[S]) -> S | None:
+    """The process-wide ``cls`` under ``key`` if ``detector`` joined its pools, else None."""
+    pools = detector.__dict__.get(_POOLS)
+    shared = None if pools is None else pools.get(key)
+    return shared if isinstance(shared, cls) else None
+
+
+def join_pool(
+    pools: MutableMapping[str, CapPool], key: str, cls: type[S], models: int, max_peers: int
+) -> S:
+    """The ``cls`` under ``key`` in ``pools``, created (``models``, ``max_peers``) if absent."""
+    shared = pools.get(key)
+    if not isinstance(shared, cls):
+        shared = pools[key] = cls(models, max_peers)
+    return shared
+
+
 def peer_values(
     detector: Detector, key: str, model_id: str, own: EntityTable[list[float]]
 ) -> EntityTable[list[float]]:
     """The model's peer table for ``detector``: the process-wide one under
     ``key`` if the detector joined its pools (:func:`share_peer_values`), else
     its own."""
-    pools = detector.__dict__.get(_POOLS)
-    shared = None if pools is None else pools.get(key)
-    return shared.table(model_id) if isinstance(shared, SharedPeerValues) else own
+    shared = pooled(detector, key, SharedPeerValues)
+    return own if shared is None else shared.table(model_id)
 
 
 def share_peer_values(
@@ -73,8 +91,6 @@ def share_peer_values(
     """Join (creating if needed) the process's :class:`SharedPeerValues` under
     ``key`` and merge this instance's per-model values into it;
     ``values_of(entry)`` gives a model entry's principal table."""
-    shared = pools.get(key)
-    if not isinstance(shared, SharedPeerValues):
-        shared = pools[key] = SharedPeerValues(models, max_peers)
+    shared = join_pool(pools, key, SharedPeerValues, models, max_peers)
     for model_id, entry in own.items():
         shared.merge(model_id, values_of(entry))

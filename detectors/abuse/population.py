@@ -1,24 +1,42 @@
-"""Who has been where in a model's input space: ``extraction.coverage``'s peer state.
+"""Who has been where in a model's input space: ``extraction.coverage``'s state.
 
-:class:`Population` is the map of coarse cells a model's callers visited (the
-novelty signal); :class:`CoveragePeers` the model's callers' latest breadth
-and its robust summary; :class:`SharedCoveragePeers` both, per process, for
-the partition instances of one configured detector.
+:class:`CoverageState` is a principal's own (its breadth sketch and novelty
+block); :class:`Population` is the map of coarse cells a model's callers
+visited (the novelty signal); :class:`CoveragePeers` the model's callers'
+latest breadth and its robust summary; :class:`SharedCoveragePeers` both, per
+process, for the partition instances of one configured detector.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
+from detectors.abuse.common import QueryState
 from detectors.abuse.peers import SharedPeerValues
-from detectors.abuse.sketch import EMPTY_SKETCH
+from detectors.abuse.sketch import EMPTY_SKETCH, distinct_estimate
+from detectors.findings import Severity
 from detectors.state import EntityTable
 from detectors.state_codec import state_type
 
-__all__ = ["SHARED_PEERS", "CoveragePeers", "Population", "SharedCoveragePeers"]
+__all__ = ["SHARED_PEERS", "CoveragePeers", "CoverageState", "Population", "SharedCoveragePeers"]
+
+
+@state_type("abuse.coverage_principal")
+class CoverageState(QueryState):
+    """A principal's breadth (KMV sketch of its fine cells) and its novelty block."""
+
+    __slots__ = ("block_cells", "block_n", "block_novel", "block_start", "kmv")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kmv = EMPTY_SKETCH  # the k smallest cell hashes (8 bytes each)
+        self.block_n = 0  # queries in the current novelty block
+        self.block_novel = 0  # of which landed in cells no other principal visited
+        self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
+        self.block_start = (0.0, 0.0)  # the model's (novel, queries) when the block started
 
 
 @state_type("abuse.coverage_population")
@@ -77,6 +95,44 @@ class CoveragePeers:
         self.p90 = math.nan
         self.limit = math.inf
         self.kmv = EMPTY_SKETCH  # all principals together: the model's explored space
+
+    def refresh(
+        self, population: EntityTable[list[float]], min_peers: int, min_cells: int, ratio: float
+    ) -> None:
+        """Summarise ``population`` (the callers' coverage): median, 90th percentile,
+        and the limit ``max(min_cells, ratio * p90)``; no limit under ``min_peers``."""
+        if len(population) < min_peers:
+            self.limit = math.inf
+            return
+        v = np.fromiter((x[0] for _, x in population.items()), dtype=np.float64)
+        self.median = float(np.median(v))
+        self.p90 = float(np.quantile(v, 0.9))
+        self.limit = max(float(min_cells), ratio * self.p90)
+
+    def report(
+        self, covered: float, examined: int, peers: int, model_k: int, peer_ratio: float
+    ) -> tuple[Severity, str, dict[str, Any]]:
+        """Severity, summary and evidence of a finding about a principal whose coverage
+        ``covered`` is beyond :attr:`limit` (``model_k``: this summary's sketch size)."""
+        model_cells = max(distinct_estimate(self.kmv, model_k), covered)
+        ratio = covered / max(self.p90, 1.0)
+        summary = (
+            f"Principal's queries cover about {covered:.0f} input-space cells, "
+            f"{ratio:.1f}x the 90th percentile of the model's other callers: "
+            f"systematic exploration as in model extraction; review its volume and purpose."
+        )
+        evidence = {
+            "statistic": "distinct input-space grid cells queried (KMV estimate)",
+            "observed_cells": round(covered, 1),
+            "peer_median_cells": round(self.median, 1),
+            "peer_p90_cells": round(self.p90, 1),
+            "threshold_cells": round(self.limit, 1),
+            "peers": peers,
+            "share_of_explored_space": round(covered / model_cells, 4),
+            "queries_examined": examined,
+            "cells_per_query": round(covered / examined, 4),
+        }
+        return ("high" if ratio >= 3 * peer_ratio else "medium"), summary, evidence
 
 
 SHARED_PEERS: Final = "_coverage_peers"  # its key in the detector's per-process pools
