@@ -41,11 +41,12 @@ __all__ = [
     "QueryState",
     "QuietCooldown",
     "by_model",
+    "principal_finding",
 ]
 
 ATLAS_EXTRACTION: Final = ["AML.T0024.002", "AML.T0005.001", "AML.T0040"]
 ATLAS_PROBING: Final = ["AML.T0043.001", "AML.T0015", "AML.T0042"]
-ATLAS_VOLUME: Final = ["AML.T0029", "AML.T0034"]
+ATLAS_VOLUME: Final = ["AML.T0029", "AML.T0034", "AML.T0040"]
 
 
 class QuietCooldown(Cooldown):
@@ -302,23 +303,12 @@ class BatchedQueryDetector(Detector):
         redelivery from a snapshot reproduces it, while a later incident of the
         same principal (even after its state was evicted) gets a new one.
         """
-        ts = float(event.ts)
-        st.start_cooldown(ts, self.cooldown_seconds)
+        st.start_cooldown(float(event.ts), self.cooldown_seconds)
         st.fired += 1
-        return [
-            Finding.build(
-                detector=self.name,
-                kind=kind or self.kind,
-                severity=severity,
-                entity=Entity("principal", event.principal),
-                model_id=event.model_id,
-                summary=summary,
-                evidence=evidence,
-                atlas=self.atlas,
-                event_ts=ts,
-                sources=[source],
-            )
-        ]
+        return principal_finding(
+            self.name, kind or self.kind, event, source,
+            severity=severity, summary=summary, evidence=evidence, atlas=self.atlas,
+        )
 
     def stats(self) -> dict[str, float]:
         return {
@@ -328,6 +318,36 @@ class BatchedQueryDetector(Detector):
             "models_evicted_total": self.spaces.evicted,
             "repeats_skipped_total": self.repeats_skipped,
         }
+
+
+def principal_finding(
+    detector: str,
+    kind: str,
+    event: InferenceEvent,
+    source: Source,
+    *,
+    severity: Severity,
+    summary: str,
+    evidence: Mapping[str, Any],
+    atlas: list[str],
+    id_key: str | None = None,
+) -> list[Finding]:
+    """The one finding about ``event``'s principal and model that ``source`` triggered."""
+    return [
+        Finding.build(
+            detector=detector,
+            kind=kind,
+            severity=severity,
+            entity=Entity("principal", event.principal),
+            model_id=event.model_id,
+            summary=summary,
+            evidence=evidence,
+            atlas=atlas,
+            event_ts=float(event.ts),
+            sources=[source],
+            id_key=id_key,
+        )
+    ]
 
 
 def by_model(run: list[Judgement]) -> list[list[int]]:

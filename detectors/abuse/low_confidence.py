@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
-from detectors.abuse.common import ATLAS_PROBING
+from detectors.abuse.common import ATLAS_PROBING, principal_finding
 from detectors.base import Detector
 from detectors.binomial import binomial_critical_count
 from detectors.events import Event, InferenceEvent
-from detectors.findings import Entity, Finding, Source
+from detectors.findings import Finding, Source
 from detectors.state import EntityTable
 from detectors.state_codec import state_type
 
@@ -144,32 +144,28 @@ class LowConfidenceProbingDetector(Detector):
         self.quiet_until[key] = ts + self.cooldown_seconds
         p0 = m.low / m.n
         share = st.low / st.count
-        return [
-            Finding.build(
-                detector=self.name,
-                kind="adversarial_probing",
-                severity="high" if share >= 0.8 else "medium",
-                entity=Entity("principal", event.principal),
-                model_id=event.model_id,
-                summary=(
-                    f"{st.low} of the principal's last {st.count} answers had confidence below "
-                    f"{self.low_confidence:g} against a model baseline of {p0:.1%}: its queries "
-                    f"sit on the decision boundary, as in black-box evasion attacks; review it."
-                ),
-                evidence={
-                    "statistic": "low-confidence answers in the current block (binomial test)",
-                    "observed_low": st.low,
-                    "block_queries": st.count,
-                    "observed_share": round(share, 4),
-                    "baseline_share": round(p0, 4),
-                    "critical_count": st.critical,
-                    "alpha": self.alpha,
-                    "confidence_threshold": self.low_confidence,
-                    "queries_examined": st.total,
-                },
-                atlas=ATLAS_PROBING,
-                event_ts=ts,
-                sources=[source],
-            )
-        ]
+        return principal_finding(
+            self.name,
+            "adversarial_probing",
+            event,
+            source,
+            severity="high" if share >= 0.8 else "medium",
+            summary=(
+                f"{st.low} of the principal's last {st.count} answers had confidence below "
+                f"{self.low_confidence:g} against a model baseline of {p0:.1%}: its queries "
+                f"sit on the decision boundary, as in black-box evasion attacks; review it."
+            ),
+            evidence={
+                "statistic": "low-confidence answers in the current block (binomial test)",
+                "observed_low": st.low,
+                "block_queries": st.count,
+                "observed_share": round(share, 4),
+                "baseline_share": round(p0, 4),
+                "critical_count": st.critical,
+                "alpha": self.alpha,
+                "confidence_threshold": self.low_confidence,
+                "queries_examined": st.total,
+            },
+            atlas=ATLAS_PROBING,
+        )
 

@@ -62,7 +62,6 @@ def shapiro_w(distances: np.ndarray, clip_sigma: float = 3.0) -> float:
     return min(w, 1.0)
 
 
-
 def royston_sigma(n: int) -> float:
     """Standard deviation of log(1 - W) for n normal values (Royston 1992, 12 <= n <= 5000).
 

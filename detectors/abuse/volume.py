@@ -34,16 +34,15 @@ import math
 from collections import Counter
 from typing import ClassVar, Final
 
-from detectors.abuse.common import QuietCooldown
+from detectors.abuse.common import ATLAS_VOLUME, QuietCooldown, principal_finding
 from detectors.base import Detector
 from detectors.events import Event, InferenceEvent
-from detectors.findings import Entity, Finding, Severity, Source
+from detectors.findings import Finding, Source
 from detectors.state import EntityTable
 from detectors.state_codec import state_type
 
 __all__ = ["PeerRateDetector", "PrincipalRateDetector"]
 
-_ATLAS: Final = ["AML.T0029", "AML.T0034", "AML.T0040"]
 #: Idle buckets replayed into the baseline at most (older history is ~forgotten anyway).
 _MAX_IDLE_UPDATES: Final = 32
 #: Bursts at one hour of day less than this apart are one occasion (one night's job).
@@ -122,33 +121,27 @@ class PrincipalRateDetector(Detector):
         st.fired = st.bucket
         usual = math.expm1(st.mean)
         ratio = st.count / max(usual, 1.0)
-        severity: Severity = "high" if ratio >= 4 * self.min_ratio else "medium"
-        return [
-            Finding.build(
-                detector=self.name,
-                kind="denial_of_service",
-                severity=severity,
-                entity=Entity("principal", event.principal),
-                model_id=event.model_id,
-                summary=(
-                    f"Principal sent {st.count} requests within {self.bucket_seconds:g}s, "
-                    f"{ratio:.0f}x its usual {usual:.1f} per bucket."
-                ),
-                evidence={
-                    "observed_count": st.count,
-                    "window_seconds": self.bucket_seconds,
-                    "baseline_per_window": round(usual, 3),
-                    "threshold": round(st.limit, 3),
-                    "ratio": round(ratio, 2),
-                    "baseline_windows": st.n,
-                },
-                atlas=_ATLAS,
-                event_ts=event.ts,  # type: ignore[arg-type]
-                sources=[source],
-                id_key=f"bucket:{st.bucket}",
-            )
-        ]
-
+        return principal_finding(
+            self.name,
+            "denial_of_service",
+            event,
+            source,
+            severity="high" if ratio >= 4 * self.min_ratio else "medium",
+            summary=(
+                f"Principal sent {st.count} requests within {self.bucket_seconds:g}s, "
+                f"{ratio:.0f}x its usual {usual:.1f} per bucket."
+            ),
+            evidence={
+                "observed_count": st.count,
+                "window_seconds": self.bucket_seconds,
+                "baseline_per_window": round(usual, 3),
+                "threshold": round(st.limit, 3),
+                "ratio": round(ratio, 2),
+                "baseline_windows": st.n,
+            },
+            atlas=ATLAS_VOLUME,
+            id_key=f"bucket:{st.bucket}",
+        )
 
 
 @state_type("abuse.peer_rate_principal")
@@ -366,37 +359,33 @@ class PeerRateDetector(Detector):
             return None  # in line with the principal's own bursts (at this hour)
         st.start_cooldown(ts, self.cooldown_seconds)
         ratio = st.count / max(m.peer_q, 1.0)
-        return [
-            Finding.build(
-                detector=self.name,
-                kind="denial_of_service",
-                severity="high" if ratio >= 4 * self.peer_ratio else "medium",
-                entity=Entity("principal", event.principal),
-                model_id=model,
-                summary=(
-                    f"Principal sent {st.count} requests within {self.bucket_seconds:g}s, "
-                    f"{ratio:.0f}x what the model's busiest callers send "
-                    f"({self.peer_quantile:.0%} quantile {m.peer_q:g}): throttle or review it."
-                ),
-                evidence={
-                    "observed_count": st.count,
-                    "window_seconds": self.bucket_seconds,
-                    "peer_quantile": self.peer_quantile,
-                    "peer_quantile_count": m.peer_q,
-                    "threshold": round(m.limit, 3),
-                    "ratio": round(ratio, 2),
-                    "peer_windows": len(m.ring),
-                    "own_reference_count": own,
-                    "own_reference_rule": rule,
-                    "own_history_seconds": (bucket - st.first_bucket) * self.bucket_seconds,
-                    "queries_examined": st.count,
-                },
-                atlas=_ATLAS,
-                event_ts=ts,
-                sources=[source],
-                id_key=f"{model}:bucket:{st.bucket}",
-            )
-        ]
+        return principal_finding(
+            self.name,
+            "denial_of_service",
+            event,
+            source,
+            severity="high" if ratio >= 4 * self.peer_ratio else "medium",
+            summary=(
+                f"Principal sent {st.count} requests within {self.bucket_seconds:g}s, "
+                f"{ratio:.0f}x what the model's busiest callers send "
+                f"({self.peer_quantile:.0%} quantile {m.peer_q:g}): throttle or review it."
+            ),
+            evidence={
+                "observed_count": st.count,
+                "window_seconds": self.bucket_seconds,
+                "peer_quantile": self.peer_quantile,
+                "peer_quantile_count": m.peer_q,
+                "threshold": round(m.limit, 3),
+                "ratio": round(ratio, 2),
+                "peer_windows": len(m.ring),
+                "own_reference_count": own,
+                "own_reference_rule": rule,
+                "own_history_seconds": (bucket - st.first_bucket) * self.bucket_seconds,
+                "queries_examined": st.count,
+            },
+            atlas=ATLAS_VOLUME,
+            id_key=f"{model}:bucket:{st.bucket}",
+        )
 
     def stats(self) -> dict[str, float]:
         """Also the calibration sample sizes: closed buckets in the peer rings and
