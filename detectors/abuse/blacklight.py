@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.abuse.calibration import TailCalibration, calibration_evidence, check_calibration
+from detectors.abuse.calibration import CountRule, TailCalibration, calibration_evidence
 from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
@@ -121,18 +121,16 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     ) -> None:
         if quantum <= 0 or not 0 < match_fraction <= 1 or not 1 <= min_flagged <= window:
             raise ValueError("quantum > 0, match_fraction in (0, 1], 1 <= min_flagged <= window")
-        check_calibration(quantile, alpha, calibration_principals)
-        self.quantile = quantile
-        self.alpha = alpha
-        self.calibration_queries = calibration_queries
-        self.calibration_principals = calibration_principals
+        self.count_rule = CountRule(
+            threshold=match_fraction, min_flagged=min_flagged, window=window, quantile=quantile,
+            alpha=alpha, queries=calibration_queries, principals=calibration_principals,
+            low=False,
+        )
         self.calibrations: EntityTable[TailCalibration] = EntityTable(1024)
         self.quantum = quantum
         self.hash_window = hash_window
         self.top_n = top_n
-        self.match_fraction = match_fraction
         self.window = window
-        self.min_flagged = min_flagged
         self.max_index = max_index
         self._setup(
             batch_size=batch_size,
@@ -210,11 +208,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
         assert isinstance(st, _BlacklightState)
         principal = event.principal
         rule = cal.rule
-        limit, need = (
-            (rule.threshold, rule.min_flagged)
-            if rule is not None
-            else (self.match_fraction, self.min_flagged)
-        )
+        limit, need = self.count_rule.current(cal)
         marked = share >= limit
         flags, mask = st.flags, (1 << self.window) - 1
         index, principals, first = owners
@@ -227,13 +221,7 @@ class BlacklightProbingDetector(BatchedQueryDetector):
             flags = ((flags << 1) | m) & mask
         st.flags = flags
         st.examined += self.batch_size
-        if cal.add(
-            principal,
-            share.tolist(),
-            target=self.calibration_queries,
-            min_principals=self.calibration_principals,
-        ):
-            cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=False)
+        self.count_rule.learn(cal, principal, share.tolist())
         flagged = flags.bit_count()
         if flagged < need or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None

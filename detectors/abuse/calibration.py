@@ -55,8 +55,8 @@ import numpy as np
 from detectors.binomial import binomial_critical
 from detectors.state_codec import state_type
 
-__all__ = ["TailCalibration", "TailRule", "calibrate_tail", "calibration_evidence",
-           "check_calibration"]
+__all__ = ["CountRule", "TailCalibration", "TailRule", "calibrate_tail",
+           "calibration_evidence", "check_calibration"]
 
 #: Confidence of the upper bound on the per-query false-alarm rate.
 CONFIDENCE: Final = 0.95
@@ -101,6 +101,53 @@ def check_calibration(quantile: float, alpha: float, principals: int) -> None:
     """Reject calibration params no rule can come from (a config error at start)."""
     if not 0 < quantile < 1 or not 0 < alpha < 1 or principals < 1:
         raise ValueError("quantile and alpha in (0, 1), calibration_principals >= 1")
+
+
+class CountRule:
+    """A probing detector's marking threshold and count-in-window rule, per model.
+
+    The model's calibrated :class:`TailRule` once its :class:`TailCalibration`
+    has one, the fixed ``threshold`` and ``min_flagged`` before. Config only:
+    the per-model calibrations are the detector's state.
+    """
+
+    __slots__ = (
+        "alpha", "low", "min_flagged", "principals", "quantile", "queries", "threshold", "window"
+    )
+
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        min_flagged: int,
+        window: int,
+        quantile: float,
+        alpha: float,
+        queries: int,
+        principals: int,
+        low: bool,
+    ) -> None:
+        check_calibration(quantile, alpha, principals)
+        self.threshold = threshold
+        self.min_flagged = min_flagged
+        self.window = window
+        self.quantile = quantile
+        self.alpha = alpha
+        self.queries = queries
+        self.principals = principals
+        self.low = low
+
+    def current(self, cal: TailCalibration) -> tuple[float, int]:
+        """(marking threshold, marked queries in a window that report) for a model."""
+        rule = cal.rule
+        if rule is None:
+            return self.threshold, self.min_flagged
+        return rule.threshold, rule.min_flagged
+
+    def learn(self, cal: TailCalibration, principal: str, values: Sequence[float]) -> None:
+        """Add ``values`` to the model's sample; recompute its rule when the sample is full."""
+        if cal.add(principal, values, target=self.queries, min_principals=self.principals):
+            cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=self.low)
 
 
 def calibration_evidence(rule: TailRule | None) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from typing import ClassVar
 import numpy as np
 
 from detectors.abuse.calibration import (
+    CountRule,
     TailCalibration,
     TailRule,
     calibration_evidence,
-    check_calibration,
 )
 from detectors.abuse.common import (
     ATLAS_PROBING,
@@ -174,18 +174,15 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
             raise ValueError("need 1 <= k < buffer_size and 1 <= min_flagged <= window")
         if not 0 < min_effect <= 1 or self_batches < 0:
             raise ValueError("min_effect in (0, 1], self_batches >= 0")
-        check_calibration(quantile, alpha, calibration_principals)
+        self.count_rule = CountRule(
+            threshold=distance_ratio, min_flagged=min_flagged, window=window, quantile=quantile,
+            alpha=alpha, queries=calibration_queries, principals=calibration_principals, low=True,
+        )
         self.min_effect = min_effect
         self.self_batches = self_batches
         self.k = k
         self.buffer_size = buffer_size
-        self.distance_ratio = distance_ratio
         self.window = window
-        self.min_flagged = min_flagged
-        self.quantile = quantile
-        self.alpha = alpha
-        self.calibration_queries = calibration_queries
-        self.calibration_principals = calibration_principals
         self.calibrations: EntityTable[TailCalibration] = EntityTable(1024)
         self._setup(
             batch_size=batch_size,
@@ -236,11 +233,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         assert isinstance(st, _KnnState)
         st.examined += len(ratios)
         rule = cal.rule
-        limit, need = (
-            (rule.threshold, rule.min_flagged)
-            if rule is not None
-            else (self.distance_ratio, self.min_flagged)
-        )
+        limit, need = self.count_rule.current(cal)
         typical, own = self._levels(rule, st)
         if not math.isnan(typical):  # the minimum effect size (see the class doc)
             limit = min(limit, self.min_effect * min(typical, own))
@@ -264,13 +257,8 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
         # those marks fewer of the rest (conservative), not more.
         full = ratios[max(self.buffer_size - filled, 0) :]
         full = full[~np.isnan(full)]
-        if full.size and cal.add(
-            event.principal,
-            full.tolist(),
-            target=self.calibration_queries,
-            min_principals=self.calibration_principals,
-        ):
-            cal.finish(q=self.quantile, alpha=self.alpha, window=self.window, low=True)
+        if full.size:
+            self.count_rule.learn(cal, event.principal, full.tolist())
         flagged = flags.bit_count()
         if flagged < need or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
