@@ -1,4 +1,14 @@
-"""Inference-abuse detectors: abusive volume, model extraction, adversarial probing."""
+"""Inference-abuse detectors: abusive volume, model extraction, adversarial probing.
+
+One module per detector: ``volume`` (``volume.principal_rate``,
+``volume.peer_rate``), ``prada`` and ``coverage`` (``extraction.*``), ``knn``,
+``blacklight`` and ``low_confidence`` (``probing.*``). What they share:
+``common`` (batched per-principal judging, cooldown, findings), ``space`` (a
+model's input layout and scale), ``calibration`` (per-model thresholds and
+count rules), ``peers`` (peer baselines across partitions). Their parts:
+``prada_state`` and ``normality`` (PRADA), ``grid``, ``sketch``, ``population``
+and ``novelty`` (coverage), ``fingerprints`` (Blacklight).
+"""
 
 from detectors.abuse.blacklight import BlacklightProbingDetector
 from detectors.abuse.coverage import CoverageExtractionDetector
