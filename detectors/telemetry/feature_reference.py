@@ -19,7 +19,7 @@ from detectors.state_codec import state_type
 from detectors.telemetry.features import FeatureSchema
 from detectors.telemetry.stats import (
     category_codes,
-    normal_isf,
+    mean_shift_margin,
     psi_null_thresholds,
     quantile_edges,
 )
@@ -227,6 +227,6 @@ def _fit_multivariate(
     ref.mv_cap = float(np.quantile(errors, 0.99))
     np.minimum(errors, ref.mv_cap, out=errors)
     mean, sd = float(errors.mean()), float(errors.std())
-    se = sd * np.sqrt(1 / window_rows + 1 / len(errors))
     ref.mv_mean = mean
-    ref.mv_threshold = max(min_error_ratio * mean, mean + normal_isf(alpha) * se)
+    margin = mean_shift_margin(sd, window_rows, len(errors), alpha)
+    ref.mv_threshold = max(min_error_ratio * mean, mean + margin)
