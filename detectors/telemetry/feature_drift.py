@@ -6,6 +6,11 @@ for missing values; Jensen-Shannon distance is reported alongside. A window
 drifts when an effect is both statistically beyond the false-alarm budget and
 at least a minimum size (``min_psi``): a p-value alone would flag every
 feature of a large enough window.
+
+The reference and its calibration are fitted in
+:mod:`~detectors.telemetry.feature_reference`, the caller-mix test is
+:mod:`~detectors.telemetry.caller_mix`, and a finding's evidence is built by
+:mod:`~detectors.telemetry.drift_evidence`; this module holds the detector.
 """
 
 from __future__ import annotations
