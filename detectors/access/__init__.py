@@ -4,9 +4,12 @@ All are ``partition``-scoped: audit events are keyed by the actor and access
 events by the principal, and the daemon co-partitions the two topics, so the
 per-principal state of every detector sees all of that principal's events.
 
-One module per detector, named for what it detects; :mod:`~detectors.access.audit_fields`
-(what event fields mean), :mod:`~detectors.access.baselines` (learnt baselines)
-and :mod:`~detectors.access.pipeline_runs` (run ids) are shared.
+One module per detector, named for what it detects (a large one keeps its
+per-entity state and its findings beside it: ``exfiltration_state``,
+``exfiltration_findings``, ``actor_runs``, ``model_change_findings``);
+:mod:`~detectors.access.audit_fields` (what event fields mean),
+:mod:`~detectors.access.baselines` (learnt baselines) and
+:mod:`~detectors.access.pipeline_runs` (run ids) are shared.
 """
 
 from detectors.access.auth_failures import AuthFailureBurstDetector

@@ -6,9 +6,9 @@ population of principals on the same partition: since partitions hash
 principal ids, that is a random sample of all principals, smaller when there
 are many partitions.
 
-(About 470 lines, over the ~400 of other modules: one detector whose three
-rules (own baseline, peers, low-and-slow daily volume) judge the same window
-state; split, each part would need the others' internals.)
+The per-principal state and its rules' arithmetic are in
+:mod:`~detectors.access.exfiltration_state`, the findings in
+:mod:`~detectors.access.exfiltration_findings`.
 """
 
 from __future__ import annotations
@@ -19,72 +19,20 @@ from typing import ClassVar, Final
 from detectors.access.audit_fields import (
     is_dataset,
     is_model,
-    model_id_of,
     verb_of,
 )
-from detectors.access.baselines import LogBaselines, LogHistogram, WindowedBaseline
+from detectors.access.baselines import LogHistogram
+from detectors.access.exfiltration_findings import PeerView, slow_finding, volume_finding
+from detectors.access.exfiltration_state import ReadWindow
 from detectors.base import Detector
 from detectors.events import AuditEvent, Event
-from detectors.findings import Entity, Finding, Severity, Source
+from detectors.findings import Finding, Source
 from detectors.state import EntityTable
-from detectors.state_codec import state_type
 
 __all__ = ["ExfiltrationDetector"]
 
-_ATLAS_EXFIL: Final = ["AML.T0025"]
-_ATLAS_MODEL_EXFIL: Final = ["AML.T0025", "AML.T0035"]
-#: Distinct resources remembered per window (breadth beyond this is capped).
-_MAX_DISTINCT: Final = 256
-#: Resources remembered per principal as ever read (its breadth).
-_MAX_KNOWN: Final = 1024
 #: Distinct action names memoised (the vocabulary is small; a flood is not memoised).
 _MAX_ACTIONS: Final = 1024
-
-#: (metric, evidence unit) judged per window; the order is the report order.
-_METRICS: Final = ("bytes", "records", "datasets", "models")
-
-
-@state_type("access.exfiltration_window")
-class _Window(WindowedBaseline):
-    __slots__ = (
-        "datasets",
-        "day",
-        "day_base",
-        "day_bytes",
-        "day_flagged",
-        "day_limits",
-        "day_new",
-        "days",
-        "first_ts",
-        "judge",
-        "judge_gen",
-        "known_datasets",
-        "known_models",
-        "models",
-    )
-
-    def __init__(self, window: int, ts: float) -> None:
-        super().__init__()
-        self.first_ts = ts
-        self.init_window(4, window)  # totals: bytes, records, distinct datasets, distinct models
-        self.datasets: set[str] = set()
-        self.models: set[str] = set()
-        #: The limits the window in progress is judged against (own history,
-        #: peers, population floor, breadth), and the peer generation they used.
-        self.judge = [math.inf, math.inf, math.inf, math.inf]
-        self.judge_gen = -1
-        #: Low and slow: this UTC day's bytes and never-read datasets, the
-        #: baseline of daily bytes over active days, and today's limits.
-        self.day = int(ts // 86400)
-        self.day_bytes = 0
-        self.day_flagged = False  # a finding today already tells this day's story
-        self.day_new: set[str] = set()
-        self.day_base = LogBaselines(1)
-        self.days = 0
-        self.day_limits = (math.inf, math.inf)
-        #: Everything it ever read (capped): its breadth, and what "never read" means.
-        self.known_datasets: set[str] = set()
-        self.known_models: set[str] = set()
 
 
 class ExfiltrationDetector(Detector):
@@ -206,9 +154,9 @@ class ExfiltrationDetector(Detector):
         self.peer_limits = [math.inf, math.inf, math.inf, math.inf]
         self.closes = 0
         self._is_read: dict[str, bool] = {}  # action -> is a read (memo)
-        self.table: EntityTable[_Window] = EntityTable(max_principals)
+        self.table: EntityTable[ReadWindow] = EntityTable(max_principals)
 
-    def _close(self, st: _Window, window: int) -> None:
+    def _close(self, st: ReadWindow, window: int) -> None:
         """Fold a finished window with reads into the baselines; refresh limits."""
         totals = st.totals
         if st.close_window(window, self.alpha, self.warmup_windows, self.z_threshold,
@@ -233,38 +181,12 @@ class ExfiltrationDetector(Detector):
                     for pq, f in zip(self.peer_floor, self.floors, strict=True)
                 ]
                 self.peer_gen += 1
-            for ds in st.datasets:
-                if len(st.known_datasets) >= _MAX_KNOWN:
-                    break
-                st.known_datasets.add(ds)
-            for m in st.models:
-                if len(st.known_models) >= _MAX_KNOWN:
-                    break
-                st.known_models.add(m)
-        day = int(window * self.window_seconds // 86400)
-        if day != st.day:
-            if st.day_bytes:
-                st.days += 1
-                st.day_base.update([st.day_bytes], self.alpha, self.warmup_windows,
-                                   self.z_threshold, self.slow_ratio, (0.0,))
-                # What today must both exceed: a multiple of the usual day's
-                # volume, and a count of never-read datasets relative to the
-                # principal's breadth (a stable reader touches few new ones).
-                # Until slow_min_days are seen, breadth is still being
-                # discovered (a first partial day knows few datasets): no rule.
-                st.day_limits = (
-                    self.slow_ratio * max(st.day_base.usual(0), 1.0)
-                    if st.days >= self.slow_min_days
-                    else math.inf,
-                    max(float(self.slow_min_new), self.breadth_factor * len(st.known_datasets)),
-                )
-            st.day = day
-            st.day_flagged = False
-            st.day_bytes = 0
-            st.day_new = set()
-        st.judge_gen = -1
-        st.datasets = set()
-        st.models = set()
+            st.remember_breadth()
+        st.roll_day(int(window * self.window_seconds // 86400), alpha=self.alpha,
+                    warmup=self.warmup_windows, z=self.z_threshold, slow_ratio=self.slow_ratio,
+                    slow_min_days=self.slow_min_days, slow_min_new=self.slow_min_new,
+                    breadth_factor=self.breadth_factor)
+        st.next_window()
 
     def process(self, event: Event, source: Source) -> list[Finding] | None:
         assert isinstance(event, AuditEvent)
@@ -280,38 +202,25 @@ class ExfiltrationDetector(Detector):
             return None
         ts: float = event.ts  # type: ignore[assignment]
         window = int(ts // self.window_seconds)
-        st = self.table.touch(event.actor, lambda: _Window(window, ts))
+        st = self.table.touch(event.actor, lambda: ReadWindow(window, ts))
         if window != st.window:
             self._close(st, window)
-        totals = st.totals
-        nbytes = event.bytes or 0
-        totals[0] += nbytes
-        totals[1] += event.records or 0
-        st.day_bytes += nbytes
         resource = event.resource
-        if is_model(resource, event.resource_type):
-            models = st.models
-            if resource not in models and len(models) < _MAX_DISTINCT:
-                models.add(resource)
-                totals[3] = len(models)
-        elif is_dataset(resource, event.resource_type):
-            datasets = st.datasets
-            if resource not in datasets and len(datasets) < _MAX_DISTINCT:
-                datasets.add(resource)
-                totals[2] = len(datasets)
-                if resource not in st.known_datasets and len(st.day_new) < _MAX_DISTINCT:
-                    st.day_new.add(resource)
+        model = resource if is_model(resource, event.resource_type) else None
+        dataset = resource if model is None and is_dataset(resource, event.resource_type) else None
+        st.count(event.bytes or 0, event.records or 0, model, dataset)
         if st.cooling_down(ts):
             return None
-        if (
-            st.day_bytes > st.day_limits[0]
-            and len(st.day_new) >= st.day_limits[1]
-            and not st.day_flagged
-        ):
-            return self._slow_finding(event, source, st, ts)
+        if st.slow_day():
+            st.start_cooldown(ts, self.cooldown_seconds)
+            st.day_flagged = True
+            return [slow_finding(self.name, event, source, st, ts)]
         if st.judge_gen != self.peer_gen:
-            self._derive(st)
-        limits = st.judge
+            st.derive(self.peer_gen, self.peer_floor, self.peer_limits,
+                      warmup=self.warmup_windows, own_min=self.own_min_windows,
+                      short_peer_factor=self.short_peer_factor,
+                      breadth_factor=self.breadth_factor)
+        totals, limits = st.totals, st.judge
         if (
             totals[0] > limits[0]
             or totals[1] > limits[1]
@@ -319,150 +228,23 @@ class ExfiltrationDetector(Detector):
             or totals[3] > limits[3]
         ):
             warm = st.windows >= self.warmup_windows
-            # Without a full history, one big read of one resource is how a
-            # heavy user's day looks as often as a theft: the volume must then
-            # clear single_factor times the limit; spread over several, not.
-            single = not warm and totals[2] + totals[3] < 2
-            for i in range(4):
-                if totals[i] > limits[i] and not (
-                    single and i < 2 and totals[i] <= self.single_factor * limits[i]
-                ):
-                    return self._finding(event, source, st, i, warm, ts)
+            i = st.over_limit(warm, self.single_factor)
+            if i is not None:
+                return [self._finding(event, source, st, i, warm, ts)]
         return None
 
-    def _slow_finding(
-        self, event: AuditEvent, source: Source, st: _Window, ts: float
-    ) -> list[Finding]:
-        st.start_cooldown(ts, self.cooldown_seconds)
-        st.day_flagged = True
-        usual = st.day_base.usual(0)
-        new = len(st.day_new)
-        return [
-            Finding.build(
-                detector=self.name,
-                kind="exfiltration",
-                severity="medium",
-                entity=Entity("principal", event.actor),
-                model_id=None,
-                summary=(
-                    f"Principal {event.actor} read {st.day_bytes:,} bytes today, "
-                    f"{st.day_bytes / max(usual, 1.0):.1f}x its usual day of {usual:,.0f}, "
-                    f"across {new} datasets it never read before (it had read "
-                    f"{len(st.known_datasets)})."
-                ),
-                evidence={
-                    "rule": "low_and_slow",
-                    "metric": "daily_bytes",
-                    "observed": st.day_bytes,
-                    "day_start": st.day * 86400,
-                    "baseline_usual": round(usual, 3),
-                    "baseline_days": st.days,
-                    "threshold": round(st.day_limits[0], 3),
-                    "ratio_to_usual": round(st.day_bytes / max(usual, 1.0), 2),
-                    "never_read_datasets": new,
-                    "never_read_threshold": st.day_limits[1],
-                    "known_breadth": len(st.known_datasets),
-                    "last_resource": event.resource,
-                },
-                atlas=_ATLAS_EXFIL,
-                event_ts=ts,
-                sources=[source],
-                id_key=f"day:{st.day}",
-            )
-        ]
-
-    def _derive(self, st: _Window) -> None:
-        """The limits a principal's window is judged against (once per window/peer refresh).
-
-        With some history of its own, its own limits, never below the
-        population's quantile (a short history needs the population; a full
-        one is judged without while the population is too small) nor, for
-        breadth, ``breadth_factor`` times what it has ever touched; with no
-        history, ``peer_factor`` times the population.
-        """
-        st.judge_gen = self.peer_gen
-        if st.windows >= self.warmup_windows:
-            # A long history of its own stands even without a population yet.
-            judge = [
-                max(own, pop if pop < math.inf else 0.0)
-                for own, pop in zip(st.limits, self.peer_floor, strict=True)
-            ]
-        elif st.windows >= self.own_min_windows:
-            # A few windows say little about a principal's range (an engineer's
-            # first model download dwarfs its first reads): a margin over peers.
-            f = self.short_peer_factor
-            judge = [max(own, f * pop) for own, pop in zip(st.limits, self.peer_floor, strict=True)]
-        else:
-            judge = list(self.peer_limits)
-        f = self.breadth_factor
-        judge[2] = max(judge[2], f * len(st.known_datasets))
-        judge[3] = max(judge[3], f * len(st.known_models))
-        st.judge = judge
-
     def _finding(
-        self, event: AuditEvent, source: Source, st: _Window, i: int, warm: bool, ts: float
-    ) -> list[Finding]:
+        self, event: AuditEvent, source: Source, st: ReadWindow, i: int, warm: bool, ts: float
+    ) -> Finding:
         st.start_cooldown(ts, self.cooldown_seconds)
         st.day_flagged = True
-        metric = _METRICS[i]
-        observed = st.totals[i]
-        usual = st.base.usual(i)
-        peer_q = self.peers[i].quantile(self.peer_quantile)
-        above_peers = observed > self.peer_limits[i]
-        ratio = observed / max(usual, 1.0)
-        severity: Severity = "high" if above_peers and (not warm or ratio >= 50) else "medium"
-        what = {
-            "bytes": "bytes read",
-            "records": "records read",
-            "datasets": "distinct datasets read",
-            "models": "distinct model versions downloaded",
-        }[metric]
-        if warm:
-            versus = f"{ratio:.0f}x its usual {usual:,.0f} per active window"
-        elif st.windows >= self.own_min_windows:
-            versus = (
-                f"{ratio:.0f}x its usual {usual:,.0f} over its first {st.windows} active "
-                f"windows, and above the peers' p{self.peer_quantile * 100:g} of {peer_q:,.0f}"
-            )
-        else:
-            versus = (
-                f"with no history of its own, above {self.peer_factor:g}x "
-                f"the peers' p{self.peer_quantile * 100:g} of {peer_q:,.0f}"
-            )
-        model_id = model_id_of(event.resource) if i == 3 else None
-        return [
-            Finding.build(
-                detector=self.name,
-                kind="exfiltration",
-                severity=severity,
-                entity=Entity("principal", event.actor),
-                model_id=model_id,
-                summary=(
-                    f"Principal {event.actor} reached {observed:,} {what} within "
-                    f"{self.window_seconds / 3600:g}h, {versus}."
-                ),
-                evidence={
-                    "metric": metric,
-                    "observed": observed,
-                    "window_seconds": self.window_seconds,
-                    "window_start": st.window * self.window_seconds,
-                    "baseline_usual": round(usual, 3),
-                    "baseline_spread_log": round(st.base.sd(i), 4),
-                    "baseline_windows": st.windows,
-                    "threshold": round(st.judge[i], 3),
-                    "own_threshold": round(st.limits[i], 3),
-                    "population_floor": self.peer_floor[i],
-                    "known_breadth": len(st.known_models if i == 3 else st.known_datasets),
-                    "ratio_to_usual": round(ratio, 2),
-                    "peer_quantile": self.peer_quantile,
-                    "peer_value": peer_q,
-                    "above_peers": above_peers,
-                    "totals": dict(zip(_METRICS, st.totals, strict=True)),
-                    "last_resource": event.resource,
-                },
-                atlas=_ATLAS_MODEL_EXFIL if i == 3 else _ATLAS_EXFIL,
-                event_ts=ts,
-                sources=[source],
-                id_key=f"window:{st.window}",
-            )
-        ]
+        peer = PeerView(
+            quantile=self.peer_quantile,
+            value=self.peers[i].quantile(self.peer_quantile),
+            floor=self.peer_floor[i],
+            limit=self.peer_limits[i],
+            factor=self.peer_factor,
+        )
+        return volume_finding(self.name, event, source, st, i, warm=warm,
+                              own_min_windows=self.own_min_windows,
+                              window_seconds=self.window_seconds, peer=peer, ts=ts)

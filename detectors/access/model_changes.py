@@ -9,43 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import ClassVar, Final
+from typing import ClassVar
 
-from detectors.access.audit_fields import (
-    is_model,
-    model_id_of,
-)
-from detectors.access.pipeline_runs import MAX_RUN_IDS as _MAX_RUN_IDS
-from detectors.access.pipeline_runs import RUN_END as _RUN_END
-from detectors.access.pipeline_runs import attr as _attr
-from detectors.access.pipeline_runs import run_id as _run_id
+from detectors.access.actor_runs import ActorRuns
+from detectors.access.audit_fields import is_model, model_id_of
+from detectors.access.model_change_findings import model_change_finding
+from detectors.access.pipeline_runs import RUN_END, attr
+from detectors.access.pipeline_runs import run_id as run_id_of
 from detectors.base import Detector
-from detectors.context import (
-    ContextReader,
-    PipelineRun,
-    run_verdict,
-)
+from detectors.context import ContextReader, PipelineRun, run_verdict
 from detectors.events import AuditEvent, Event
-from detectors.findings import Entity, Finding, Severity, Source
+from detectors.findings import Finding, Source
 from detectors.state import EntityTable
-from detectors.state_codec import state_type
 
 __all__ = ["ModelChangeOutsidePipelineDetector"]
-
-_ATLAS_MODEL: Final = ["AML.T0018.000"]
-
-
-@state_type("access.model_change_runs")
-class _Runs:
-    __slots__ = ("cooldown", "end", "first_run_ts", "run_ids", "runs_started", "start")
-
-    def __init__(self) -> None:
-        self.start = -math.inf
-        self.end = -math.inf
-        self.run_ids: list[str] = []
-        self.cooldown: dict[str, float] = {}
-        self.runs_started = 0
-        self.first_run_ts = math.inf
 
 
 class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
@@ -130,7 +107,7 @@ class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
         self.max_held = max_held
         self.change_actions = frozenset(change_actions)
         self.run_actions = frozenset(run_actions)
-        self.table: EntityTable[_Runs] = EntityTable(max_principals)
+        self.table: EntityTable[ActorRuns] = EntityTable(max_principals)
         self.first_ts: float | None = None
         self.clock = -math.inf
         #: Changes waiting for their run's record: (event, source, judge at).
@@ -159,37 +136,24 @@ class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
         return found or None
 
     def _run_event(self, event: AuditEvent, ts: float) -> None:
-        st = self.table.touch(event.actor, _Runs)
-        status = (_attr(event.attributes, ("status", "phase", "state")) or "start").lower()
-        run_id = _run_id(event.attributes)
+        st = self.table.touch(event.actor, ActorRuns)
+        status = (attr(event.attributes, ("status", "phase", "state")) or "start").lower()
+        run_id = run_id_of(event.attributes)
         context = self._context
-        if status in _RUN_END:
+        if status in RUN_END:
             st.end = max(st.end, ts)
             if run_id is not None:
                 known = context.get_run(run_id)
                 if known is not None and known.orchestrator == event.actor:
                     context.put_run(replace(known, end_ts=ts))
             return
-        if ts > st.start:
-            st.start = ts
-        prior = st.runs_started
-        st.runs_started += 1
-        st.first_run_ts = min(st.first_run_ts, ts)
+        prior = st.started(ts, run_id)
         if run_id is not None:
-            if run_id not in st.run_ids:
-                st.run_ids = [*st.run_ids[-(_MAX_RUN_IDS - 1) :], run_id]
             assert self.first_ts is not None
             context.put_run(PipelineRun(
                 run_id=run_id, orchestrator=event.actor, pipeline=event.resource,
                 start_ts=ts, end_ts=None, prior_runs=prior,
                 orchestrator_first_ts=st.first_run_ts, watch_start_ts=self.first_ts))
-
-    def _own_run(self, st: _Runs, run_id: str | None, ts: float) -> bool:
-        if run_id is not None and run_id in st.run_ids:
-            return True
-        in_window = st.start <= ts <= st.start + self.run_window_seconds
-        ended = st.end >= st.start and ts > st.end + self.end_grace_seconds
-        return in_window and not ended
 
     def _judge_run(self, run: PipelineRun, ts: float) -> str | None:
         """None if the change fits the run; else the rule it breaks."""
@@ -200,9 +164,9 @@ class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
     def _change(
         self, event: AuditEvent, source: Source, ts: float, found: list[Finding], may_hold: bool
     ) -> None:
-        st = self.table.touch(event.actor, _Runs)
-        run_id = _run_id(event.attributes)
-        if self._own_run(st, run_id, ts):
+        st = self.table.touch(event.actor, ActorRuns)
+        run_id = run_id_of(event.attributes)
+        if st.own_run(run_id, ts, self.run_window_seconds, self.end_grace_seconds):
             return
         run: PipelineRun | None = None
         if run_id is None:
@@ -223,84 +187,20 @@ class ModelChangeOutsidePipelineDetector(ContextReader, Detector):
                 if verdict is None:
                     return
                 rule = verdict
-        finding = self._finding(event, source, st, ts, run_id, run, rule)
-        if finding is not None:
-            found.append(finding)
+        model = model_id_of(event.resource) or event.resource
+        if st.report_allowed(model, ts, self.cooldown_seconds):
+            found.append(model_change_finding(
+                self.name, event, source, st, ts, run_id=run_id, run=run, rule=rule,
+                run_window_seconds=self.run_window_seconds))
 
     def _release(self, found: list[Finding]) -> None:
         """Judge held changes whose run is now known or whose hold is over."""
         waiting: list[tuple[AuditEvent, Source, float]] = []
         for event, source, due in self.held:
-            run_id = _run_id(event.attributes)
+            run_id = run_id_of(event.attributes)
             run = self._context.get_run(run_id) if run_id is not None else None
             if (run is not None and run.start_ts is not None) or due <= self.clock:
                 self._change(event, source, event.ts, found, may_hold=False)  # type: ignore[arg-type]
             else:
                 waiting.append((event, source, due))
         self.held = waiting
-
-    def _finding(
-        self,
-        event: AuditEvent,
-        source: Source,
-        st: _Runs,
-        ts: float,
-        run_id: str | None,
-        run: PipelineRun | None,
-        rule: str,
-    ) -> Finding | None:
-        action = event.action
-        model = model_id_of(event.resource) or event.resource
-        if ts < st.cooldown.get(model, -math.inf):
-            return None
-        if len(st.cooldown) >= _MAX_RUN_IDS:
-            st.cooldown = {m: t for m, t in st.cooldown.items() if t > ts}
-        st.cooldown[model] = ts + self.cooldown_seconds
-        in_place = action == "model.update"
-        severity: Severity = "critical" if in_place else "high"
-        since = ts - st.start if st.start > -math.inf else None
-        if rule == "unknown_run":
-            context = f"run id {run_id!r} was started by no pipeline run seen"
-        elif rule == "unknown_orchestrator" and run is not None:
-            context = (f"run {run_id!r} was started by {run.orchestrator}, which had started "
-                       f"only {run.prior_runs} runs before")
-        elif rule == "outside_run" and run is not None:
-            context = f"it falls outside run {run_id!r} of {run.orchestrator}"
-        elif since is None:
-            context = "and has never run a pipeline"
-        elif st.end >= st.start:
-            context = f"but its last pipeline run ended {(ts - st.end) / 60:.0f} min earlier"
-        else:
-            context = f"but its last pipeline run started {since / 3600:.1f}h earlier"
-        return Finding.build(
-            detector=self.name,
-            kind="model_tampering",
-            severity=severity,
-            entity=Entity("principal", event.actor),
-            model_id=model_id_of(event.resource),
-            summary=(
-                f"Principal {event.actor} ran {action} on {event.resource} outside any "
-                f"pipeline run ({context}; runs are trusted for "
-                f"{self.run_window_seconds / 3600:g}h)."
-            ),
-            evidence={
-                "rule": rule,
-                "action": action,
-                "resource": event.resource,
-                "run_id": run_id,
-                "run_orchestrator": None if run is None else run.orchestrator,
-                "run_start_ts": None if run is None else run.start_ts,
-                "run_end_ts": None if run is None else run.end_ts,
-                "last_run_start_age_seconds": None if since is None else round(since, 1),
-                "last_run_ended": st.end >= st.start > -math.inf,
-                "run_window_seconds": self.run_window_seconds,
-                "known_run_ids": len(st.run_ids),
-                "in_place_update": in_place,
-                "bytes": event.bytes,
-                "source_ip": event.source_ip,
-                "user_agent": event.user_agent,
-            },
-            atlas=_ATLAS_MODEL,
-            event_ts=ts,
-            sources=[source],
-        )

@@ -17,7 +17,7 @@ from detectors.events import InferenceEvent
 from detectors.findings import Finding, Severity, Source
 from detectors.state_codec import state_type
 from detectors.telemetry.features import attribute, scope_phrase
-from detectors.telemetry.stats import alpha_per_evaluation, margin_entropy, normal_isf
+from detectors.telemetry.stats import alpha_per_evaluation, margin_entropy, mean_shift_margin
 from detectors.telemetry.window import (
     ATLAS_EVASION,
     Block,
@@ -133,9 +133,9 @@ class ConfidenceDropDetector(WindowedModelDetector):
         ref.low_share = float(np.mean(conf < ref.low_cut))
         ref.margin = sum(b.data[1] for b in blocks) / n_probs if n_probs else None
         ref.entropy = sum(b.data[2] for b in blocks) / n_probs if n_probs else None
-        z = normal_isf(alpha_per_evaluation(self.step, st.params["ert"]))
-        se = ref.sd * np.sqrt(1 / self.window_rows + 1 / ref.n)
-        ref.threshold = max(st.params["min_drop"], z * float(se))
+        alpha = alpha_per_evaluation(self.step, st.params["ert"])
+        margin = mean_shift_margin(ref.sd, self.window_rows, ref.n, alpha)
+        ref.threshold = max(st.params["min_drop"], margin)
         return ref
 
     def evaluate(

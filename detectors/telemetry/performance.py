@@ -31,6 +31,7 @@ from detectors.telemetry.stats import (
     alpha_per_evaluation,
     apply_isotonic,
     fit_isotonic,
+    mean_shift_margin,
     normal_isf,
 )
 from detectors.telemetry.window import (
@@ -221,9 +222,9 @@ class PerformanceEstimateDetector(WindowedModelDetector):
         expected = conf if ref.isotonic is None else apply_isotonic(ref.isotonic, conf)
         ref.estimate = float(expected.mean())
         ref.sd = float(expected.std())
-        z = normal_isf(alpha_per_evaluation(self.step, st.params["ert"]))
-        se = ref.sd * np.sqrt(1 / self.window_rows + 1 / ref.n)
-        ref.threshold = max(st.params["min_drop"], z * float(se))
+        alpha = alpha_per_evaluation(self.step, st.params["ert"])
+        margin = mean_shift_margin(ref.sd, self.window_rows, ref.n, alpha)
+        ref.threshold = max(st.params["min_drop"], margin)
         return ref
 
     def evaluate(

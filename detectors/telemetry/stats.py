@@ -29,6 +29,7 @@ __all__ = [
     "gamma_tail",
     "js_distance",
     "margin_entropy",
+    "mean_shift_margin",
     "normal_isf",
     "psi",
     "psi_null_thresholds",
@@ -52,6 +53,19 @@ def alpha_per_evaluation(step: int, ert: float) -> float:
 def normal_isf(alpha: float) -> float:
     """z such that P(Z > z) = alpha for a standard normal Z."""
     return float(_st.norm.isf(alpha))
+
+
+def mean_shift_margin(sd: float, window: int, reference: int, alpha: float) -> float:
+    """How far a window's mean may stray from the reference's on a stationary stream.
+
+    One-sided normal test, at false-positive rate ``alpha``, of the difference
+    of the means of ``window`` and ``reference`` values of spread ``sd``: the
+    one threshold of the telemetry detectors' mean-shift baselines.
+
+    >>> round(mean_shift_margin(1.0, 100, 100, 0.025), 3)
+    0.277
+    """
+    return normal_isf(alpha) * float(sd * np.sqrt(1 / window + 1 / reference))
 
 
 def psi(p_ref: np.ndarray, p_win: np.ndarray) -> np.ndarray:

@@ -35,20 +35,19 @@ from __future__ import annotations
 
 import abc
 import zlib
-from collections import deque
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import numpy as np
 
 from detectors.base import Detector, EventErrorSink
-from detectors.events import BadEvent, Event, InferenceEvent, decode_event
+from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.limits import FEATURE_LIMIT
 from detectors.state import EntityTable
-from detectors.state_codec import state_type
 from detectors.telemetry.features import plain
+from detectors.telemetry.model_state import Block, ModelState
+from detectors.telemetry.reference_file import load_reference_file, model_key
 
 __all__ = [
     "FEATURE_LIMIT",
@@ -60,96 +59,33 @@ __all__ = [
 
 #: ATLAS ids when a change comes from one caller's traffic (evasion, crafted input).
 ATLAS_EVASION: Final = ["AML.T0015", "AML.T0043"]
-#: A reference file model needs at least this many events.
-MIN_FILE_REFERENCE: Final = 100
 
 
-def model_key(model_id: str, version: str | None) -> str:
-    return f"{model_id}@{version}" if version is not None else model_id
+def check_window(reference_size: int, window: int, step: int, ert: float,
+                 sample_every: int) -> None:
+    """Raise ValueError unless the window settings make sense together."""
+    if step < 1 or window < step or window % step:
+        raise ValueError("step must be >= 1 and window a multiple of step")
+    if reference_size < 2 * step:
+        raise ValueError("reference_size must be at least 2 * step")
+    if sample_every < 1 or sample_every > step:
+        raise ValueError("sample_every must be between 1 and step")
+    if ert <= step:
+        raise ValueError("ert (expected events between false alarms) must exceed step")
 
 
-@state_type("telemetry.block")
-class Block:
-    """Summary of ``step`` consecutive events of one model (detector-specific payload)."""
-
-    __slots__ = ("data", "n", "principals")
-
-    def __init__(self, n: int, principals: list[str], data: Any) -> None:
-        self.n = n
-        self.principals = principals
-        self.data = data
-
-
-@state_type("telemetry.model_state")
-class ModelState:
-    """Everything a detector keeps about one model version."""
-
-    __slots__ = (
-        "blocks",
-        "calm",
-        "evaluations",
-        "extra",
-        "first_source",
-        "incident",
-        "items",
-        "key",
-        "model_id",
-        "params",
-        "ref",
-        "ref_blocks",
-        "seen",
-        "version",
-        "window_sources",
-    )
-
-    def __init__(self, model_id: str, version: str | None, params: dict[str, float]) -> None:
-        self.model_id = model_id
-        self.version = version
-        self.key = model_key(model_id, version)
-        self.params = params
-        self.items: list[InferenceEvent] = []
-        self.first_source: Source | None = None
-        self.window_sources: deque[Source] = deque()
-        self.ref_blocks: list[Block] = []
-        self.ref: Any = None
-        self.blocks: deque[Block] = deque()
-        self.seen = 0
-        self.evaluations = 0
-        self.incident = False
-        self.calm = 0
-        self.extra: Any = None
-
-
-def load_reference_file(path: str, limit: int) -> dict[str, list[InferenceEvent]]:
-    """Inference events of a JSON Lines file grouped by model key (first ``limit`` each).
-
-    Raises ValueError naming the file and line on any problem.
-    """
-    try:
-        text = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"reference_path {path!r}: cannot read: {exc.strerror}") from None
-    grouped: dict[str, list[InferenceEvent]] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            event = decode_event(line, "inference")
-        except BadEvent as exc:
-            raise ValueError(f"reference_path {path!r} line {lineno}: {exc}") from None
-        assert isinstance(event, InferenceEvent)
-        events = grouped.setdefault(model_key(event.model_id, event.model_version), [])
-        if len(events) < limit:
-            events.append(event)
-    if not grouped:
-        raise ValueError(f"reference_path {path!r}: no inference events")
-    for key, events in grouped.items():
-        if len(events) < MIN_FILE_REFERENCE:
+def checked_overrides(
+    overrides: Mapping[str, Mapping[str, float]] | None, allowed: tuple[str, ...]
+) -> dict[str, dict[str, float]]:
+    """Per-model threshold overrides as plain dicts; ValueError on an unknown parameter."""
+    out = {m: dict(p) for m, p in (overrides or {}).items()}
+    for model, params in out.items():
+        unknown = set(params) - set(allowed)
+        if unknown:
             raise ValueError(
-                f"reference_path {path!r}: model {key!r} has {len(events)} events, "
-                f"at least {MIN_FILE_REFERENCE} are needed"
+                f"overrides[{model!r}]: unknown {sorted(unknown)}; allowed: {allowed}"
             )
-    return grouped
+    return out
 
 
 class WindowedModelDetector(Detector):
@@ -181,14 +117,7 @@ class WindowedModelDetector(Detector):
         overrides: Mapping[str, Mapping[str, float]] | None,
         seed: int,
     ) -> None:
-        if step < 1 or window < step or window % step:
-            raise ValueError("step must be >= 1 and window a multiple of step")
-        if reference_size < 2 * step:
-            raise ValueError("reference_size must be at least 2 * step")
-        if sample_every < 1 or sample_every > step:
-            raise ValueError("sample_every must be between 1 and step")
-        if ert <= step:
-            raise ValueError("ert (expected events between false alarms) must exceed step")
+        check_window(reference_size, window, step, ert, sample_every)
         self.reference_size = reference_size
         self.window = window
         self.sample_every = sample_every
@@ -197,13 +126,7 @@ class WindowedModelDetector(Detector):
         self.step = step
         self.ert = ert
         self.seed = seed
-        self.overrides = {m: dict(p) for m, p in (overrides or {}).items()}
-        for model, params in self.overrides.items():
-            unknown = set(params) - set(self.overridable)
-            if unknown:
-                raise ValueError(
-                    f"overrides[{model!r}]: unknown {sorted(unknown)}; allowed: {self.overridable}"
-                )
+        self.overrides = checked_overrides(overrides, self.overridable)
         self.table: EntityTable[ModelState] = EntityTable(max_models)
         #: model_id -> its most recently used state (any version): the hot path.
         self._hot: dict[str, ModelState] = {}
@@ -220,21 +143,7 @@ class WindowedModelDetector(Detector):
     # -- per event -----------------------------------------------------------------
 
     def process(self, event: Event, source: Source) -> list[Finding] | None:
-        if type(event) is not InferenceEvent:
-            return None
-        # Hot path: a plain dict lookup; the LRU table is touched once per block.
-        st = self._hot.get(event.model_id)
-        if st is None or st.version != event.model_version:
-            st = self._state_of(event)
-        if self.needs_confidence and event.confidence is None:
-            return None
-        items = st.items
-        if not items:
-            st.first_source = source
-        items.append(event)
-        if len(items) < self.step:
-            return None
-        return self._close_block(st, event, source)
+        return self.process_batch(((event, source),)) or None
 
     def process_batch(
         self, items: Sequence[tuple[Event, Source]], on_error: EventErrorSink | None = None
@@ -321,39 +230,18 @@ class WindowedModelDetector(Detector):
         self.table.touch(st.key, lambda: st)  # LRU recency, once per block
         block = self._make_block(st, events)
         if st.ref is None:
-            st.ref_blocks.append(block)
-            if st.seen >= self.reference_size:
-                blocks, st.ref_blocks = st.ref_blocks, []
-                try:
-                    st.ref = self.fit_reference(st, blocks)
-                except Exception:
-                    # The model's state is left as before its reference began, so
-                    # the next fit learns from new events, never these rows again.
-                    st.seen, st.extra = 0, None
-                    self.fit_failures += 1
-                    raise
+            try:
+                st.learn(block, self.reference_size, self.fit_reference)
+            except Exception:
+                self.fit_failures += 1
+                raise
             return None
         k = self.window // self.step
-        st.blocks.append(block)
-        st.window_sources.append(st.first_source or source)
-        if len(st.blocks) > k:
-            st.blocks.popleft()
-            st.window_sources.popleft()
-        if len(st.blocks) < k:
+        if not st.slide(block, source, k):
             return None
         st.evaluations += 1
         finding = self.evaluate(st, list(st.blocks), event, source)
-        if finding is None:
-            if st.incident:
-                st.calm += 1
-                if st.calm >= k:
-                    st.incident = False
-            return None
-        st.calm = 0
-        if st.incident:
-            return None
-        st.incident = True
-        return [finding]
+        return [finding] if st.settle(finding is not None, k) and finding is not None else None
 
     # -- for subclasses --------------------------------------------------------------
 
