@@ -13,7 +13,7 @@ the audit trail (StreamAlert's outputs registry). :meth:`ActionType.preview`
 is what a dry run records instead.
 
 Privacy: Slack, webhook, OCSF and PagerDuty actions only ever see the
-*outside* view of a finding (:func:`playbooks.render.outside_view`: pseudonyms
+*outside* view of a finding (:func:`playbooks.outside.outside_view`: pseudonyms
 for principals and IPs when enabled, a masked summary, statistics-only
 evidence). The kafka action talks to the team's own enforcement points, which
 need the real principal to block it, so its messages carry real ids (like the

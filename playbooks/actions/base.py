@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from detectors.findings import Finding, rfc3339
 from playbooks.config import Duration
+from playbooks.outside import outside_view
 from playbooks.privacy import Pseudonymizer
-from playbooks.render import outside_view
 from playbooks.slack_post import SlackPoster
 
 Phase: TypeAlias = Literal[

@@ -10,8 +10,8 @@ from pydantic import Field, field_validator
 from detectors.findings import rfc3339
 from playbooks.actions.base import ActionCall, ActionRuntime, ActionType, Params, UserPhase
 from playbooks.outcomes import PermanentFailure
-from playbooks.render import (
-    SlackMessage,
+from playbooks.render import SlackMessage
+from playbooks.slack_messages import (
     render_alert,
     render_approval,
     render_decision,
