@@ -31,7 +31,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from daemon.integrity import MAC_HEADER, RejectHook, header, record_mac, verify_mac
 from daemon.kafka_io import client_config, new_producer
-from daemon.settings import KafkaSettings
+from daemon.sections_kafka import KafkaSettings
 from detectors.context import InMemoryContextTable, PipelineRun, run_from_dict, run_to_dict
 
 __all__ = ["KafkaContextTable", "context_mac_context"]
