@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(f"config error: {line}", file=sys.stderr)
         return 2
-    from playbooks.outbox import UnsafeStateFile
+    from playbooks.state_files import UnsafeStateFile
 
     try:
         daemon = Daemon(settings, alerter=response, metrics=metrics, stopping=stopping)
@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from playbooks.outbox import UnsafeStateFile, private_dir
+    from playbooks.state_files import UnsafeStateFile, private_dir
 
     settings = load_config(args.config)
     if settings.state.dir:
