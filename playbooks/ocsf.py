@@ -45,7 +45,6 @@ True
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 from collections.abc import Iterable
 from importlib import metadata as _metadata
@@ -53,6 +52,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from detectors.events import parse_ts
 from detectors.findings import Finding
 from playbooks.outside import outside_view
 
@@ -90,7 +90,7 @@ def _product_version() -> str:
 
 
 def _millis(rfc3339: str) -> int:
-    return round(_dt.datetime.fromisoformat(rfc3339).timestamp() * 1000)
+    return round(parse_ts(rfc3339) * 1000)
 
 
 def _attack(atlas_id: str) -> dict[str, Any]:
