@@ -22,8 +22,8 @@ is short and never spans network I/O. ``synchronous=NORMAL`` in WAL mode
 survives a process crash (not a power cut) without an fsync per commit.
 
 The file decides which actions run, so nobody else may write it: it lives in a
-directory only this user can write, is created owner-only with ``O_EXCL |
-O_NOFOLLOW`` and checked on every open; anything else is refused with
+directory only this user can write, is created owner-only with
+``O_EXCL | O_NOFOLLOW`` and checked on every open; anything else is refused with
 :class:`UnsafeStateFile` (:mod:`playbooks.state_files`). ``Outbox(MEMORY)``
 keeps it in memory instead (not durable). A transaction that cannot start
 within its wait (another process holds the write lock) or cannot be written
