@@ -40,10 +40,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
 
     from daemon.logs import configure_logging
-    from daemon.metrics import Metrics, StatusPortInUse
+    from daemon.metrics import Metrics
     from daemon.response import build_response
     from daemon.runtime import Daemon, quiet_gc
     from daemon.settings import ConfigError
+    from daemon.status_server import StatusPortInUse
 
     settings = load_config(args.config)
     configure_logging(settings.observability.log_level, settings.observability.log_format)

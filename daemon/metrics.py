@@ -1,7 +1,7 @@
 """Prometheus metrics and the health state that /healthz and /readyz report.
 
 The HTTP server that serves them (and Slack's interactivity clicks) is
-:mod:`daemon.status_server`; its names are re-exported here for old imports.
+:mod:`daemon.status_server`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from daemon.status_server import StatusPortInUse, StatusServer
 from detectors.base import Detector
 from detectors.events import Event
 
-__all__ = ["DetectorErrors", "Health", "Metrics", "StatusPortInUse", "StatusServer"]
+__all__ = ["DetectorErrors", "Health", "Metrics"]
 
 log = structlog.get_logger("mlwatchd.metrics")
 
