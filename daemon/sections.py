@@ -26,6 +26,7 @@ __all__ = [
     "Section",
     "SlackSettings",
     "StateSettings",
+    "none_if_off",
     "read_secret_files",
 ]
 
@@ -34,6 +35,13 @@ class Section(BaseModel):
     """A YAML section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def none_if_off(value: Any) -> Any:
+    """``""``, ``null``, ``none`` or ``off`` (an environment variable's way to say null) -> None."""
+    if isinstance(value, str) and value.strip().lower() in ("", "null", "none", "off"):
+        return None
+    return value
 
 
 def read_secret_files(data: Any, names: tuple[str, ...]) -> Any:
@@ -174,9 +182,7 @@ class ObservabilitySettings(Section):
     @classmethod
     def _off(cls, value: Any) -> Any:
         """``null``/``off`` from an environment variable disables the server."""
-        if isinstance(value, str) and value.strip().lower() in ("", "null", "none", "off"):
-            return None
-        return value
+        return none_if_off(value)
 
 
 class StateSettings(Section):

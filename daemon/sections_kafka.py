@@ -8,7 +8,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from daemon.formats import FORMATS
-from daemon.sections import Section, read_secret_files
+from daemon.sections import Section, none_if_off, read_secret_files
 
 __all__ = ["InputFormatSettings", "InputSettings", "KafkaSettings", "TopicSettings"]
 
@@ -155,9 +155,7 @@ class InputSettings(Section):
     @classmethod
     def _off(cls, value: Any) -> Any:
         """``null``/``off`` from an environment variable switches a bound off."""
-        if isinstance(value, str) and value.strip().lower() in ("", "null", "none", "off"):
-            return None
-        return value
+        return none_if_off(value)
 
 
 class TopicSettings(Section):
