@@ -31,7 +31,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from daemon.integrity import MAC_HEADER, RejectHook, header, record_mac, verify_mac
 from daemon.kafka_io import client_config, new_producer
-from daemon.settings import KafkaSettings
+from daemon.sections_kafka import KafkaSettings
 from detectors.context import InMemoryContextTable, PipelineRun, run_from_dict, run_to_dict
 
 __all__ = ["KafkaContextTable", "context_mac_context"]
@@ -66,9 +66,7 @@ class KafkaContextTable:
         self.local = local if local is not None else InMemoryContextTable()
         self.catch_up_timeout_s = catch_up_timeout_s
         self.rejected = 0
-        self.applied = 0
         self.published = 0
-        self.send_errors = 0
         self._producer: KafkaProducer | None = None
         self._consumer: KafkaConsumer | None = None
         self._thread: threading.Thread | None = None
@@ -114,7 +112,6 @@ class KafkaContextTable:
             log.warning("context_flush_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _send_failed(self, exc: Exception) -> None:
-        self.send_errors += 1
         log.warning("context_publish_failed", error=f"{type(exc).__name__}: {exc}")
 
     # -- lifecycle ----------------------------------------------------------
@@ -215,7 +212,6 @@ class KafkaContextTable:
         if key_text != f"run:{run.run_id}":
             return self._refuse("key_mismatch")
         self.local.put_run(run)
-        self.applied += 1
         return True
 
     def _refuse(self, reason: str) -> bool:

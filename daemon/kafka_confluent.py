@@ -43,7 +43,7 @@ from kafka import TopicPartition
 from kafka import errors as kerr
 from kafka.structs import OffsetAndMetadata
 
-from daemon.settings import KafkaSettings
+from daemon.sections_kafka import KafkaSettings
 
 __all__ = ["ConfluentConsumer", "ConfluentProducer", "Record", "new_consumer", "new_producer"]
 

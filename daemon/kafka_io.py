@@ -20,7 +20,7 @@ from kafka.errors import (
     RecordListTooLargeError,
 )
 
-from daemon.settings import KafkaSettings
+from daemon.sections_kafka import KafkaSettings
 
 __all__ = [
     "DLQ_HEADERS",

@@ -1,7 +1,7 @@
 """Prometheus metrics and the health state that /healthz and /readyz report.
 
 The HTTP server that serves them (and Slack's interactivity clicks) is
-:mod:`daemon.status_server`; its names are re-exported here for old imports.
+:mod:`daemon.status_server`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from daemon.status_server import StatusPortInUse, StatusServer
+from detectors.base import Detector
+from detectors.events import Event
 
-__all__ = ["Health", "Metrics", "StatusPortInUse", "StatusServer"]
+__all__ = ["DetectorErrors", "Health", "Metrics"]
 
 log = structlog.get_logger("mlwatchd.metrics")
 
@@ -90,6 +91,22 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DetectorErrors:
+    """The pipeline's ``on_error``: counts a detector's failures and logs the 1st,
+    2nd, 4th, 8th ... of each detector (visible, but no log flood)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, detector: Detector, event: Event | None, exc: Exception) -> None:
+        self.metrics.detector_errors.labels(detector.name).inc()
+        seen = self.seen[detector.name] = self.seen.get(detector.name, 0) + 1
+        if seen & (seen - 1) == 0:
+            log.error("detector_failed", detector=detector.name, occurrences=seen,
+                      error=f"{type(exc).__name__}: {exc}")
 
 
 class Health:

@@ -26,9 +26,10 @@ from daemon.settings import ConfigError, Settings
 from detectors.findings import Finding
 from playbooks.engine import ResponseEngine, playbook_warnings
 from playbooks.model import PlaybookSet, load_playbooks
-from playbooks.outbox import MEMORY, UnsafeStateFile, private_dir
+from playbooks.outbox import MEMORY
 from playbooks.privacy import Pseudonymizer
 from playbooks.redact import REDACTOR
+from playbooks.state_files import UnsafeStateFile, private_dir
 
 __all__ = ["KafkaPublisher", "PeerSeen", "ResponseRoute", "audit_context", "outbox_path"]
 

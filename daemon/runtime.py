@@ -25,7 +25,8 @@ Its parts, each testable alone: :mod:`daemon.intake` (formats, dead
 letters), :mod:`daemon.model_stage` (forwarding by model, skipping copies
 already seen), :mod:`daemon.delivery` (produce until acknowledged, the
 outbox hand-off), :mod:`daemon.checkpoints` (a state partition's state),
-:mod:`daemon.rebalance` (the rebalance state machine, commits). This module
+:mod:`daemon.rebalance` (the rebalance state machine, commits),
+:mod:`daemon.commit` (a batch's output out, then its commit). This module
 is the loop that joins them, and the process lifecycle.
 """
 
@@ -45,22 +46,21 @@ from kafka.structs import OffsetAndMetadata
 from daemon.align import ModelStageAlignment
 from daemon.bootstrap import Bootstrap
 from daemon.checkpoints import Checkpoints, state_partition_of
+from daemon.commit import BatchCommit
 from daemon.context import KafkaContextTable
-from daemon.delivery import ACK_TIMEOUT_S, FindingHandoff, RecordDelivery
+from daemon.delivery import FindingHandoff, RecordDelivery
 from daemon.intake import FORMAT_HEADER, ITEM_HEADER, Decoded, Intake, KafkaRecord
 from daemon.kafka_io import Consumer, OutRecord, new_consumer, new_producer
-from daemon.metrics import Health, Metrics
+from daemon.metrics import DetectorErrors, Health, Metrics
 from daemon.model_stage import SOURCE_HEADER, ModelStage
 from daemon.rebalance import Offsets, Ownership, RebalanceListener
 from daemon.settings import Settings
 from daemon.startup import Retrier, open_internal, status_servers
 from daemon.state import LocalStateStore
 from daemon.status_server import StatusServer
-from detectors.base import Detector
 from detectors.events import Event, event_type_of
-from detectors.findings import Finding, Source, encode_finding
+from detectors.findings import Finding, Source
 from detectors.pipeline import Pipeline
-from playbooks.ocsf import ocsf_records
 from playbooks.protocol import ResponseSide
 
 __all__ = ["FORMAT_HEADER", "ITEM_HEADER", "SOURCE_HEADER", "Daemon", "quiet_gc"]
@@ -86,9 +86,8 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self._errors_seen: dict[str, int] = {}
         self.pipeline = pipeline or Pipeline(settings.detector_specs(),
-                                             on_error=self._detector_error,
+                                             on_error=DetectorErrors(self.metrics),
                                              repartitioned=settings.state.repartitioned)
         self.alerter = alerter
         self.health = Health(settings.observability.stall_after_s)
@@ -140,6 +139,10 @@ class Daemon:
         self.offsets = Offsets(self.metrics)
         self.ownership = Ownership(self.checkpoints, self.offsets, self.metrics,
                                    inputs=self.intake.inputs, bootstrap=self.bootstrap)
+        self.commit = BatchCommit(settings.topics, settings.state, self.metrics,
+                                  delivery=self.delivery, handoff=self.handoff,
+                                  context=self.context, checkpoints=self.checkpoints,
+                                  ownership=self.ownership, offsets=self.offsets)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -287,42 +290,8 @@ class Daemon:
                                                           self.ownership.restored):
                 for kind, run in _runs(released):
                     findings.extend(self.pipeline.process_many(kind, partition, run))
-        records: list[OutRecord] = [
-            (self.settings.topics.findings, f.entity.id.encode(), encode_finding(f), None)
-            for f in findings
-        ]
-        records.extend(ocsf_records(findings, self.settings.topics.ocsf))
-        records.extend(dead)
-        if forward:
-            records.extend(forward)
-            self.metrics.repartitioned.inc(len(forward))
-        if records and not self.delivery.deliver(records):
-            return  # stopping while the broker refuses: do not commit; redelivered later
-        if self.context is not None:  # the runs this batch published, before its commit
-            self.context.flush(ACK_TIMEOUT_S)
-        for finding in findings:
-            self.metrics.findings.labels(finding.detector, finding.severity).inc()
-            log.info("finding", finding_id=finding.finding_id, detector=finding.detector,
-                     kind=finding.kind, severity=finding.severity,
-                     entity_type=finding.entity.type, model_id=finding.model_id)
-        # Before the commit: the response outbox records them durably (and
-        # ignores a redelivered finding), so a crash in between loses nothing.
-        if findings and self.handoff is not None and not self.handoff.submit(findings):
-            return  # stopping while the outbox refuses: do not commit; redelivered later
-        self.ownership.positions.update((tp, meta.offset) for tp, meta in offsets.items())
-        if self.checkpoints.store is not None:
-            # State and the offsets it reflects are saved *before* the commit: a
-            # restore seeks to the checkpoint's offsets, so it is consistent
-            # whether the crash came before or after the commit. A partition
-            # with no checkpoint at all is saved before its first commit.
-            every = self.settings.state.checkpoint_every_s
-            if time.monotonic() - self.checkpoints.saved_at >= every:
-                self.ownership.save(self.ownership.restored)
-            elif self.checkpoints.unsaved:
-                self.ownership.save(self.checkpoints.unsaved)
-        self.offsets.pending.update((tp, self.offsets.not_back(tp, meta))
-                                    for tp, meta in offsets.items())
-        self.offsets.commit()
+        if not self.commit(findings, dead, forward, offsets):
+            return  # stopping while the broker or the outbox refuses: redelivered later
         self.processed += count
         if count:  # not the rounds that only release held events
             self.metrics.batch_events.observe(count)
@@ -331,14 +300,6 @@ class Daemon:
     def _rejected(self, record: str, reason: str) -> None:
         """An internal record failed authentication or validation (stores call this)."""
         self.metrics.internal_rejected.labels(record, reason).inc()
-
-    def _detector_error(self, detector: Detector, event: Event | None, exc: Exception) -> None:
-        self.metrics.detector_errors.labels(detector.name).inc()
-        seen = self._errors_seen.get(detector.name, 0) + 1
-        self._errors_seen[detector.name] = seen
-        if seen & (seen - 1) == 0:  # 1st, 2nd, 4th, 8th...: visible, but no log flood
-            log.error("detector_failed", detector=detector.name, occurrences=seen,
-                      error=f"{type(exc).__name__}: {exc}")
 
 
 def _learn_history(bootstrap: Bootstrap, pipeline: Pipeline, tp: TopicPartition,

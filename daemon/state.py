@@ -29,7 +29,7 @@ detector its state (the pipeline starts it afresh and the daemon counts it).
 
 - :class:`LocalStateStore` writes files on local disk (the single-process
   default, or replicas sharing a volume), owner-only, through the same
-  checked helpers as the playbook outbox (`playbooks.outbox.private_dir`/`private_file`:
+  checked helpers as the playbook outbox (`playbooks.state_files.private_dir`/`private_file`:
   no symlinks followed, new files created exclusively). With
   ``state.signing_key`` set they are signed (HMAC-SHA256) and a file that
   does not verify is refused before it is parsed; without a key they only
@@ -78,7 +78,7 @@ import structlog
 
 from daemon.integrity import MAC_HEADER, MIN_KEY_BYTES, RejectHook, header, record_mac, verify_mac
 from detectors.pipeline import DetectorSpec, StatePartition
-from playbooks.outbox import UnsafeStateFile, private_dir, private_file
+from playbooks.state_files import UnsafeStateFile, private_dir, private_file
 
 __all__ = ["Checkpoint", "KafkaStateStore", "LocalStateStore", "StateStore", "spec_fingerprint"]
 

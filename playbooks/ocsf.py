@@ -6,7 +6,7 @@ ready for JSON. ``activity`` is ``create`` for a new incident (type_uid
 finding: an incident update (``finding.incident.seq > 1``, see
 :mod:`detectors.incidents`) is an ``update``, anything else a ``create``.
 ``close`` (200403) is the playbook's "resolved". What leaves is the same
-outside view that chat and webhooks get (:func:`playbooks.render.outside_view`):
+outside view that chat and webhooks get (:func:`playbooks.outside.outside_view`):
 principals and IPs pseudonymised when a pseudonymizer is given, the summary
 masked alike, evidence reduced to statistics (no feature values, payloads or
 identities), ATLAS ids checked.
@@ -45,7 +45,6 @@ True
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 from collections.abc import Iterable
 from importlib import metadata as _metadata
@@ -53,10 +52,11 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
+from detectors.events import parse_ts
 from detectors.findings import Finding
+from playbooks.outside import outside_view
 
 from .privacy import Pseudonymizer
-from .render import outside_view
 
 __all__ = ["OCSF_VERSION", "Activity", "OcsfRecord", "ocsf_records", "to_ocsf"]
 
@@ -90,7 +90,7 @@ def _product_version() -> str:
 
 
 def _millis(rfc3339: str) -> int:
-    return round(_dt.datetime.fromisoformat(rfc3339).timestamp() * 1000)
+    return round(parse_ts(rfc3339) * 1000)
 
 
 def _attack(atlas_id: str) -> dict[str, Any]:

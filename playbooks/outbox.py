@@ -21,32 +21,31 @@ All access goes through one connection guarded by a lock; every transaction
 is short and never spans network I/O. ``synchronous=NORMAL`` in WAL mode
 survives a process crash (not a power cut) without an fsync per commit.
 
-The file decides which actions run, so nobody else may write it: it lives in
-a directory only this user can write (:func:`private_dir`), is created
-owner-only with ``O_EXCL | O_NOFOLLOW`` and checked on every open
-(:func:`private_file`); anything else is refused with
-:class:`UnsafeStateFile`. ``Outbox(MEMORY)`` keeps it in memory instead (not
-durable). A transaction that cannot start within its wait (another process
-holds the write lock) or cannot be written (disk full) raises
-:class:`OutboxUnavailable` from :meth:`Outbox.tx`, so the caller can retry
-instead of losing it. Background work waits up to ``busy_timeout_s``; the
-finding intake passes a short ``timeout_s`` so the consumer loop is never
-held for long.
+The file decides which actions run, so nobody else may write it: it lives in a
+directory only this user can write, is created owner-only with
+``O_EXCL | O_NOFOLLOW`` and checked on every open; anything else is refused with
+:class:`UnsafeStateFile` (:mod:`playbooks.state_files`). ``Outbox(MEMORY)``
+keeps it in memory instead (not durable). A transaction that cannot start
+within its wait (another process holds the write lock) or cannot be written
+(disk full) raises :class:`OutboxUnavailable` from :meth:`Outbox.tx`, so the
+caller can retry instead of losing it. Background work waits up to
+``busy_timeout_s``; the finding intake passes a short ``timeout_s`` so the
+consumer loop is never held for long.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
+
+from playbooks.state_files import UnsafeStateFile, check_sidecars, private_dir, private_file
 
 __all__ = [
     "MEMORY",
@@ -64,95 +63,6 @@ MEMORY: Final = ":memory:"
 class OutboxUnavailable(Exception):
     """The outbox could not record a write (locked, disk full, I/O error): try again later."""
 
-
-class UnsafeStateFile(Exception):
-    """A state directory or file that someone else could have written; the message is one line."""
-
-
-def _refuse(path: Path, what: str, why: str) -> UnsafeStateFile:
-    return UnsafeStateFile(f"{path}: refused as a state {what}: {why}")
-
-
-def private_dir(path: str | Path, *, create: bool = True) -> Path:
-    """``path`` as a directory only this user (or root) can write; created 0700 if missing.
-
-    Refused (:class:`UnsafeStateFile`) when it is a symlink, not a directory,
-    owned by another user, or writable by group or others (a shared temp
-    directory such as ``/tmp`` is all of the last two). With ``create=False``
-    a missing directory passes (``check-config``: it will be created).
-    """
-    path = Path(path)
-    if not create and not os.path.lexists(path):
-        return path
-    try:
-        if create:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as exc:
-        raise _refuse(path, "directory", f"cannot create it: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise _refuse(path, "directory", "it is a symlink")
-    if not stat.S_ISDIR(st.st_mode):
-        raise _refuse(path, "directory", "not a directory")
-    if st.st_uid not in (os.geteuid(), 0):
-        raise _refuse(path, "directory", f"owned by uid {st.st_uid}, not this user "
-                                         f"({os.geteuid()})")
-    if st.st_mode & 0o022:
-        raise _refuse(path, "directory", f"writable by group or others (mode "
-                                         f"{stat.S_IMODE(st.st_mode):o}); use a directory "
-                                         "only this user can write (chmod 700)")
-    return path
-
-
-def private_file(path: str | Path) -> bool:
-    """Create ``path`` owner-only (0600), or check the existing one; True if created.
-
-    Created with ``O_EXCL | O_NOFOLLOW``, so a file or symlink planted first
-    is never followed or adopted. An existing file must be a regular file of
-    this user not writable by group or others (:class:`UnsafeStateFile`
-    otherwise); one readable by others (written by an older version) is
-    narrowed to 0600.
-    """
-    path = Path(path)
-    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise _refuse(path, "file", f"cannot create it: {exc.strerror}") from None
-    else:
-        os.close(fd)
-        return True
-    try:
-        # O_NONBLOCK: a FIFO planted here must not hang the start.
-        fd = os.open(path, os.O_RDONLY | nofollow | os.O_NONBLOCK)
-    except OSError as exc:
-        why = "it is a symlink" if exc.errno == errno.ELOOP else f"cannot open it: {exc.strerror}"
-        raise _refuse(path, "file", why) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _refuse(path, "file", "not a regular file")
-        if st.st_uid != os.geteuid():
-            raise _refuse(path, "file", f"owned by uid {st.st_uid}, not this user "
-                                        f"({os.geteuid()}): someone else created it")
-        if st.st_mode & 0o022:
-            raise _refuse(path, "file", f"writable by group or others (mode "
-                                        f"{stat.S_IMODE(st.st_mode):o})")
-        if st.st_mode & 0o044:
-            os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    return False
-
-
-def _check_sidecars(path: Path) -> None:
-    """SQLite's ``-wal``/``-shm``/``-journal`` files, when present, pass the same checks."""
-    for suffix in ("-wal", "-shm", "-journal"):
-        side = path.with_name(path.name + suffix)
-        if os.path.lexists(side):
-            private_file(side)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -240,7 +150,7 @@ class Outbox:
         if not self.memory:
             private_dir(self.path.parent)
             private_file(self.path)
-            _check_sidecars(self.path)
+            check_sidecars(self.path)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(MEMORY if self.memory else str(self.path),
                                    check_same_thread=False, timeout=busy_timeout_s,

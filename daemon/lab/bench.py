@@ -61,9 +61,9 @@ def sample_events(n: int, seed: int = 1, principals: int = 2000) -> list[bytes]:
 
 
 def _produce(bootstrap: str, values: list[bytes]) -> None:
-    from kafka import KafkaProducer
+    from daemon.lab import clients
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = clients.producer(bootstrap)
     for value in values:
         producer.send(TOPIC, value=value)
     producer.flush()
@@ -80,7 +80,12 @@ INPUTS = (TOPIC, "ml.audit", "ml.access")
 
 def bare_consumer_rate(bootstrap: str, n: int, client: str = "kafka-python",
                        group: str = "bench-bare") -> float:
-    """Messages/s of a plain group consumer (``client``) with orjson decoding."""
+    """Messages/s of a plain group consumer (``client``) with orjson decoding.
+
+    Built raw on purpose (not with :mod:`daemon.lab.clients` or
+    :mod:`daemon.kafka_io`): it is the baseline mlwatchd is measured against,
+    a consumer with nothing of mlwatchd's in it.
+    """
     if client == "confluent":
         return _bare_confluent_rate(bootstrap, n, group)
     from kafka import KafkaConsumer
@@ -142,7 +147,7 @@ def _committed(admin: Any, group: str) -> int:
 def mlwatchd_rate(bootstrap: str, n: int, config: str | None, client: str = "kafka-python",
                   group: str = "bench-mlwatchd") -> tuple[float, float]:
     """Messages/s of ``mlwatchd run`` from its committed offsets; also its peak RSS (MiB)."""
-    from kafka.admin import KafkaAdminClient
+    from daemon.lab import clients
 
     env = dict(os.environ)
     env.update({
@@ -160,7 +165,7 @@ def mlwatchd_rate(bootstrap: str, n: int, config: str | None, client: str = "kaf
     log = tempfile.NamedTemporaryFile(prefix="mlwatchd-bench-", suffix=".log",  # noqa: SIM115
                                       delete=False)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = clients.admin(bootstrap)
     try:
         low, first_at = max(1, n // 20), None
         done_at = None

@@ -6,7 +6,6 @@ only, so a restart starts empty. Bound to 127.0.0.1 on a free port.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import time
@@ -73,16 +72,9 @@ class EmbeddedBroker:
             self._proc = None
 
     def create_topics(self, names: Iterable[str], partitions: int = 1) -> None:
-        from kafka.admin import KafkaAdminClient, NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        from daemon.lab import clients
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            for name in names:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([NewTopic(name, partitions, 1)])
-        finally:
-            admin.close()
+        clients.create_topics(self.bootstrap, ((name, partitions) for name in names))
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

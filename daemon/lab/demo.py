@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from daemon.lab import clients
 from daemon.lab.broker import EmbeddedBroker
 from daemon.lab.evaluate import print_findings_scorecard
 from daemon.lab.simulate import SCENARIOS, bad_messages, generate
@@ -52,12 +53,10 @@ def _settings(bootstrap: str, verbose: bool) -> Any:
     return load(None)
 
 
-def _produce(bootstrap: str, settings: Any, events: list[Any]) -> dict[str, int]:
-    from kafka import KafkaProducer
-
+def _produce(settings: Any, events: list[Any]) -> dict[str, int]:
     topics = {"inference": settings.topics.inference, "audit": settings.topics.audit,
               "access": settings.topics.access}
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = clients.producer(settings.kafka)
     counts: Counter[str] = Counter()
     for event in events:
         producer.send(topics[event.kind], key=event.key.encode(), value=orjson.dumps(event.body))
@@ -68,24 +67,6 @@ def _produce(bootstrap: str, settings: Any, events: list[Any]) -> dict[str, int]
     producer.flush()
     producer.close()
     return dict(counts)
-
-
-def _read(bootstrap: str, topic: str) -> list[Any]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             auto_offset_reset="earliest")
-    parts = consumer.partitions_for_topic(topic) or {0}
-    consumer.assign([TopicPartition(topic, p) for p in parts])
-    out: list[Any] = []
-    idle = 0
-    while idle < 3:
-        batch = consumer.poll(timeout_ms=300)
-        idle = 0 if batch else idle + 1
-        for messages in batch.values():
-            out.extend(messages)
-    consumer.close()
-    return out
 
 
 def _show_findings(findings: list[dict[str, Any]]) -> None:
@@ -117,7 +98,7 @@ def run_demo(events: int = 30_000, seed: int = 7, verbose: bool = False) -> int:
         _say(f"Embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}; "
              f"input topics with {PARTITIONS} partitions each.")
         started = time.monotonic()
-        counts = _produce(broker.bootstrap, settings, sim)
+        counts = _produce(settings, sim)
         total = sum(counts.values())
         _say(f"Produced {total:,} messages in {time.monotonic() - started:.1f}s: "
              + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
@@ -141,11 +122,11 @@ def run_demo(events: int = 30_000, seed: int = 7, verbose: bool = False) -> int:
         _say(f"Processed {daemon.processed:,} events in {elapsed:.1f}s "
              f"({daemon.processed / max(elapsed, 1e-9):,.0f}/s, including group join).")
         _say()
-        findings = [orjson.loads(m.value) for m in _read(broker.bootstrap, t.findings)]
+        findings = [orjson.loads(m.value) for m in clients.read_topic(settings.kafka, t.findings)]
         _show_findings(findings)
         _say()
         caught = print_findings_scorecard(findings)
-        dead = _read(broker.bootstrap, t.dlq)
+        dead = clients.read_topic(settings.kafka, t.dlq)
         reasons = Counter(dict(m.headers).get("mlwatchd.error.reason", b"?").decode()
                           for m in dead)
         _say()

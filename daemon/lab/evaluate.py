@@ -389,13 +389,12 @@ def hits_from_kafka(settings: Any, paths: Sequence[str | Path],
     so any partitioning and any earlier content of the topics work. Returns
     the events, the hits and how many findings cited no event of the files.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from daemon.kafka_io import client_config
+    from daemon.lab import clients
 
     infos, index = _events_of_files(paths)
-    config = client_config(settings.kafka)
-    consumer = KafkaConsumer(**config, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = clients.reader(settings.kafka)
     findings: list[dict[str, Any]] = []
     try:
         topic = settings.topics.findings

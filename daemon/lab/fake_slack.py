@@ -252,11 +252,6 @@ class FakeSlack:
             self._scripted.extend(replies)
 
     @property
-    def pending_script(self) -> int:
-        with self._lock:
-            return len(self._scripted)
-
-    @property
     def requests(self) -> list[SlackRequest]:
         with self._lock:
             return list(self._requests)
@@ -286,11 +281,6 @@ class FakeSlack:
         with self._lock:
             self._fault = mode
             self._fault_retry_after = retry_after
-
-    @property
-    def fault(self) -> FaultMode | None:
-        with self._lock:
-            return self._fault
 
     @property
     def faults_answered(self) -> int:

@@ -14,7 +14,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from daemon.lab.scenarios import (
     ALL_SCENARIOS,
@@ -26,6 +26,9 @@ from daemon.lab.scenarios import (
     Scenario,
     SimEvent,
 )
+
+if TYPE_CHECKING:
+    from daemon.sections_kafka import KafkaSettings
 
 __all__ = ["ALL_SCENARIOS", "ART_SCENARIOS", "SCENARIOS", "Progress", "Scenario", "SimEvent",
            "encode", "generate", "run_simulate", "simulate"]
@@ -354,11 +357,11 @@ def simulate(seed: int = 7, days: int = 8, scale: float = 1.0,
     return events, notes
 
 
-def produce(events: list[SimEvent], bootstrap: str, topics: dict[str, str]) -> None:
+def produce(events: list[SimEvent], where: KafkaSettings | str, topics: dict[str, str]) -> None:
     """Send ``events`` to ``topics`` (kind -> topic), keyed by principal/actor, in order."""
-    from kafka import KafkaProducer
+    from daemon.lab import clients
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = clients.producer(where)
     bar = Progress(len(events), "producing")
     for i, event in enumerate(events, 1):
         producer.send(topics[event.kind], key=event.key.encode(), value=encode(event))
@@ -398,9 +401,12 @@ def run_simulate(out: str | None, bootstrap: str | None = None, seed: int = 7,
     if bootstrap:
         from daemon.settings import load
 
-        t = load(config).topics
-        produce(events, bootstrap, {"inference": t.inference, "audit": t.audit,
-                                    "access": t.access})
+        # The config's client settings (security, client id) with these servers.
+        settings = load(config)
+        t = settings.topics
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        produce(events, kafka, {"inference": t.inference, "audit": t.audit,
+                                "access": t.access})
         where = f"Kafka at {bootstrap}"
     else:
         assert out is not None

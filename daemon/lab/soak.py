@@ -58,6 +58,7 @@ from typing import Any, Final
 
 import orjson
 
+from daemon.lab import clients
 from daemon.lab.broker import EmbeddedBroker, free_port
 
 __all__ = ["SoakOptions", "build_input", "main_soak", "run_soak"]
@@ -270,11 +271,7 @@ def build_input(opts: SoakOptions) -> tuple[list[tuple[str, bytes | None, bytes 
 def _produce(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]],
              max_bytes: int) -> dict[str, int]:
     """Send everything; returns the end offset of every partition written to."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
-                             batch_size=256 * 1024, max_request_size=max(1_048_576,
-                                                                        4 * max_bytes))
+    producer = clients.producer(bootstrap, max_request_size=max(1_048_576, 4 * max_bytes))
     ends: dict[str, int] = {}
     failures: list[BaseException] = []
 
@@ -523,44 +520,10 @@ def _held(replicas: list[Replica]) -> int:
     return held
 
 
-def _read_topic(bootstrap: str, topic: str, idle_s: float = 3.0,
-                timeout_s: float = 600.0) -> list[Any]:
-    """Every message of ``topic`` from the beginning to its current end."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, fetch_max_wait_ms=20,
-                             max_partition_fetch_bytes=4 * 1_048_576)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=200, max_records=5000)
-            for messages in batch.values():
-                out.extend(messages)
-            now = time.monotonic()
-            if batch:
-                quiet_since = now
-                continue
-            highs = [consumer.highwater(tp) for tp in tps]
-            at_end = all(h is not None and consumer.position(tp) >= h
-                         for tp, h in zip(tps, highs, strict=True))
-            if (at_end and now - quiet_since >= 0.5) or now - quiet_since > idle_s * 10:
-                break
-        return out
-    finally:
-        consumer.close()
-
-
 def _findings(bootstrap: str, topic: str) -> tuple[dict[str, str], int]:
     """finding id -> detector, and the number of messages (re-emissions included)."""
     ids: dict[str, str] = {}
-    messages = _read_topic(bootstrap, topic)
+    messages = clients.read_topic(bootstrap, topic)
     for message in messages:
         body = orjson.loads(message.value)
         ids[str(body["finding_id"])] = str(body["detector"])
@@ -570,7 +533,7 @@ def _findings(bootstrap: str, topic: str) -> tuple[dict[str, str], int]:
 def _dead_letters(bootstrap: str, topic: str) -> dict[str, Any]:
     sources: set[tuple[str, str, str]] = set()
     reasons: Counter[str] = Counter()
-    messages = _read_topic(bootstrap, topic)
+    messages = clients.read_topic(bootstrap, topic)
     for message in messages:
         headers = {k: v.decode("utf-8", "replace") for k, v in (message.headers or [])}
         src = (headers.get("mlwatchd.source.topic", "?"),
@@ -981,8 +944,6 @@ def _checkpoint_offset(state_dir: Path, group: str, name: str) -> int | None:
 
 def run_soak(opts: SoakOptions) -> dict[str, Any]:
     """Everything above; returns the report (see :func:`main_soak` for printing)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     from daemon.lab.fake_slack import FakeSlack
 
     if opts.replicas < 2 and opts.scale_out:
@@ -999,12 +960,11 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
     broker = EmbeddedBroker(log_path=str(workdir / "broker.log"))
     broker.start()
     try:
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        topics = [NewTopic(t, opts.partitions, 1) for t in INPUTS.values()]
-        topics += [NewTopic(t, 3, 1) for t in (
+        admin = clients.admin(broker.bootstrap)
+        clients.create_topics(broker.bootstrap, [(t, opts.partitions) for t in INPUTS.values()])
+        clients.create_topics(broker.bootstrap, [(t, 3) for t in (
             "soak.findings.clean", "soak.dlq.clean", "soak.findings.faulty", "soak.dlq.faulty",
-            "soak.actions", "soak.audit")]
-        admin.create_topics(topics)
+            "soak.actions", "soak.audit")])
         started = time.monotonic()
         stats.end_offsets = _produce(broker.bootstrap, messages, opts.max_message_bytes)
         stats.produce_s = round(time.monotonic() - started, 1)

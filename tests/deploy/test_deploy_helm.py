@@ -376,6 +376,23 @@ def test_shipped_config_passes_check_config(
         assert "slack: bot token" in proc.stdout
 
 
+def test_chart_config_names_every_topic_the_daemon_has() -> None:
+    """values.yaml's config.topics lists every TopicSettings key (ocsf included), and an
+    ``ocsf`` topic set in values reaches the rendered config and the loaded settings."""
+    from daemon.settings import Settings
+
+    topics = yaml.safe_load((CHART / "values.yaml").read_text())["config"]["topics"]
+    assert set(topics) == set(Settings.model_fields["topics"].annotation.model_fields)
+    docs = render({"config": {"topics": {"ocsf": "siem.ocsf"}}})
+    cm = next(d for d in by_kind(docs, "ConfigMap") if "mlwatchd.yaml" in d["data"])
+    shipped = yaml.safe_load(cm["data"]["mlwatchd.yaml"])
+    assert shipped["topics"]["ocsf"] == "siem.ocsf"
+    assert Settings(**{"topics": shipped["topics"]}).topics.ocsf == "siem.ocsf"
+    default = yaml.safe_load(next(d for d in by_kind(render({}), "ConfigMap")
+                                  if "mlwatchd.yaml" in d["data"])["data"]["mlwatchd.yaml"])
+    assert Settings(**{"topics": default["topics"]}).topics.ocsf == ""  # off by default
+
+
 def test_check_config_is_not_a_rubber_stamp(tmp_path: Path) -> None:
     """A broken chart config is rejected by the same check."""
     docs = render({"config": {"kafka": {"heartbeat_interval_ms": 40000}}})

@@ -12,7 +12,8 @@ import pytest
 import structlog
 from pb_helpers import SIGNING_SECRET
 
-from daemon.metrics import Health, Metrics, StatusServer
+from daemon.metrics import Health, Metrics
+from daemon.status_server import StatusServer
 from playbooks.interactivity import sign_request, verify_signature
 
 NOW = 1_700_000_000.0

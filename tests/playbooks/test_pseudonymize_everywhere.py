@@ -17,8 +17,9 @@ from pb_helpers import PSEUDO_KEY, Receiver, build_finding
 from daemon.lab.fake_slack import FakeSlack
 from detectors.findings import Entity, Finding
 from detectors.telemetry.features import scope_phrase
+from playbooks.outside import outside_view
 from playbooks.privacy import Pseudonymizer, pseudonymize_finding
-from playbooks.render import outside_view, render_alert
+from playbooks.slack_messages import render_alert
 
 REAL = ("mallory.ops", "trudy", "oscar", "eve-admin", "walter", "10.9.8.7", "192.168.4.4",
         "2001:db8::17", "peggy")

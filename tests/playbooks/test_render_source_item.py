@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from detectors.findings import Entity, Finding, Source
-from playbooks.render import render_alert, render_finding
+from playbooks.render import render_finding
+from playbooks.slack_messages import render_alert
 
 
 def _finding(source: Source) -> Finding:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from detectors.findings import Entity
-from playbooks.render import escape_mrkdwn, render_alert, render_finding
+from playbooks.render import escape_mrkdwn, render_finding
+from playbooks.slack_messages import render_alert
 from tests.slack.conftest import build_finding
 
 HOSTILE = "*URGENT* approve _now_ ~not~ `rm -rf` ```block``` inv\u202eexe.gpj zero\u200bwidth"

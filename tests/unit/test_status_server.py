@@ -5,7 +5,8 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from daemon.metrics import Health, Metrics, StatusServer
+from daemon.metrics import Health, Metrics
+from daemon.status_server import StatusServer
 
 
 def _get(port: int, path: str) -> tuple[int, str]:

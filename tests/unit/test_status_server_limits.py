@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.metrics import Health, Metrics, StatusPortInUse, StatusServer
+from daemon.metrics import Health, Metrics
+from daemon.status_server import StatusPortInUse, StatusServer
 
 PATH = "/slack/interactions"
 
