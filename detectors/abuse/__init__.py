@@ -1,5 +1,6 @@
 """Inference-abuse detectors: abusive volume, model extraction, adversarial probing."""
 
+from detectors.abuse.density import DensityExtractionDetector
 from detectors.abuse.extraction import CoverageExtractionDetector, PradaExtractionDetector
 from detectors.abuse.probing import (
     BlacklightProbingDetector,
@@ -14,6 +15,7 @@ DETECTORS: tuple[type[Detector], ...] = (
     PeerRateDetector,
     PradaExtractionDetector,
     CoverageExtractionDetector,
+    DensityExtractionDetector,
     StatefulKnnProbingDetector,
     BlacklightProbingDetector,
     LowConfidenceProbingDetector,
