@@ -46,6 +46,7 @@ from detectors.abuse.space import ModelSpace, stable_seed
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
 from detectors.state import EntityTable
+from detectors.state_codec import state_type
 
 #: Batches of the model's traffic that tell whether the whole population is far.
 _RECENT_BATCHES: Final = 16
@@ -79,6 +80,7 @@ def knn_distance(
     return out
 
 
+@state_type("abuse.density_sample")
 class PopulationSample:
     """A model's reference sample: embedded inputs of its principals, balanced by owner.
 
@@ -170,6 +172,7 @@ def calibrate_far(
     return TailRule(t, p0, k, rule.queries, rule.principals, rule.excluded)
 
 
+@state_type("abuse.density_principal")
 class _DensityState(QueryState):
     __slots__ = ("marks", "owner", "pending")
 
@@ -180,6 +183,7 @@ class _DensityState(QueryState):
         self.pending = False
 
 
+@state_type("abuse.density_pending")
 class _Pending:
     """A principal over the count rule, reported once the others' next batches are seen."""
 
@@ -195,6 +199,7 @@ class _Pending:
         self.due = due
 
 
+@state_type("abuse.density_model")
 class _ModelState:
     __slots__ = ("batches", "calibration", "pending", "recent", "sample", "settle_until")
 
@@ -277,6 +282,7 @@ class DensityExtractionDetector(BatchedQueryDetector):
     """
 
     name: ClassVar[str] = "extraction.density"
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "spaces", "models")
     kind: ClassVar[str] = "model_extraction"
     atlas: ClassVar[list[str]] = ATLAS_EXTRACTION
     skip_repeats: ClassVar[bool] = True
