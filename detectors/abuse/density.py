@@ -22,6 +22,7 @@ thieves are, by construction, not visible to it.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import ClassVar, Final
 
@@ -247,7 +248,11 @@ class DensityExtractionDetector(BatchedQueryDetector):
     rate p0 (an upper bound, at least the 90th percentile of the calibrating
     callers' own shares) and the count rule: a principal is reported when at
     least ``min_flagged`` of its last ``window`` queries are far, the binomial
-    critical count at false-alarm probability ``alpha`` per window. Principals
+    critical count at false-alarm probability ``alpha`` per window, and at
+    least ``min_share`` of the window (a minimum effect size: the principal's
+    typical query is far, as for inputs drawn over the input box; a benign
+    caller that also sends a segment nobody else sends, a few queries in ten,
+    is over the count rule but not this). Principals
     the rule itself would report are left out of the calibration. The rule is
     recomputed from every following sample, so it follows the traffic. Nothing
     is judged before the first rule (a cold start of some thousand queries).
@@ -307,6 +312,7 @@ class DensityExtractionDetector(BatchedQueryDetector):
         window: int = 64,
         calibration_queries: int = 4096,
         drift_share: float = 0.05,
+        min_share: float = 0.5,
         exempt_principals: tuple[str, ...] = (),
         batch_size: int = 32,
         cooldown_seconds: float = 86_400.0,
@@ -321,6 +327,8 @@ class DensityExtractionDetector(BatchedQueryDetector):
             raise ValueError("sample_rows >= 2 * min_owners, sample_every >= 1, neighbours >= 1")
         if window < batch_size or calibration_queries < 10 * min_owners:
             raise ValueError("window >= batch_size, calibration_queries >= 10 * min_owners")
+        if not 0.0 <= min_share <= 1.0:
+            raise ValueError("min_share in [0, 1]")
         self.sample_rows = sample_rows
         self.sample_every = sample_every
         self.min_owners = min_owners
@@ -330,6 +338,8 @@ class DensityExtractionDetector(BatchedQueryDetector):
         self.window = window
         self.calibration_queries = calibration_queries
         self.drift_share = drift_share
+        #: Minimum effect size: far queries needed in a window, whatever the count rule.
+        self.min_far = math.ceil(min_share * window)
         self.exempt_principals = frozenset(exempt_principals)
         self.models: EntityTable[_ModelState] = EntityTable(max_models)
         self._setup(
@@ -404,7 +414,8 @@ class DensityExtractionDetector(BatchedQueryDetector):
         if len(marks) < self.window or event.principal in self.exempt_principals:
             return
         far = sum(marks)
-        if far < rule.min_flagged or st.pending or self.quiet(st, float(event.ts)):
+        if far < max(rule.min_flagged, self.min_far) or st.pending \
+                or self.quiet(st, float(event.ts)):
             return
         if model.batches < model.settle_until:
             marks.clear()

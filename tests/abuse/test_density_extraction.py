@@ -91,6 +91,25 @@ def test_evidence_carries_statistics_not_feature_values():
     assert not any(f"{v:.3f}" in found[0].summary for v in box[-1])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_caller_with_its_own_segment_is_not_a_thief(seed):
+    """A new benign caller sends natural inputs, a fifth of them from a cluster no
+    other caller sends (its own customers): over the count rule, but its typical
+    query is where everybody's are. (The box thieves of the other tests, whose
+    typical query is far, are found with the same defaults.)"""
+    rng, centres, _ = _world(seed, n=12_000)
+    n = 1200
+    x = centres[rng.integers(5, size=n)] + rng.normal(size=(n, DIMS))
+    own = rng.random(n) < 0.2
+    x[own] = rng.normal(size=DIMS) * 3 + rng.normal(size=(int(own.sum()), DIMS))
+    head, mixed = _with_thief(seed, n, thief_rows=x, who="segment")
+    assert feed(DensityExtractionDetector(), head + mixed) == []
+    # The count rule alone reports it: the minimum effect size is what spares it.
+    found = feed(DensityExtractionDetector(min_share=0.0), head + mixed)
+    assert [f.entity.id for f in found] == ["segment"]
+    assert found[0].evidence["observed_share"] < 0.5
+
+
 def test_calibration_keeps_the_threshold_in_every_typical_callers_tail():
     """The threshold is at least the median of the callers' own 99th percentiles,
     so a noisy (but typical) caller's ordinary window is not reported."""
@@ -126,3 +145,5 @@ def test_params_are_checked():
         DensityExtractionDetector(quantile=0.0)
     with pytest.raises(ValueError):
         DensityExtractionDetector(window=8, batch_size=32)
+    with pytest.raises(ValueError):
+        DensityExtractionDetector(min_share=1.5)
