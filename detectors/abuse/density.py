@@ -472,8 +472,11 @@ class DensityExtractionDetector(BatchedQueryDetector):
 
     def stats(self) -> dict[str, float]:
         out = super().stats()
-        out["calibrated_models"] = sum(
-            1 for _, m in self.models.items() if m.calibration.rule is not None
-        )
+        rules = [m.calibration.rule for _, m in self.models.items()
+                 if m.calibration.rule is not None]
+        out["calibrated_models"] = len(rules)
+        # The sample sizes the latest rules rest on (the largest over the models).
+        out["calibration_queries"] = max((r.queries for r in rules), default=0)
+        out["calibration_principals"] = max((r.principals for r in rules), default=0)
         return out
 

@@ -48,7 +48,11 @@ def _with_thief(seed: int, n_thief: int, thief_rows: np.ndarray | None = None,
 def test_box_uniform_thief_is_found_and_benign_callers_never(seed):
     head, mixed = _with_thief(seed, 400)
     benign = [e for e in mixed if e.principal != "thief"]
-    assert feed(DensityExtractionDetector(), head + benign) == []
+    det = DensityExtractionDetector()
+    assert feed(det, head + benign) == []
+    stats = det.stats()  # the sample sizes the rule rests on (mlwatchd eval --worlds shows them)
+    assert stats["calibrated_models"] == 1 and stats["calibration_queries"] == 4096
+    assert 4 <= stats["calibration_principals"] <= 12
     found = feed(DensityExtractionDetector(), head + mixed)
     assert [(f.entity.id, f.kind) for f in found] == [("thief", "model_extraction")]
     ev = found[0].evidence
