@@ -32,7 +32,6 @@ from detectors.abuse.calibration import (
     CONFIDENCE,
     TailCalibration,
     TailRule,
-    binomial_critical,
     calibrate_tail,
     check_calibration,
 )
@@ -44,6 +43,7 @@ from detectors.abuse.common import (
     by_model,
 )
 from detectors.abuse.space import ModelSpace, stable_seed
+from detectors.binomial import binomial_critical
 from detectors.events import InferenceEvent
 from detectors.findings import Finding
 from detectors.state import EntityTable
@@ -415,7 +415,7 @@ class DensityExtractionDetector(BatchedQueryDetector):
             return
         far = sum(marks)
         if far < max(rule.min_flagged, self.min_far) or st.pending \
-                or self.quiet(st, float(event.ts)):
+                or float(event.ts) < st.quiet_until:
             return
         if model.batches < model.settle_until:
             marks.clear()
