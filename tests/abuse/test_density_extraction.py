@@ -96,20 +96,19 @@ def test_evidence_carries_statistics_not_feature_values():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_caller_with_its_own_segment_is_not_a_thief(seed):
+def test_min_share_spares_a_caller_with_its_own_segment(seed):
     """A new benign caller sends natural inputs, a fifth of them from a cluster no
     other caller sends (its own customers): over the count rule, but its typical
-    query is where everybody's are. (The box thieves of the other tests, whose
-    typical query is far, are found with the same defaults.)"""
+    query is where everybody's are; ``min_share`` 0.5 spares it."""
     rng, centres, _ = _world(seed, n=12_000)
     n = 1200
     x = centres[rng.integers(5, size=n)] + rng.normal(size=(n, DIMS))
     own = rng.random(n) < 0.2
     x[own] = rng.normal(size=DIMS) * 3 + rng.normal(size=(int(own.sum()), DIMS))
     head, mixed = _with_thief(seed, n, thief_rows=x, who="segment")
-    assert feed(DensityExtractionDetector(), head + mixed) == []
-    # The count rule alone reports it: the minimum effect size is what spares it.
-    found = feed(DensityExtractionDetector(min_share=0.0), head + mixed)
+    assert feed(DensityExtractionDetector(min_share=0.5), head + mixed) == []
+    # The count rule alone (the default) reports it.
+    found = feed(DensityExtractionDetector(), head + mixed)
     assert [f.entity.id for f in found] == ["segment"]
     assert found[0].evidence["observed_share"] < 0.5
 
