@@ -691,6 +691,8 @@ def _alerts(clean_posted: set[str], faulty_posted: set[str], clean_raw: Mapping[
     faulty_incidents = set().union(*faulty_keys.values()) if faulty_keys else set()
     never = sorted(clean_posted - faulty_posted)
     return {
+        # Found by the faulty run too, and alerted only in the clean one: swallowed.
+        "findings_swallowed": sum(fid in faulty_raw for fid in never),
         "clean_findings_alerted": len(clean_posted),
         "faulty_findings_alerted": len(faulty_posted),
         "findings_alerted_in_clean_never_in_faulty": len(never),
@@ -1169,11 +1171,18 @@ def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
     }
     alerts = report.get("alerts")
     if alerts is not None:
-        checks["findings alerted in the clean run, never in the faulty one == 0"] = (
-            alerts["findings_alerted_in_clean_never_in_faulty"] == 0)
+        # A finding the faulty run did not find at all is in "compare" (model-scoped
+        # findings differ with state.store local): counted, but only the findings
+        # both runs found, and the incidents, must alert in both.
+        checks["incidents alerted in the clean run, never in the faulty one == 0"] = (
+            alerts["incidents_alerted_in_clean_never_in_faulty"] == 0)
+        checks["findings of both runs alerted in the clean run only == 0"] = (
+            alerts["findings_swallowed"] == 0)
         checks["clean run alerted"] = alerts["clean_findings_alerted"] > 0
     informational = {
         "finding ids identical to the clean run": report.get("compare", {}).get("identical"),
+        "findings alerted in the clean run, never in the faulty one == 0":
+            (alerts or {}).get("findings_alerted_in_clean_never_in_faulty") == 0,
         f"peak RSS <= {opts.memory_bound_mib:g} MiB": peak <= opts.memory_bound_mib,
     }
     return {"ok": all(checks.values()), "checks": checks, "informational": informational}
@@ -1226,7 +1235,8 @@ def _print_report(r: Mapping[str, Any]) -> None:
             f"({a['clean_incidents_alerted']:,} incidents), faulty run "
             f"{a['faulty_findings_alerted']:,} ({a['faulty_incidents_alerted']:,}); alerted "
             f"in the clean run and never in the faulty one: "
-            f"{a['findings_alerted_in_clean_never_in_faulty']} findings, "
+            f"{a['findings_alerted_in_clean_never_in_faulty']} findings "
+            f"({a['findings_swallowed']} of them found by the faulty run), "
             f"{a['incidents_alerted_in_clean_never_in_faulty']} incidents")
         out(f"  model stage out of aligned order (late, forced): faulty "
             f"{faulty.get('model_stage', {})}, clean {r['clean'].get('model_stage', {})}")
