@@ -23,7 +23,7 @@ then:
    time counts from its first refused request). Ends when the committed
    offsets reach the end of every input partition and the response outbox
    has drained (or nothing moves for
-   ``stall_s`` once every fault was injected: reported as a stall).
+   ``stall_s``: reported as a stall, also before every fault was injected).
 4. **Report.** Events not processed, duplicate chat posts, finding ids of the
    faulty run against the clean run (by detector), DLQ count, peak memory per
    replica (VmHWM), wall times, rebalances. Non-zero exit when an invariant
@@ -941,9 +941,13 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
         if committed != last_committed:
             last_committed, moved_at = committed, now
         faults_done = not kill_at and added and removed and fault_ended is not None
-        if left > 0 and faults_done and now - max(moved_at, last_change) > opts.stall_s:
+        # Faults are scheduled by progress: with none (seen: every member of the
+        # group waiting in JoinGroup for minutes on the embedded broker after a
+        # kill -9 mid-rebalance) the remaining ones never come; stop and say so.
+        if left > 0 and now - max(moved_at, last_change) > opts.stall_s:
             stalled = True
-            log_action("stalled", unprocessed=left, seconds=opts.stall_s)
+            log_action("stalled", unprocessed=left, seconds=opts.stall_s,
+                       faults_done=faults_done)
             break
         live = [r for r in slots if r.alive and not r.retired]
         if kill_at and best >= kill_at[0] and now - last_kill >= opts.min_kill_gap_s and live:
