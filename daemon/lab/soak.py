@@ -1132,6 +1132,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
             report["clean"]["findings"] = {"distinct": len(clean_ids), "messages": clean_msgs}
             report["clean"]["dlq"] = _dead_letters(broker.bootstrap, "soak.dlq.clean")
             report["compare"] = _compare(clean_ids, faulty_ids)
+            report["compare"]["severity_differs"] = _severity_diffs(clean_raw, faulty_raw)
             report["alerts"] = _alerts(clean_posted, faulty_posted, clean_raw, faulty_raw,
                                        opts.config)
         admin.close()
@@ -1161,6 +1162,19 @@ def _compare(clean: Mapping[str, str], faulty: Mapping[str, str]) -> dict[str, A
             "by_detector": by_detector}
 
 
+def _severity_diffs(clean: Mapping[str, bytes], faulty: Mapping[str, bytes]
+                    ) -> dict[str, Any]:
+    """Findings with the same id in both runs but another severity (the id does not
+    cover it; playbook routes match on it, so another route may run)."""
+    diffs: list[dict[str, str]] = []
+    for fid in sorted(set(clean) & set(faulty)):
+        a, b = orjson.loads(clean[fid]), orjson.loads(faulty[fid])
+        if a.get("severity") != b.get("severity"):
+            diffs.append({"finding_id": fid, "detector": str(a.get("detector")),
+                          "clean": str(a.get("severity")), "faulty": str(b.get("severity"))})
+    return {"count": len(diffs), "examples": diffs[:5]}
+
+
 def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
     faulty = report.get("faulty", {})
     peak = max((s["peak_rss_mib"] for s in faulty.get("replicas", {}).values()), default=0.0)
@@ -1185,6 +1199,8 @@ def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
         checks["clean run alerted"] = alerts["clean_findings_alerted"] > 0
     informational = {
         "finding ids identical to the clean run": report.get("compare", {}).get("identical"),
+        "same severity for every common finding id":
+            report.get("compare", {}).get("severity_differs", {}).get("count") == 0,
         "findings alerted in the clean run, never in the faulty one == 0":
             (alerts or {}).get("findings_alerted_in_clean_never_in_faulty") == 0,
         f"peak RSS <= {opts.memory_bound_mib:g} MiB": peak <= opts.memory_bound_mib,

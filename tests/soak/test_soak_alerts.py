@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.lab.soak import SoakOptions, _alerts, _invariants
+import msgspec
+
+from daemon.lab.soak import SoakOptions, _alerts, _invariants, _severity_diffs
 from detectors.findings import Entity, Finding, Source, encode_finding
 
 T0 = 1_767_225_600.0
@@ -58,3 +60,18 @@ def test_another_finding_of_the_same_incident_alerted_instead_is_not_swallowed()
     assert report["ok"], report
     assert report["informational"][
         "findings alerted in the clean run, never in the faulty one == 0"] is False
+
+
+def test_a_common_finding_id_with_another_severity_is_reported():
+    # extraction.prada in the 200k soak: same id, "high" in the clean run (Slack
+    # route), "medium" after the faults (log-only route).
+    a = _finding(1, "alice")
+    b = _finding(2, "bob")
+    lower = msgspec.structs.replace(b, severity="medium")
+    clean = {f.finding_id: encode_finding(f) for f in (a, b)}
+    faulty = {a.finding_id: encode_finding(a), b.finding_id: encode_finding(lower)}
+    diffs = _severity_diffs(clean, faulty)
+    assert diffs["count"] == 1
+    assert diffs["examples"] == [{"finding_id": b.finding_id, "detector": "access.exfiltration",
+                                  "clean": "high", "faulty": "medium"}]
+    assert _severity_diffs(clean, clean)["count"] == 0
