@@ -690,7 +690,13 @@ def _alerts(clean_posted: set[str], faulty_posted: set[str], clean_raw: Mapping[
     clean_incidents = set().union(*clean_keys.values()) if clean_keys else set()
     faulty_incidents = set().union(*faulty_keys.values()) if faulty_keys else set()
     never = sorted(clean_posted - faulty_posted)
+    missing = clean_incidents - faulty_incidents
+    # Of those, the ones whose clean-run alert the faulty run found too (with
+    # another severity, say): swallowed, not merely not found.
+    swallowed = {key for fid, keys in clean_keys.items() if fid in faulty_raw
+                 for key in keys & missing}
     return {
+        "incidents_swallowed": len(swallowed),
         # Found by the faulty run too, and alerted only in the clean one: swallowed.
         "findings_swallowed": sum(fid in faulty_raw for fid in never),
         "clean_findings_alerted": len(clean_posted),
@@ -1192,8 +1198,8 @@ def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
         # A finding the faulty run did not find at all is in "compare" (model-scoped
         # findings differ with state.store local): counted, but only the findings
         # both runs found, and the incidents, must alert in both.
-        checks["incidents alerted in the clean run, never in the faulty one == 0"] = (
-            alerts["incidents_alerted_in_clean_never_in_faulty"] == 0)
+        checks["incidents alerted in the clean run only, their finding found by both == 0"] = (
+            alerts["incidents_swallowed"] == 0)
         checks["findings of both runs alerted in the clean run only == 0"] = (
             alerts["findings_swallowed"] == 0)
         checks["clean run alerted"] = alerts["clean_findings_alerted"] > 0
@@ -1203,6 +1209,8 @@ def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
             report.get("compare", {}).get("severity_differs", {}).get("count") == 0,
         "findings alerted in the clean run, never in the faulty one == 0":
             (alerts or {}).get("findings_alerted_in_clean_never_in_faulty") == 0,
+        "incidents alerted in the clean run, never in the faulty one == 0":
+            (alerts or {}).get("incidents_alerted_in_clean_never_in_faulty") == 0,
         f"peak RSS <= {opts.memory_bound_mib:g} MiB": peak <= opts.memory_bound_mib,
     }
     return {"ok": all(checks.values()), "checks": checks, "informational": informational}

@@ -40,6 +40,7 @@ def test_a_finding_both_runs_found_but_only_the_clean_run_alerted_fails_the_soak
     assert alerts["findings_swallowed"] == 1
     # bob's incident (route, dedup key) was alerted only in the clean run
     assert alerts["incidents_alerted_in_clean_never_in_faulty"] == 1
+    assert alerts["incidents_swallowed"] == 1
     checks = _invariants(_report(alerts), SoakOptions(kills=0))
     assert not checks["ok"]
     assert not checks["checks"]["findings of both runs alerted in the clean run only == 0"]
@@ -56,6 +57,7 @@ def test_another_finding_of_the_same_incident_alerted_instead_is_not_swallowed()
     assert alerts["findings_swallowed"] == 0
     assert alerts["clean_incidents_alerted"] == alerts["faulty_incidents_alerted"] == 1
     assert alerts["incidents_alerted_in_clean_never_in_faulty"] == 0
+    assert alerts["incidents_swallowed"] == 0
     report = _invariants(_report(alerts), SoakOptions(kills=0))
     assert report["ok"], report
     assert report["informational"][
@@ -75,3 +77,16 @@ def test_a_common_finding_id_with_another_severity_is_reported():
     assert diffs["examples"] == [{"finding_id": b.finding_id, "detector": "access.exfiltration",
                                   "clean": "high", "faulty": "medium"}]
     assert _severity_diffs(clean, clean)["count"] == 0
+
+
+def test_an_incident_the_faulty_run_never_found_is_reported_but_not_swallowed():
+    # state.store local: a model-scoped finding of the clean run is not found after
+    # the faults at all ("compare" shows it); its incident is counted, not failed.
+    a = _finding(1, "alice")
+    alerts = _alerts({a.finding_id}, set(), {a.finding_id: encode_finding(a)}, {}, None)
+    assert alerts["incidents_alerted_in_clean_never_in_faulty"] == 1
+    assert alerts["incidents_swallowed"] == alerts["findings_swallowed"] == 0
+    report = _invariants(_report(alerts), SoakOptions(kills=0))
+    assert report["ok"], report
+    assert report["informational"][
+        "incidents alerted in the clean run, never in the faulty one == 0"] is False
