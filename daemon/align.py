@@ -44,7 +44,6 @@ released twice.
 
 >>> from detectors.events import InferenceEvent
 >>> from detectors.findings import Source
-from detectors.pipeline import StatePartition
 >>> def ev(ts: float) -> InferenceEvent:
 ...     return InferenceEvent(ts=ts, model_id="m", request_id=str(ts), principal="p",
 ...                           features=[1.0], prediction=1)
@@ -121,17 +120,21 @@ class EventTimeAligner:
 
     def push(self, events: Iterable[_Item], now: float) -> None:
         """Buffer events; each source's events must come in its offset order."""
+        queues, heard, heads = self._queues, self._heard, self._heads
+        added = 0
         for event, source in events:
             sid = (source.topic, source.partition)
-            queue = self._queues.get(sid)
+            queue = queues.get(sid)
             if queue is None:
-                queue = self._queues[sid] = deque()
-            key = _key(event, source)
+                queue = queues[sid] = deque()
+            item = -1 if source.item is None else source.item
+            key = (float(event.ts), sid[0], sid[1], source.offset, item)
             if not queue:
-                heapq.heappush(self._heads, (key, sid))
+                heapq.heappush(heads, (key, sid))
             queue.append((key, (event, source)))
-            self._heard[sid] = now
-            self._size += 1
+            heard[sid] = now
+            added += 1
+        self._size += added
 
     def release(self, now: float) -> list[_Item]:
         """The events that can go to the detectors now, in merge order."""
@@ -142,25 +145,31 @@ class EventTimeAligner:
         waiting = sum(1 for sid, queue in self._queues.items()
                       if not queue and now - self._heard[sid] < self.max_wait_s)
         heads = self._heads
-        while heads:
-            held = warm or waiting > 0
-            if held and self._size <= self.max_buffered:
-                break
-            key, sid = heapq.heappop(heads)
-            queue = self._queues[sid]
+        queues, heard, wait = self._queues, self._heard, self.max_wait_s
+        cap = self.max_buffered
+        size, last, forced, late = self._size, self._last, 0, 0
+        append, heappop, heappush = out.append, heapq.heappop, heapq.heappush
+        held = warm or waiting > 0
+        while heads and (size > cap or not held):
+            key, sid = heappop(heads)
+            queue = queues[sid]
             _, item = queue.popleft()
-            self._size -= 1
+            size -= 1
             if held:
-                self.forced += 1
-            if self._last is not None and key < self._last:
-                self.late += 1
+                forced += 1
+            if last is not None and key < last:
+                late += 1
             else:
-                self._last = key
-            out.append(item)
+                last = key
+            append(item)
             if queue:
-                heapq.heappush(heads, (queue[0][0], sid))
-            elif now - self._heard[sid] < self.max_wait_s:
+                heappush(heads, (queue[0][0], sid))
+            elif now - heard[sid] < wait:
                 waiting += 1
+                held = True
+        self._size, self._last = size, last
+        self.forced += forced
+        self.late += late
         self.released += len(out)
         return out
 

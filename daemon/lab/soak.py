@@ -23,7 +23,7 @@ then:
    time counts from its first refused request). Ends when the committed
    offsets reach the end of every input partition and the response outbox
    has drained (or nothing moves for
-   ``stall_s`` once every fault was injected: reported as a stall).
+   ``stall_s``: reported as a stall, also before every fault was injected).
 4. **Report.** Events not processed, duplicate chat posts, finding ids of the
    faulty run against the clean run (by detector), DLQ count, peak memory per
    replica (VmHWM), wall times, rebalances. Non-zero exit when an invariant
@@ -520,14 +520,17 @@ def _held(replicas: list[Replica]) -> int:
     return held
 
 
-def _findings(bootstrap: str, topic: str) -> tuple[dict[str, str], int]:
-    """finding id -> detector, and the number of messages (re-emissions included)."""
+def _findings(bootstrap: str, topic: str) -> tuple[dict[str, str], int, dict[str, bytes]]:
+    """finding id -> detector, the number of messages (re-emissions included), and
+    finding id -> its message."""
     ids: dict[str, str] = {}
+    raw: dict[str, bytes] = {}
     messages = clients.read_topic(bootstrap, topic)
     for message in messages:
         body = orjson.loads(message.value)
         ids[str(body["finding_id"])] = str(body["detector"])
-    return ids, len(messages)
+        raw[str(body["finding_id"])] = message.value
+    return ids, len(messages), raw
 
 
 def _dead_letters(bootstrap: str, topic: str) -> dict[str, Any]:
@@ -604,6 +607,75 @@ def _slack_posts(slack: Any) -> dict[str, Any]:
     }
 
 
+def _posted_ids(slack: Any) -> set[str]:
+    """Finding ids named in the chat messages ``slack`` accepted."""
+    out: set[str] = set()
+    for request in slack.delivered:
+        if request.endpoint == "chat.postMessage":
+            found = _FINDING_IN_TEXT.search(json.dumps(request.body.get("blocks") or [])
+                                            .replace('\\"', '"'))
+            if found is not None:
+                out.add(found.group(1))
+    return out
+
+
+def _incident_keys(ids: set[str], raw: Mapping[str, bytes], playbooks: Any
+                   ) -> dict[str, set[tuple[str, str]]]:
+    """finding id -> the (route, dedup key) incidents it opens or counts in."""
+    from detectors.findings import decode_finding
+    from playbooks.actions import ActionCall
+
+    out: dict[str, set[tuple[str, str]]] = {}
+    for fid in ids:
+        body = raw.get(fid)
+        if body is None:
+            continue
+        finding = decode_finding(body)
+        keys = out.setdefault(fid, set())
+        for route in playbooks.matching(finding):
+            call = ActionCall("alert", route.name, "", finding, "")
+            keys.add((route.name, route.spec.dedup.key.render(call.context(None,
+                                                                           outside=False))))
+    return out
+
+
+def _alerts(clean_posted: set[str], faulty_posted: set[str], clean_raw: Mapping[str, bytes],
+            faulty_raw: Mapping[str, bytes], config: str | None) -> dict[str, Any]:
+    """What the clean run alerted that the faulty one never did (and the reverse), by
+    finding id and by incident (route and dedup key: which finding of an incident
+    alerts first depends on arrival order, hence wall time, across partitions)."""
+    from daemon.settings import load
+    from playbooks.model import load_playbooks
+
+    playbooks = load_playbooks(load(config).playbooks.dir)
+    clean_keys = _incident_keys(clean_posted, clean_raw, playbooks)
+    faulty_keys = _incident_keys(faulty_posted, faulty_raw, playbooks)
+    clean_incidents = set().union(*clean_keys.values()) if clean_keys else set()
+    faulty_incidents = set().union(*faulty_keys.values()) if faulty_keys else set()
+    never = sorted(clean_posted - faulty_posted)
+    missing = clean_incidents - faulty_incidents
+    # Of those, the ones whose clean-run alert the faulty run found too (with
+    # another severity, say): swallowed, not merely not found.
+    swallowed = {key for fid, keys in clean_keys.items() if fid in faulty_raw
+                 for key in keys & missing}
+    return {
+        "incidents_swallowed": len(swallowed),
+        # Found by the faulty run too, and alerted only in the clean one: swallowed.
+        "findings_swallowed": sum(fid in faulty_raw for fid in never),
+        "clean_findings_alerted": len(clean_posted),
+        "faulty_findings_alerted": len(faulty_posted),
+        "findings_alerted_in_clean_never_in_faulty": len(never),
+        "findings_alerted_in_faulty_not_in_clean": len(faulty_posted - clean_posted),
+        "examples_never_in_faulty": never[:5],
+        "clean_incidents_alerted": len(clean_incidents),
+        "faulty_incidents_alerted": len(faulty_incidents),
+        "incidents_alerted_in_clean_never_in_faulty": len(clean_incidents - faulty_incidents),
+        "incidents_alerted_in_faulty_not_in_clean": len(faulty_incidents - clean_incidents),
+        "incident_examples_never_in_faulty": [list(k) for k in
+                                              sorted(clean_incidents - faulty_incidents)[:5]],
+    }
+
+
 # -- logs --------------------------------------------------------------------------
 
 
@@ -660,22 +732,32 @@ def _say(text: str) -> None:
 
 
 def _clean_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], workdir: Path,
-               admin: Any) -> dict[str, Any]:
+               admin: Any, slack: Any) -> dict[str, Any]:
+    """One replica, no faults; its playbooks post to their own Slack (``slack``), with
+    their own state dir and outbox: what the faulty run must alert too."""
+    state_dir = workdir / "state-clean"
     env = _base_env(bootstrap, "soak-clean", "soak.findings.clean", "soak.dlq.clean",
                     opts.max_message_bytes, opts.session_timeout_ms)
-    env["MLWATCHD_PLAYBOOKS__ENABLED"] = "false"
+    env.update({
+        "MLWATCHD_STATE__DIR": str(state_dir),
+        "MLWATCHD_SLACK__BOT_TOKEN": slack.token,
+        "MLWATCHD_SLACK__CHANNEL": "#ml-security",
+        "MLWATCHD_SLACK__API_BASE_URL": slack.api_base_url,
+        "MLWATCHD_PLAYBOOKS__ACTIONS_TOPIC": "soak.actions.clean",
+        "MLWATCHD_PLAYBOOKS__AUDIT_TOPIC": "soak.audit.clean",
+    })
     if opts.state_store == "kafka":
         # The faulty run repartitions (the Kafka store's default): so does the clean
         # one, with a local store for its aligned model stage, or their model-scoped
         # findings would be compared across two routings.
-        env.update({"MLWATCHD_STATE__DIR": str(workdir / "state-clean"),
-                    "MLWATCHD_STATE__MODEL_ROUTING": "repartition",
+        env.update({"MLWATCHD_STATE__MODEL_ROUTING": "repartition",
                     "MLWATCHD_TOPICS__REPARTITION": "soak.repartition.clean"})
     replica = Replica("clean", env, workdir, opts.config)
     started = time.monotonic()
     replica.start()
     try:
-        return _clean_wait(opts, ends, admin, replica, started)
+        return _clean_wait(opts, ends, admin, replica, started,
+                           [state_dir / "mlwatchd-playbooks.sqlite3"])
     finally:
         if replica.alive and replica.proc is not None:
             replica.proc.kill()
@@ -683,7 +765,7 @@ def _clean_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], workd
 
 
 def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica: Replica,
-                started: float) -> dict[str, Any]:
+                started: float, outboxes: list[Path]) -> dict[str, Any]:
     total = sum(ends.values())
     deadline = started + opts.timeout_s
     last_note = 0.0
@@ -699,7 +781,7 @@ def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica:
             last_committed, moved_at = committed, time.monotonic()
         left = _unprocessed(ends, committed)
         if left == 0 and time.monotonic() - moved_at >= _MODEL_STAGE_QUIET_S \
-                and _held([replica]) == 0:
+                and _held([replica]) == 0 and _outbox_status(outboxes).get("due", 0) == 0:
             break
         if time.monotonic() - last_note > 15:
             last_note = time.monotonic()
@@ -712,7 +794,7 @@ def _clean_wait(opts: SoakOptions, ends: Mapping[str, int], admin: Any, replica:
     return {"wall_s": round(wall, 1), "unprocessed": left, "model_stage": _alignment([life]),
             "peak_rss_mib": round(life.hwm_kib / 1024, 1),
             "events_consumed_metric": life.metrics.get("mlwatchd_events_consumed_total"),
-            "exit_code": life.exit_code, "log": life.log}
+            "outbox": _outbox_status(outboxes), "exit_code": life.exit_code, "log": life.log}
 
 
 def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], workdir: Path,
@@ -745,16 +827,17 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
         with contextlib.suppress(Exception):
             admin.create_topics([NewTopic("soak.state.faulty", opts.partitions, 1,
                                           topic_configs={"cleanup.policy": "compact"})])
-    outboxes: list[Path] = []
+    #: slot -> its outbox file ("" for the one shared by every replica)
+    outboxes: dict[str, Path] = {}
 
     def replica(slot: str) -> Replica:
         slot_env = dict(env)
         if opts.outbox == "per-replica":
             path = workdir / f"outbox-{slot}.sqlite3"
             slot_env["MLWATCHD_PLAYBOOKS__OUTBOX_PATH"] = str(path)
-            outboxes.append(path)
+            outboxes[slot] = path
         elif not outboxes:
-            outboxes.append(state_dir / "mlwatchd-playbooks.sqlite3")
+            outboxes[""] = state_dir / "mlwatchd-playbooks.sqlite3"
         return Replica(slot, slot_env, workdir, opts.config)
 
     slots = [replica(f"r{i + 1}") for i in range(opts.replicas)]
@@ -770,7 +853,7 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
 
 def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, group: str,
            rng: random.Random, state_dir: Path, slots: list[Replica], replica: Any,
-           outboxes: list[Path]) -> dict[str, Any]:
+           outboxes: dict[str, Path]) -> dict[str, Any]:
     total = sum(ends.values())
     kill_at = sorted(rng.uniform(0.05, 0.85) for _ in range(opts.kills))
     add_at, remove_at, fault_at = 0.35, 0.6, opts.slack_fault_at
@@ -827,9 +910,13 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
         if committed != last_committed:
             last_committed, moved_at = committed, now
         faults_done = not kill_at and added and removed and fault_ended is not None
-        if left > 0 and faults_done and now - max(moved_at, last_change) > opts.stall_s:
+        # Faults are scheduled by progress: with none (seen: every member of the
+        # group waiting in JoinGroup for minutes on the embedded broker after a
+        # kill -9 mid-rebalance) the remaining ones never come; stop and say so.
+        if left > 0 and now - max(moved_at, last_change) > opts.stall_s:
             stalled = True
-            log_action("stalled", unprocessed=left, seconds=opts.stall_s)
+            log_action("stalled", unprocessed=left, seconds=opts.stall_s,
+                       faults_done=faults_done)
             break
         live = [r for r in slots if r.alive and not r.retired]
         if kill_at and best >= kill_at[0] and now - last_kill >= opts.min_kill_gap_s and live:
@@ -874,7 +961,10 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
             slack.set_fault(None)
             fault_ended = now
             log_action("slack fault off", answered=slack.faults_answered)
-        outbox = _outbox_status(outboxes)
+        # What a removed replica left in its own outbox is delivered by nobody: it
+        # is not waited for (reported as stranded below).
+        retired = {r.slot for r in slots if r.retired}
+        outbox = _outbox_status([p for slot, p in outboxes.items() if slot not in retired])
         finished = (left == 0 and faults_done and outbox.get("due", 0) == 0
                     and all(r.alive or r.retired for r in slots)
                     and now - last_change >= opts.settle_s
@@ -923,8 +1013,13 @@ def _chaos(opts: SoakOptions, ends: Mapping[str, int], admin: Any, slack: Any, g
         "replicas": per_slot,
         "actions": actions,
         "kills_done": sum(a["action"] == "kill -9" for a in actions),
-        "outbox": _outbox_status(outboxes),
-        "outbox_files": [str(p) for p in outboxes],
+        "outbox": _outbox_status(list(outboxes.values())),
+        "outbox_files": [str(p) for p in outboxes.values()],
+        # Jobs still due in the outbox of a replica that was removed and never came
+        # back: alerts nobody will deliver.
+        "outbox_stranded": _outbox_status([p for slot, p in outboxes.items()
+                                           if slot in {r.slot for r in slots if r.retired}]
+                                          ).get("due", 0),
         "logs": _log_summary(lives),
         "exit_codes": [life.exit_code for life in lives],
     }
@@ -964,7 +1059,7 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         clients.create_topics(broker.bootstrap, [(t, opts.partitions) for t in INPUTS.values()])
         clients.create_topics(broker.bootstrap, [(t, 3) for t in (
             "soak.findings.clean", "soak.dlq.clean", "soak.findings.faulty", "soak.dlq.faulty",
-            "soak.actions", "soak.audit")])
+            "soak.actions", "soak.audit", "soak.actions.clean", "soak.audit.clean")])
         started = time.monotonic()
         stats.end_offsets = _produce(broker.bootstrap, messages, opts.max_message_bytes)
         stats.produce_s = round(time.monotonic() - started, 1)
@@ -976,10 +1071,14 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
         for name in (f"{t}:{p}" for t in INPUTS.values() for p in range(opts.partitions)):
             stats.end_offsets.setdefault(name, 0)
         report["input"] = asdict(stats)
+        clean_posted: set[str] = set()
         if opts.clean:
             _say("clean run: 1 replica, no faults")
-            report["clean"] = _clean_run(opts, broker.bootstrap, stats.end_offsets, workdir,
-                                         admin)
+            with FakeSlack() as clean_slack:
+                report["clean"] = _clean_run(opts, broker.bootstrap, stats.end_offsets,
+                                             workdir, admin, clean_slack)
+                report["clean"]["slack"] = _slack_posts(clean_slack)
+                clean_posted = _posted_ids(clean_slack)
             _say(f"clean run done in {report['clean']['wall_s']}s")
         with FakeSlack() as slack:
             _say(f"faulty run: {opts.replicas} replicas, {opts.kills} kills, slack at "
@@ -987,15 +1086,21 @@ def run_soak(opts: SoakOptions) -> dict[str, Any]:
             report["faulty"] = _faulty_run(opts, broker.bootstrap, stats.end_offsets, workdir,
                                            admin, slack)
             report["slack"] = _slack_posts(slack)
+            faulty_posted = _posted_ids(slack)
         _say("reading findings and dead letters")
-        faulty_ids, faulty_msgs = _findings(broker.bootstrap, "soak.findings.faulty")
+        faulty_ids, faulty_msgs, faulty_raw = _findings(broker.bootstrap,
+                                                        "soak.findings.faulty")
         report["faulty"]["findings"] = {"distinct": len(faulty_ids), "messages": faulty_msgs}
         report["dlq"] = _dead_letters(broker.bootstrap, "soak.dlq.faulty")
         if opts.clean:
-            clean_ids, clean_msgs = _findings(broker.bootstrap, "soak.findings.clean")
+            clean_ids, clean_msgs, clean_raw = _findings(broker.bootstrap,
+                                                         "soak.findings.clean")
             report["clean"]["findings"] = {"distinct": len(clean_ids), "messages": clean_msgs}
             report["clean"]["dlq"] = _dead_letters(broker.bootstrap, "soak.dlq.clean")
             report["compare"] = _compare(clean_ids, faulty_ids)
+            report["compare"]["severity_differs"] = _severity_diffs(clean_raw, faulty_raw)
+            report["alerts"] = _alerts(clean_posted, faulty_posted, clean_raw, faulty_raw,
+                                       opts.config)
         admin.close()
     finally:
         broker.stop()
@@ -1023,6 +1128,19 @@ def _compare(clean: Mapping[str, str], faulty: Mapping[str, str]) -> dict[str, A
             "by_detector": by_detector}
 
 
+def _severity_diffs(clean: Mapping[str, bytes], faulty: Mapping[str, bytes]
+                    ) -> dict[str, Any]:
+    """Findings with the same id in both runs but another severity (the id does not
+    cover it; playbook routes match on it, so another route may run)."""
+    diffs: list[dict[str, str]] = []
+    for fid in sorted(set(clean) & set(faulty)):
+        a, b = orjson.loads(clean[fid]), orjson.loads(faulty[fid])
+        if a.get("severity") != b.get("severity"):
+            diffs.append({"finding_id": fid, "detector": str(a.get("detector")),
+                          "clean": str(a.get("severity")), "faulty": str(b.get("severity"))})
+    return {"count": len(diffs), "examples": diffs[:5]}
+
+
 def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
     faulty = report.get("faulty", {})
     peak = max((s["peak_rss_mib"] for s in faulty.get("replicas", {}).values()), default=0.0)
@@ -1032,9 +1150,27 @@ def _invariants(report: Mapping[str, Any], opts: SoakOptions) -> dict[str, Any]:
         "DLQ distinct == poison": report.get("dlq", {}).get("distinct_sources")
         == report["input"]["poison"],
         "kills done": faulty.get("kills_done", -1) == opts.kills,
+        "alerts stranded in a removed replica's outbox == 0":
+            faulty.get("outbox_stranded", -1) == 0,
     }
+    alerts = report.get("alerts")
+    if alerts is not None:
+        # A finding the faulty run did not find at all is in "compare" (model-scoped
+        # findings differ with state.store local): counted, but only the findings
+        # both runs found, and the incidents, must alert in both.
+        checks["incidents alerted in the clean run only, their finding found by both == 0"] = (
+            alerts["incidents_swallowed"] == 0)
+        checks["findings of both runs alerted in the clean run only == 0"] = (
+            alerts["findings_swallowed"] == 0)
+        checks["clean run alerted"] = alerts["clean_findings_alerted"] > 0
     informational = {
         "finding ids identical to the clean run": report.get("compare", {}).get("identical"),
+        "same severity for every common finding id":
+            report.get("compare", {}).get("severity_differs", {}).get("count") == 0,
+        "findings alerted in the clean run, never in the faulty one == 0":
+            (alerts or {}).get("findings_alerted_in_clean_never_in_faulty") == 0,
+        "incidents alerted in the clean run, never in the faulty one == 0":
+            (alerts or {}).get("incidents_alerted_in_clean_never_in_faulty") == 0,
         f"peak RSS <= {opts.memory_bound_mib:g} MiB": peak <= opts.memory_bound_mib,
     }
     return {"ok": all(checks.values()), "checks": checks, "informational": informational}
@@ -1072,7 +1208,8 @@ def _print_report(r: Mapping[str, Any]) -> None:
     out(f"  slack: {s['requests']:,} requests {s['answers_by_status']}, "
         f"{s['posts_delivered']:,} posts delivered about {s['distinct_findings_posted']:,} "
         f"findings; duplicate posts: {s['duplicate_posts']}")
-    out(f"  outbox at the end: {faulty['outbox']}")
+    out(f"  outbox at the end: {faulty['outbox']}; due in removed replicas' outboxes "
+        f"(nobody delivers them): {faulty['outbox_stranded']}")
     d = r["dlq"]
     out(f"  DLQ: {d['distinct_sources']:,} distinct source offsets ({d['messages']:,} "
         f"messages) {d['by_reason']}")
@@ -1081,6 +1218,14 @@ def _print_report(r: Mapping[str, Any]) -> None:
         out(f"  finding ids vs clean: {'IDENTICAL' if cmp_['identical'] else 'DIFFERENT'} "
             f"(clean {cmp_['clean']:,}, faulty {cmp_['faulty']:,}, only in clean "
             f"{cmp_['only_clean']:,}, only in faulty {cmp_['only_faulty']:,})")
+        a = r["alerts"]
+        out(f"  alerts: clean run {a['clean_findings_alerted']:,} findings "
+            f"({a['clean_incidents_alerted']:,} incidents), faulty run "
+            f"{a['faulty_findings_alerted']:,} ({a['faulty_incidents_alerted']:,}); alerted "
+            f"in the clean run and never in the faulty one: "
+            f"{a['findings_alerted_in_clean_never_in_faulty']} findings "
+            f"({a['findings_swallowed']} of them found by the faulty run), "
+            f"{a['incidents_alerted_in_clean_never_in_faulty']} incidents")
         out(f"  model stage out of aligned order (late, forced): faulty "
             f"{faulty.get('model_stage', {})}, clean {r['clean'].get('model_stage', {})}")
         for name, row in cmp_["by_detector"].items():
