@@ -127,8 +127,7 @@ class EventTimeAligner:
             queue = queues.get(sid)
             if queue is None:
                 queue = queues[sid] = deque()
-            item = -1 if source.item is None else source.item
-            key = (float(event.ts), sid[0], sid[1], source.offset, item)
+            key = _key(event, source)
             if not queue:
                 heapq.heappush(heads, (key, sid))
             queue.append((key, (event, source)))
