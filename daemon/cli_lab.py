@@ -97,7 +97,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             return run_worlds(lambda: Pipeline(settings.detector_specs()), args.worlds,
                               held_out=args.held_out, days=args.days, as_json=args.json,
-                              scale=args.scale, partitions=args.partitions)
+                              scale=args.scale, partitions=args.partitions,
+                              bootstrap_days=args.bootstrap_days)
         except ValueError as exc:
             print(f"mlwatchd eval: {exc}", file=sys.stderr)
             return 2
@@ -187,6 +188,10 @@ def add_lab_verbs(verb: Verb) -> None:
                    help="with --worlds: days per world incl. the attack day (default: drawn)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="with --worlds: multiply benign inference volume (default 1)")
+    p.add_argument("--bootstrap-days", type=int, default=0, metavar="K",
+                   help="with --worlds and --days: the first K days of each world are "
+                        "learn-only, as replay --learn-until (detectors learn, findings "
+                        "suppressed and counted, not scored); default 0: cold start")
     p.add_argument("--json", action="store_true", help="with --worlds: print JSON")
     p.add_argument("--partitions", type=int, default=1, metavar="P",
                    help="with --worlds: feed the events from P input partitions, keyed "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import gzip
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +32,7 @@ from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source, encode_finding
 from detectors.pipeline import Pipeline
 
-__all__ = ["ReplayStats", "read_events", "replay"]
+__all__ = ["LearnOnly", "ReplayStats", "read_events", "replay"]
 
 log = structlog.get_logger("mlwatchd.replay")
 
@@ -45,6 +45,41 @@ class ReplayStats:
         #: Events replayed learn-only, and the findings dropped for them.
         self.learnt = 0
         self.suppressed = 0
+
+
+class LearnOnly:
+    """Which events are learn-only, and feeding them so (``replay --learn-until`` /
+    ``--bootstrap-s``, ``eval --worlds --bootstrap-days``).
+
+    Events before ``learn_until`` (event time), or within ``bootstrap_s`` of
+    the first event asked about, are history: :meth:`learn` feeds them to the
+    pipeline (the detectors learn), drops their findings and counts both in
+    ``stats`` (the daemon's bootstrap on a first start).
+
+    >>> gate = LearnOnly(bootstrap_s=60.0)
+    >>> [gate.learning(t) for t in (100.0, 159.0, 160.0)]
+    [True, True, False]
+    """
+
+    def __init__(self, learn_until: float | None = None,
+                 bootstrap_s: float | None = None) -> None:
+        self.until = learn_until
+        self.bootstrap_s = bootstrap_s
+
+    def learning(self, ts: float) -> bool:
+        if self.bootstrap_s is not None and self.until is None:
+            self.until = ts + self.bootstrap_s
+        return self.until is not None and ts < self.until
+
+    @staticmethod
+    def learn(pipeline: Pipeline, kind: str, partition: int,
+              run: Sequence[tuple[Event, Source]], stats: ReplayStats) -> list[Finding]:
+        """Feed ``run`` learn-only; its findings are counted in ``stats`` and returned
+        for a tally, never to be emitted."""
+        found = pipeline.process_many(kind, partition, run)
+        stats.learnt += len(run)
+        stats.suppressed += len(found)
+        return found
 
 
 def _kcat_message(line: bytes) -> tuple[bytes, list[tuple[str, bytes]], int | None] | str:
@@ -123,16 +158,13 @@ def replay(
     are dropped and counted (the daemon's bootstrap on a first start).
     """
     stats = ReplayStats()
+    gate = LearnOnly(learn_until, bootstrap_s)
     findings: list[Finding] = []
     for event, source in read_events(paths, stats, max_bytes, fmt, kcat):
-        ts: float = event.ts  # type: ignore[assignment]
-        if bootstrap_s is not None and learn_until is None:
-            learn_until = ts + bootstrap_s
-        found = pipeline.process_many(event_type_of(event), 0, ((event, source),))
-        if learn_until is not None and ts < learn_until:
-            stats.learnt += 1
-            stats.suppressed += len(found)
+        if gate.learning(float(event.ts)):
+            gate.learn(pipeline, event_type_of(event), 0, ((event, source),), stats)
             continue
+        found = pipeline.process_many(event_type_of(event), 0, ((event, source),))
         for finding in found:
             if out is not None:
                 out.write(encode_finding(finding) + b"\n")

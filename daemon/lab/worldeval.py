@@ -18,6 +18,15 @@ partitioner gives its key (the principal or actor, as ``simulate`` sends it),
 each batch split by partition, so partition-scoped detectors run one instance
 per partition and what their peers share across partitions is exercised.
 
+``bootstrap_days`` K (``--bootstrap-days``) feeds the first K days of each
+world learn-only, as ``replay --learn-until`` does (one mechanism:
+:class:`daemon.replay.LearnOnly`), the daemon's baseline bootstrap on a first
+start: the detectors learn, their findings are dropped and counted per
+detector as *suppressed*, never as false or true, and those days' events are
+in no judged total (``events``, benign events, rates are of the judged days).
+A judged incident update that continues an incident opened on a learn-only
+day is counted apart (``carried``): the daemon emits it as an update too.
+
 Per world, the sample sizes each peer/population-calibrated detector's
 thresholds rest on are gathered from :meth:`Detector.stats` (its
 ``calibration_*`` gauges; for reference-window detectors, the reference events
@@ -34,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from daemon.lab.evaluate import EventInfo, Hit, Scorecard, score
+from daemon.lab.scenarios import DAY, T0
 from daemon.lab.simulate import encode
 from daemon.lab.worlds import World, draw, world_events
 
@@ -66,6 +76,13 @@ class WorldRow:
     #: detector -> calibration sample sizes (largest over its instances)
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     partitions: int = 1
+    #: learn-only days at the start (``--bootstrap-days``): their events are in
+    #: ``learnt_events``, not in ``events``; their findings in ``suppressed``
+    bootstrap_days: int = 0
+    learnt_events: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
+    #: judged incident updates continuing an incident opened on a learn-only day
+    carried_updates: int = 0
 
     @property
     def false_per_million(self) -> float:
@@ -96,19 +113,53 @@ def partition_of(key: str, partitions: int) -> int:
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def _feed(pipeline: Any, world: World, partitions: int = 1) -> tuple[list[EventInfo], list[Hit]]:
+@dataclass
+class Learnt:
+    """What a world's learn-only days were (``--bootstrap-days``): not scored."""
+
+    events: int = 0
+    until: float | None = None  # event time the judged part starts
+    #: detector -> findings dropped on the learn-only days
+    suppressed: dict[str, int] = field(default_factory=dict)
+    #: judged incident updates that continue an incident opened learn-only
+    carried: int = 0
+
+
+def _feed(pipeline: Any, world: World, partitions: int = 1, learn_until: float | None = None,
+          ) -> tuple[list[EventInfo], list[Hit], Learnt]:
+    """Feed ``world``; events before ``learn_until`` learn-only (as ``replay
+    --learn-until``: findings dropped and counted). The infos and the hits'
+    indices are of the judged events only."""
+    from daemon.replay import LearnOnly, ReplayStats
     from detectors.events import decode_any
     from detectors.findings import Source
 
+    gate = LearnOnly(learn_until)
+    stats = ReplayStats()
+    learnt = Learnt(until=learn_until)
+    suppressed: Counter[str] = Counter()
+    opened_learning: set[tuple[str, str, str]] = set()  # detector, entity type, id
+    opened_live: set[tuple[str, str, str]] = set()
     infos: list[EventInfo] = []
     hits: list[Hit] = []
     chunk: list[tuple[int, str, Any, Any]] = []  # partition, kind, event, source
     where: dict[str, int] = {}
+    learning = False
 
     def process(kind: str, partition: int, run: list[tuple[Any, Any]]) -> None:
+        if learning:
+            for f in gate.learn(pipeline, kind, partition, run, stats):
+                suppressed[f.detector] += 1
+                opened_learning.add((f.detector, f.entity.type, f.entity.id))
+            return
         for f in pipeline.process_many(kind, partition, run):
             at = [s.offset for s in f.sources if s.topic == _SOURCE]
-            index = max(at) if at else int(run[-1][1].offset)
+            index = (max(at) if at else int(run[-1][1].offset)) - learnt.events
+            key = (f.detector, f.entity.type, f.entity.id)
+            if not f.is_update:
+                opened_live.add(key)
+            elif key in opened_learning and key not in opened_live:
+                learnt.carried += 1
             hits.append(Hit(index, f.detector, f.kind, f.entity.type, f.entity.id,
                             f.is_update))
 
@@ -130,6 +181,15 @@ def _feed(pipeline: Any, world: World, partitions: int = 1) -> tuple[list[EventI
         chunk.clear()
 
     for i, e in enumerate(world.events):
+        now_learning = gate.learning(e.ts)
+        if now_learning != learning and chunk:
+            flush()  # a run is all history or all judged
+        learning = now_learning
+        if learning:
+            if e.scenario is not None:
+                raise ValueError(f"world {world.spec.seed}: attack events on a learn-only "
+                                 "day; use fewer --bootstrap-days than --days")
+            learnt.events += 1
         event = decode_any(encode(e))  # the wire form, as replay reads it
         partition = where.get(e.key)
         if partition is None:
@@ -137,11 +197,14 @@ def _feed(pipeline: Any, world: World, partitions: int = 1) -> tuple[list[EventI
         if partitions <= 1 and chunk and e.kind != chunk[-1][1]:
             flush()  # one partition: runs of one kind, as before
         chunk.append((partition, e.kind, event, Source(_SOURCE, partition, i)))
-        infos.append(EventInfo(e.ts, e.scenario, e.body.get("model_id")))
+        if not learning:
+            infos.append(EventInfo(e.ts, e.scenario, e.body.get("model_id")))
         if len(chunk) >= _BATCH:
             flush()
     flush()
-    return infos, hits
+    assert stats.learnt == learnt.events
+    learnt.suppressed = dict(suppressed.most_common())
+    return infos, hits, learnt
 
 
 def calibration_sizes(pipeline: Any) -> dict[str, dict[str, float]]:
@@ -162,12 +225,19 @@ def calibration_sizes(pipeline: Any) -> dict[str, dict[str, float]]:
 
 
 def run_world(seed: int, pipeline: Any, days: int | None = None, group: str = "tuning",
-              scale: float = 1.0, partitions: int = 1) -> tuple[WorldRow, Scorecard]:
+              scale: float = 1.0, partitions: int = 1,
+              bootstrap_days: int = 0) -> tuple[WorldRow, Scorecard]:
     """Generate world ``seed``, run ``pipeline`` over it (fed from ``partitions``
-    input partitions) and score it."""
+    input partitions) and score it. The first ``bootstrap_days`` days are
+    learn-only (the daemon's baseline bootstrap): not scored at all."""
     started = time.perf_counter()
-    world = world_events(draw(seed, days=days, scale=scale))
-    infos, hits = _feed(pipeline, world, partitions)
+    spec = draw(seed, days=days, scale=scale)
+    if not 0 <= bootstrap_days < spec.days:
+        raise ValueError(f"--bootstrap-days {bootstrap_days} must be less than the world's "
+                         f"{spec.days} days (the last day is the attack day)")
+    world = world_events(spec)
+    infos, hits, learnt = _feed(pipeline, world, partitions,
+                                T0 + bootstrap_days * DAY if bootstrap_days else None)
     card = score(infos, hits, world.scenarios)
     present = [r.scenario.name for r in card.scenarios]
     by_role: Counter[str] = Counter()
@@ -187,7 +257,9 @@ def run_world(seed: int, pipeline: Any, days: int | None = None, group: str = "t
                        "updates": c.updates}
                    for n, c in sorted(card.detectors.items())},
         false_by_role=dict(by_role.most_common()), false_entities=dict(by_entity.most_common()),
-        calibration=calibration_sizes(pipeline), partitions=partitions)
+        calibration=calibration_sizes(pipeline), partitions=partitions,
+        bootstrap_days=bootstrap_days, learnt_events=learnt.events,
+        suppressed=learnt.suppressed, carried_updates=learnt.carried)
     return row, card
 
 
@@ -203,8 +275,10 @@ def _totals(rows: list[WorldRow]) -> dict[str, Any]:
     for d in detectors.values():
         d["false_per_million"] = round(d["false"] * 1e6 / benign, 2) if benign else 0.0
     roles: Counter[str] = Counter()
+    suppressed: Counter[str] = Counter()
     for r in rows:
         roles.update(r.false_by_role)
+        suppressed.update(r.suppressed)
     return {
         "worlds": len(rows), "events": sum(r.events for r in rows), "benign_events": benign,
         "attacks": sum(len(r.attacks) for r in rows),
@@ -216,7 +290,15 @@ def _totals(rows: list[WorldRow]) -> dict[str, Any]:
         "missed": dict(Counter(m for r in rows for m in r.missed).most_common()),
         "detectors": dict(sorted(detectors.items())),
         "false_by_role": dict(roles.most_common()),
+        "learnt_events": sum(r.learnt_events for r in rows),
+        "suppressed": dict(suppressed.most_common()),
+        "carried_updates": sum(r.carried_updates for r in rows),
     }
+
+
+def _days(r: WorldRow) -> str:
+    """A world's days: ``learn-only+judged`` with a bootstrap, else the days."""
+    return f"{r.bootstrap_days}+{r.days - r.bootstrap_days}" if r.bootstrap_days else str(r.days)
 
 
 def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str]:
@@ -226,7 +308,7 @@ def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str
     for r in rows:
         lines.append(
             f"  {r.seed:>8} {r.victim:<10} {'stealth' if r.stealth else 'normal':<7} "
-            f"{r.days:>4} {r.events:>9,} {len(r.detected):>4}/{len(r.attacks):<4} "
+            f"{_days(r):>4} {r.events:>9,} {len(r.detected):>4}/{len(r.attacks):<4} "
             f"{r.false_findings:>6} {r.false_per_million:>8,.1f} {r.seconds:>6.1f}  "
             f"{', '.join(r.missed) or '-'}")
     lines.append(
@@ -237,6 +319,15 @@ def _table(title: str, rows: list[WorldRow], totals: dict[str, Any]) -> list[str
         lines.append("  missed by scenario: " + ", ".join(
             f"{k} {v}" for k, v in totals["missed"].items()))
     lines.append(f"  incident updates (not counted as findings): {totals['updates']:,}")
+    if totals["learnt_events"]:
+        suppressed = totals["suppressed"]
+        lines.append(
+            f"  learn-only days (not scored, not in the totals above): "
+            f"{totals['learnt_events']:,} events learnt, {sum(suppressed.values()):,} findings "
+            "suppressed" + (": " + ", ".join(f"{k} {v}" for k, v in suppressed.items())
+                            if suppressed else ""))
+        lines.append(f"  judged incident updates continuing a learn-only incident: "
+                     f"{totals['carried_updates']:,}")
     lines.append(f"  per detector (false per million of {totals['benign_events']:,} benign "
                  "events):")
     for name, d in totals["detectors"].items():
@@ -273,31 +364,61 @@ def _calibration_lines(rows: list[WorldRow]) -> list[str]:
     return lines
 
 
+def _header(worlds: int, held_out: int, days: int | None, bootstrap_days: int) -> str:
+    """What was run, and what of it was learn-only.
+
+    >>> print(_header(20, 4, 3, 1))
+    worlds 20 (4 held out), 3 days each: day 1 learn-only (detectors learn, findings
+      suppressed, not scored); judged: days 2-3
+    >>> _header(2, 0, None, 0).endswith("no learn-only days (cold start), every day judged")
+    True
+    """
+    each = f"{days} days each" if days is not None else "days as drawn per world"
+    head = f"worlds {worlds} ({held_out} held out), {each}: "
+    if not bootstrap_days:
+        return head + "no learn-only days (cold start), every day judged"
+    assert days is not None
+    learn = "day 1" if bootstrap_days == 1 else f"days 1-{bootstrap_days}"
+    judged = (f"day {days}" if bootstrap_days + 1 == days
+              else f"days {bootstrap_days + 1}-{days}")
+    return (head + f"{learn} learn-only (detectors learn, findings\n  suppressed, not scored); "
+            f"judged: {judged}")
+
+
 def run_worlds(make_pipeline: Callable[[], Any], worlds: int, held_out: int = 0,
                days: int | None = None, as_json: bool = False, scale: float = 1.0,
-               out: Any = None, partitions: int = 1) -> int:
-    """Run the suite; print the tables (or JSON). A fresh pipeline per world."""
+               out: Any = None, partitions: int = 1, bootstrap_days: int = 0) -> int:
+    """Run the suite; print the tables (or JSON). A fresh pipeline per world.
+
+    ``bootstrap_days``: the first days of each world are learn-only (see
+    :func:`run_world`); needs ``days`` (more of them)."""
     if partitions < 1:
         raise ValueError("--partitions must be at least 1")
+    if bootstrap_days < 0 or (bootstrap_days and (days is None or bootstrap_days >= days)):
+        raise ValueError("--bootstrap-days needs --days, and fewer bootstrap days than days "
+                         "(the last day is the attack day)")
     import orjson
 
     out = out if out is not None else sys.stdout
     rows: list[WorldRow] = []
     for seed, group in seeds(worlds, held_out):
         row, _card = run_world(seed, make_pipeline(), days=days, group=group, scale=scale,
-                               partitions=partitions)
+                               partitions=partitions, bootstrap_days=bootstrap_days)
         rows.append(row)
-        print(f"world {seed} ({group}, {row.victim}): {row.events:,} events, "
-              f"{len(row.detected)}/{len(row.attacks)} attacks, {row.false_findings} false, "
-              f"{row.seconds:.1f}s", file=sys.stderr, flush=True)
+        print(f"world {seed} ({group}, {row.victim}): {row.events:,} events judged"
+              + (f" ({row.learnt_events:,} learnt, {sum(row.suppressed.values())} "
+                 "suppressed)" if row.learnt_events else "")
+              + f", {len(row.detected)}/{len(row.attacks)} attacks, {row.false_findings} "
+              f"false, {row.seconds:.1f}s", file=sys.stderr, flush=True)
     groups = {g: [r for r in rows if r.group == g] for g in ("tuning", "held-out")}
     totals = {g: _totals(rs) for g, rs in groups.items() if rs}
     if as_json:
-        doc = {"worlds": [{**asdict(r), "false_per_million": round(r.false_per_million, 2)}
+        doc = {"header": _header(worlds, held_out, days, bootstrap_days),
+               "worlds": [{**asdict(r), "false_per_million": round(r.false_per_million, 2)}
                           for r in rows], "totals": totals}
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    lines: list[str] = []
+    lines = [_header(worlds, held_out, days, bootstrap_days)]
     for g, rs in groups.items():
         if rs:
             lines += _table(f"{g} worlds ({len(rs)})", rs, totals[g])
