@@ -8,8 +8,10 @@ augmentation, perturbation families); Shapiro-Wilk's W
 other callers raises the alarm.
 
 Measured on the digits victim of ``tests/abuse`` (``evaluate_abuse.py``, three
-seeds, 40 benign callers each, no benign finding): PRADA finds HopSkipJump
-after 128 queries and BoundaryAttack after 192-576, but not the Jacobian
+seeds, 40 benign callers each, no benign finding): PRADA found HopSkipJump
+after 128 queries (on the fixed W < 0.9, before the model's calibration: it
+now abstains then, and the probing detectors find it) and BoundaryAttack
+after 192-576, but not the Jacobian
 augmentation thief (W 0.93-0.98, like benign callers; Blacklight finds that one
 after 128-288 queries). The natural-data knockoff thief evades PRADA entirely
 (``extraction.coverage`` finds it).
@@ -56,15 +58,18 @@ class _PradaPeers:
 
 class PradaBar:
     """The W threshold a principal is judged by: calibrated on the model's other
-    callers' log(1 - W) once ``min_peers`` have one, the fixed ``delta`` before
-    (see :class:`PradaExtractionDetector`)."""
+    callers' log(1 - W) once ``min_peers`` have one; before, none (0: abstain)
+    or, with ``judge_uncalibrated``, the fixed ``delta`` (see
+    :class:`PradaExtractionDetector`)."""
 
-    __slots__ = ("alpha", "delta", "max_w", "min_peers", "z")
+    __slots__ = ("alpha", "delta", "judge_uncalibrated", "max_w", "min_peers", "z")
 
-    def __init__(self, delta: float, max_w: float, alpha: float, min_peers: int) -> None:
+    def __init__(self, delta: float, max_w: float, alpha: float, min_peers: int,
+                 judge_uncalibrated: bool = False) -> None:
         from scipy.stats import norm
 
         self.delta = delta
+        self.judge_uncalibrated = judge_uncalibrated
         self.max_w = max_w
         self.alpha = alpha
         self.z = float(norm.isf(alpha))
@@ -92,11 +97,13 @@ class PradaBar:
     ) -> tuple[float, float, int]:
         """(W threshold, the other principals' median W, their number) for ``principal``.
 
-        The fixed ``delta`` until ``min_peers`` others have been tested.
+        Until ``min_peers`` others have been tested: 0 (no W is below it: the
+        principal is not judged yet), or the fixed ``delta`` with
+        ``judge_uncalibrated``.
         """
         values = [v[0] for who, v in peers.items() if who != principal]
         if len(values) < self.min_peers:
-            return self.delta, math.nan, len(values)
+            return self.delta if self.judge_uncalibrated else 0.0, math.nan, len(values)
         gaps = np.array(values)
         median = float(np.median(gaps))
         spread = max(1.4826 * float(np.median(np.abs(gaps - median))), royston_sigma(held))
@@ -132,9 +139,15 @@ class PradaExtractionDetector(BatchedQueryDetector):
     paper's delta: on the world suite benign callers whose W was 0.91-0.98
     exceeded their peers' bar while no attack was found by it; a caller must
     be non-normal by the paper's bar and against its peers). Until ``min_peers``
-    other principals of the model have a value, the fixed threshold ``delta``
-    of the paper applies (W < 0.9: attacks that start before the model's
-    callers have been tested are still seen). Each principal contributes one
+    other principals of the model have a value there is no bar and no
+    judgement (a cold start: in the world suite benign batch and noisy
+    callers of a new deployment fell below the paper's fixed 0.9 in its first
+    minutes); each test still records the principal's value, so the model
+    calibrates, and an attacker who started first is judged at its next test
+    once it has. ``judge_uncalibrated`` restores the paper's fixed ``delta``
+    for that time. ``stats()`` reports the sample this rests on:
+    ``calibration_peers`` (principals with a value, largest model) and
+    ``calibration_models`` (models with at least ``min_peers``). Each principal contributes one
     value (its latest, flagged or not: a model whose callers all look
     non-normal must still calibrate) and is judged against the others only,
     so neither one account nor fewer than half of the callers can move the
@@ -193,6 +206,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
         max_dims: int = 32,
         max_principals: int = 10_000,
         seed: int = 0,
+        judge_uncalibrated: bool = False,
     ) -> None:
         if not 0 < delta < 1 or not 0 < max_w <= 1 or not 20 <= min_distances <= max_distances:
             raise ValueError(
@@ -200,7 +214,7 @@ class PradaExtractionDetector(BatchedQueryDetector):
             )
         if not 0 < alpha < 1 or min_peers < 1 or max_peers < min_peers:
             raise ValueError("alpha in (0, 1), 1 <= min_peers <= max_peers")
-        self.bar = PradaBar(delta, max_w, alpha, min_peers)
+        self.bar = PradaBar(delta, max_w, alpha, min_peers, judge_uncalibrated)
         self.max_peers = max_peers
         self.min_distances = min_distances
         self.max_distances = max_distances
@@ -308,6 +322,15 @@ class PradaExtractionDetector(BatchedQueryDetector):
                 "classes_seen": len(st.class_ids),
             },
         )
+
+    def stats(self) -> dict[str, float]:
+        """Also the calibration sample sizes: principals with a W value (of the
+        model with most; this instance's table) and models calibrated."""
+        out = super().stats()
+        sizes = [len(p.values) for _, p in self.peers.items()]
+        out["calibration_peers"] = max(sizes, default=0)
+        out["calibration_models"] = sum(1 for n in sizes if n >= self.bar.min_peers)
+        return out
 
     def share_caps(self, pools: MutableMapping[str, CapPool]) -> None:
         """Also judge against the model's callers of every partition (see

@@ -86,7 +86,6 @@ def test_benign_principals_produce_no_finding(findings, name):
         ("probing.stateful_knn", "attacker-hsj", 80),
         ("probing.blacklight", "attacker-hsj", 64),
         ("probing.low_confidence", "attacker-hsj", 64),
-        ("extraction.prada", "attacker-hsj", 129),
         ("probing.stateful_knn", "attacker-boundary", 65),
         ("probing.blacklight", "attacker-boundary", 64),
         ("extraction.prada", "attacker-boundary", 256),
@@ -97,6 +96,16 @@ def test_art_attack_found_within_stated_queries(findings, name, attacker, within
     assert first_alarm(findings[name], attacker) <= within, (
         f"{name} must find {attacker} within {within} of its queries"
     )
+
+
+def test_prada_does_not_judge_hsj_before_the_model_is_calibrated(findings):
+    # HopSkipJump runs one hour into a new deployment, when only two of the
+    # model's callers have been tested: PRADA has no calibrated bar and abstains
+    # (tests/abuse/test_prada_cold_start.py); the probing detectors above find it.
+    # BoundaryAttack, later, is judged against calibrated peers.
+    assert first_alarm(findings["extraction.prada"], "attacker-hsj") == math.inf
+    found = [f for f, _ in findings["extraction.prada"] if f.entity.id == "attacker-boundary"]
+    assert found and found[0].evidence["calibrated"]
 
 
 def test_knockoff_thief_found_by_coverage_within_640_queries(findings):

@@ -86,7 +86,8 @@ def test_callers_repeating_a_few_records_are_not_probing_or_extraction():
         assert det.stats()["repeats_skipped_total"] > 3 * 1400
     # Without skipping exact repeats, a caller cycling through 12 records has
     # far-from-normal distances (PRADA's fixed W < 0.9 fires on it).
-    fired = {f.entity.id for f in feed(_PradaKeepingRepeats(min_peers=1000), events)}
+    fired = {f.entity.id for f in feed(_PradaKeepingRepeats(min_peers=1000,
+                                                            judge_uncalibrated=True), events)}
     assert fired and all(p.startswith("repeat-") for p in fired)
 
 
@@ -110,13 +111,15 @@ def test_prada_threshold_follows_the_models_callers_not_a_fixed_w():
     # In the plain space the ordinary callers of this table have W from 0.07
     # to 0.93: the paper's fixed 0.9 reports all of them, again and again.
     events = _traffic(2)
-    fixed = feed(_PlainPrada(min_peers=1000), events)
+    fixed = feed(_PlainPrada(min_peers=1000, judge_uncalibrated=True), events)
     assert len({f.entity.id for f in fixed}) == 12 and len(fixed) > 50
-    # Calibrated on the model's callers, only tests run before four other
-    # callers had been tested use the fixed threshold; none after.
-    calibrated = feed(_PlainPrada(), events)
+    # Calibrated on the model's callers: with the fixed threshold before four
+    # other callers had been tested, only those first tests fire; none after
+    # (and by default, none at all: tests/abuse/test_prada_cold_start.py).
+    calibrated = feed(_PlainPrada(judge_uncalibrated=True), events)
     assert len(calibrated) <= 4
     assert not any(f.evidence["calibrated"] for f in calibrated)
+    assert feed(_PlainPrada(), events) == []
     # And the robust space makes the same callers normal-looking: no finding.
     assert feed(PradaExtractionDetector(), events) == []
 

@@ -1,10 +1,10 @@
 """``extraction.prada`` calibrates on the model's callers of every partition.
 
 PRADA's W threshold comes from the model's other callers (median and MAD of
-their log(1 - W)); until ``min_peers`` of them were tested the paper's fixed
-0.9 applies. In the daemon each partition instance saw only its partition's
-callers, so a model whose callers are spread over partitions stayed on the
-fixed threshold. The instances of one configured detector now share a
+their log(1 - W)); until ``min_peers`` of them were tested it abstains (the
+paper's fixed 0.9 with ``judge_uncalibrated``). In the daemon each partition
+instance saw only its partition's callers, so a model whose callers are spread
+over partitions stayed uncalibrated. The instances of one configured detector now share a
 per-process, per-model table of principals' values
 (:class:`detectors.abuse.peers.SharedPeerValues`, the mechanism
 ``extraction.coverage`` uses too).
@@ -63,8 +63,11 @@ def test_the_thief_is_judged_against_callers_of_every_partition() -> None:
     assert found[0].evidence["calibrated"] and found[0].evidence["peers"] == 6
 
 
-def test_one_partition_alone_stays_on_the_fixed_threshold() -> None:
-    found = _run([PradaExtractionDetector() for _ in range(3)])
+def test_one_partition_alone_stays_uncalibrated() -> None:
+    # Alone, partition 0 has two callers besides the thief: no calibrated bar,
+    # so PRADA abstains (the paper's fixed threshold would have fired).
+    assert _run([PradaExtractionDetector() for _ in range(3)]) == []
+    found = _run([PradaExtractionDetector(judge_uncalibrated=True) for _ in range(3)])
     assert [f.entity.id for f in found] == ["thief"]
     assert not found[0].evidence["calibrated"] and found[0].evidence["peers"] < 4
 
