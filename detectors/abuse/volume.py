@@ -181,6 +181,22 @@ class _ModelRates:
         self.peer_q = math.nan
 
 
+@state_type("abuse.peer_rate_model_bursts")
+class _ModelBursts:
+    """The largest burst (bucket of at least ``min_count``) of each of a
+    model's recent bursting callers: principal -> [count, bucket] (at most
+    :data:`_MAX_BURSTERS`, the longest quiet forgotten first)."""
+
+    __slots__ = ("by",)
+
+    def __init__(self) -> None:
+        self.by: dict[str, list[int]] = {}
+
+
+#: Bursting callers remembered per model for new principals' bursts.
+_MAX_BURSTERS: Final = 64
+
+
 def peer_limit(
     counts: list[float], quantile: float, ratio: float, floor: float
 ) -> tuple[float, float]:
@@ -222,6 +238,19 @@ class PeerRateDetector(Detector):
     never burst before is judged against the peers again (``self_ratio: 0``
     turns own bursts off).
 
+    **Other callers' bursts.** A *new* principal (first seen less than
+    ``new_seconds`` ago, no run of its own bursts over yet) has no reference
+    of its own, and is not judged against the daytime peers alone either: its
+    count is also measured against the bursts the model's *other* callers made
+    (the largest bucket of each, within ``history_days``, once over):
+    within ``self_ratio`` times the largest, it is not reported. A scheduled
+    scorer's first nightly job is one more burst of the size the model already
+    takes from its other batch callers; a fresh key flooding beyond every
+    burst the model has seen, or a fast extraction on a model without batch
+    callers, is reported from its first minute as before. The first bursting
+    caller of a new deployment has no such reference (the baseline bootstrap
+    gives it one). ``new_seconds: 0`` turns this off.
+
     >>> from detectors.events import InferenceEvent
     >>> from detectors.findings import Source
     >>> det = PeerRateDetector()
@@ -237,7 +266,7 @@ class PeerRateDetector(Detector):
     """
 
     name: ClassVar[str] = "volume.peer_rate"
-    state_fields: ClassVar[tuple[str, ...]] = ("table", "models")
+    state_fields: ClassVar[tuple[str, ...]] = ("table", "models", "bursts")
     event_types: ClassVar[frozenset[str]] = frozenset({"inference"})
 
     def __init__(
@@ -253,12 +282,14 @@ class PeerRateDetector(Detector):
         self_ratio: float = 2.0,
         history_days: float = 7.0,
         burst_gap_seconds: float = 3600.0,
+        new_seconds: float = 3600.0,
         max_principals: int = 200_000,
     ) -> None:
         if bucket_seconds <= 0 or not 0 < peer_quantile < 1 or peer_ratio < 1:
             raise ValueError("bucket_seconds > 0, peer_quantile in (0, 1), peer_ratio >= 1")
-        if self_ratio < 0 or history_days <= 0 or burst_gap_seconds < 0:
-            raise ValueError("self_ratio >= 0, history_days > 0, burst_gap_seconds >= 0")
+        if self_ratio < 0 or history_days <= 0 or burst_gap_seconds < 0 or new_seconds < 0:
+            raise ValueError("self_ratio >= 0, history_days > 0, burst_gap_seconds >= 0, "
+                             "new_seconds >= 0")
         self.bucket_seconds = bucket_seconds
         self.peer_quantile = peer_quantile
         self.peer_ratio = peer_ratio
@@ -270,8 +301,11 @@ class PeerRateDetector(Detector):
         self.self_ratio = self_ratio
         self.history_days = history_days
         self.burst_gap_seconds = burst_gap_seconds
+        self.new_seconds = new_seconds
         self.table: EntityTable[_PeerRate] = EntityTable(max_principals)
         self.models: EntityTable[_ModelRates] = EntityTable(1024)
+        #: Per model, its callers' bursts (a checkpoint without it starts empty).
+        self.bursts: EntityTable[_ModelBursts] = EntityTable(1024)
 
     def _close(self, m: _ModelRates, count: int) -> None:
         value = min(float(count), m.limit)
@@ -313,6 +347,36 @@ class PeerRateDetector(Detector):
             old_peak, old_at = peak, at
         st.hours[h] = (st.count, st.bucket, old_peak, old_at)
 
+    def _remember_model_burst(self, model: str, principal: str, count: int,
+                              bucket: int) -> None:
+        """The bucket in progress of a bursting principal, as it fills: it is a
+        reference for others once two buckets later (its burst is over then)."""
+        mb = self.bursts.get(model)
+        by = (mb if mb is not None else self.bursts.touch(model, _ModelBursts)).by
+        mine = by.get(principal)
+        if mine is not None:
+            mine[0], mine[1] = max(mine[0], count), bucket
+            return
+        if len(by) >= _MAX_BURSTERS:
+            del by[min(by, key=lambda p: by[p][1])]
+        by[principal] = [count, bucket]
+
+    def others_reference(self, st: _PeerRate, model: str, principal: str,
+                         bucket: int) -> int:
+        """The largest burst of the model's other callers a *new* principal may lean
+        on (0 if it is not new, or there is none)."""
+        secs = self.bucket_seconds
+        if self.new_seconds <= 0 or self.self_ratio <= 0 or st.past_end >= 0 \
+                or (bucket - st.first_bucket) * secs >= self.new_seconds:
+            return 0
+        mb = self.bursts.get(model)
+        if mb is None:
+            return 0
+        horizon = self.history_days * 86_400
+        return max((count for who, (count, at) in mb.by.items()
+                    if who != principal and bucket - at > 1
+                    and (bucket - at) * secs <= horizon), default=0)
+
     def own_reference(self, st: _PeerRate, bucket: int) -> tuple[int, str]:
         """(largest own earlier burst this judgement may lean on, which rule gave it)."""
         if st.hours is None or self.self_ratio <= 0:
@@ -352,11 +416,16 @@ class PeerRateDetector(Detector):
                 self.models.touch(model, _ModelRates)  # keep an active model recently used
             st.bucket, st.count = bucket, 0
         st.count += 1
+        if st.count >= self.min_count and self.new_seconds > 0:
+            self._remember_model_burst(model, event.principal, st.count, bucket)
         if st.count < m.limit or st.cooling_down(ts):
             return None
         own, rule = self.own_reference(st, bucket)
         if st.count <= self.self_ratio * own:
             return None  # in line with the principal's own bursts (at this hour)
+        others = self.others_reference(st, model, event.principal, bucket)
+        if st.count <= self.self_ratio * others:
+            return None  # a new caller, in line with the model's other callers' bursts
         st.start_cooldown(ts, self.cooldown_seconds)
         ratio = st.count / max(m.peer_q, 1.0)
         return principal_finding(
@@ -380,6 +449,8 @@ class PeerRateDetector(Detector):
                 "peer_windows": len(m.ring),
                 "own_reference_count": own,
                 "own_reference_rule": rule,
+                # only when there was one (findings stay as before otherwise)
+                **({"other_callers_burst_count": others} if others else {}),
                 "own_history_seconds": (bucket - st.first_bucket) * self.bucket_seconds,
                 "queries_examined": st.count,
             },
@@ -399,4 +470,6 @@ class PeerRateDetector(Detector):
             1 for _, st in self.table.items() if st.hours is not None)
         callers = Counter(key.rpartition("\x1f")[2] for key in self.table)
         out["calibration_callers"] = max(callers.values(), default=0)
+        out["calibration_bursting_callers"] = max(
+            (len(b.by) for _, b in self.bursts.items()), default=0)
         return out

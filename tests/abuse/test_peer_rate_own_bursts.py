@@ -121,3 +121,52 @@ def test_own_bursts_survive_snapshot_and_restore() -> None:
     stats = fresh.stats()
     assert stats["calibration_peer_windows"] > 100
     assert stats["calibration_principals_with_bursts"] >= 1
+
+
+def _batch(traffic: list[tuple[float, str]], who: str, start: float, n: int,
+           seconds: float, seed: int) -> list[tuple[float, str]]:
+    rng = np.random.default_rng(seed)
+    out = traffic + [(float(t), who) for t in start + np.sort(rng.uniform(0, seconds, n))]
+    out.sort()
+    return out
+
+
+def test_a_new_batch_scorer_in_line_with_the_models_other_batches_is_not_reported() -> None:
+    # Cold start (issue #14): a second scheduled scorer, first seen at its first
+    # nightly job, 40 minutes after the first scorer's job. Its burst is the size
+    # the model already takes from the other: not reported. The first scorer
+    # has no such reference and is.
+    traffic = _batch(_traffic(days=1), "second-scorer", 21.9 * 3600, 1800, 90, 3)
+    found = _run(PeerRateDetector(), traffic)
+    assert {f.entity.id for f in found} == {"batch-scorer"}
+    assert "other_callers_burst_count" not in found[0].evidence
+    off = _run(PeerRateDetector(new_seconds=0), traffic)
+    assert {f.entity.id for f in off} == {"batch-scorer", "second-scorer"}
+
+
+def test_a_fresh_key_far_beyond_the_models_bursts_is_still_reported() -> None:
+    # 6,000 requests a minute: three times anything the batch scorer sent.
+    traffic = _batch(_traffic(days=1), "fresh-key", 22.5 * 3600, 6000, 60, 4)
+    found = [f for f in _run(PeerRateDetector(), traffic) if f.entity.id == "fresh-key"]
+    assert len(found) == 1
+    assert 0 < 2 * found[0].evidence["other_callers_burst_count"] \
+        < found[0].evidence["observed_count"]
+
+
+def test_an_established_caller_bursting_like_the_batches_is_still_reported() -> None:
+    # The other callers' bursts excuse only new principals: a daytime caller
+    # with hours of history sending a batch-sized burst is a flood.
+    traffic = _batch(_traffic(days=1), "app-5", 21.9 * 3600, 1500, 75, 5)
+    found = _run(PeerRateDetector(), traffic)
+    assert "app-5" in {f.entity.id for f in found}
+
+
+def test_the_models_bursts_survive_snapshot_and_restore() -> None:
+    traffic = _batch(_traffic(days=1), "second-scorer", 21.9 * 3600, 1800, 90, 3)
+    cut = next(i for i, (t, _) in enumerate(traffic) if t > 21.6 * 3600)
+    det = PeerRateDetector()
+    _run(det, traffic[:cut])
+    fresh = PeerRateDetector()
+    fresh.restore(det.snapshot())
+    assert fresh.stats()["calibration_bursting_callers"] == 1
+    assert "second-scorer" not in {f.entity.id for f in _run(fresh, traffic[cut:])}
