@@ -75,8 +75,9 @@ class LearnOnly:
     def learn(pipeline: Pipeline, kind: str, partition: int,
               run: Sequence[tuple[Event, Source]], stats: ReplayStats) -> list[Finding]:
         """Feed ``run`` learn-only; its findings are counted in ``stats`` and returned
-        for a tally, never to be emitted."""
-        found = pipeline.process_many(kind, partition, run)
+        for a tally, never to be emitted. They open no incident (a later live
+        finding about the entity is a new one)."""
+        found = pipeline.process_many(kind, partition, run, admit=False)
         stats.learnt += len(run)
         stats.suppressed += len(found)
         return found

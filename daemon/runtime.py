@@ -313,7 +313,8 @@ def _learn_history(bootstrap: Bootstrap, pipeline: Pipeline, tp: TopicPartition,
     old = [e for e in events if e[1].offset <= cut]
     bootstrap.learnt.inc(len(old))
     for kind, run in _runs(old):
-        bootstrap.suppressed.inc(len(pipeline.process_many(kind, tp.partition, run)))
+        bootstrap.suppressed.inc(len(pipeline.process_many(kind, tp.partition, run,
+                                                           admit=False)))
     return events[len(old):]
 
 

@@ -263,9 +263,15 @@ class Pipeline:
         return self.process_many(event_type_of(event), source.partition, ((event, source),))
 
     def process_many(
-        self, kind: str, partition: StatePartition | int, items: Iterable[tuple[Event, Source]]
+        self, kind: str, partition: StatePartition | int, items: Iterable[tuple[Event, Source]],
+        *, admit: bool = True,
     ) -> list[Finding]:
         """Findings of a run of events of one kind from one partition.
+
+        ``admit=False`` (learn-only history, :class:`daemon.replay.LearnOnly`):
+        the findings are returned as the detectors made them and open or update
+        no incident, so a finding that is dropped never makes a later one an
+        update of an incident nobody saw, or absorbs it.
 
         Each detector takes the whole run at once (``process_batch``), in
         order. An event a detector fails on is reported (``on_error``,
@@ -292,7 +298,7 @@ class Pipeline:
                     self._on_error(detector, run[0][0] if run else None, exc)
                 continue
             if out:
-                incidents = group.incidents.get(detector.name)
+                incidents = group.incidents.get(detector.name) if admit else None
                 if incidents is None:
                     findings.extend(out)
                     continue

@@ -4,15 +4,20 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
+import orjson
 import pytest
 
 from daemon.cli import main
 from daemon.lab.scenarios import DAY, T0
 from daemon.lab.worldeval import run_world
 from daemon.lab.worlds import draw, world_events
+from daemon.replay import replay
 from daemon.settings import load
 from detectors.findings import Entity, Finding
-from detectors.pipeline import Pipeline
+from detectors.pipeline import DetectorSpec, Pipeline
 
 
 class _EveryRun:
@@ -22,7 +27,8 @@ class _EveryRun:
         self.seen: list[float] = []
         self.runs: list[tuple[float, float]] = []  # first and last event time of each run
 
-    def process_many(self, kind: str, partition: int, items: object) -> list[Finding]:
+    def process_many(self, kind: str, partition: int, items: object,
+                     admit: bool = True) -> list[Finding]:
         run = list(items)  # type: ignore[call-overload]
         times = [float(e.ts) for e, _ in run]
         self.seen += times
@@ -80,3 +86,23 @@ def test_cli_prints_what_was_learn_only(capsys: pytest.CaptureFixture[str]) -> N
     assert " 1+1 " in text  # the days column: learn-only + judged
     assert main(["eval", "--worlds", "1", "--bootstrap-days", "1"]) == 2  # needs --days
     assert main(["eval", "--worlds", "1", "--days", "2", "--bootstrap-days", "2"]) == 2
+
+
+def test_learn_only_findings_open_no_incident(tmp_path: Path) -> None:
+    # Day one 23:30 (history) and day two 00:10 (live): mallory grants herself
+    # admin twice. Had the dropped finding opened an incident, the live one would
+    # be its repeat 40 minutes later: absorbed, never emitted.
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(
+        {"event_type": "audit", "ts": t, "actor": "mallory", "action": "role.assign",
+         "resource": "role:admin:mallory", "outcome": "success", "resource_type": "role"})
+        + b"\n" for t in (T0 + 23.5 * 3600, T0 + DAY + 600)))
+
+    def run(**learn: float) -> list[Finding]:
+        pipeline = Pipeline([DetectorSpec("access.privilege_grant", {})])
+        return replay(pipeline, [path], io.BytesIO(), **learn)[0]
+
+    assert len(run()) == 1  # without learn-only: the repeat is absorbed
+    live = run(learn_until=T0 + DAY)
+    assert len(live) == 1 and not live[0].is_update
+    assert live[0].ts.startswith("2026-11-03T00:10")
