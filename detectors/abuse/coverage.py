@@ -255,3 +255,20 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         for model_id, peers in self.peers.items():
             shared.join_model(model_id, peers)
             shared.merge(model_id, peers.values)  # a fresher value from another instance wins
+
+    def stats(self) -> dict[str, float]:
+        """Also the calibration sample sizes: the callers whose coverage sets the
+        breadth limit, and those whose novel share sets the novelty baseline
+        (the largest over the models)."""
+        out = super().stats()
+        shared = pooled(self, SHARED_PEERS, SharedCoveragePeers)
+        breadth = novelty = calibrated = 0
+        for model_id, peers in self.peers.items():
+            values = (shared.values.get(model_id) if shared is not None else None) or peers.values
+            breadth = max(breadth, len(values))
+            novelty = max(novelty, len(peers.population.shares))
+            calibrated += not math.isinf(peers.limit)
+        out["calibrated_models"] = calibrated
+        out["calibration_peers"] = breadth
+        out["calibration_novelty_peers"] = novelty
+        return out
