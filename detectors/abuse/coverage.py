@@ -109,10 +109,13 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     caller exploring; so an extraction that coincides with such a change waits
     until the others' traffic is familiar again. A block over the rule is
     judged once the others have sent as many queries again after it (at most
-    one block of its principal later: a thief at night is not waited for);
-    it is not reported when at least two other callers (and a tenth of them)
-    sent mostly novel batches since it began: the first caller into a moved
-    region, usually the busiest, is not exploring it. Limit: a few random axes
+    one block of a newcomer later: a thief at night is not waited for; seven
+    of a caller that had sent 16 blocks before); it is not reported when at
+    least two other callers (and a tenth of them) sent mostly novel batches
+    since it began, or when other callers entered a tenth of its novel cells
+    (cells it alone had visited) meanwhile: the first caller into a moved
+    region, usually the busiest, leads the others there, while nobody follows
+    an explorer (unless a second account of the thief does). Limit: a few random axes
     see a sweep that leaves the population's region (the simulator's uniform
     queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
     images project onto the natural digits' region and look familiar.

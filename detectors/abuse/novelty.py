@@ -27,6 +27,9 @@ __all__ = ["NovelBlock", "NoveltyRule"]
 #: A block over the rule waits for the others at most while its principal sends
 #: this many blocks more (a thief at night, when nobody else calls).
 _MAX_WAIT: Final = 2
+#: ... or this many, for a principal that had sent ``_ESTABLISHED`` blocks before.
+_MAX_WAIT_ESTABLISHED: Final = 8
+_ESTABLISHED: Final = 16
 
 
 class NovelBlock(NamedTuple):
@@ -57,7 +60,7 @@ class _Waiting:
     __slots__ = ("cells", "due", "n", "novel", "own_n", "own_novel", "start")
 
     def __init__(
-        self, cells: np.ndarray, n: int, novel: int, start: tuple[float, float], due: float
+        self, cells: np.ndarray, n: int, novel: int, start: tuple[float, ...], due: float
     ) -> None:
         self.cells = cells  # its coarse cells, recounted when it is judged
         self.n = n
@@ -91,8 +94,8 @@ class NoveltyRule:
         totals = getattr(pop, "totals", None)
         if totals is None:
             totals = pop.totals = [0.0, 0.0]
-        if st.block_n == 0:  # the model's counts when the block starts
-            st.block_start = (totals[0], totals[1])
+        if st.block_n == 0:  # the model's counts (and its followers) when the block starts
+            st.block_start = (totals[0], totals[1], float(pop.followed(who)))
         fresh = pop.visit(coarse, who)
         totals[0] += fresh
         totals[1] += len(coarse)
@@ -125,7 +128,7 @@ class NoveltyRule:
         # The other callers' queries during the block: how novel they were.
         others_n = totals[1] - start[1] - n
         others = (totals[0] - start[0] - block_novel) / others_n if others_n >= n else 0.0
-        over = self._over(pop, principal, novel, n, others, start[1])
+        over = self._over(pop, principal, novel, n, others, start)
         if over is not None:
             # Judged once the others have sent as many queries again after it
             # (a heavy caller's busy hours are mostly its own; after an upstream
@@ -142,11 +145,19 @@ class NoveltyRule:
 
     def _over(
         self, pop: Population, principal: str, novel: int, n: int, others: float,
-        since: float,
+        start: tuple[float, ...],
     ) -> NovelBlock | None:
         """The block if ``novel`` of its ``n`` queries reach the critical count at the
         peers' quantile (or ``others``, the others' novel share meanwhile, if higher),
-        and the others did not move too since the model's query ``since``."""
+        and the others neither moved too nor followed it since ``start`` (the
+        model's novel and query counts, and the principal's followers, then)."""
+        since = start[1]
+        who = stable_seed(principal)
+        if len(start) > 2 and pop.followed(who) - start[2] >= max(2, math.ceil(0.1 * novel)):
+            # Other callers entered its new cells meanwhile (a tenth of its novel
+            # ones): it leads a move of the model's inputs, it is not exploring
+            # alone (a second account following a thief would hide it too).
+            return None
         values = [v[0] for who, v in pop.shares.items() if who != principal]
         pop.p0 = math.nan
         if len(values) < self.min_peers:
@@ -172,14 +183,17 @@ class NoveltyRule:
     ) -> NovelBlock | None:
         """Judge a waiting block once the others have sent as many queries since it began."""
         others_n = totals[1] - waiting.start[1] - waiting.own_n
-        if others_n < waiting.due and waiting.own_n < _MAX_WAIT * waiting.n:
+        # An established caller (a heavy one leading a move of the inputs while
+        # the others are quiet) is waited for longer than a newcomer.
+        wait = _MAX_WAIT_ESTABLISHED if st.examined >= _ESTABLISHED * self.block else _MAX_WAIT
+        if others_n < waiting.due and waiting.own_n < wait * waiting.n:
             return None  # (nobody else calling for long: judged on what there is)
         st.waiting = None
         others = (totals[0] - waiting.start[0] - waiting.own_novel) / max(others_n, 1.0)
         if others_n < waiting.n:
             others = 0.0  # too few to tell
         novel = min(waiting.novel, pop.still_novel(waiting.cells, stable_seed(principal)))
-        return self._over(pop, principal, novel, waiting.n, others, waiting.start[1])
+        return self._over(pop, principal, novel, waiting.n, others, waiting.start)
 
     def report(self, block: NovelBlock, examined: int) -> tuple[Severity, str, dict[str, Any]]:
         """Severity, summary and evidence of a finding about ``block``."""

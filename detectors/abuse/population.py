@@ -41,7 +41,8 @@ class CoverageState(QueryState):
         self.block_n = 0  # queries in the current novelty block
         self.block_novel = 0  # of which landed in cells no other principal visited
         self.block_cells: list[np.ndarray] = []  # the block's coarse cells, recounted at its end
-        self.block_start = (0.0, 0.0)  # the model's (novel, queries) when the block started
+        #: The model's (novel, queries) and the principal's followers when the block started.
+        self.block_start: tuple[float, ...] = (0.0, 0.0, 0.0)
         #: A block over the novelty rule that waits for the others' traffic
         #: (a ``novelty._Waiting``; absent in older checkpoints).
         self.waiting: Any = None
@@ -60,7 +61,9 @@ class Population:
     new cells from one caller cannot erase the population's map.
     """
 
-    __slots__ = ("cells", "first", "novel_batches", "p0", "shared", "shares", "totals")
+    __slots__ = (
+        "cells", "first", "follows", "novel_batches", "p0", "shared", "shares", "totals"
+    )
 
     def __init__(self, size: int, peers: int) -> None:
         self.cells = np.zeros(size, dtype=np.uint64)
@@ -73,6 +76,9 @@ class Population:
         #: Principal -> the model's query count at its latest mostly novel batch
         #: (absent in older checkpoints).
         self.novel_batches: dict[str, float] = {}
+        #: Principal (its seed) -> how many of its cells other principals entered
+        #: while it was alone there (absent in older checkpoints).
+        self.follows: dict[int, int] = {}
 
     def still_novel(self, cells: np.ndarray, who: int) -> int:
         """How many of ``cells`` (visited by ``who``) no other principal has visited
@@ -82,12 +88,31 @@ class Population:
         familiar = known & (self.shared[slots] | (self.first[slots] != who))
         return int(len(cells) - familiar.sum())
 
+    def followed(self, who: int) -> int:
+        """How many of ``who``'s cells (none other's before) other principals entered."""
+        counts: dict[int, int] = getattr(self, "follows", None) or {}
+        return counts.get(who, 0)
+
+    def _followed(self, owners: np.ndarray) -> None:
+        counts: dict[int, int] | None = getattr(self, "follows", None)
+        if counts is None:
+            counts = self.follows = {}
+        for owner, n in zip(*np.unique(owners, return_counts=True), strict=True):
+            key = int(owner)
+            counts[key] = counts.pop(key, 0) + int(n)  # latest last
+        if len(counts) > 2 * self.shares.capacity:  # the least recently followed half
+            for key in list(counts)[: len(counts) // 2]:
+                del counts[key]
+
     def visit(self, cells: np.ndarray, who: int) -> int:
         """Visit ``cells`` as principal ``who``; how many were new to the others."""
         slots = (cells & np.uint64(len(self.cells) - 1)).astype(np.intp)
         known = self.cells[slots] == cells
         first = self.first[slots]
         familiar = known & (self.shared[slots] | (first != who))
+        follow = known & ~self.shared[slots] & (first != who)  # into one other's cell
+        if follow.any():
+            self._followed(first[follow])
         self.shared[slots[known & (first != who)]] = True
         free = ~known & ~self.shared[slots]  # empty, or held by one other principal
         self.cells[slots[free]] = cells[free]

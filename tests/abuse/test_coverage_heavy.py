@@ -65,3 +65,15 @@ def test_the_first_caller_into_a_moved_region_is_not_exploring() -> None:
     # (A limit: with ten light callers here "big" is still reported once; the
     # others' batches land in the cells it visited first and look familiar.)
     assert feed(CoverageExtractionDetector(min_cells=10**6), _drifting(8, 2, 12000, 6000)) == []
+
+
+def test_followers_are_counted_once_per_cell_entered() -> None:
+    from detectors.abuse.population import Population
+
+    pop = Population(1024, 16)
+    cells = np.arange(1, 11, dtype=np.uint64) * np.uint64(7919)
+    pop.visit(cells, 1)
+    assert pop.followed(1) == 0
+    pop.visit(cells[:4], 2)  # another caller enters four of its cells
+    pop.visit(cells[:4], 3)  # shared already: no longer the leader's alone
+    assert (pop.followed(1), pop.followed(2)) == (4, 0)
