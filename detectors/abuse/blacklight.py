@@ -12,7 +12,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from detectors.abuse.calibration import CountRule, TailCalibration, calibration_evidence
+from detectors.abuse.calibration import (
+    CountRule,
+    TailCalibration,
+    calibration_evidence,
+    calibration_stats,
+)
 from detectors.abuse.common import (
     ATLAS_PROBING,
     BatchedQueryDetector,
@@ -255,5 +260,6 @@ class BlacklightProbingDetector(BatchedQueryDetector):
     def stats(self) -> dict[str, float]:
         out = super().stats()
         out["index_hashes"] = sum(i.filled for _, i in self.indexes.items())
+        out.update(calibration_stats(c.rule for _, c in self.calibrations.items()))
         return out
 

@@ -46,7 +46,7 @@ of the calibrating principals.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ from detectors.binomial import binomial_critical
 from detectors.state_codec import state_type
 
 __all__ = ["CountRule", "TailCalibration", "TailRule", "calibrate_tail",
-           "calibration_evidence", "check_calibration"]
+           "calibration_evidence", "calibration_stats", "check_calibration"]
 
 #: Confidence of the upper bound on the per-query false-alarm rate.
 CONFIDENCE: Final = 0.95
@@ -159,6 +159,21 @@ def calibration_evidence(rule: TailRule | None) -> dict[str, Any]:
         "benign_mark_rate_bound": round(rule.p0, 6),
         "calibration_queries": rule.queries,
         "calibration_principals": rule.principals,
+    }
+
+
+def calibration_stats(rules: Iterable[TailRule | None]) -> dict[str, float]:
+    """A detector's ``stats()`` keys for its models' latest rules: how many models
+    are calibrated, and the sample sizes the rules rest on (the largest over models).
+
+    >>> calibration_stats([None, TailRule(1.0, 0.01, 3, 500, 12, ())])
+    {'calibrated_models': 1, 'calibration_queries': 500, 'calibration_principals': 12}
+    """
+    found = [r for r in rules if r is not None]
+    return {
+        "calibrated_models": len(found),
+        "calibration_queries": max((r.queries for r in found), default=0),
+        "calibration_principals": max((r.principals for r in found), default=0),
     }
 
 

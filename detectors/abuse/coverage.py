@@ -8,11 +8,13 @@ also catches a natural-data "knockoff" thief, whose single queries look like
 anybody's but whose breadth does not; a fast thief is also caught by
 ``volume.peer_rate``.
 
-Measured on the digits victim of ``tests/abuse`` (``evaluate_abuse.py``, three
-seeds, 40 benign callers each, no benign finding): the natural-data knockoff
-thief evades PRADA entirely; coverage finds it after 560-624 queries, fast or
-slow (by then its copy is 87-91% accurate against the victim's 95%, so
-coverage limits, not prevents, theft); ``volume.peer_rate`` finds the fast one
+Breadth is judged at matched volume (a principal's coverage after as many
+queries as its peers sent, see the class doc): a heavy benign caller
+legitimately covers more of the space than lighter ones. On the digits victim
+of ``tests/abuse`` the natural-data knockoff thief, whose digits are as varied
+as the benign callers', is therefore not a breadth finding (before, it was
+found after 560-624 queries, against 40 lighter callers: the same signal that
+reported every heavy benign caller); ``volume.peer_rate`` finds the fast one
 (1 query/s) after 30-36.
 """
 
@@ -35,6 +37,7 @@ from detectors.abuse.grid import CoverageGrid
 from detectors.abuse.novelty import NoveltyRule
 from detectors.abuse.peers import join_pool, pooled
 from detectors.abuse.population import (
+    LEVEL_BASE,
     SHARED_PEERS,
     CoveragePeers,
     CoverageState,
@@ -63,15 +66,20 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     ``sketch_k``, about 1/sqrt(k) relative error above): 8 bytes per hash,
     whatever the volume. Every ``peer_refresh`` batches, the model's peer
     summary is recomputed from the latest coverage of up to ``max_peers``
-    principals. A principal is reported when its coverage exceeds ``min_cells``
-    and ``peer_ratio`` times the peers' 90th percentile (needs ``min_peers``
-    peers). In the pipeline the peers are the model's callers of every
+    principals, and from their coverage at each volume level (after 64, 128,
+    256, ... queries). A principal is reported when its coverage exceeds
+    ``min_cells`` and ``peer_ratio`` times the peers' 90th percentile, and its
+    coverage after ``64 * 2**k`` queries exceeded ``peer_ratio`` times the
+    90th percentile of the callers that sent as many (k the highest level
+    that ``min_peers`` callers reached): breadth at matched volume. A heavy
+    benign caller legitimately covers more of the space than lighter ones
+    (issue #14), so a natural-data thief whose inputs are as varied as the
+    callers' is not told apart by breadth (``volume.peer_rate`` finds a fast
+    one); a caller whose inputs spread far more widely than the others' at
+    the same volume is. In the pipeline the peers are the model's callers of every
     partition the process holds (a per-process summary shared by the
     detector's partition instances, see :class:`SharedCoveragePeers`), not only those
-    of the judged principal's partition. On natural data nearly every query
-    is a new fine cell, so this is breadth of exploration at volume: a benign
-    caller as busy as the thief covers as much (a limit no per-query signal
-    can lift).
+    of the judged principal's partition.
 
     **Novelty** (volume-robust; catches synthetic exploration such as uniform
     sweeps of the input box or Jacobian augmentation): a coarse grid over the
@@ -99,7 +107,15 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     many queries meanwhile): a block as novel as everybody's at the same time
     is a change of the model's inputs (the drift detectors' finding), not one
     caller exploring; so an extraction that coincides with such a change waits
-    until the others' traffic is familiar again. Limit: a few random axes
+    until the others' traffic is familiar again. A block over the rule is
+    judged once the others have sent as many queries again after it (at most
+    one block of a newcomer later: a thief at night is not waited for; seven
+    of a caller that had sent 16 blocks before); it is not reported when at
+    least two other callers (and a tenth of them) sent mostly novel batches
+    since it began, or when other callers entered a tenth of its novel cells
+    (cells it alone had visited) meanwhile: the first caller into a moved
+    region, usually the busiest, leads the others there, while nobody follows
+    an explorer (unless a second account of the thief does). Limit: a few random axes
     see a sweep that leaves the population's region (the simulator's uniform
     queries over [-4, 4]^8: found after 64); on 64-pixel digits, uniform noise
     images project onto the natural digits' region and look familiar.
@@ -117,10 +133,13 @@ class CoverageExtractionDetector(BatchedQueryDetector):
     >>> users = [q(i, f"u{i % 30}", rng.normal(size=8)) for i in range(3000)]
     >>> feed(CoverageExtractionDetector(), users)
     []
-    >>> thief = [q(3000 + i, "thief", rng.normal(size=8)) for i in range(1500)]
+    >>> busy = [q(3000 + i, "busy", rng.normal(size=8)) for i in range(1500)]
+    >>> feed(CoverageExtractionDetector(), users + busy)   # heavy, not exploring
+    []
+    >>> sweep = [q(3000 + i, "thief", rng.uniform(-6, 6, size=8)) for i in range(300)]
     >>> [(f.entity.id, f.evidence["queries_examined"]) for f in
-    ...  feed(CoverageExtractionDetector(), users + thief)]
-    [('thief', 416)]
+    ...  feed(CoverageExtractionDetector(), users + sweep)]
+    [('thief', 128)]
     """
 
     name: ClassVar[str] = "extraction.coverage"
@@ -220,22 +239,30 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         peers.kmv = kmv_update(peers.kmv, hashes, 4 * k)
         st.examined += len(hashes)
         covered = distinct_estimate(st.kmv, k)
-        peers.values.touch(event.principal, list)[:] = [covered]
+        levels: list[float] | None = getattr(st, "levels", None)
+        if levels is None:
+            levels = st.levels = []
+        while st.examined >= LEVEL_BASE << len(levels):  # its coverage at each volume level
+            levels.append(covered)
+        peers.values.touch(event.principal, list)[:] = [covered, *levels]
         if population is not peers.values:
-            population.touch(event.principal, list)[:] = [covered]
+            population.touch(event.principal, list)[:] = [covered, *levels]
         peers.updates += 1
         if peers.updates % self.peer_refresh == 1 or math.isinf(peers.limit):
             peers.refresh(population, self.min_peers, self.min_cells, self.peer_ratio)
         if event.principal in self.exempt_principals or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
-        if covered < peers.limit:
+        matched = peers.matched(levels, self.peer_ratio) if covered >= peers.limit else None
+        if matched is None:
             if novel is None:
                 return None
             severity, summary, evidence = self.novelty.report(novel, st.examined)
             return self.finding(st, event, source, severity=severity, summary=summary,
                                 evidence=evidence)
+        level, peers_at = matched
         severity, summary, evidence = peers.report(
-            covered, st.examined, len(population), 4 * k, self.peer_ratio
+            covered, st.examined, len(population), 4 * k, self.peer_ratio,
+            (level, levels[level], peers_at),
         )
         return self.finding(st, event, source, severity=severity, summary=summary,
                             evidence=evidence)
@@ -255,3 +282,20 @@ class CoverageExtractionDetector(BatchedQueryDetector):
         for model_id, peers in self.peers.items():
             shared.join_model(model_id, peers)
             shared.merge(model_id, peers.values)  # a fresher value from another instance wins
+
+    def stats(self) -> dict[str, float]:
+        """Also the calibration sample sizes: the callers whose coverage sets the
+        breadth limit, and those whose novel share sets the novelty baseline
+        (the largest over the models)."""
+        out = super().stats()
+        shared = pooled(self, SHARED_PEERS, SharedCoveragePeers)
+        breadth = novelty = calibrated = 0
+        for model_id, peers in self.peers.items():
+            values = (shared.values.get(model_id) if shared is not None else None) or peers.values
+            breadth = max(breadth, len(values))
+            novelty = max(novelty, len(peers.population.shares))
+            calibrated += not math.isinf(peers.limit)
+        out["calibrated_models"] = calibrated
+        out["calibration_peers"] = breadth
+        out["calibration_novelty_peers"] = novelty
+        return out

@@ -33,6 +33,7 @@ from detectors.abuse.calibration import (
     TailCalibration,
     TailRule,
     calibrate_tail,
+    calibration_stats,
     check_calibration,
 )
 from detectors.abuse.common import (
@@ -473,11 +474,7 @@ class DensityExtractionDetector(BatchedQueryDetector):
 
     def stats(self) -> dict[str, float]:
         out = super().stats()
-        rules = [m.calibration.rule for _, m in self.models.items()
-                 if m.calibration.rule is not None]
-        out["calibrated_models"] = len(rules)
         # The sample sizes the latest rules rest on (the largest over the models).
-        out["calibration_queries"] = max((r.queries for r in rules), default=0)
-        out["calibration_principals"] = max((r.principals for r in rules), default=0)
+        out.update(calibration_stats(m.calibration.rule for _, m in self.models.items()))
         return out
 

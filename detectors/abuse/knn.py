@@ -22,6 +22,7 @@ from detectors.abuse.calibration import (
     TailCalibration,
     TailRule,
     calibration_evidence,
+    calibration_stats,
 )
 from detectors.abuse.common import (
     ATLAS_PROBING,
@@ -301,3 +302,7 @@ class StatefulKnnProbingDetector(BatchedQueryDetector):
             own = st.level
         return typical, own
 
+    def stats(self) -> dict[str, float]:
+        out = super().stats()
+        out.update(calibration_stats(c.rule for _, c in self.calibrations.items()))
+        return out

@@ -132,6 +132,15 @@ class LowConfidenceProbingDetector(Detector):
             st.count = st.low = 0
         return found
 
+    def stats(self) -> dict[str, float]:
+        """Also the calibration sample: the models past warm-up, and the (decayed)
+        number of answers their baselines rest on (the largest over the models)."""
+        out = super().stats()
+        warm = [m.n for _, m in self.models.items() if m.seen >= self.warmup_events]
+        out["calibrated_models"] = len(warm)
+        out["calibration_answers"] = round(max(warm, default=0.0))
+        return out
+
     def _fire(
         self, st: _ConfState, m: _ModelConf, event: InferenceEvent, source: Source
     ) -> list[Finding] | None:

@@ -108,8 +108,11 @@ def test_prada_does_not_judge_hsj_before_the_model_is_calibrated(findings):
     assert found and found[0].evidence["calibrated"]
 
 
-def test_knockoff_thief_found_by_coverage_within_640_queries(findings):
-    assert first_alarm(findings["extraction.coverage"], "thief-knockoff") <= 640
+def test_knockoff_thief_as_varied_as_benign_callers_is_no_breadth_finding(findings):
+    # Issue #14: breadth at matched volume. The thief's natural digits cover no
+    # more cells than the benign callers' after as many queries; against the
+    # lighter callers' totals (found after ~600) every heavy caller was reported.
+    assert first_alarm(findings["extraction.coverage"], "thief-knockoff") == math.inf
 
 
 def test_fast_knockoff_thief_found_by_peer_rate_within_64_queries(findings):
@@ -125,16 +128,16 @@ def test_jacobian_extraction_found_by_the_family_within_300_queries(findings):
     assert first_alarm(findings["probing.blacklight"], "thief-jbda") <= 300
 
 
-def test_slow_knockoff_thief_evades_rate_but_not_coverage_within_600_queries(streams):
-    # Six queries a minute, like a busy benign caller: no rate alarm. Coverage
-    # catches it once it has explored 3x the cells of the busiest tenth of its
-    # peers (by then its copy is ~91% accurate against the victim's 95%).
+def test_slow_knockoff_thief_evades_rate_and_breadth(streams):
+    # Six queries a minute, like a busy benign caller: no rate alarm, and its
+    # breadth at matched volume is a benign caller's (the limit of issue #14:
+    # found before only by out-covering lighter callers, as heavy benign ones do).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         slow, _ = T.knockoff_events(t0=T.T0 + 600, n_queries=900, gap=10.0)
     events = T.interleave(streams["benign"], slow)
     assert first_alarm(run(PeerRateDetector(), events), "thief-knockoff") == math.inf
-    assert first_alarm(run(CoverageExtractionDetector(), events), "thief-knockoff") <= 600
+    assert first_alarm(run(CoverageExtractionDetector(), events), "thief-knockoff") == math.inf
 
 
 def _tabular(seed: int, principals: int = 40, per: int = 500, sweep: int = 0):

@@ -26,13 +26,16 @@ def _q(i: int, who: str, x: np.ndarray) -> InferenceEvent:
 
 
 def _streams(sweep: bool = False) -> list[list[InferenceEvent]]:
-    """12 benign callers, 4 per partition, then a thief on partition 0: natural-data
-    queries, or (``sweep``) a uniform sweep of the input box (found by novelty)."""
+    """12 benign callers, 4 per partition, each repeating its own few records, then a
+    thief on partition 0: natural-data queries spread far wider than any caller's
+    (breadth at matched volume), or (``sweep``) a uniform sweep of the input box
+    (found by novelty)."""
     rng = np.random.default_rng(2)
     parts: list[list[InferenceEvent]] = [[], [], []]
+    own = rng.normal(size=(12, 12, 8))  # each caller scores its own few records again
     for i in range(3000):
         who = i % 12
-        parts[who % 3].append(_q(i, f"u{who}", rng.normal(size=8)))
+        parts[who % 3].append(_q(i, f"u{who}", own[who, rng.integers(12)]))
     if sweep:
         parts[0] += [_q(3000 + i, "thief", rng.uniform(-4, 4, size=8)) for i in range(300)]
     else:

@@ -25,6 +25,13 @@ SAVED = pickle.loads(zlib.decompress(
     (Path(__file__).parent / "data" / "checkpoints_before_cooldown.pickle.z").read_bytes()))
 
 
+#: Detectors whose findings on their stream changed on purpose since that release.
+CHANGED = {
+    "extraction.coverage": "issue #14: breadth at matched volume; the stream's 'thief' sends "
+    "the same natural inputs as the callers, a heavy benign caller's traffic",
+}
+
+
 def _run(detector, events, first):
     return [encode_finding(f) for i, e in enumerate(events)
             for f in detector.process(e, Source("ml.inference", 0, first + i)) or ()]
@@ -35,6 +42,13 @@ def test_an_old_checkpoint_restores_and_continues_as_the_old_release_did(name):
     params, stream, cut = CASES[name]
     events, saved = stream(), SAVED[name]
     fresh = build(name, params)
+    if name in CHANGED:  # restores, and carries on as this release does from there
+        before = _run(fresh, events[:cut], 0)
+        restored = build(name, params)
+        restored.restore(saved["snapshot"])
+        assert _run(restored, events[cut:], cut) == _run(fresh, events[cut:], cut)
+        assert before == [], CHANGED[name]
+        return
     assert _run(fresh, events[:cut], 0) == saved["findings_before"], "the stream is the same"
     restored = build(name, params)
     restored.restore(saved["snapshot"])
