@@ -29,6 +29,17 @@ Bounds:
   time. It also covers sources not heard from yet: a new or restored aligner
   holds everything for ``max_wait_s`` (warm-up), so a source whose forwarder
   starts a little later is still merged in order.
+- **Backpressure** (half of ``max_buffered``): when an aligner holds that
+  many events, the sources it holds events of (``ahead``: they are why it is
+  full) are named by :meth:`EventTimeAligner.pressure`, and the daemon pauses
+  those it reads itself as input partitions (``consumer.pause``) until the
+  aligner is down to a quarter of ``max_buffered``; a source some aligner
+  waits for (``awaited``) is never paused. During a catch-up from a backlog
+  the input partitions' event times drift apart (a partition with fewer
+  events per hour runs ahead); pausing the ones ahead lets the others catch
+  up instead of releasing unaligned. The wait for a silent source stays
+  bounded by ``max_wait_s``. A forwarder in *another* process cannot be
+  paused from here: its copies still count against the memory bound.
 - **Memory** (``max_buffered`` events): over it, the oldest events (merge
   order) are released without waiting, counted in ``forced``.
 - An event that arrives after the merge has moved past it (its source was
@@ -99,6 +110,10 @@ class EventTimeAligner:
             raise ValueError("max_wait_s and max_buffered must be >= 0")
         self.max_wait_s = max_wait_s
         self.max_buffered = max_buffered
+        #: Backpressure from this many held events, until down to ``_ease_at``.
+        self._press_at = max(1, max_buffered // 2)
+        self._ease_at = max_buffered // 4
+        self._pressing = False
         self._reset(now)
 
     def _reset(self, now: float) -> None:
@@ -172,6 +187,33 @@ class EventTimeAligner:
         self.released += len(out)
         return out
 
+    def held_back(self, sources: Iterable[_SourceId], now: float) -> None:
+        """``sources`` are paused by backpressure, not silent: keep waiting for them."""
+        heard = self._heard
+        for sid in sources:
+            if sid in heard:
+                heard[sid] = now
+
+    def pressure(self, now: float) -> tuple[set[_SourceId], set[_SourceId]]:
+        """(ahead, awaited): the sources to pause and the sources waited for.
+
+        ``awaited``: sources with nothing buffered that were heard within
+        ``max_wait_s`` (the merge waits for them: they must keep coming).
+        ``ahead``: while the aligner is pressed (from half of ``max_buffered``
+        held until down to a quarter), the sources it holds events of; empty
+        otherwise, and always with ``max_buffered`` 0 (no alignment).
+        """
+        queues, heard, wait = self._queues, self._heard, self.max_wait_s
+        awaited = {sid for sid, queue in queues.items()
+                   if not queue and now - heard[sid] < wait}
+        if self.max_buffered and self._size >= self._press_at:
+            self._pressing = True
+        elif self._size <= self._ease_at:
+            self._pressing = False
+        if not self._pressing:
+            return set(), awaited
+        return {sid for sid, queue in queues.items() if queue}, awaited
+
     def drain(self) -> list[_Item]:
         """Everything buffered, in merge order (nothing left to wait for)."""
         return self.release(float("inf"))
@@ -236,6 +278,13 @@ class ModelStageAlignment:
                             "Model-stage events that arrived after the merge passed them "
                             "(their source was not waited for, or the cap forced it)",
                             registry=registry)
+        self.paused = Gauge("mlwatchd_model_stage_paused_inputs",
+                            "Input partitions this process paused because the model "
+                            "stage holds their events ahead of a source it waits for",
+                            registry=registry)
+        self.pauses = Counter("mlwatchd_model_stage_pauses_total",
+                              "Input partitions paused for model-stage backpressure",
+                              registry=registry)
 
     def _aligner(self, partition: StatePartition, now: float) -> EventTimeAligner:
         found = self._aligners.get(partition)
@@ -268,6 +317,28 @@ class ModelStageAlignment:
             if events:
                 out.append((partition, events))
         return out
+
+    def ahead(self, now: float, owned: Iterable[StatePartition]) -> set[_SourceId]:
+        """The sources to pause now: held by a pressed aligner of ``owned``, awaited by none.
+
+        See :meth:`EventTimeAligner.pressure`; every aligner's ``awaited``
+        counts, pressed or not (pausing a source one partition waits for
+        would stall that partition's merge until ``max_wait_s``).
+        """
+        ahead: set[_SourceId] = set()
+        awaited: set[_SourceId] = set()
+        for partition in sorted(set(owned) & set(self._aligners)):
+            mine, waits = self._aligners[partition].pressure(now)
+            ahead |= mine
+            awaited |= waits
+        return ahead - awaited
+
+    def held_back(self, sources: Iterable[_SourceId], now: float) -> None:
+        """``sources`` are paused by this process's backpressure: every aligner keeps
+        waiting for them (a source paused longer than ``max_wait_s`` is not silent)."""
+        sources = list(sources)
+        for aligner in self._aligners.values():
+            aligner.held_back(sources, now)
 
     def snapshot(self, partition: StatePartition) -> dict[str, Any]:
         aligner = self._aligners.get(partition)

@@ -97,6 +97,10 @@ class Daemon:
         self.processed = 0
         self._gauges_at = 0.0
         self._consumer: Consumer | None = None
+        #: Input partitions paused for model-stage backpressure (:mod:`daemon.align`).
+        self._held_back: set[TopicPartition] = set()
+        #: True while this process's model stage is behind its forwarders.
+        self._behind = False
         backoff = settings.kafka.reconnect_backoff_max_s
         #: The repartition topic, when model-scoped detectors consume it.
         rtopic = (settings.topics.repartition
@@ -237,10 +241,65 @@ class Daemon:
             self.ownership.catch_up()
             if batch or (self.align is not None and self.align.holding()):
                 self._process(batch)
+            if self.align is not None:
+                self._backpressure()
             now = time.monotonic()
             if now - self._gauges_at >= _GAUGE_EVERY_S:
                 self._gauges_at = now
                 self.update_gauges()
+
+    def _backpressure(self) -> None:
+        """Pause the input partitions the model stage holds events of while it waits
+        for another source, resume them once it has caught up (:mod:`daemon.align`).
+
+        Instead of releasing unaligned when the buffer is full during a catch-up:
+        the sources that are behind in event time get read, the ones ahead wait.
+        Partitions the rebalance keeps paused (state being restored) are left alone.
+        """
+        assert self.align is not None and self._consumer is not None
+        consumer = self._consumer
+        owned = consumer.assignment()
+        restoring = {tp for tps in self.ownership.to_restore.values() for tp in tps}
+        ahead = {TopicPartition(topic, number) for topic, number in
+                 self.align.ahead(time.monotonic(), self.ownership.restored)}
+        # The copies forwarded but not read back yet count too: a forwarder reads
+        # its input faster than the model stage reads the copies, so the aligner
+        # learns who is ahead late. While this process's model stage is behind by
+        # more than a quarter of the buffer, its forwarders wait for it.
+        rtopic = self.intake.repartition_topic
+        positions = self.ownership.positions
+        lag = 0
+        for tp in owned:
+            if tp.topic == rtopic and tp in positions:
+                high = consumer.highwater(tp)
+                lag += max(0, (high or 0) - positions[tp])
+        cap = self.align.max_buffered
+        if cap and lag > cap // 4:
+            self._behind = True
+        elif lag <= cap // 8:
+            self._behind = False
+        if self._behind:
+            ahead |= {tp for tp in owned if tp.topic in self.intake.inputs
+                      and self.model_stage is not None}
+        wanted = (ahead & owned) - restoring
+        done = (self._held_back - wanted) & owned - restoring
+        try:
+            if done:
+                self._consumer.resume(*sorted(done))
+                _unpark(self._consumer, done)
+            new = wanted - self._held_back
+            if wanted:  # again every round: a rebalance forgets pauses
+                self._consumer.pause(*sorted(wanted))
+        except (KafkaError, KeyError, ValueError) as exc:  # revoked in between
+            log.warning("backpressure_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if new:
+            self.align.pauses.inc(len(new))
+            log.info("model_stage_backpressure", paused=[f"{t.topic}:{t.partition}"
+                                                         for t in sorted(new)])
+        self._held_back = wanted
+        self.align.held_back(((tp.topic, tp.partition) for tp in wanted), time.monotonic())
+        self.align.paused.set(len(wanted))
 
     def update_gauges(self) -> None:
         """Refresh consumer lag (once connected), detector state gauges and format counters."""
@@ -300,6 +359,24 @@ class Daemon:
     def _rejected(self, record: str, reason: str) -> None:
         """An internal record failed authentication or validation (stores call this)."""
         self.metrics.internal_rejected.labels(record, reason).inc()
+
+
+def _unpark(consumer: Consumer, tps: set[TopicPartition]) -> None:
+    """Drop what kafka-python parked for resumed partitions: they are fetched again.
+
+    kafka-python (3.0.12) parks the records it had fetched for a partition
+    paused before they were returned (KAFKA-7548), and puts them back only
+    while no other partition's records are in line, which after the first
+    fetch is never: the resumed partition is then never fetched again (it has
+    parked data). Its position is that of the first record not returned, so
+    dropping the parked data loses nothing. Other clients have no such parts.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    for name in ("_paused_partition_records", "_paused_completed_fetches"):
+        parked = getattr(fetcher, name, None)
+        if isinstance(parked, dict):
+            for tp in tps:
+                parked.pop(tp, None)
 
 
 def _learn_history(bootstrap: Bootstrap, pipeline: Pipeline, tp: TopicPartition,

@@ -136,6 +136,10 @@ class PlaybookSettings(_Section):
     dry_run: bool = False
     #: SQLite file holding the outbox, idempotency keys, incidents, timers, approvals.
     outbox_path: Path = Path("mlwatchd-playbooks.sqlite3")
+    #: Glob, in the outbox's directory, of other replicas' outboxes whose undelivered
+    #: jobs this replica takes over once their owner is gone (its lock free), e.g.
+    #: ``outbox-*.sqlite3`` with one outbox per replica (null: never; see README).
+    adopt_outboxes: str | None = Field(None, pattern=r"^[^/\\]+$")
     actions_topic: str = "mlwatchd.actions"
     audit_topic: str = "mlwatchd.audit"
     interactivity: InteractivitySettings = Field(

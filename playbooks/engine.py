@@ -67,15 +67,17 @@ engine logs, audits or stores as an error.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from detectors.findings import Finding
 from playbooks.actions import ActionRuntime, Publish
+from playbooks.adoption import adopt_orphans
 from playbooks.approvals import Approvals
 from playbooks.audit import AuditTrail, OnEvent
 from playbooks.config import PlaybookSettings, SlackConnection
@@ -83,13 +85,16 @@ from playbooks.delivery import Delivery
 from playbooks.incidents import Incidents
 from playbooks.intake import INTAKE_WAIT_S, Intake
 from playbooks.model import PlaybookSet
-from playbooks.outbox import Outbox, OutboxUnavailable
+from playbooks.outbox import Outbox, OutboxUnavailable, UnsafeStateFile
 from playbooks.privacy import Pseudonymizer
 from playbooks.queueing import ActionQueue
 from playbooks.redact import REDACTOR
 from playbooks.slack_post import SlackPoster
 
 __all__ = ["OnEvent", "ResponseEngine", "playbook_warnings"]
+
+#: How often orphaned outboxes are looked for (``playbooks.adopt_outboxes``).
+_ADOPT_EVERY_S: Final = 2.0
 
 log = structlog.get_logger("mlwatchd.playbooks")
 
@@ -209,6 +214,10 @@ class ResponseEngine:
                 daemon=True))
         self._threads.append(threading.Thread(target=self.incidents.run, args=(self._stopping,),
                                               name="mlwatchd-playbook-timer", daemon=True))
+        if self.settings.adopt_outboxes and not self.outbox.memory:
+            self._threads.append(threading.Thread(target=self._adopt_loop,
+                                                  args=(self._stopping,),
+                                                  name="mlwatchd-outbox-adopt", daemon=True))
         self._audit_thread = threading.Thread(target=self.audit.run, args=(self._stopping,),
                                               name="mlwatchd-audit", daemon=True)
         for thread in self._threads:
@@ -248,6 +257,28 @@ class ResponseEngine:
         self.outbox.close()
         self._stopped = undelivered
         return undelivered
+
+    def adopt_orphans(self) -> int:
+        """Take over the undelivered jobs of orphaned outboxes (``playbooks.adopt_outboxes``)."""
+        pattern = self.settings.adopt_outboxes
+        if not pattern or self._closed:
+            return 0
+        try:
+            taken = adopt_orphans(self.outbox, pattern, self._clock())
+        except (OutboxUnavailable, OSError, sqlite3.Error, UnsafeStateFile) as exc:
+            log.warning("playbook_outbox_adoption_failed", error=self.redactor.text(str(exc)))
+            return 0
+        for path, count in taken.items():
+            log.warning("playbook_outbox_adopted", outbox=path, jobs=count,
+                        detail="its owner is gone; its undelivered actions are delivered here")
+            self.audit.event("outbox_adopted", outbox=path, jobs=count)
+        if taken:
+            self._wake.set()
+        return sum(taken.values())
+
+    def _adopt_loop(self, stopping: threading.Event) -> None:
+        while not stopping.wait(_ADOPT_EVERY_S):
+            self.adopt_orphans()
 
     # -- the daemon's calls (playbooks.protocol.ResponseSide) --------------------
 

@@ -21,6 +21,15 @@ All access goes through one connection guarded by a lock; every transaction
 is short and never spans network I/O. ``synchronous=NORMAL`` in WAL mode
 survives a process crash (not a power cut) without an fsync per commit.
 
+Each process holding the file keeps a shared ``flock`` on ``<file>.owner``
+for as long as it has the outbox open (the kernel drops it when the process
+dies, ``kill -9`` included). An outbox whose lock is free has no owner: with
+``playbooks.adopt_outboxes`` set, a live replica takes the lock exclusively,
+copies the orphan's undelivered jobs into its own outbox (same idempotency
+keys, so adopting twice enqueues nothing twice) and marks them ``adopted``
+there (:func:`playbooks.adoption.adopt_orphans`): a replica removed by a scale-down
+strands nothing, and one restarted later finds its jobs taken.
+
 The file decides which actions run, so nobody else may write it: it lives in a
 directory only this user can write, is created owner-only with
 ``O_EXCL | O_NOFOLLOW`` and checked on every open; anything else is refused with
@@ -36,10 +45,12 @@ consumer loop is never held for long.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,15 +60,21 @@ from playbooks.state_files import UnsafeStateFile, check_sidecars, private_dir, 
 
 __all__ = [
     "MEMORY",
+    "OWNER_SUFFIX",
+    "SIDECARS",
     "Outbox",
     "OutboxUnavailable",
     "UnsafeStateFile",
+    "owner_lock",
     "private_dir",
     "private_file",
 ]
 
 #: ``Outbox(MEMORY)``: no file; everything is lost when the process ends.
 MEMORY: Final = ":memory:"
+#: ``<outbox><OWNER_SUFFIX>``: the lock file its live owners hold (shared flock).
+OWNER_SUFFIX: Final = ".owner"
+SIDECARS: Final = ("-wal", "-shm", "-journal", OWNER_SUFFIX)
 
 
 class OutboxUnavailable(Exception):
@@ -147,10 +164,15 @@ class Outbox:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.memory = str(path) == MEMORY
         self.path = Path(path)
+        self._owner_fd: int | None = None
         if not self.memory:
             private_dir(self.path.parent)
             private_file(self.path)
             check_sidecars(self.path)
+            self._owner_fd = owner_lock(self.path, fcntl.LOCK_SH, busy_timeout_s)
+            if self._owner_fd is None:
+                raise OutboxUnavailable(f"outbox {self.path}: being adopted by another "
+                                        f"process for over {busy_timeout_s:g} s")
         self._lock = threading.RLock()
         self._db = sqlite3.connect(MEMORY if self.memory else str(self.path),
                                    check_same_thread=False, timeout=busy_timeout_s,
@@ -218,6 +240,9 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._owner_fd is not None:
+                os.close(self._owner_fd)  # releases the owner lock
+                self._owner_fd = None
 
     # -- jobs ----------------------------------------------------------------
 
@@ -340,7 +365,7 @@ class Outbox:
         """Forget finished jobs, closed incidents and seen ids older than ``before``."""
         with self.tx() as db:
             db.execute("DELETE FROM jobs WHERE status IN ('delivered', 'dry_run', 'failed', "
-                       "'cancelled') AND updated_at < ?", (before,))
+                       "'cancelled', 'adopted') AND updated_at < ?", (before,))
             db.execute("DELETE FROM action_state WHERE incident_id IN (SELECT id FROM "
                        "incidents WHERE status = 'closed' AND closed_at < ?)", (before,))
             db.execute("DELETE FROM incidents WHERE status = 'closed' AND closed_at < ?",
@@ -348,6 +373,24 @@ class Outbox:
             db.execute("DELETE FROM seen WHERE at < ?", (before,))
             db.execute("DELETE FROM approvals WHERE status != 'pending' AND decided_at < ?",
                        (before,))
+
+
+def owner_lock(path: Path, how: int, wait_s: float) -> int | None:
+    """An fd holding ``flock(how)`` on ``path``'s owner lock file, or None if not had
+    within ``wait_s`` (the file is created owner-only, symlinks refused)."""
+    lock = path.with_name(path.name + OWNER_SUFFIX)
+    private_file(lock)
+    fd = os.open(lock, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

@@ -835,6 +835,8 @@ def _faulty_run(opts: SoakOptions, bootstrap: str, ends: Mapping[str, int], work
         if opts.outbox == "per-replica":
             path = workdir / f"outbox-{slot}.sqlite3"
             slot_env["MLWATCHD_PLAYBOOKS__OUTBOX_PATH"] = str(path)
+            # A removed replica's undelivered jobs are taken over by a live one.
+            slot_env["MLWATCHD_PLAYBOOKS__ADOPT_OUTBOXES"] = "outbox-r*.sqlite3"
             outboxes[slot] = path
         elif not outboxes:
             outboxes[""] = state_dir / "mlwatchd-playbooks.sqlite3"

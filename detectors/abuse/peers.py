@@ -6,6 +6,13 @@ one configured detector (through the cap pools the pipeline passes to
 ``share_caps``), so a principal is judged against the model's callers of every
 partition, not only those of its own (``extraction.coverage`` and
 ``extraction.prada`` use it).
+
+What a process holds depends on how the group spread the partitions, so only
+*whether* a principal is reported is judged against the shared table; a
+finding's severity is judged against its own partition's callers (the
+instance's own table), so it is the same under any partition assignment
+(issue #15: a severity that changed with the assignment changed the route,
+hence the chat alert, of a finding whose id did not).
 """
 
 from __future__ import annotations

@@ -292,16 +292,24 @@ class PradaExtractionDetector(BatchedQueryDetector):
         # The model's callers of every partition of the process (shared), else this
         # instance's: the same table when the detector runs unpartitioned.
         values = peer_values(self, _PRADA_PEERS, event.model_id, peers.values)
+        # Severity is judged against this partition's own callers (its instance's
+        # table, part of its checkpoint) only: the shared table depends on which
+        # partitions the process holds, and a severity that changes with the
+        # partition assignment changes the route (hence the chat alert) of a
+        # finding whose id does not change.
+        own_bar = (None if values is peers.values
+                   else self.bar.limit(peers.values, event.principal, held)[0])
         threshold, median_w, n_peers = self.bar.judge(
             values, peers.values, event.principal, st.w, held
         )
         if st.w >= threshold or st.cooling_down(event.ts):  # type: ignore[arg-type]
             return None
+        severity_bar = threshold if own_bar is None else own_bar
         return self.finding(
             st,
             event,
             source,
-            severity="high" if st.w < threshold - 0.1 else "medium",
+            severity="high" if st.w < severity_bar - 0.1 else "medium",
             summary=(
                 f"Distances between this principal's queries are far from normal "
                 f"(Shapiro-Wilk W={st.w:.3f} over {held} queries, threshold {threshold:.3f}; "

@@ -298,3 +298,46 @@ def test_alignment_knobs_are_validated_with_one_line_per_problem(tmp_path):
     assert len(problems) == 2, problems
     assert any("state.model_stage_max_wait_s" in p for p in problems)
     assert any("state.model_stage_max_buffered" in p for p in problems)
+
+
+def _ev(ts: float) -> InferenceEvent:
+    return InferenceEvent(ts=ts, model_id="m", request_id=str(ts), principal="p",
+                          features=[1.0], prediction=1)
+
+
+def test_pressure_names_the_sources_ahead_from_half_the_cap_until_a_quarter():
+    a = EventTimeAligner(max_wait_s=5.0, max_buffered=8, now=0.0)
+    a.push([(_ev(0.5), Source(TOPIC, 0, 0)), (_ev(1.0), Source(TOPIC, 1, 0))], now=5.5)
+    assert [e.ts for e, _ in a.release(now=5.5)] == [0.5]  # 0 empty again: wait for it
+    assert a.pressure(now=5.5) == (set(), {(TOPIC, 0)})
+    # Partition 1 runs ahead while partition 0 (awaited) sends nothing new.
+    a.push([(_ev(2.0 + i), Source(TOPIC, 1, 1 + i)) for i in range(3)], now=6.5)
+    assert a.release(now=6.5) == [] and len(a) == 4
+    assert a.pressure(now=6.5) == ({(TOPIC, 1)}, {(TOPIC, 0)})
+    # Pressed until down to a quarter of the cap (2), not just under half.
+    a.push([(_ev(1.5), Source(TOPIC, 0, 1))], now=7.0)
+    assert [e.ts for e, _ in a.release(now=7.0)] == [1.0, 1.5]
+    assert len(a) == 3 and a.pressure(now=7.0)[0] == {(TOPIC, 1)}
+    a.push([(_ev(2.5), Source(TOPIC, 0, 2))], now=7.0)
+    assert [e.ts for e, _ in a.release(now=7.0)] == [2.0, 2.5]
+    assert a.pressure(now=7.0) == (set(), {(TOPIC, 0)}) and a.forced == 0
+    # No alignment (cap 0): never any pressure.
+    off = EventTimeAligner(max_wait_s=5.0, max_buffered=0, now=0.0)
+    off.push([(_ev(1.0), Source(TOPIC, 1, 0))], now=0.0)
+    assert off.pressure(now=0.0)[0] == set()
+
+
+def test_a_source_one_partition_waits_for_is_never_paused_for_another():
+    m = ModelStageAlignment(max_wait_s=5.0, max_buffered=4, registry=CollectorRegistry())
+    r0, r1 = StatePartition.model(0), StatePartition.model(1)
+    # r0: source 1 ahead of source 0 (awaited); r1: waits for source 1.
+    m.push(r0, [(_ev(0.0), Source(TOPIC, 0, 0))], now=0.0)
+    m.push(r0, [(_ev(1.0 + i), Source(TOPIC, 1, i)) for i in range(3)], now=0.0)
+    m.push(r1, [(_ev(0.0), Source(TOPIC, 2, 0))], now=0.0)
+    assert m.ahead(now=0.5, owned=[r0]) == {(TOPIC, 0), (TOPIC, 1)}  # warm-up: all held
+    m.release(now=6.0, owned=[r0, r1])
+    m.push(r0, [(_ev(9.0 + i), Source(TOPIC, 1, 3 + i)) for i in range(2)], now=6.0)
+    assert m.ahead(now=6.0, owned=[r0]) == {(TOPIC, 1)}
+    m.push(r1, [(_ev(0.5), Source(TOPIC, 1, 9))], now=6.0)
+    m.release(now=6.0, owned=[r1])  # r1 released source 1's event: now waits for it
+    assert m.ahead(now=6.0, owned=[r0, r1]) == set()
