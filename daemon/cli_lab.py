@@ -59,7 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         settings = load_config(args.config)
         return run_state_bench(settings.detector_specs(), principals=args.principals,
                                queries=args.queries, features=args.features,
-                               flood=args.flood)
+                               flood=args.flood,
+                               cap_mb=args.max_state_mb or settings.state.max_state_mb)
     if args.formats:
         from daemon.lab.bench_formats import run_format_bench
 
@@ -177,6 +178,8 @@ def add_lab_verbs(verb: Verb) -> None:
     p.add_argument("--flood", type=int, default=0, metavar="N",
                    help="with --state: instead, N distinct principals send one event each; "
                         "print peak RSS (e.g. 1000000)")
+    p.add_argument("--max-state-mb", type=float, default=None, metavar="MIB",
+                   help="with --state: state.max_state_mb for the run (default: the config's)")
     p = verb("simulate", "Generate benign traffic with labelled attack scenarios as JSON Lines "
              "or into Kafka.", cmd_simulate)
     where = p.add_mutually_exclusive_group(required=True)

@@ -16,24 +16,23 @@ the bytes per tracked principal:
 and the process's resident memory growth (RSS before/after, after a garbage
 collection) per principal. ``--flood N`` instead sends one event from each of
 N distinct principals and prints the peak RSS (VmHWM) against
-``detectors_max_state_mb`` (when set): the cap shared by all detectors.
+``--max-state-mb`` (``state.max_state_mb``: the cap shared by all detectors).
 """
 
 from __future__ import annotations
 
 import gc
-import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 
 from detectors.events import InferenceEvent
 from detectors.findings import Source
 from detectors.pipeline import DetectorSpec, Pipeline
+from detectors.state import deep_size
 
-__all__ = ["deep_size", "run_state_bench", "state_sizes"]
+__all__ = ["run_state_bench", "state_sizes"]
 
 _RUN = 2000  # events per polled run
 _T0 = 1_767_225_600.0
@@ -55,50 +54,6 @@ def peak_rss_bytes() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def deep_size(obj: Any, seen: set[int] | None = None) -> int:
-    """Bytes held by ``obj`` and what it references (numpy buffers by ``nbytes``).
-
-    >>> deep_size(np.zeros(100, dtype=np.float32)) >= 400
-    True
-    >>> deep_size([1.5, 1.5]) > deep_size([])
-    True
-    """
-    seen = set() if seen is None else seen
-    total = 0
-    stack = [obj]
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, type):
-            continue
-        seen.add(id(o))
-        total += sys.getsizeof(o)
-        if isinstance(o, np.ndarray):
-            if o.base is not None:  # a view: its buffer is its base's
-                stack.append(o.base)
-            continue
-        if isinstance(o, dict):
-            stack.extend(o.keys())
-            stack.extend(o.values())
-        elif isinstance(o, (list, tuple, set, frozenset)):
-            stack.extend(o)
-        elif isinstance(o, (str, bytes, int, float, bool)) or o is None:
-            continue
-        else:
-            d = getattr(o, "__dict__", None)
-            if d is not None:
-                stack.append(d)
-            for cls in type(o).__mro__:
-                for slot in getattr(cls, "__slots__", ()):
-                    if slot == "_pool":  # the process's cap pool, not this object's state
-                        continue
-                    v = getattr(o, slot, None)
-                    if v is not None:
-                        stack.append(v)
-            if hasattr(o, "_items"):  # EntityTable's OrderedDict
-                stack.append(o._items)
-    return total
 
 
 def state_sizes(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
@@ -161,7 +116,7 @@ def run_state_bench(
 ) -> int:
     """Print bytes per tracked principal (or, with ``flood``, peak RSS); 0 on success."""
     rng = np.random.default_rng(seed)
-    pipeline = Pipeline(specs)
+    pipeline = Pipeline(specs, max_state_bytes=None if cap_mb is None else int(cap_mb * 2**20))
     started = time.perf_counter()
     # Calibration: the model's scale and the peer-calibrated thresholds.
     offset = _feed(pipeline, _events(rng, [f"cal-{i}" for i in range(20)], 600, features, _T0), 0)
@@ -184,8 +139,8 @@ def run_state_bench(
         print(f"  RSS after calibration {_mib(rss0)}, now {_mib(rss_bytes())}, "
               f"peak (VmHWM) {_mib(peak_rss_bytes())}")
         if cap_mb is not None:
-            print(f"  detectors.max_state_mb: {cap_mb:g} (state only; RSS includes the "
-                  f"interpreter and libraries)")
+            print(f"  state.max_state_mb: {cap_mb:g} (entity tables only; RSS also holds the "
+                  f"interpreter, libraries and per-model state)")
         after = state_sizes(pipeline)
         for name in sorted(after):
             stats = _stats(pipeline, name)
