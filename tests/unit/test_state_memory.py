@@ -124,3 +124,12 @@ def test_max_state_mb_setting() -> None:
     assert StateSettings(max_state_mb=512).max_state_mb == 512
     with pytest.raises(ValueError):
         StateSettings(max_state_mb=0)
+
+
+def test_prada_state_grows_with_what_the_principal_sent() -> None:
+    prada = PradaExtractionDetector()
+    feed(prada, _queries(256 + 7 * 64))  # 64 queries per principal: two batches judged
+    st = prada.table.get("u3\x1fm")
+    assert st is not None and 0 < st.n_dists < prada.max_distances
+    assert st.n_dists <= len(st.dists) < prada.max_distances  # not 500 floats up front
+    assert min(st.growing, prada.max_growing) <= len(st.g_rows) < 32
