@@ -35,6 +35,7 @@ from detectors.state import deep_size
 __all__ = ["run_state_bench", "state_sizes"]
 
 _RUN = 2000  # events per polled run
+_STAGGER = 32  # principals start up to this many steps apart
 _T0 = 1_767_225_600.0
 
 
@@ -71,17 +72,24 @@ def state_sizes(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
 def _events(
     rng: np.random.Generator, principals: list[str], queries: int, features: int, t: float
 ) -> Iterator[InferenceEvent]:
-    """``queries`` events from each principal, interleaved: near its own centre."""
+    """``queries`` events from each principal, interleaved, near its own centre.
+
+    Principal i starts ``i % 32`` steps late, so their batches (32 queries)
+    fill at different moments as in real traffic, not all in one poll.
+    """
     centres = rng.normal(size=(len(principals), features))
+    lag = np.arange(len(principals)) % _STAGGER
     n = 0
-    for q in range(queries):
-        noise = rng.normal(scale=0.5, size=(len(principals), features))
-        x = (centres + noise).round(4)
-        for i, who in enumerate(principals):
-            row = x[i].tolist()
+    for step in range(queries + _STAGGER - 1):
+        q = step - lag
+        sending = np.flatnonzero((q >= 0) & (q < queries))
+        noise = rng.normal(scale=0.5, size=(len(sending), features))
+        x = (centres[sending] + noise).round(4)
+        for k, i in enumerate(sending.tolist()):
+            row = x[k].tolist()
             yield InferenceEvent(
-                ts=t + n * 0.01, model_id="bench-model", request_id=f"{q}-{i}",
-                principal=who, features=row, prediction=int(row[0] > 0),
+                ts=t + n * 0.01, model_id="bench-model", request_id=f"{q[i]}-{i}",
+                principal=principals[i], features=row, prediction=int(row[0] > 0),
                 probabilities=[0.3, 0.7] if row[1] > 0 else [0.8, 0.2],
             )
             n += 1
