@@ -133,3 +133,13 @@ def test_prada_state_grows_with_what_the_principal_sent() -> None:
     assert st is not None and 0 < st.n_dists < prada.max_distances
     assert st.n_dists <= len(st.dists) < prada.max_distances  # not 500 floats up front
     assert min(st.growing, prada.max_growing) <= len(st.g_rows) < 32
+
+
+def test_the_daemon_gives_its_pipeline_the_configured_budget() -> None:
+    from daemon.runtime import Daemon
+    from daemon.settings import Settings
+
+    assert Daemon(Settings(detectors={})).pipeline.budget is None
+    capped = Daemon(Settings(detectors={}, state={"max_state_mb": 256}))
+    assert capped.pipeline.budget is not None
+    assert capped.pipeline.budget.max_bytes == 256 * 2**20
