@@ -222,8 +222,10 @@ class StateBudget:
     :meth:`rebalance` estimates each pool's bytes per entry (the mean deep size
     of up to ``sample`` of its oldest and newest entries, key included), then
     sets every pool's capacity to min(its own cap, n), n the largest entry
-    count whose total estimate fits ``max_bytes``, and evicts (least recently
-    seen first) what is over. The estimate follows the state as it grows;
+    count such that the pools' entries, each pool's count cut to n, fit
+    ``max_bytes`` (water-filling: a pool of one model's big state costs that
+    one entry, not n of them), and evicts (least recently seen first) what is
+    over. The estimate follows the state as it grows;
     memory outside entity tables (the interpreter, per-process models) is not
     counted. :meth:`maybe_rebalance` rebalances when the pools' entries grew by
     a 16th since the last time, or every ``every`` calls.
@@ -236,6 +238,14 @@ class StateBudget:
     >>> budget.rebalance([pool])
     >>> 80 < pool.capacity < 100, len(table) == pool.capacity, pool.evicted > 900
     (True, True, True)
+
+    A pool whose few entries are large (a model's state) is charged for those:
+
+    >>> models = CapPool(1024)
+    >>> _ = EntityTable(1024, models).insert("model", np.zeros(50_000))   # ~400 KB
+    >>> budget.rebalance([pool, models])
+    >>> 30 < pool.capacity < 60, len(models), models.capacity == pool.capacity
+    (True, 1, True)
     """
 
     __slots__ = ("_at_size", "_calls", "every", "max_bytes", "rebalances", "sample")
@@ -275,10 +285,10 @@ class StateBudget:
         pools = list(pools)
         cost = [(p, self.entry_bytes(p)) for p in pools]
 
-        def total(n: int) -> float:
-            return sum(min(p.limit, n) * b for p, b in cost)
+        def total(n: int) -> float:  # what the pools would hold with at most n entries each
+            return sum(min(p.size, n) * b for p, b in cost)
 
-        lo, hi = 1, max((p.limit for p in pools), default=1)
+        lo, hi = 1, max((p.size for p in pools), default=1)
         while lo < hi:  # the largest n with total(n) <= max_bytes (at least 1)
             mid = (lo + hi + 1) // 2
             if total(mid) <= self.max_bytes:
