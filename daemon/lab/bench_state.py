@@ -58,8 +58,11 @@ def peak_rss_bytes() -> int:
 
 
 def state_sizes(pipeline: Pipeline) -> dict[str, tuple[int, int]]:
-    """Detector name -> (checkpoint bytes, deep in-memory bytes), summed over partitions."""
-    out: dict[str, tuple[int, int]] = {}
+    """Detector name -> (checkpoint bytes, deep in-memory bytes), summed over partitions;
+    under ``""`` the deep size of all of them together (what they share counted once)."""
+    out: dict[str, tuple[int, int]] = {"": (0, deep_size([
+        [d.__dict__[k] for k in d.state_fields if k in d.__dict__]
+        for _, d in pipeline.detectors()]))}
     for _, d in pipeline.detectors():
         pickled = len(d.snapshot())
         fields = [d.__dict__[k] for k in d.state_fields if k in d.__dict__]
@@ -151,6 +154,8 @@ def run_state_bench(
                   f"interpreter, libraries and per-model state)")
         after = state_sizes(pipeline)
         for name in sorted(after):
+            if not name:
+                continue
             stats = _stats(pipeline, name)
             held, gone = stats.get("entities", 0), stats.get("evicted_total", 0)
             print(f"  {name:28s} state {_mib(after[name][1]):>12s}  entities "
@@ -167,6 +172,8 @@ def run_state_bench(
     print(f"  {'detector':28s} {'pickled B/p':>12s} {'memory B/p':>12s}")
     tot_p = tot_m = 0.0
     for name in sorted(after):
+        if not name:
+            continue
         p = (after[name][0] - before.get(name, (0, 0))[0]) / principals
         m = (after[name][1] - before.get(name, (0, 0))[1]) / principals
         tot_p += p
@@ -174,6 +181,8 @@ def run_state_bench(
         if abs(p) >= 1 or abs(m) >= 1:
             print(f"  {name:28s} {p:12,.0f} {m:12,.0f}")
     print(f"  {'total':28s} {tot_p:12,.0f} {tot_m:12,.0f}")
+    shared = (after[""][1] - before[""][1]) / principals
+    print(f"  {'all together':28s} {tot_p:12,.0f} {shared:12,.0f}   (memory: shared rows once)")
     print(f"  RSS growth: {(rss1 - rss0) / principals:,.0f} B per principal "
           f"({_mib(rss0)} -> {_mib(rss1)})")
     return 0
