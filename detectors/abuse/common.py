@@ -20,9 +20,9 @@ Pending rows are compact: each event's features are converted once to a
 read-only float64 vector (:func:`compact_row`) that every detector batching
 the event shares, instead of keeping the event's list of Python floats alive
 (~2.1 KB per row at 64 features, ~0.6 KB compact; float64, the precision the
-batch's matrix had, so every distance is the same as before). Recent-query hashes are a
-ring of 8-byte values in a ``bytearray`` (:class:`RecentRing`), not a dict
-(~1.1 KB instead of ~8.8 KB for 128 hashes).
+batch's matrix had, so every distance is the same as before). Recent-query
+hashes are a ring of 8-byte values in a ``bytearray`` (:func:`recent_seen`),
+not a dict (~1.1 KB instead of ~8.8 KB for 128 hashes).
 
 Both tables are :class:`EntityTable` s: a flood of new principal (or model)
 ids evicts the least recently seen ones and is counted in ``stats()``.
