@@ -286,9 +286,11 @@ class StateBudget:
         cost = [(p, self.entry_bytes(p)) for p in pools]
 
         def total(n: int) -> float:  # what the pools would hold with at most n entries each
-            return sum(min(p.size, n) * b for p, b in cost)
+            # A full pool would grow to n (its own cap); one below its capacity
+            # (a few models) holds what it holds.
+            return sum(min(p.limit if p.size >= p.capacity else p.size, n) * b for p, b in cost)
 
-        lo, hi = 1, max((p.size for p in pools), default=1)
+        lo, hi = 1, max((p.limit for p in pools), default=1)
         while lo < hi:  # the largest n with total(n) <= max_bytes (at least 1)
             mid = (lo + hi + 1) // 2
             if total(mid) <= self.max_bytes:
