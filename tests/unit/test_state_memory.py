@@ -143,3 +143,19 @@ def test_the_daemon_gives_its_pipeline_the_configured_budget() -> None:
     capped = Daemon(Settings(detectors={}, state={"max_state_mb": 256}))
     assert capped.pipeline.budget is not None
     assert capped.pipeline.budget.max_bytes == 256 * 2**20
+
+
+def test_a_budget_gives_room_back_when_entries_shrink() -> None:
+    from detectors.state import CapPool, EntityTable, StateBudget
+
+    pool = CapPool(1000)
+    table: EntityTable[np.ndarray] = EntityTable(1000, pool)
+    for i in range(200):
+        table.insert(str(i), np.zeros(1000))  # ~8 KB each
+    budget = StateBudget(400_000)
+    budget.rebalance([pool])
+    assert 30 < pool.capacity < 60
+    for i in range(200, 400):
+        table.insert(str(i), np.zeros(10))  # small entries replace them
+    budget.rebalance([pool])
+    assert pool.capacity > 500  # the cap rises again, not only ratchets down
