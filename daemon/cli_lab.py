@@ -52,6 +52,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _require_lab("bench")
+    if args.state:
+        from daemon.cli import load_config
+        from daemon.lab.bench_state import run_state_bench
+
+        settings = load_config(args.config)
+        return run_state_bench(settings.detector_specs(), principals=args.principals,
+                               queries=args.queries, features=args.features,
+                               flood=args.flood,
+                               cap_mb=args.max_state_mb or settings.state.max_state_mb)
     if args.formats:
         from daemon.lab.bench_formats import run_format_bench
 
@@ -158,6 +167,20 @@ def add_lab_verbs(verb: Verb) -> None:
     p.add_argument("--formats", action="store_true",
                    help="only measure each input format's decoding cost (us per message and "
                         "per event, from the format fixtures of a source checkout)")
+    p.add_argument("--state", action="store_true",
+                   help="only measure detector state per tracked principal (in-process: "
+                        "checkpoint bytes, deep size and RSS growth per principal)")
+    p.add_argument("--principals", type=int, default=100_000,
+                   help="with --state: principals tracked (default 100000)")
+    p.add_argument("--queries", type=int, default=40,
+                   help="with --state: queries per principal (default 40)")
+    p.add_argument("--features", type=int, default=64,
+                   help="with --state: input features per query (default 64)")
+    p.add_argument("--flood", type=int, default=0, metavar="N",
+                   help="with --state: instead, N distinct principals send one event each; "
+                        "print peak RSS (e.g. 1000000)")
+    p.add_argument("--max-state-mb", type=float, default=None, metavar="MIB",
+                   help="with --state: state.max_state_mb for the run (default: the config's)")
     p = verb("simulate", "Generate benign traffic with labelled attack scenarios as JSON Lines "
              "or into Kafka.", cmd_simulate)
     where = p.add_mutually_exclusive_group(required=True)

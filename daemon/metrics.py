@@ -85,9 +85,23 @@ class Metrics:
         self.detector_gauge = Gauge("mlwatchd_detector_state", "Detector state gauges "
                                     "(entities tracked, evictions, ...)",
                                     ["detector", "stat"], registry=r)
+        self.state_evictions = Counter(
+            "mlwatchd_state_evictions_total",
+            "Per-entity detector state evicted (least recently seen) by a detector's cap or "
+            "the state.max_state_mb budget", ["detector"], registry=r)
+        #: Detector name -> evictions already counted (the pipeline's tally only grows).
+        self.evictions_seen: dict[str, int] = {}
         self.format_gauge = Gauge("mlwatchd_format_state", "Input format counters per topic "
                                   "(e.g. KServe requests whose response never came)",
                                   ["topic", "format", "stat"], registry=r)
+
+    def count_evictions(self, totals: dict[str, int]) -> None:
+        """Advance ``mlwatchd_state_evictions_total`` to the pipeline's eviction tally."""
+        for name, total in totals.items():
+            new = total - self.evictions_seen.get(name, 0)
+            if new > 0:
+                self.state_evictions.labels(name).inc(new)
+                self.evictions_seen[name] = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

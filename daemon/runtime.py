@@ -88,7 +88,8 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.pipeline = pipeline or Pipeline(settings.detector_specs(),
                                              on_error=DetectorErrors(self.metrics),
-                                             repartitioned=settings.state.repartitioned)
+                                             repartitioned=settings.state.repartitioned,
+                                             max_state_bytes=_budget_bytes(settings))
         self.alerter = alerter
         self.health = Health(settings.observability.stall_after_s)
         self.stopping = stopping or threading.Event()
@@ -395,6 +396,12 @@ def _learn_history(bootstrap: Bootstrap, pipeline: Pipeline, tp: TopicPartition,
     return events[len(old):]
 
 
+def _budget_bytes(settings: Settings) -> int | None:
+    """``state.max_state_mb`` in bytes (None: no budget)."""
+    mb = settings.state.max_state_mb
+    return None if mb is None else int(mb * 2**20)
+
+
 def _update_gauges(consumer: Consumer | None, pipeline: Pipeline, intake: Intake,
                    metrics: Metrics) -> None:
     """Consumer lag, detector state gauges and format counters."""
@@ -416,6 +423,7 @@ def _update_gauges(consumer: Consumer | None, pipeline: Pipeline, intake: Intake
             totals[key] = totals.get(key, 0.0) + value
     for (name, stat), value in totals.items():
         metrics.detector_gauge.labels(name, stat).set(value)
+    metrics.count_evictions(pipeline.state_evictions())
     for (topic, name, stat), count in intake.stats().items():
         metrics.format_gauge.labels(topic, name, stat).set(count)
 

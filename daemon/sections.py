@@ -224,6 +224,12 @@ class StateSettings(Section):
     #: At most this many events held per model partition; over it the oldest
     #: go on unaligned (counted in ``mlwatchd_model_stage_forced_total``); 0: no alignment.
     model_stage_max_buffered: int = Field(20_000, ge=0, le=1_000_000)
+    #: Memory budget (MiB) of all detectors' per-entity state together, per
+    #: process: when the tables' estimated size exceeds it, every detector's
+    #: principal/model cap is lowered to one common count that fits and the
+    #: least recently seen entries are evicted (``mlwatchd_state_evictions_total``).
+    #: null: each detector's own caps only.
+    max_state_mb: float | None = Field(None, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source
 from detectors.incidents import DEFAULT_POLICY, IncidentPolicy, IncidentTable
 from detectors.registry import REGISTRY, build
-from detectors.state import CapPool
+from detectors.state import CapPool, StateBudget
 
 __all__ = ["GLOBAL", "DetectorSpec", "Pipeline", "StatePartition"]
 
@@ -187,8 +187,11 @@ class Pipeline:
         on_error: Callable[[Detector, Event | None, Exception], None] | None = None,
         repartitioned: bool = False,
         context: ContextTable | None = None,
+        max_state_bytes: int | None = None,
     ) -> None:
         self.specs = list(specs)
+        #: ``state.max_state_mb``: one memory budget for all detectors' entity tables.
+        self.budget = StateBudget(max_state_bytes) if max_state_bytes else None
         #: Cross-actor context (pipeline runs) shared by every detector instance;
         #: the daemon passes the context topic's table, in-process runs share this one.
         self.context: ContextTable = context if context is not None else InMemoryContextTable()
@@ -306,7 +309,15 @@ class Pipeline:
                     emitted = incidents.admit(finding)
                     if emitted is not None:
                         findings.append(emitted)
+        if self.budget is not None:
+            self.budget.maybe_rebalance(p for ps in self._pools.values() for p in ps.values())
         return findings
+
+    def state_evictions(self) -> dict[str, int]:
+        """Detector name -> entries its entity tables evicted in this process (any cause:
+        a table's cap, or the memory budget); only grows."""
+        return {name: sum(p.evicted for p in pools.values())
+                for name, pools in self._pools.items()}
 
     def _event_error_sink(self, detector: Detector) -> Callable[[Event, Exception], None]:
         def failed(event: Event, exc: Exception) -> None:

@@ -25,18 +25,28 @@ the pool's largest table (the flooded one).
 >>> _ = p1.touch("x", list)
 >>> list(p0), list(p1), len(pool)
 (['c', 'd'], ['x'], 3)
+
+A :class:`StateBudget` caps the memory of all pools of a process together
+(``state.max_state_mb``): it estimates each pool's bytes per entry from a
+sample of its entries and lowers the pools' capacities to one common number
+of entries whose total fits the budget (never above a pool's own cap);
+evictions are counted per pool (``CapPool.evicted``) for /metrics.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from detectors.state_codec import state_type
 
-__all__ = ["CapPool", "Cooldown", "EntityTable"]
+__all__ = ["CapPool", "Cooldown", "EntityTable", "StateBudget", "deep_size"]
 
 V = TypeVar("V")
 
@@ -44,14 +54,18 @@ V = TypeVar("V")
 class CapPool:
     """One capacity shared by several :class:`EntityTable` s (one detector, all partitions)."""
 
-    __slots__ = ("capacity", "size", "tables")
+    __slots__ = ("capacity", "evicted", "limit", "size", "tables")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        #: The configured cap; ``capacity`` is lower while a StateBudget needs room.
+        self.limit = capacity
         #: Entries held by all member tables together.
         self.size = 0
+        #: Entries evicted from member tables while they were members.
+        self.evicted = 0
         self.tables: list[EntityTable[object]] = []
 
     def join(self, table: EntityTable[V]) -> None:
@@ -71,6 +85,11 @@ class CapPool:
         self.tables = [t for t in self.tables if t is not table]
         self.size -= len(table)
         table._pool = None
+
+    def trim(self) -> None:
+        """Evict (from the largest tables) until the pool holds at most ``capacity``."""
+        while self.size > self.capacity and max(self.tables, key=len)._evict_one():
+            pass
 
     def victim(self, table: EntityTable[V]) -> EntityTable[object]:
         """The table that gives up an entry so that ``table`` can take a new one."""
@@ -130,6 +149,7 @@ class EntityTable(Generic[V]):
         self.evicted += 1
         if self._pool is not None:
             self._pool.size -= 1
+            self._pool.evicted += 1
         return True
 
     def get(self, key: str) -> V | None:
@@ -156,6 +176,133 @@ class EntityTable(Generic[V]):
         self.evicted = state["evicted"]  # type: ignore[assignment]
         self._items = OrderedDict(state["items"])  # type: ignore[call-overload]
         self._pool = None
+
+
+def deep_size(obj: object, seen: set[int] | None = None) -> int:
+    """Bytes held by ``obj`` and what it references (numpy buffers once, views
+    through their base); a cap pool an object refers to is not its state.
+
+    >>> deep_size(np.zeros(100, dtype=np.float32)) >= 400
+    True
+    >>> deep_size([1.5, 2.5]) > deep_size([])
+    True
+    """
+    seen = set() if seen is None else seen
+    total = 0
+    stack: list[Any] = [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (type, CapPool)):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, np.ndarray):
+            if o.base is not None:  # a view: its buffer is its base's
+                stack.append(o.base)
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        elif not isinstance(o, (str, bytes, bytearray, int, float, complex)) and o is not None:
+            d = getattr(o, "__dict__", None)
+            if d is not None:
+                stack.append(d)
+            for cls in type(o).__mro__:
+                for slot in cls.__dict__.get("__slots__", ()):
+                    v = getattr(o, slot, None)
+                    if v is not None:
+                        stack.append(v)
+    return total
+
+
+class StateBudget:
+    """One memory budget for the entity tables of every detector of a process.
+
+    :meth:`rebalance` estimates each pool's bytes per entry (the mean deep size
+    of up to ``sample`` of its oldest and newest entries, key included), then
+    sets every pool's capacity to min(its own cap, n), n the largest entry
+    count such that the pools' entries, each pool's count cut to n, fit
+    ``max_bytes`` (water-filling: a pool of one model's big state costs that
+    one entry, not n of them), and evicts (least recently seen first) what is
+    over. The estimate follows the state as it grows;
+    memory outside entity tables (the interpreter, per-process models) is not
+    counted. :meth:`maybe_rebalance` rebalances when the pools' entries grew by
+    a 16th since the last time, or every ``every`` calls.
+
+    >>> pool = CapPool(1000)
+    >>> table = EntityTable(1000, pool)
+    >>> for i in range(1000):
+    ...     _ = table.insert(str(i), np.zeros(1000))   # ~8 KB each
+    >>> budget = StateBudget(800_000)
+    >>> budget.rebalance([pool])
+    >>> 80 < pool.capacity < 100, len(table) == pool.capacity, pool.evicted > 900
+    (True, True, True)
+
+    A pool whose few entries are large (a model's state) is charged for those:
+
+    >>> models = CapPool(1024)
+    >>> _ = EntityTable(1024, models).insert("model", np.zeros(50_000))   # ~400 KB
+    >>> budget.rebalance([pool, models])
+    >>> 30 < pool.capacity < 60, len(models), models.capacity == pool.capacity
+    (True, 1, True)
+    """
+
+    __slots__ = ("_at_size", "_calls", "every", "max_bytes", "rebalances", "sample")
+
+    def __init__(self, max_bytes: int, sample: int = 16, every: int = 64) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self.max_bytes = max_bytes
+        self.sample = sample
+        self.every = every
+        self.rebalances = 0
+        self._at_size = 0
+        self._calls = 0
+
+    def maybe_rebalance(self, pools: Iterable[CapPool]) -> bool:
+        """Rebalance if the pools grew enough (or ``every`` calls passed); True if done."""
+        pools = list(pools)
+        self._calls += 1
+        size = sum(p.size for p in pools)
+        if size - self._at_size < max(self._at_size >> 4, 64) and self._calls < self.every:
+            return False
+        self.rebalance(pools)
+        return True
+
+    def entry_bytes(self, pool: CapPool) -> float:
+        """Mean deep size of a sample of the pool's entries (0 when empty)."""
+        sizes: list[int] = []
+        half = max(self.sample // 2, 1)
+        for table in pool.tables:
+            items = table._items
+            for key in itertools.chain(itertools.islice(items, half),
+                                       itertools.islice(reversed(items), half)):
+                sizes.append(deep_size((key, items[key])))
+        return sum(sizes) / len(sizes) if sizes else 0.0
+
+    def rebalance(self, pools: Iterable[CapPool]) -> None:
+        pools = list(pools)
+        cost = [(p, self.entry_bytes(p)) for p in pools]
+
+        def total(n: int) -> float:  # what the pools would hold with at most n entries each
+            # A full pool would grow to n (its own cap); one below its capacity
+            # (a few models) holds what it holds.
+            return sum(min(p.limit if p.size >= p.capacity else p.size, n) * b for p, b in cost)
+
+        lo, hi = 1, max((p.limit for p in pools), default=1)
+        while lo < hi:  # the largest n with total(n) <= max_bytes (at least 1)
+            mid = (lo + hi + 1) // 2
+            if total(mid) <= self.max_bytes:
+                lo = mid
+            else:
+                hi = mid - 1
+        for p in pools:
+            p.capacity = min(p.limit, lo)
+            p.trim()
+        self.rebalances += 1
+        self._calls = 0
+        self._at_size = sum(p.size for p in pools)
 
 
 class Cooldown:

@@ -6,6 +6,8 @@ farther than T_c from G_c joins it, and every query's distance to G_c is
 recorded in a ring whose normality is tested (see
 :class:`~detectors.abuse.prada.PradaExtractionDetector`). G holds at most
 ``max_growing`` rows, the oldest replaced, so the cost per query is bounded.
+Both G and the ring of distances start small and double as they fill, so a
+principal's state is as large as what it has sent needs, up to the caps.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class PradaState(QueryState):
             self.g_cls[:] = -1
         pc = np.fromiter((ids.setdefault(c, len(ids)) for c in preds), np.int32, len(preds))
         if self.g_rows is None or self.g_rows.shape[1] != dims:
-            self.g_rows = np.zeros((min(32, max_growing), dims), dtype=np.float32)
+            # Small at first: most principals' G stays small (grow() doubles it).
+            self.g_rows = np.zeros((min(8, max_growing), dims), dtype=np.float32)
             self.g_cls = np.full(len(self.g_rows), -1, dtype=np.int32)
             self.growing = 0
         return pc
@@ -129,8 +132,13 @@ class PradaState(QueryState):
     def record(self, dists: list[float], max_distances: int) -> int:
         """Keep ``dists`` in the ring of the last ``max_distances``; how many it holds."""
         if dists:
-            if len(self.dists) < max_distances:
-                self.dists = np.zeros(max_distances, dtype=np.float32)
+            size = len(self.dists)
+            if size < max_distances and self.n_dists + len(dists) > size:
+                # Grown as needed (doubling), not allocated full at the first distance.
+                size = min(max(2 * size, self.n_dists + len(dists), 64), max_distances)
+                grown = np.zeros(size, dtype=np.float32)
+                grown[: len(self.dists)] = self.dists[: min(len(self.dists), size)]
+                self.dists = grown
             at = (self.n_dists + np.arange(len(dists))) % max_distances
             self.dists[at] = dists
             self.n_dists += len(dists)
