@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 import time
@@ -18,8 +19,9 @@ from daemon.formats.contract import ContractFormat
 from daemon.intake import Intake
 from daemon.kafka_io import OutRecord
 from daemon.metrics import Metrics
+from daemon.runtime import _runs
 from detectors.columns import Run
-from detectors.events import AuditEvent, Event, InferenceEvent
+from detectors.events import AuditEvent, Event, InferenceEvent, event_type_of
 from detectors.findings import Finding, Source, encode_finding
 from detectors.registry import build
 from detectors.state import EntityTable
@@ -29,6 +31,7 @@ from detectors.telemetry.feature_reference import (
     bin_counts,
 )
 from detectors.telemetry.window import WindowedModelDetector
+from detectors.testing import mixed_stream, sourced
 
 
 def _learn_callers_per_caller(ref: FeatureReference, codes: np.ndarray, principals: list[str],
@@ -220,3 +223,11 @@ def test_telemetry_segments_equal_the_per_event_loop(name: str) -> None:
     assert detector.snapshot() == expected_detector.snapshot()
     if name in ("drift.features", "drift.prediction"):
         assert expected  # the shift is found: the comparison covers windows and findings
+
+
+def test_runtime_runs_are_the_consecutive_events_of_one_kind() -> None:
+    items = list(sourced(mixed_stream(500, seed=2)))
+    got = [(kind, [s.offset for _, s in run]) for kind, run in _runs(items)]
+    expected = [(kind, [s.offset for _, s in group])
+                for kind, group in itertools.groupby(items, key=lambda it: event_type_of(it[0]))]
+    assert got == expected and len(got) > 100
