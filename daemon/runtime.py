@@ -448,8 +448,11 @@ def _runs(events: list[tuple[Event, Source]]) -> Iterator[tuple[str, list[tuple[
     """Consecutive events of one kind, in order (a CloudTrail topic holds audit and access)."""
     run: list[tuple[Event, Source]] = []
     kind = ""
+    last: type | None = None
     for pair in events:
-        this = event_type_of(pair[0])
+        cls = type(pair[0])
+        if cls is not last:  # the kind is looked up only where the event class changes
+            last, this = cls, event_type_of(pair[0])
         if this != kind and run:
             yield kind, run
             run = []

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from detectors.base import Detector
+from detectors.columns import Run
 from detectors.context import ContextTable, InMemoryContextTable
 from detectors.events import Event, event_type_of
 from detectors.findings import Finding, Source
@@ -289,7 +290,8 @@ class Pipeline:
             for _ in items:  # still drain: the caller's generator dead-letters bad ones
                 pass
             return findings
-        run = items if isinstance(items, list) else list(items)
+        # One Run for every detector: columns it computes once serve them all.
+        run = items if type(items) is Run else Run(items)
         for detector, group in detectors:
             wanted = self._filters.get(detector.name) if kind == "inference" else None
             mine = run if wanted is None else [it for it in run if wanted(it[0].model_id)]  # type: ignore[union-attr]

@@ -14,10 +14,10 @@ One JSON event per message, decoded by :func:`detectors.events.decode_event`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
-from detectors.events import decode_any, decode_event
+from detectors.events import Event, decode_any, decode_event, event_decoder
 
 from .base import Decoded, FormatOptions, Headers, Result, guarded
 
@@ -45,6 +45,16 @@ class ContractFormat:
         kind = self.options.event_type
         event = decode_event(value, kind) if kind is not None else decode_any(value)
         return [Decoded(event)]
+
+    def fast_path(self) -> tuple[Callable[[bytes], Event], int] | None:
+        """(decode, largest value) for the hot loop, when the topic's kind is fixed.
+
+        ``decode(value)`` is what :meth:`decode` does with a value of type bytes,
+        non-empty and at most that large, when it gives an event; on any
+        exception the caller asks :meth:`decode` instead, which names the reason.
+        """
+        kind = self.options.event_type
+        return None if kind is None else (event_decoder(kind), self.options.max_bytes)
 
     def snapshot(self) -> dict[str, Any]:
         return {}

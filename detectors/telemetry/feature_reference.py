@@ -136,19 +136,58 @@ class FeatureReference:
         """Add rows to the own references of callers that have fewer than ``limit`` rows."""
         if not principals:
             return
-        shape = (len(self.names), bins + 1)
+        slots = bins + 1
+        shape = (len(self.names), slots)
         uniq, inverse = np.unique(np.asarray(principals, dtype=object), return_inverse=True)
+        # Callers in sorted order (new ones join the LRU table in that order) and how
+        # many of their rows each still takes.
+        learning: list[CallerReference] = []
+        room = np.zeros(len(uniq), dtype=np.int64)
         for i, who in enumerate(uniq.tolist()):
             own = self.callers.get(who)
             if own is None:
                 own = self.callers.touch(who, lambda: CallerReference(shape))
-            if own.rows >= limit:
-                continue
-            rows = np.flatnonzero(inverse == i)[: limit - own.rows]
-            own.counts += bin_counts(codes[rows], bins + 1)
-            own.rows += len(rows)
-            if errors is not None:
-                own.errors += float(errors[rows].sum())
+            if own.rows < limit:
+                room[i] = limit - own.rows
+                learning.append(own)
+        if not learning:
+            return
+        # One pass for all callers: rows grouped by caller (stable: each caller's
+        # first rows), cut to its room, counted per (caller, feature, bin).
+        order = np.argsort(inverse, kind="stable")
+        grouped = inverse[order]
+        sizes = np.bincount(inverse, minlength=len(uniq))
+        starts = np.cumsum(sizes) - sizes
+        taken = np.arange(len(order)) - starts[grouped] < room[grouped]
+        rows, callers = order[taken], grouped[taken]
+        slot = np.cumsum(room > 0) - 1  # a learning caller's index in ``learning``
+        d = codes.shape[1]
+        flat = ((slot[callers] * d)[:, None] + np.arange(d)) * slots \
+            + codes[rows].astype(np.int64)
+        counts = np.bincount(flat.ravel(), minlength=len(learning) * d * slots)
+        counts = counts.reshape(len(learning), d, slots)
+        got = np.minimum(sizes, room)[room > 0].tolist()
+        for own, n, c in zip(learning, got, counts, strict=True):
+            own.counts += c
+            own.rows += n
+        if errors is not None:
+            self._learn_errors(learning, got, errors[rows])
+
+    @staticmethod
+    def _learn_errors(learning: list[CallerReference], got: list[int], errors: np.ndarray) -> None:
+        """Add each learning caller's run of ``errors`` (grouped by caller) to its sum,
+        summed as numpy sums a caller's rows (pairwise; sequential below 8 rows)."""
+        values = errors.tolist()
+        at = 0
+        for own, n in zip(learning, got, strict=True):
+            if n < 8:
+                total = 0.0
+                for v in values[at:at + n]:
+                    total += v
+            else:
+                total = float(errors[at:at + n].sum())
+            own.errors += total
+            at += n
 
 
 def fit_feature_reference(

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 
 from detectors.base import Detector, EventErrorSink
+from detectors.columns import confident_segments, model_segments
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
 from detectors.limits import FEATURE_LIMIT
@@ -148,34 +149,44 @@ class WindowedModelDetector(Detector):
     def process_batch(
         self, items: Sequence[tuple[Event, Source]], on_error: EventErrorSink | None = None
     ) -> list[Finding]:
-        """:meth:`process` over a run of events, without a method call per event."""
+        """:meth:`process` over a run of events, a model segment at a time.
+
+        Consecutive events of one model and version (:func:`model_segments`,
+        computed once per run for every telemetry detector) go into the model's
+        buffer a slice at a time; a block closes at each ``step`` events, with
+        the event that filled it, as when they came one by one.
+        """
         out: list[Finding] = []
         hot = self._hot
         step = self.step
-        needs_confidence = self.needs_confidence
-        for event, source in items:
-            if type(event) is not InferenceEvent:
+        confident = confident_segments(items) if self.needs_confidence else None
+        for index, segment in enumerate(model_segments(items)):
+            if segment.model_id is None:  # not inference events
                 continue
-            st = hot.get(event.model_id)
-            if st is None or st.version != event.model_version:
-                st = self._state_of(event)
+            st = hot.get(segment.model_id)
+            if st is None or st.version != segment.model_version:
+                st = self._state_of(items[segment.start][0])  # type: ignore[arg-type]
                 hot = self._hot  # rebuilt when a model was evicted
-            if needs_confidence and event.confidence is None:
-                continue
-            buffered = st.items
-            if not buffered:
-                st.first_source = source
-            buffered.append(event)
-            if len(buffered) >= step:
-                try:
-                    found = self._close_block(st, event, source)
-                except Exception as exc:
-                    if on_error is None:
-                        raise
-                    on_error(event, exc)
-                    continue
-                if found:
-                    out.extend(found)
+            chunk = items[segment.start:segment.end] if confident is None else confident[index]
+            at, n = 0, len(chunk)
+            while at < n:
+                buffered = st.items
+                if not buffered:
+                    st.first_source = chunk[at][1]
+                part = chunk[at:at + max(step - len(buffered), 1)]
+                buffered.extend([event for event, _ in part])  # type: ignore[misc]
+                at += len(part)
+                if len(buffered) >= step:
+                    event, source = part[-1]
+                    try:
+                        found = self._close_block(st, event, source)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        if on_error is None:
+                            raise
+                        on_error(event, exc)
+                        continue
+                    if found:
+                        out.extend(found)
         return out
 
     # -- per block -----------------------------------------------------------------

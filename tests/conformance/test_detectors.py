@@ -147,3 +147,34 @@ def test_process_batch_equals_process_one_by_one(name):
     assert _encoded(batched) == _encoded(one_by_one)
     assert batched_detector.snapshot() == detector.snapshot() or \
         _encoded(feed(batched_detector, STREAM[:300])) == _encoded(feed(detector, STREAM[:300]))
+
+
+def test_a_run_shared_by_every_detector_equals_one_by_one():
+    """As the pipeline calls them: every detector of a kind gets the same Run object
+    (columns computed by one serve the next), in batches of any size."""
+    import random
+
+    from detectors.columns import Run
+
+    one_by_one = {name: [] for name in NAMES}
+    singles = {name: build(name) for name in NAMES}
+    for event, source in sourced(STREAM):
+        for name, detector in singles.items():
+            if event_type_of(event) in detector.event_types:
+                one_by_one[name].extend(detector.process(event, source) or ())
+    shared = {name: build(name) for name in NAMES}
+    batched = {name: [] for name in NAMES}
+    items = list(sourced(STREAM))
+    rng = random.Random(6)
+    i = 0
+    while i < len(items):
+        size = rng.choice((1, 7, 64, 500))
+        chunk = items[i:i + size]
+        for kind in ("inference", "audit", "access"):
+            run = Run(it for it in chunk if event_type_of(it[0]) == kind)
+            for name, detector in shared.items():
+                if kind in detector.event_types and run:
+                    batched[name].extend(detector.process_batch(run))
+        i += size
+    for name in NAMES:
+        assert _encoded(batched[name]) == _encoded(one_by_one[name]), name

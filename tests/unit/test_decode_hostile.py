@@ -254,7 +254,12 @@ def test_daemon_dead_letters_whatever_decoding_raises(monkeypatch: pytest.Monkey
     def exploding(self: object, value: bytes, headers: object, timestamp_ms: object) -> object:
         raise RecursionError("maximum recursion depth exceeded")
 
+    def exploding_fast(value: bytes) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
     monkeypatch.setattr(ContractFormat, "decode", exploding)
+    # the loop's hot path for contract topics falls back to decode, which raises too
+    monkeypatch.setattr(ContractFormat, "fast_path", lambda self: (exploding_fast, 1 << 20))
     kept, reasons = _decoded(Daemon(Settings(detectors={})), [_inference()])
     assert kept == [] and reasons == {0: "undecodable"}
 
