@@ -297,8 +297,10 @@ class PradaExtractionDetector(BatchedQueryDetector):
         # partitions the process holds, and a severity that changes with the
         # partition assignment changes the route (hence the chat alert) of a
         # finding whose id does not change.
+        # Until this partition's own callers calibrate a bar, the paper's fixed
+        # delta ranks the severity (deterministic too; a bar of 0 made it "medium").
         own_bar = (None if values is peers.values
-                   else self.bar.limit(peers.values, event.principal, held)[0])
+                   else self.bar.limit(peers.values, event.principal, held)[0] or self.bar.delta)
         threshold, median_w, n_peers = self.bar.judge(
             values, peers.values, event.principal, st.w, held
         )
