@@ -31,10 +31,27 @@ from detectors.findings import Finding, Source
 from detectors.state import CapPool, EntityTable
 from detectors.state_codec import StateUnreadable, decode, encode
 
-__all__ = ["Detector", "EventErrorSink", "Scope"]
+__all__ = ["Detector", "EventErrorSink", "Scope", "guarded"]
 
 #: Told about one event a detector failed on: ``(event, exception)``.
 EventErrorSink: TypeAlias = Callable[[Event, Exception], None]
+
+
+def guarded(
+    call: Callable[[Event, Source], list[Finding] | None],
+    event: Event,
+    source: Source,
+    on_error: EventErrorSink | None,
+) -> list[Finding] | None:
+    """``call(event, source)``; an exception goes to ``on_error`` (then: no
+    findings) or, without one, propagates. One bad event costs that event only."""
+    try:
+        return call(event, source)
+    except Exception as exc:
+        if on_error is None:
+            raise
+        on_error(event, exc)
+        return None
 
 #: Attribute under which a detector keeps its process-wide cap pools (never snapshotted).
 _POOLS = "_cap_pools"
@@ -82,13 +99,7 @@ class Detector(abc.ABC):
         out: list[Finding] = []
         process = self.process
         for event, source in items:
-            try:
-                found = process(event, source)
-            except Exception as exc:
-                if on_error is None:
-                    raise
-                on_error(event, exc)
-                continue
+            found = guarded(process, event, source, on_error)
             if found:
                 out.extend(found)
         return out

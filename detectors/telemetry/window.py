@@ -36,11 +36,12 @@ from __future__ import annotations
 import abc
 import zlib
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Final
 
 import numpy as np
 
-from detectors.base import Detector, EventErrorSink
+from detectors.base import Detector, EventErrorSink, guarded
 from detectors.columns import confident_segments, model_segments
 from detectors.events import Event, InferenceEvent
 from detectors.findings import Entity, Finding, Severity, Source
@@ -178,13 +179,7 @@ class WindowedModelDetector(Detector):
                 at += len(part)
                 if len(buffered) >= step:
                     event, source = part[-1]
-                    try:
-                        found = self._close_block(st, event, source)  # type: ignore[arg-type]
-                    except Exception as exc:
-                        if on_error is None:
-                            raise
-                        on_error(event, exc)
-                        continue
+                    found = guarded(partial(self._close_block, st), event, source, on_error)
                     if found:
                         out.extend(found)
         return out
